@@ -1,0 +1,1 @@
+"""Coupa side: REST client (plain Python), models, Dagster resource and assets."""

@@ -1,0 +1,244 @@
+"""Coupa Core REST API client (plain Python; no Dagster imports).
+
+- OAuth2 client credentials against ``/oauth2/token``; the token is cached, renewed before it
+  expires (at 5/6 of its lifetime — 20 h for Coupa's 24 h tokens) and re-minted once on a 401.
+- Every request carries ``Accept``/``Content-Type: application/json`` and the pinned
+  ``X-COUPA-API-VERSION`` header.
+- Lists are paged 50 at a time in ``id`` order with an ``id[gt]`` cursor and ``offset=0``: a page
+  boundary is a record id, not a position, so records that leave or join the filtered set while
+  we page (e.g. invoices being marked exported) never shift later pages — nothing is skipped or
+  read twice (the offset pitfall in coupa-api.md §3.3).
+- A client-side token bucket keeps us at or below 20 requests/s (Coupa: 25/s, burst 20).
+- Retries and Retry-After handling come from :mod:`coupa_d365_pipeline.common.http`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable, Iterator, Mapping
+
+import httpx
+
+from ..common.http import HTTPClientError, RateLimiter, RetryingSender, RetryPolicy
+from ..common.redact import register_secret
+from ..settings import DEFAULT_COUPA_API_VERSION, DEFAULT_COUPA_SCOPES
+
+PAGE_SIZE = 50
+RESOURCES = ("invoices", "purchase_orders", "suppliers")
+
+
+class CoupaError(HTTPClientError):
+    def __init__(self, message: str, status: int | None = None, errors: Any = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.errors = errors
+
+
+class CoupaAuthError(CoupaError):
+    """The token endpoint refused our credentials or scopes."""
+
+
+class CoupaClient:
+    def __init__(
+        self,
+        base_url: str,
+        client_id: str,
+        client_secret: str,
+        *,
+        scopes: str = DEFAULT_COUPA_SCOPES,
+        api_version: str = DEFAULT_COUPA_API_VERSION,
+        timeout_s: float = 30.0,
+        max_requests_per_second: float = 20.0,
+        token_warmup_s: float = 5.0,
+        retry_policy: RetryPolicy | None = None,
+        http: httpx.Client | None = None,
+        logger: logging.Logger | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.client_id = client_id
+        self._client_secret = client_secret
+        register_secret(client_secret)
+        self.scopes = " ".join(scopes.split())
+        self.api_version = api_version
+        self.token_warmup_s = token_warmup_s
+        self.logger = logger or logging.getLogger("coupa_d365_pipeline.coupa")
+        self._owns_http = http is None
+        self.http = http or httpx.Client(timeout=httpx.Timeout(timeout_s, connect=10.0))
+        self._sleep = sleep
+        self.sender = RetryingSender(self.http, retry_policy or RetryPolicy(), self.logger, "Coupa",
+                                     rate_limiter=RateLimiter(max_requests_per_second,
+                                                              burst=int(min(20, max_requests_per_second))),
+                                     sleep=sleep)
+        self._token: str | None = None
+        self._token_renew_at = 0.0
+        self._token_minted_at = 0.0
+        self.tokens_minted = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def close(self) -> None:
+        if self._owns_http:
+            self.http.close()
+
+    def __enter__(self) -> "CoupaClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def request_count(self) -> int:
+        return self.sender.request_count
+
+    def __repr__(self) -> str:
+        return f"CoupaClient(base_url={self.base_url!r}, client_id={self.client_id!r})"
+
+    # -- auth ------------------------------------------------------------------------------
+    def _headers(self) -> dict[str, str]:
+        return {"Accept": "application/json", "Content-Type": "application/json",
+                "X-COUPA-API-VERSION": self.api_version}
+
+    def invalidate_token(self) -> None:
+        self._token = None
+
+    def _access_token(self) -> str:
+        now = time.time()
+        if self._token is None or now >= self._token_renew_at:
+            self._mint_token()
+        age = time.time() - self._token_minted_at
+        if age < self.token_warmup_s:  # Coupa: leave >= 5 s between minting and first use
+            self._sleep(self.token_warmup_s - age)
+        assert self._token is not None
+        return self._token
+
+    def _mint_token(self) -> None:
+        form = {"grant_type": "client_credentials", "client_id": self.client_id,
+                "client_secret": self._client_secret, "scope": self.scopes}
+        headers = {"Accept": "application/json", "X-COUPA-API-VERSION": self.api_version}
+        url = f"{self.base_url}/oauth2/token"
+        response = self.sender.send(lambda: self.http.build_request("POST", url, data=form, headers=headers),
+                                    idempotent=True)
+        if response.status_code != 200:
+            error = _json_or_none(response) or {}
+            code = error.get("error") if isinstance(error, dict) else None
+            hint = {
+                "invalid_client": "check COUPA_CLIENT_ID and COUPA_CLIENT_SECRET",
+                "invalid_scope": f"the OAuth client is not granted these scopes; check COUPA_SCOPES ({self.scopes})",
+                "unauthorized_client": "enable the client credentials grant on the Coupa OAuth client",
+            }.get(code or "", "check the Coupa OAuth client setup")
+            raise CoupaAuthError(f"Coupa token request failed: HTTP {response.status_code} "
+                                 f"{code or 'error'}; {hint}", status=response.status_code)
+        payload = response.json()
+        token = payload.get("access_token")
+        if not token:
+            raise CoupaAuthError("Coupa token response has no access_token")
+        lifetime = float(payload.get("expires_in") or 86399)
+        register_secret(token)
+        self._token = token
+        self._token_minted_at = time.time()
+        self._token_renew_at = self._token_minted_at + min(lifetime * 5 / 6, max(lifetime - 60, 1.0))
+        self.tokens_minted += 1
+        self.logger.info("Coupa: minted an access token (expires in %.0f s)", lifetime)
+
+    # -- requests --------------------------------------------------------------------------
+    def request(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
+                json: Any = None, idempotent: bool | None = None) -> httpx.Response:
+        """Send one API request (auth, headers, retries); raise CoupaError on a non-2xx answer."""
+        url = f"{self.base_url}{path}"
+        for auth_attempt in (1, 2):
+            def build() -> httpx.Request:
+                headers = self._headers() | {"Authorization": f"Bearer {self._access_token()}"}
+                return self.http.build_request(method, url, params=params, json=json, headers=headers)
+
+            response = self.sender.send(build, idempotent=idempotent)
+            if response.status_code == 401 and auth_attempt == 1:
+                self.logger.info("Coupa: 401 on %s %s; renewing the token and retrying once", method, path)
+                self.invalidate_token()
+                continue
+            break
+        if response.status_code >= 400:
+            body = _json_or_none(response)
+            errors = body.get("errors") if isinstance(body, dict) else None
+            detail = errors if errors is not None else response.text[:300]
+            raise CoupaError(f"Coupa {method} {path} failed: HTTP {response.status_code}: {detail}",
+                             status=response.status_code, errors=errors)
+        return response
+
+    def iter_records(self, resource: str, filters: Mapping[str, Any] | None = None,
+                     page_size: int = PAGE_SIZE) -> Iterator[dict[str, Any]]:
+        """Yield every record of ``resource`` matching ``filters`` exactly once, in id order."""
+        if resource not in RESOURCES:
+            raise ValueError(f"unknown Coupa resource {resource!r}; expected one of {RESOURCES}")
+        page_size = min(page_size, PAGE_SIZE)
+        base = {k: v for k, v in (filters or {}).items() if k not in ("offset", "limit", "order_by", "dir")}
+        floor = base.pop("id[gt]", None)
+        last_id: int | None = int(floor) if floor is not None else None
+        offset_mode = False
+        offset = 0
+        seen: set[int] = set()
+        while True:
+            params = dict(base, order_by="id", dir="asc", limit=page_size)
+            if offset_mode:
+                params["offset"] = offset
+                if floor is not None:
+                    params["id[gt]"] = floor
+            else:
+                params["offset"] = 0
+                if last_id is not None:
+                    params["id[gt]"] = last_id
+            page = self.request("GET", f"/api/{resource}", params=params).json()
+            if not isinstance(page, list):
+                raise CoupaError(f"Coupa GET /api/{resource} returned {type(page).__name__}, expected a JSON array")
+            ids = [int(r["id"]) for r in page]
+            if not offset_mode and last_id is not None and any(i <= last_id for i in ids):
+                # The server ignored the id[gt] cursor: fall back to offsets and de-duplicate.
+                self.logger.warning("Coupa ignored id[gt] on /api/%s; falling back to offset paging", resource)
+                offset_mode = True
+                offset = len(seen)
+                continue
+            for record, record_id in zip(page, ids):
+                if record_id in seen:
+                    continue
+                seen.add(record_id)
+                yield record
+            if len(page) < page_size:
+                return
+            if offset_mode:
+                offset += len(page)
+            else:
+                last_id = max(ids)
+
+    def get(self, resource: str, record_id: int) -> dict[str, Any]:
+        return self.request("GET", f"/api/{resource}/{int(record_id)}").json()
+
+    def mark_exported(self, resource: str, record_id: int) -> dict[str, Any]:
+        """``PUT /api/{resource}/{id}?exported=true`` — its own request, no body (idempotent)."""
+        if resource not in ("invoices", "purchase_orders"):
+            raise ValueError("only invoices and purchase orders carry an export flag")
+        return self.request("PUT", f"/api/{resource}/{int(record_id)}", params={"exported": "true"}).json()
+
+    def update_invoice(self, invoice_id: int, changes: Mapping[str, Any]) -> dict[str, Any]:
+        """``PUT /api/invoices/{id}`` with payment fields. Not idempotent when it adds payments:
+        the caller must read the invoice's payments first (coupa-api.md §4.5)."""
+        idempotent = "payments" not in changes
+        return self.request("PUT", f"/api/invoices/{int(invoice_id)}", json=dict(changes),
+                            idempotent=idempotent).json()
+
+    def create_integration_history_record(self, record: Mapping[str, Any], *, alert: bool = False) -> dict[str, Any]:
+        path = "/api/integration_history_records" + ("/create_alert" if alert else "")
+        return self.request("POST", path, json=dict(record), idempotent=False).json()
+
+    def ping(self) -> dict[str, Any]:
+        """Token plus one cheap read; returns facts for the operator."""
+        self.invalidate_token()
+        self._access_token()
+        page = self.request("GET", "/api/suppliers", params={"limit": 1, "order_by": "id", "dir": "asc"}).json()
+        return {"token": "ok", "suppliers_readable": isinstance(page, list), "api_version": self.api_version}
+
+
+def _json_or_none(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None

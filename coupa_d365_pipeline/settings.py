@@ -1,0 +1,175 @@
+"""The configuration contract: environment variable names, defaults and validation.
+
+Names are stable (outside tests and later issues rely on them). ``load_settings`` collects every
+problem at once and raises :class:`ConfigError` whose message names each variable and the fix.
+Secret values are held as ``SecretStr`` and never appear in messages.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import date
+from pathlib import Path
+from typing import Mapping
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, SecretStr
+
+DEFAULT_COUPA_SCOPES = (
+    "core.invoice.read core.invoice.write core.purchase_order.read core.purchase_order.write "
+    "core.supplier.read core.common.read core.accounting.read core.integration.read core.integration.write"
+)
+DEFAULT_COUPA_API_VERSION = "R39"
+DEFAULT_D365_AUTHORITY_URL = "https://login.microsoftonline.com"
+DEFAULT_SYNC_DATABASE_URL = "sqlite:///.sync_state/sync.db"
+DEFAULT_SYNC_START_DATE = "2026-11-01"
+DEFAULT_WEBHOOK_STAGING_DIR = ".sync_state/webhooks"
+
+# name -> (required, description shown in errors and --help)
+ENV_VARS: dict[str, tuple[bool, str]] = {
+    "COUPA_BASE_URL": (True, "Coupa instance URL, e.g. https://acme.coupahost.com"),
+    "COUPA_CLIENT_ID": (True, "Coupa OAuth2/OIDC client identifier (Setup > Oauth2/OpenID Connect Clients)"),
+    "COUPA_CLIENT_SECRET": (True, "Coupa OAuth client secret"),
+    "COUPA_SCOPES": (False, "space-separated Coupa scopes (default: the scopes this connector needs)"),
+    "COUPA_API_VERSION": (False, f"value pinned in the X-COUPA-API-VERSION header (default {DEFAULT_COUPA_API_VERSION})"),
+    "COUPA_WEBHOOK_SECRET": (False, "shared secret for HMAC-signed webhooks (needed by the webhook receiver)"),
+    "D365_BASE_URL": (True, "F&O environment URL without /data, e.g. https://contoso.operations.dynamics.com"),
+    "D365_TENANT_ID": (True, "Microsoft Entra tenant id (GUID or domain)"),
+    "D365_CLIENT_ID": (True, "Entra application (client) id registered in F&O"),
+    "D365_CLIENT_SECRET": (True, "Entra application client secret"),
+    "D365_AUTHORITY_URL": (False, f"Entra authority (default {DEFAULT_D365_AUTHORITY_URL}; sovereign clouds differ)"),
+    "D365_DEFAULT_LEGAL_ENTITY": (True, "dataAreaId used when the mapping names none, e.g. usmf"),
+    "SYNC_DATABASE_URL": (False, f"SQLAlchemy URL of the connector's own state (default {DEFAULT_SYNC_DATABASE_URL})"),
+    "SYNC_START_DATE": (False, f"first daily partition, YYYY-MM-DD (default {DEFAULT_SYNC_START_DATE})"),
+    "WEBHOOK_STAGING_DIR": (False, f"directory where signed webhooks are staged (default {DEFAULT_WEBHOOK_STAGING_DIR})"),
+    "COUPA_D365_MAPPING_FILE": (False, "YAML mapping Coupa charts/suppliers/items to D365 (default: the bundled example)"),
+}
+
+
+class ConfigError(ValueError):
+    """Raised with one line per missing or invalid variable."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid configuration:\n  - " + "\n  - ".join(problems))
+
+
+class CoupaSettings(BaseModel):
+    base_url: str
+    client_id: str
+    client_secret: SecretStr
+    scopes: str = DEFAULT_COUPA_SCOPES
+    api_version: str = DEFAULT_COUPA_API_VERSION
+
+
+class D365Settings(BaseModel):
+    base_url: str
+    tenant_id: str
+    client_id: str
+    client_secret: SecretStr
+    authority_url: str = DEFAULT_D365_AUTHORITY_URL
+    default_legal_entity: str
+
+
+class SyncSettings(BaseModel):
+    database_url: str = DEFAULT_SYNC_DATABASE_URL
+    start_date: date = date.fromisoformat(DEFAULT_SYNC_START_DATE)
+    webhook_staging_dir: Path = Path(DEFAULT_WEBHOOK_STAGING_DIR)
+    mapping_file: Path | None = None
+    webhook_secret: SecretStr | None = None
+
+
+class Settings(BaseModel):
+    coupa: CoupaSettings
+    d365: D365Settings
+    sync: SyncSettings
+
+
+def normalize_base_url(value: str, name: str, problems: list[str], *, forbid_path: bool = False) -> str:
+    value = value.strip().rstrip("/")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        problems.append(f"{name}={value!r} is not an http(s) URL; expected e.g. {ENV_VARS[name][1].split('e.g. ')[-1]}")
+        return value
+    if forbid_path and parts.path not in ("", "/"):
+        problems.append(f"{name} must be the environment root without a path (got path {parts.path!r}); "
+                        "drop '/data' or anything after the host")
+    return value
+
+
+def normalize_d365_base_url(value: str, problems: list[str] | None = None) -> str:
+    """F&O token audience rule: lowercase host, no trailing slash."""
+    problems = problems if problems is not None else []
+    value = normalize_base_url(value, "D365_BASE_URL", problems, forbid_path=True)
+    parts = urlsplit(value)
+    return f"{parts.scheme}://{parts.netloc.lower()}" if parts.netloc else value
+
+
+def parse_start_date(raw: str | None, problems: list[str] | None = None) -> date:
+    problems = problems if problems is not None else []
+    text = (raw or DEFAULT_SYNC_START_DATE).strip()
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        problems.append(f"SYNC_START_DATE={text!r} is not a date; use YYYY-MM-DD, e.g. 2026-01-01")
+        return date.fromisoformat(DEFAULT_SYNC_START_DATE)
+
+
+def _required(env: Mapping[str, str], name: str, problems: list[str]) -> str:
+    value = (env.get(name) or "").strip()
+    if not value:
+        problems.append(f"{name} is not set: {ENV_VARS[name][1]}")
+    return value
+
+
+def load_coupa_settings(env: Mapping[str, str], problems: list[str]) -> CoupaSettings:
+    base = _required(env, "COUPA_BASE_URL", problems)
+    return CoupaSettings(
+        base_url=normalize_base_url(base, "COUPA_BASE_URL", problems) if base else "",
+        client_id=_required(env, "COUPA_CLIENT_ID", problems),
+        client_secret=SecretStr(_required(env, "COUPA_CLIENT_SECRET", problems)),
+        scopes=" ".join((env.get("COUPA_SCOPES") or DEFAULT_COUPA_SCOPES).replace(",", " ").split()),
+        api_version=(env.get("COUPA_API_VERSION") or DEFAULT_COUPA_API_VERSION).strip(),
+    )
+
+
+def load_d365_settings(env: Mapping[str, str], problems: list[str]) -> D365Settings:
+    base = _required(env, "D365_BASE_URL", problems)
+    legal_entity = _required(env, "D365_DEFAULT_LEGAL_ENTITY", problems).lower()
+    if legal_entity and not re.fullmatch(r"[a-z0-9]{1,4}", legal_entity):
+        problems.append(f"D365_DEFAULT_LEGAL_ENTITY={legal_entity!r} is not a dataAreaId (1-4 letters/digits, e.g. usmf)")
+    authority = env.get("D365_AUTHORITY_URL") or DEFAULT_D365_AUTHORITY_URL
+    return D365Settings(
+        base_url=normalize_d365_base_url(base, problems) if base else "",
+        tenant_id=_required(env, "D365_TENANT_ID", problems),
+        client_id=_required(env, "D365_CLIENT_ID", problems),
+        client_secret=SecretStr(_required(env, "D365_CLIENT_SECRET", problems)),
+        authority_url=normalize_base_url(authority, "D365_AUTHORITY_URL", problems),
+        default_legal_entity=legal_entity,
+    )
+
+
+def load_sync_settings(env: Mapping[str, str], problems: list[str]) -> SyncSettings:
+    mapping = env.get("COUPA_D365_MAPPING_FILE")
+    if mapping and not Path(mapping).is_file():
+        problems.append(f"COUPA_D365_MAPPING_FILE={mapping!r} does not exist; point it at your mapping YAML")
+    secret = env.get("COUPA_WEBHOOK_SECRET")
+    return SyncSettings(
+        database_url=env.get("SYNC_DATABASE_URL") or DEFAULT_SYNC_DATABASE_URL,
+        start_date=parse_start_date(env.get("SYNC_START_DATE"), problems),
+        webhook_staging_dir=Path(env.get("WEBHOOK_STAGING_DIR") or DEFAULT_WEBHOOK_STAGING_DIR),
+        mapping_file=Path(mapping) if mapping else None,
+        webhook_secret=SecretStr(secret) if secret else None,
+    )
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate every variable; raise ConfigError listing all problems."""
+    env = os.environ if env is None else env
+    problems: list[str] = []
+    settings = Settings(coupa=load_coupa_settings(env, problems), d365=load_d365_settings(env, problems),
+                        sync=load_sync_settings(env, problems))
+    if problems:
+        raise ConfigError(problems)
+    return settings
