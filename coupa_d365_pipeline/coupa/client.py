@@ -8,7 +8,7 @@
   boundary is a record id, not a position, so records that leave or join the filtered set while
   we page (e.g. invoices being marked exported) never shift later pages — nothing is skipped or
   read twice (the offset pitfall in coupa-api.md §3.3).
-- A client-side token bucket keeps us at or below 20 requests/s (Coupa: 25/s, burst 20).
+- A client-side limiter spaces calls evenly at <= 20 requests/s (Coupa: 25/s, burst 20).
 - Retries and Retry-After handling come from :mod:`coupa_d365_pipeline.common.http`.
 """
 
@@ -68,8 +68,9 @@ class CoupaClient:
         self.http = http or httpx.Client(timeout=httpx.Timeout(timeout_s, connect=10.0))
         self._sleep = sleep
         self.sender = RetryingSender(self.http, retry_policy or RetryPolicy(), self.logger, "Coupa",
-                                     rate_limiter=RateLimiter(max_requests_per_second,
-                                                              burst=int(min(20, max_requests_per_second))),
+                                     # capacity 1: calls are spaced evenly, so no 1-second window
+                                     # ever holds more than max_requests_per_second of them
+                                     rate_limiter=RateLimiter(max_requests_per_second, burst=1),
                                      sleep=sleep)
         self._token: str | None = None
         self._token_renew_at = 0.0

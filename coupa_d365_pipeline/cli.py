@@ -1,0 +1,165 @@
+"""``coupa-d365`` command line: ping real or sandbox systems, run the sandboxes, run the demo."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from datetime import date
+from pathlib import Path
+from typing import Sequence
+
+from .settings import ENV_VARS, ConfigError, load_coupa_settings, load_d365_settings
+
+
+def _ping(args: argparse.Namespace) -> int:
+    """Check each system with the configured credentials; print PASS/FAIL per system."""
+    from .common.redact import install_log_redaction, redact
+    from .coupa.client import CoupaClient
+    from .d365.client import D365Client
+
+    install_log_redaction()
+    results: list[tuple[str, bool, str]] = []
+    problems: list[str] = []
+    coupa_settings = load_coupa_settings(os.environ, problems)
+    if problems:
+        results.append(("coupa", False, "; ".join(problems)))
+    else:
+        try:
+            with CoupaClient(coupa_settings.base_url, coupa_settings.client_id,
+                             coupa_settings.client_secret.get_secret_value(), scopes=coupa_settings.scopes,
+                             api_version=coupa_settings.api_version, timeout_s=args.timeout,
+                             token_warmup_s=float(os.environ.get("COUPA_TOKEN_WARMUP_SECONDS", "5"))) as coupa:
+                facts = coupa.ping()
+            results.append(("coupa", True, f"token ok, suppliers readable, X-COUPA-API-VERSION={facts['api_version']}"))
+        except Exception as exc:  # report every failure kind the same way
+            results.append(("coupa", False, redact(str(exc))))
+    problems = []
+    d365_settings = load_d365_settings(os.environ, problems)
+    if problems:
+        results.append(("d365", False, "; ".join(problems)))
+    else:
+        try:
+            with D365Client(d365_settings.base_url, d365_settings.tenant_id, d365_settings.client_id,
+                            d365_settings.client_secret.get_secret_value(),
+                            authority_url=d365_settings.authority_url, timeout_s=args.timeout) as d365:
+                facts = d365.ping(d365_settings.default_legal_entity)
+            if facts["legal_entity_exists"]:
+                results.append(("d365", True, f"token ok, legal entity {facts['legal_entity']} "
+                                              f"({facts['legal_entity_name']}) exists"))
+            else:
+                results.append(("d365", False, f"token ok, but legal entity {facts['legal_entity']!r} does not "
+                                               "exist; fix D365_DEFAULT_LEGAL_ENTITY"))
+        except Exception as exc:
+            results.append(("d365", False, redact(str(exc))))
+    for system, ok, reason in results:
+        print(f"{system:<6} {'PASS' if ok else 'FAIL'}  {reason}")
+    return 0 if all(ok for _, ok, _ in results) else 1
+
+
+def _sandbox_options(args: argparse.Namespace):
+    from .sandbox.faults import FaultConfig
+    from .sandbox.launch import SandboxOptions
+    from .sandbox.seed import SeedConfig
+
+    faults = FaultConfig(seed=args.seed, rate_429=args.rate_429, retry_after_s=args.retry_after,
+                         rate_5xx=args.rate_5xx, rate_drop=args.rate_drop, latency_ms=args.latency_ms)
+    return SandboxOptions(host=args.host, coupa_port=getattr(args, "coupa_port", 0),
+                          d365_port=getattr(args, "d365_port", 0),
+                          seed=SeedConfig(seed=args.seed, invoices=args.invoices,
+                                          start_date=date.fromisoformat(args.start_date)),
+                          coupa_faults=faults, d365_faults=faults)
+
+
+def _sandbox(args: argparse.Namespace) -> int:
+    """Run both emulators in the foreground until interrupted."""
+    from .sandbox.launch import iter_env_lines, start_sandboxes
+
+    sandboxes = start_sandboxes(_sandbox_options(args))
+    env = sandboxes.env()
+    lines = list(iter_env_lines(env))
+    if args.env_file:
+        Path(args.env_file).write_text("\n".join(lines) + "\n")
+    print(f"Coupa sandbox: {sandboxes.coupa_url}   D365 sandbox: {sandboxes.d365_url}")
+    print(f"seed {args.seed}: {len(sandboxes.seed.coupa_suppliers)} suppliers, "
+          f"{len(sandboxes.seed.coupa_purchase_orders)} POs, {len(sandboxes.seed.coupa_invoices)} invoices")
+    print("Environment for the connector" + (f" (also written to {args.env_file})" if args.env_file else "") + ":")
+    print("\n".join(lines), flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    sandboxes.stop()
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(_sandbox_options(args), dagster_home=Path(args.dagster_home), state_dir=Path(args.state_dir))
+
+
+def _env(args: argparse.Namespace) -> int:
+    print(f"{'variable':<26} {'required':<9} description")
+    for name, (required, description) in ENV_VARS.items():
+        print(f"{name:<26} {'yes' if required else 'no':<9} {description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="coupa-d365", description=(
+        "Coupa -> Dynamics 365 F&O connector. Configuration comes from environment variables "
+        "(run 'coupa-d365 env' for the list)."))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ping = sub.add_parser("ping", help="check Coupa and D365 with the configured credentials (token + one read)")
+    ping.add_argument("--timeout", type=float, default=30.0, help="seconds per HTTP call (default 30)")
+    ping.set_defaults(func=_ping)
+
+    def sandbox_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+        p.add_argument("--invoices", type=int, default=500, help="seed size: approved invoices to generate (default 500)")
+        p.add_argument("--seed", type=int, default=42, help="random seed for data and faults (default 42)")
+        p.add_argument("--start-date", default="2026-11-01", help="first day of the seed's updated-at range")
+        p.add_argument("--rate-429", type=float, default=0.0, help="share of API calls answered 429 (0..1)")
+        p.add_argument("--retry-after", type=int, default=1, help="Retry-After seconds sent with injected 429s")
+        p.add_argument("--rate-5xx", type=float, default=0.0, help="share of API calls answered 503 (0..1)")
+        p.add_argument("--rate-drop", type=float, default=0.0,
+                       help="share of API calls whose connection drops after the server processed them (0..1)")
+        p.add_argument("--latency-ms", type=float, default=0.0, help="latency added to every API call")
+
+    sandbox = sub.add_parser("sandbox", help="run the Coupa and D365 emulators with seed data until Ctrl-C")
+    sandbox_flags(sandbox)
+    sandbox.add_argument("--coupa-port", type=int, default=8701, help="Coupa sandbox port (default 8701)")
+    sandbox.add_argument("--d365-port", type=int, default=8702, help="D365 sandbox port (default 8702)")
+    sandbox.add_argument("--env-file", default=".sandbox.env",
+                         help="write 'export VAR=value' lines for the connector here (default .sandbox.env)")
+    sandbox.set_defaults(func=_sandbox)
+
+    demo = sub.add_parser("demo", help="start both sandboxes, materialize every asset on a local Dagster "
+                                       "instance and print what moved")
+    sandbox_flags(demo)
+    demo.add_argument("--dagster-home", default=".dagster_home", help="DAGSTER_HOME to use (SQLite; default .dagster_home)")
+    demo.add_argument("--state-dir", default=".sync_state", help="where the demo's sync database lives")
+    demo.set_defaults(func=_demo)
+
+    env = sub.add_parser("env", help="list the configuration environment variables")
+    env.set_defaults(func=_env)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,101 @@
+"""Start both sandboxes (seeded) on loopback and describe them as the connector's environment."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Iterator
+
+from .coupa_app import CoupaSandbox, CoupaSandboxConfig
+from .d365_app import D365Sandbox, D365SandboxConfig
+from .faults import FaultConfig
+from .seed import SeedConfig, SeedData, generate_seed
+from .server import SandboxServer, free_port
+
+COUPA_CLIENT_ID = "sandbox-client"
+COUPA_CLIENT_SECRET = "sandbox-coupa-secret"
+D365_TENANT_ID = "contoso-tenant"
+D365_CLIENT_ID = "sandbox-app"
+D365_CLIENT_SECRET = "sandbox-d365-secret"
+
+
+@dataclass
+class SandboxOptions:
+    host: str = "127.0.0.1"
+    coupa_port: int = 0
+    d365_port: int = 0
+    seed: SeedConfig = field(default_factory=SeedConfig)
+    coupa_faults: FaultConfig = field(default_factory=FaultConfig)
+    d365_faults: FaultConfig = field(default_factory=FaultConfig)
+    coupa_token_lifetime_s: int = 86399
+    d365_token_lifetime_s: int = 3599
+    d365_page_size: int = 10000
+    d365_request_budget: int | None = None
+
+
+@dataclass
+class RunningSandboxes:
+    seed: SeedData
+    coupa: CoupaSandbox
+    d365: D365Sandbox
+    coupa_server: SandboxServer
+    d365_server: SandboxServer
+    start_date: date
+
+    @property
+    def coupa_url(self) -> str:
+        return self.coupa_server.url
+
+    @property
+    def d365_url(self) -> str:
+        return self.d365_server.url
+
+    def env(self) -> dict[str, str]:
+        """The configuration contract (see settings.ENV_VARS) pointing at these sandboxes."""
+        return {
+            "COUPA_BASE_URL": self.coupa_url,
+            "COUPA_CLIENT_ID": COUPA_CLIENT_ID,
+            "COUPA_CLIENT_SECRET": COUPA_CLIENT_SECRET,
+            "COUPA_API_VERSION": "R39",
+            "COUPA_TOKEN_WARMUP_SECONDS": "0",
+            "D365_BASE_URL": self.d365_url,
+            "D365_TENANT_ID": D365_TENANT_ID,
+            "D365_CLIENT_ID": D365_CLIENT_ID,
+            "D365_CLIENT_SECRET": D365_CLIENT_SECRET,
+            "D365_AUTHORITY_URL": self.d365_url,
+            "D365_DEFAULT_LEGAL_ENTITY": "usmf",
+            "SYNC_START_DATE": self.start_date.isoformat(),
+        }
+
+    def stop(self) -> None:
+        self.coupa_server.stop()
+        self.d365_server.stop()
+
+    def __enter__(self) -> "RunningSandboxes":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_sandboxes(options: SandboxOptions | None = None, seed: SeedData | None = None) -> RunningSandboxes:
+    options = options or SandboxOptions()
+    seed = seed or generate_seed(options.seed)
+    coupa = CoupaSandbox(CoupaSandboxConfig(clients={COUPA_CLIENT_ID: COUPA_CLIENT_SECRET},
+                                            token_lifetime_s=options.coupa_token_lifetime_s,
+                                            fault=options.coupa_faults), seed=seed)
+    d365_port = options.d365_port or free_port(options.host)
+    d365 = D365Sandbox(D365SandboxConfig(environment_url=f"http://{options.host}:{d365_port}",
+                                         tenant_id=D365_TENANT_ID, clients={D365_CLIENT_ID: D365_CLIENT_SECRET},
+                                         token_lifetime_s=options.d365_token_lifetime_s,
+                                         page_size=options.d365_page_size,
+                                         request_budget=options.d365_request_budget,
+                                         fault=options.d365_faults), seed.d365)
+    coupa_server = SandboxServer(coupa.app, host=options.host, port=options.coupa_port).start()
+    d365_server = SandboxServer(d365.app, host=options.host, port=d365_port).start()
+    return RunningSandboxes(seed, coupa, d365, coupa_server, d365_server, options.seed.start_date)
+
+
+def iter_env_lines(env: dict[str, str]) -> Iterator[str]:
+    for name, value in env.items():
+        yield f"export {name}={value}"

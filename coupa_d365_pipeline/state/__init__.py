@@ -1,0 +1,1 @@
+"""The connector's own durable state (SQLAlchemy; SQLite by default, PostgreSQL in production)."""

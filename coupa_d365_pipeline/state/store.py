@@ -1,0 +1,118 @@
+"""Staged Coupa documents and incremental watermarks.
+
+One row per (document type, Coupa id) — unique — holding the latest Coupa JSON we read, so every
+later step (mapping, D365 writes, replay) works from what Coupa said at that time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+metadata = sa.MetaData()
+
+staged_documents = sa.Table(
+    "staged_documents", metadata,
+    sa.Column("doc_type", sa.String(32), nullable=False),
+    sa.Column("coupa_id", sa.BigInteger, nullable=False),
+    sa.Column("status", sa.String(64)),
+    sa.Column("coupa_updated_at", sa.String(40), nullable=False),
+    sa.Column("payload_sha256", sa.String(64), nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("fetched_at", sa.String(40), nullable=False),
+    sa.Column("run_id", sa.String(64)),
+    sa.PrimaryKeyConstraint("doc_type", "coupa_id", name="pk_staged_documents"),
+)
+
+watermarks = sa.Table(
+    "watermarks", metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("value", sa.String(64), nullable=False),
+    sa.Column("updated_at", sa.String(40), nullable=False),
+)
+
+
+@dataclass
+class StageResult:
+    new: int = 0
+    changed: int = 0
+    unchanged: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.new + self.changed + self.unchanged
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def payload_hash(payload: Any) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
+
+
+def make_engine(database_url: str) -> Engine:
+    if database_url.startswith("sqlite:///"):
+        path = database_url.removeprefix("sqlite:///")
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return sa.create_engine(database_url, connect_args={"timeout": 30})
+    return sa.create_engine(database_url, pool_pre_ping=True)
+
+
+class SyncStore:
+    def __init__(self, database_url: str) -> None:
+        self.engine = make_engine(database_url)
+        metadata.create_all(self.engine)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    def stage(self, doc_type: str, records: Iterable[dict[str, Any]], run_id: str | None = None) -> StageResult:
+        result = StageResult()
+        with self.engine.begin() as conn:
+            for record in records:
+                digest = payload_hash(record)
+                key = (staged_documents.c.doc_type == doc_type) & (staged_documents.c.coupa_id == int(record["id"]))
+                existing = conn.execute(sa.select(staged_documents.c.payload_sha256).where(key)).scalar_one_or_none()
+                values = {"status": record.get("status"), "coupa_updated_at": str(record.get("updated-at") or ""),
+                          "payload_sha256": digest, "payload": json.dumps(record, default=str),
+                          "fetched_at": _now(), "run_id": run_id}
+                if existing is None:
+                    conn.execute(staged_documents.insert().values(doc_type=doc_type, coupa_id=int(record["id"]), **values))
+                    result.new += 1
+                elif existing != digest:
+                    conn.execute(staged_documents.update().where(key).values(**values))
+                    result.changed += 1
+                else:
+                    result.unchanged += 1
+        return result
+
+    def documents(self, doc_type: str) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(staged_documents.c.payload).where(staged_documents.c.doc_type == doc_type)
+                                .order_by(staged_documents.c.coupa_id)).scalars()
+            return [json.loads(r) for r in rows]
+
+    def count(self, doc_type: str) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(staged_documents)
+                                    .where(staged_documents.c.doc_type == doc_type)).scalar_one())
+
+    def get_watermark(self, name: str) -> str | None:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(watermarks.c.value).where(watermarks.c.name == name)).scalar_one_or_none()
+
+    def set_watermark(self, name: str, value: str) -> None:
+        with self.engine.begin() as conn:
+            updated = conn.execute(watermarks.update().where(watermarks.c.name == name)
+                                   .values(value=value, updated_at=_now())).rowcount
+            if not updated:
+                conn.execute(watermarks.insert().values(name=name, value=value, updated_at=_now()))

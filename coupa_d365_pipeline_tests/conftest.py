@@ -1,0 +1,87 @@
+"""Shared fixtures: seeded sandboxes over real HTTP, clients configured against them."""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import replace
+from datetime import date
+from typing import Iterator
+
+import pytest
+
+from coupa_d365_pipeline.coupa.client import CoupaClient
+from coupa_d365_pipeline.d365.client import D365Client
+from coupa_d365_pipeline.sandbox.launch import RunningSandboxes, SandboxOptions, start_sandboxes
+from coupa_d365_pipeline.sandbox.seed import SeedConfig, SeedData, generate_seed
+
+TEST_SEED = SeedConfig(seed=7, invoices=120, start_date=date(2026, 11, 1), days=6)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--run-benchmarks", action="store_true", help="run tests marked benchmark")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--run-benchmarks"):
+        return
+    skip = pytest.mark.skip(reason="benchmark: run with --run-benchmarks")
+    for item in items:
+        if "benchmark" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def seed_data() -> SeedData:
+    return generate_seed(TEST_SEED)
+
+
+@pytest.fixture
+def sandbox_options() -> SandboxOptions:
+    return SandboxOptions(seed=TEST_SEED)
+
+
+@pytest.fixture
+def sandboxes(seed_data: SeedData, sandbox_options: SandboxOptions) -> Iterator[RunningSandboxes]:
+    running = start_sandboxes(sandbox_options, seed=copy.deepcopy(seed_data))
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def sandbox_env(sandboxes: RunningSandboxes, tmp_path, monkeypatch) -> dict[str, str]:
+    env = sandboxes.env() | {"SYNC_DATABASE_URL": f"sqlite:///{tmp_path / 'sync.db'}"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
+def make_coupa_client(sandboxes: RunningSandboxes, **kwargs) -> CoupaClient:
+    env = sandboxes.env()
+    kwargs.setdefault("token_warmup_s", 0.0)
+    return CoupaClient(env["COUPA_BASE_URL"], env["COUPA_CLIENT_ID"], env["COUPA_CLIENT_SECRET"],
+                       api_version=env["COUPA_API_VERSION"], **kwargs)
+
+
+def make_d365_client(sandboxes: RunningSandboxes, **kwargs) -> D365Client:
+    env = sandboxes.env()
+    return D365Client(env["D365_BASE_URL"], env["D365_TENANT_ID"], env["D365_CLIENT_ID"], env["D365_CLIENT_SECRET"],
+                      authority_url=env["D365_AUTHORITY_URL"], **kwargs)
+
+
+@pytest.fixture
+def coupa_client(sandboxes: RunningSandboxes) -> Iterator[CoupaClient]:
+    with make_coupa_client(sandboxes) as client:
+        yield client
+
+
+@pytest.fixture
+def d365_client(sandboxes: RunningSandboxes) -> Iterator[D365Client]:
+    with make_d365_client(sandboxes) as client:
+        yield client
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")

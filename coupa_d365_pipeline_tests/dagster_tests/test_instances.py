@@ -1,0 +1,79 @@
+"""The embedded default (SQLite) and the production instance (root dagster.yaml on PostgreSQL)."""
+
+import shutil
+import uuid
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from coupa_d365_pipeline.coupa.assets import coupa_suppliers
+from coupa_d365_pipeline.d365.assets import d365_legal_entities
+from coupa_d365_pipeline.definitions import build_resources
+from coupa_d365_pipeline.demo import prepare_dagster_home
+from coupa_d365_pipeline_tests.conftest import in_ci
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _run_on(instance: dg.DagsterInstance) -> str:
+    result = dg.materialize([coupa_suppliers, d365_legal_entities], resources=build_resources(), instance=instance)
+    assert result.success
+    return result.run_id
+
+
+def test_embedded_default_instance_is_sqlite(tmp_path, sandbox_env):
+    home = prepare_dagster_home(tmp_path / "home")
+    instance = dg.DagsterInstance.from_config(str(home))
+    try:
+        assert type(instance.run_storage).__name__ == "SqliteRunStorage"
+        run_id = _run_on(instance)
+        assert instance.get_run_by_id(run_id).is_success
+        assert (home / "history" / "runs.db").exists()
+        assert instance.get_latest_materialization_event(dg.AssetKey(["coupa", "suppliers"])) is not None
+    finally:
+        instance.dispose()
+
+
+@pytest.fixture
+def postgres_database():
+    try:
+        import psycopg2
+        conn = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=3)
+    except Exception as exc:  # noqa: BLE001 - any connection failure means "no server here"
+        if in_ci():
+            pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is required in CI but unreachable: {exc}")
+        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 (user postgres) is not reachable: {exc}")
+    conn.autocommit = True
+    name = f"coupa_d365_test_{uuid.uuid4().hex[:10]}"
+    with conn.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield name
+    finally:
+        with conn.cursor() as cur:
+            cur.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.close()
+
+
+@pytest.mark.postgres
+def test_production_dagster_yaml_on_postgres(tmp_path, sandbox_env, postgres_database, monkeypatch):
+    home = tmp_path / "prod_home"
+    home.mkdir()
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    for name, value in {"DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_PORT": "5432", "DAGSTER_PG_USER": "postgres",
+                        "DAGSTER_PG_PASSWORD": "", "DAGSTER_PG_DB": postgres_database}.items():
+        monkeypatch.setenv(name, value)
+    instance = dg.DagsterInstance.from_config(str(home))
+    try:
+        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
+        assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
+        assert instance.run_monitoring_enabled
+        run_id = _run_on(instance)
+        assert instance.get_run_by_id(run_id).is_success
+        records = instance.fetch_materializations(dg.AssetKey(["d365", "legal_entities"]), limit=10).records
+        assert len(records) == 1 and records[0].run_id == run_id
+    finally:
+        instance.dispose()
