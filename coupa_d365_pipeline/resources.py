@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import dagster as dg
 from pydantic import PrivateAttr
 
@@ -14,7 +16,28 @@ from .settings import (
 from .state.store import SyncStore
 
 
-class CoupaResource(dg.ConfigurableResource):
+class _ClientResource(dg.ConfigurableResource):
+    """Lifecycle shared by the API resources: one client per run (per step process), closed after."""
+
+    _client: Any = PrivateAttr(default=None)
+
+    def make_client(self, logger: Any = None) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self._client = self.make_client(logger=context.log)
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._client is not None:
+            self._client.close()
+
+    def _live_client(self) -> Any:
+        if self._client is None:
+            raise RuntimeError(f"{type(self).__name__} is used outside a Dagster run; call make_client() instead")
+        return self._client
+
+
+class CoupaResource(_ClientResource):
     """Coupa Core API (OAuth client credentials). Configure through COUPA_* variables."""
 
     base_url: str
@@ -25,8 +48,6 @@ class CoupaResource(dg.ConfigurableResource):
     timeout_s: float = 30.0
     max_requests_per_second: float = 20.0
     token_warmup_s: float = 5.0
-
-    _client: CoupaClient | None = PrivateAttr(default=None)
 
     def make_client(self, logger=None) -> CoupaClient:
         problems: list[str] = []
@@ -40,21 +61,12 @@ class CoupaResource(dg.ConfigurableResource):
                            max_requests_per_second=self.max_requests_per_second,
                            token_warmup_s=self.token_warmup_s, logger=logger)
 
-    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        self._client = self.make_client(logger=context.log)
-
-    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        if self._client is not None:
-            self._client.close()
-
     @property
     def client(self) -> CoupaClient:
-        if self._client is None:
-            raise RuntimeError("CoupaResource is used outside a Dagster run; call make_client() instead")
-        return self._client
+        return self._live_client()
 
 
-class D365Resource(dg.ConfigurableResource):
+class D365Resource(_ClientResource):
     """Dynamics 365 F&O OData with Entra client credentials. Configure through D365_* variables."""
 
     base_url: str
@@ -65,8 +77,6 @@ class D365Resource(dg.ConfigurableResource):
     default_legal_entity: str
     timeout_s: float = 60.0
 
-    _client: D365Client | None = PrivateAttr(default=None)
-
     def make_client(self, logger=None) -> D365Client:
         problems: list[str] = []
         base_url = normalize_d365_base_url(self.base_url, problems)
@@ -76,18 +86,9 @@ class D365Resource(dg.ConfigurableResource):
         return D365Client(base_url, self.tenant_id, self.client_id, self.client_secret,
                           authority_url=authority, timeout_s=self.timeout_s, logger=logger)
 
-    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        self._client = self.make_client(logger=context.log)
-
-    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        if self._client is not None:
-            self._client.close()
-
     @property
     def client(self) -> D365Client:
-        if self._client is None:
-            raise RuntimeError("D365Resource is used outside a Dagster run; call make_client() instead")
-        return self._client
+        return self._live_client()
 
 
 class SyncStateResource(dg.ConfigurableResource):

@@ -52,9 +52,10 @@ class Item(CoupaModel):
     item_number: str | None = None
 
 
-class InvoiceLine(CoupaModel):
+class _Line(CoupaModel):
+    """Fields invoice lines and order lines share."""
+
     id: int
-    line_num: int | None = None
     description: str | None = None
     type: str | None = None
     quantity: Decimal | None = None
@@ -64,6 +65,10 @@ class InvoiceLine(CoupaModel):
     item: Item | None = None
     commodity: Ref | None = None
     account: Account | None = None
+
+
+class InvoiceLine(_Line):
+    line_num: int | None = None
     order_line_id: int | None = None
     order_line_num: str | None = None
     order_header_num: str | None = None
@@ -97,17 +102,8 @@ class Invoice(CoupaModel):
     updated_at: datetime
 
 
-class OrderLine(CoupaModel):
-    id: int
+class OrderLine(_Line):
     line_num: str | int | None = None
-    description: str | None = None
-    quantity: Decimal | None = None
-    price: Decimal | None = None
-    total: Decimal | None = None
-    uom: Ref | None = None
-    item: Item | None = None
-    commodity: Ref | None = None
-    account: Account | None = None
     need_by_date: str | None = None
     received: Decimal | str | None = None
 

@@ -181,6 +181,23 @@ class _Clock:
         return self.iso(c), self.iso(u), c
 
 
+def _pick_goods(rng: random.Random, item_share: float, qty_max: int, amount_price_max_c: int,
+                unit_price_max_c: int) -> tuple[dict | None, str, str, str, bool, int, int]:
+    """A catalogue item (with probability ``item_share``) or a free-text line, with quantity
+    (hundredths) and price (cents): (item, description, commodity, uom, amount_line, qty_h, price_c)."""
+    if rng.random() < item_share:
+        it = RELEASED_ITEMS[rng.randrange(len(RELEASED_ITEMS))]
+        item: dict | None = {"id": it[0], "name": it[2], "item-number": it[1]}
+        desc, commodity, uom = it[2], it[5], it[3]
+    else:
+        item = None
+        desc, commodity, uom = FREE_TEXT[rng.randrange(len(FREE_TEXT))]
+    amount_line = item is None and rng.random() < 0.3
+    qty_h = 100 if amount_line else rng.randint(1, qty_max) * (100 if UOMS[uom][2] == 0 else 25)
+    price_c = rng.randint(5000, amount_price_max_c) if amount_line else rng.randint(50, unit_price_max_c)
+    return item, desc, commodity, uom, amount_line, qty_h, price_c
+
+
 def generate_seed(config: SeedConfig = SeedConfig()) -> SeedData:
     """Build the whole data set; cyclic GC is paused meanwhile (millions of small dicts, no cycles)."""
     gc_was_enabled = gc.isenabled()
@@ -325,16 +342,7 @@ def _generate(config: SeedConfig) -> SeedData:
         total_c = 0
         for ln in range(1, rng.randint(1, 6) + 1):
             line_id += 1
-            if rng.random() < 0.6:
-                it = RELEASED_ITEMS[rng.randrange(len(RELEASED_ITEMS))]
-                item = {"id": it[0], "name": it[2], "item-number": it[1]}
-                desc, commodity, uom = it[2], it[5], it[3]
-            else:
-                item = None
-                desc, commodity, uom = FREE_TEXT[rng.randrange(len(FREE_TEXT))]
-            amount_line = item is None and rng.random() < 0.3
-            qty_h = 100 if amount_line else rng.randint(1, 200) * (100 if UOMS[uom][2] == 0 else 25)
-            price_c = rng.randint(5000, 500000) if amount_line else rng.randint(50, 50000)
+            item, desc, commodity, uom, amount_line, qty_h, price_c = _pick_goods(rng, 0.6, 200, 500000, 50000)
             tot = _mul_round(qty_h, price_c)
             total_c += tot
             received_h = 0 if status == "cancelled" else rng.choice([0, qty_h, qty_h, qty_h // 2])
@@ -480,16 +488,7 @@ def _generate(config: SeedConfig) -> SeedData:
         else:
             for ln in range(1, rng.randint(1, 10) + 1):
                 line_id += 1
-                if rng.random() < 0.4:
-                    it = RELEASED_ITEMS[rng.randrange(len(RELEASED_ITEMS))]
-                    item = {"id": it[0], "name": it[2], "item-number": it[1]}
-                    desc, commodity, uom = it[2], it[5], it[3]
-                else:
-                    item = None
-                    desc, commodity, uom = FREE_TEXT[rng.randrange(len(FREE_TEXT))]
-                amount_line = item is None and rng.random() < 0.3
-                qty_h = 100 if amount_line else rng.randint(1, 100) * (100 if UOMS[uom][2] == 0 else 25)
-                price_c = rng.randint(5000, 300000) if amount_line else rng.randint(50, 30000)
+                item, desc, commodity, uom, amount_line, qty_h, price_c = _pick_goods(rng, 0.4, 100, 300000, 30000)
                 if credit:
                     price_c = -price_c
                 tot = _mul_round(qty_h, price_c)
