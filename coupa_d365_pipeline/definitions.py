@@ -2,52 +2,54 @@
 
 from __future__ import annotations
 
-import os
-
 import dagster as dg
 
 from .coupa.assets import coupa_invoices, coupa_purchase_orders, coupa_suppliers
 from .d365.assets import d365_legal_entities, default_legal_entity_exists
-from .resources import CoupaResource, D365Resource, SyncStateResource
-from .settings import (
-    DEFAULT_COUPA_API_VERSION, DEFAULT_COUPA_SCOPES, DEFAULT_D365_AUTHORITY_URL, DEFAULT_SYNC_DATABASE_URL,
+from .d365.master_assets import d365_gl_mapping, d365_master_data, gl_mapping_matches_d365
+from .d365.sync_assets import (
+    d365_vendor_invoices, d365_vendors, replay_invoices_job, vendor_invoices_not_stuck, vendors_not_stuck,
 )
+from .resources import CoupaResource, D365Resource, MappingResource, SyncStateResource
 
 
 def build_resources() -> dict[str, dg.ConfigurableResource]:
-    """Secrets and endpoints come from EnvVar (resolved at run start, shown by name in the UI)."""
+    """Required values come from EnvVar (resolved at run start, shown by name in the UI); optional
+    ones (scopes, API version, authority, rate, database, mapping file) are read from the environment
+    by the resources when a run starts — nothing is read from the environment at import time."""
     return {
         "coupa": CoupaResource(
             base_url=dg.EnvVar("COUPA_BASE_URL"),
             client_id=dg.EnvVar("COUPA_CLIENT_ID"),
             client_secret=dg.EnvVar("COUPA_CLIENT_SECRET"),
-            scopes=os.environ.get("COUPA_SCOPES", DEFAULT_COUPA_SCOPES),
-            api_version=os.environ.get("COUPA_API_VERSION", DEFAULT_COUPA_API_VERSION),
-            token_warmup_s=float(os.environ.get("COUPA_TOKEN_WARMUP_SECONDS", "5")),
         ),
         "d365": D365Resource(
             base_url=dg.EnvVar("D365_BASE_URL"),
             tenant_id=dg.EnvVar("D365_TENANT_ID"),
             client_id=dg.EnvVar("D365_CLIENT_ID"),
             client_secret=dg.EnvVar("D365_CLIENT_SECRET"),
-            authority_url=os.environ.get("D365_AUTHORITY_URL", DEFAULT_D365_AUTHORITY_URL),
             default_legal_entity=dg.EnvVar("D365_DEFAULT_LEGAL_ENTITY"),
         ),
-        "sync_state": SyncStateResource(database_url=os.environ.get("SYNC_DATABASE_URL", DEFAULT_SYNC_DATABASE_URL)),
+        "sync_state": SyncStateResource(),
+        "mapping": MappingResource(),
     }
 
 
 daily_documents_job = dg.define_asset_job(
-    "daily_documents_job", selection=dg.AssetSelection.assets(coupa_invoices, coupa_purchase_orders),
-    description="Stage one day of Coupa invoices and purchase orders.")
+    "daily_documents_job",
+    selection=dg.AssetSelection.assets(coupa_invoices, coupa_purchase_orders, d365_vendor_invoices),
+    description="One day (or a range, as one run) of Coupa invoices and POs: stage, then book invoices in D365.")
 
 master_data_job = dg.define_asset_job(
-    "master_data_job", selection=dg.AssetSelection.assets(coupa_suppliers, d365_legal_entities),
-    description="Refresh suppliers and D365 legal entities.")
+    "master_data_job",
+    selection=dg.AssetSelection.assets(coupa_suppliers, d365_legal_entities, d365_master_data, d365_gl_mapping,
+                                       d365_vendors),
+    description="Suppliers, D365 master data, the validated mapping, and vendors in D365.")
 
 defs = dg.Definitions(
-    assets=[coupa_suppliers, coupa_invoices, coupa_purchase_orders, d365_legal_entities],
-    asset_checks=[default_legal_entity_exists],
-    jobs=[daily_documents_job, master_data_job],
+    assets=[coupa_suppliers, coupa_invoices, coupa_purchase_orders, d365_legal_entities, d365_master_data,
+            d365_gl_mapping, d365_vendors, d365_vendor_invoices],
+    asset_checks=[default_legal_entity_exists, gl_mapping_matches_d365, vendors_not_stuck, vendor_invoices_not_stuck],
+    jobs=[daily_documents_job, master_data_job, replay_invoices_job],
     resources=build_resources(),
 )

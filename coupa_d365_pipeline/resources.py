@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import dagster as dg
@@ -14,6 +15,15 @@ from .settings import (
     ConfigError, normalize_base_url, normalize_d365_base_url,
 )
 from .state.store import SyncStore
+
+
+def optional_setting(configured: Any, env_name: str, default: Any) -> Any:
+    """Optional settings: explicit resource config wins, else the environment *at run start*, else the
+    default (read when the run starts, never when the code location is imported)."""
+    if configured not in (None, ""):
+        return configured
+    value = os.environ.get(env_name)
+    return value if value not in (None, "") else default
 
 
 class _ClientResource(dg.ConfigurableResource):
@@ -43,11 +53,11 @@ class CoupaResource(_ClientResource):
     base_url: str
     client_id: str
     client_secret: str
-    scopes: str = DEFAULT_COUPA_SCOPES
-    api_version: str = DEFAULT_COUPA_API_VERSION
+    scopes: str | None = None                      # default: COUPA_SCOPES, else the connector's scope list
+    api_version: str | None = None                 # default: COUPA_API_VERSION, else R39
     timeout_s: float = 30.0
-    max_requests_per_second: float = 20.0
-    token_warmup_s: float = 5.0
+    max_requests_per_second: float | None = None   # default: COUPA_MAX_REQUESTS_PER_SECOND, else 20
+    token_warmup_s: float | None = None            # default: COUPA_TOKEN_WARMUP_SECONDS, else 5
 
     def make_client(self, logger=None) -> CoupaClient:
         problems: list[str] = []
@@ -56,10 +66,15 @@ class CoupaResource(_ClientResource):
             problems.append("COUPA_CLIENT_ID and COUPA_CLIENT_SECRET must both be set")
         if problems:
             raise ConfigError(problems)
-        return CoupaClient(base_url, self.client_id, self.client_secret, scopes=self.scopes,
-                           api_version=self.api_version, timeout_s=self.timeout_s,
-                           max_requests_per_second=self.max_requests_per_second,
-                           token_warmup_s=self.token_warmup_s, logger=logger)
+        return CoupaClient(
+            base_url, self.client_id, self.client_secret,
+            scopes=optional_setting(self.scopes, "COUPA_SCOPES", DEFAULT_COUPA_SCOPES),
+            api_version=optional_setting(self.api_version, "COUPA_API_VERSION", DEFAULT_COUPA_API_VERSION),
+            timeout_s=self.timeout_s,
+            max_requests_per_second=float(optional_setting(self.max_requests_per_second,
+                                                           "COUPA_MAX_REQUESTS_PER_SECOND", 20.0)),
+            token_warmup_s=float(optional_setting(self.token_warmup_s, "COUPA_TOKEN_WARMUP_SECONDS", 5.0)),
+            logger=logger)
 
     @property
     def client(self) -> CoupaClient:
@@ -73,14 +88,15 @@ class D365Resource(_ClientResource):
     tenant_id: str
     client_id: str
     client_secret: str
-    authority_url: str = DEFAULT_D365_AUTHORITY_URL
+    authority_url: str | None = None               # default: D365_AUTHORITY_URL, else login.microsoftonline.com
     default_legal_entity: str
     timeout_s: float = 60.0
 
     def make_client(self, logger=None) -> D365Client:
         problems: list[str] = []
         base_url = normalize_d365_base_url(self.base_url, problems)
-        authority = normalize_base_url(self.authority_url, "D365_AUTHORITY_URL", problems)
+        authority = normalize_base_url(optional_setting(self.authority_url, "D365_AUTHORITY_URL",
+                                                        DEFAULT_D365_AUTHORITY_URL), "D365_AUTHORITY_URL", problems)
         if problems:
             raise ConfigError(problems)
         return D365Client(base_url, self.tenant_id, self.client_id, self.client_secret,
@@ -94,12 +110,16 @@ class D365Resource(_ClientResource):
 class SyncStateResource(dg.ConfigurableResource):
     """The connector's own database (SYNC_DATABASE_URL): staged documents, watermarks, later the ledger."""
 
-    database_url: str = DEFAULT_SYNC_DATABASE_URL
+    database_url: str | None = None                # default: SYNC_DATABASE_URL, else a local SQLite file
 
     _store: SyncStore | None = PrivateAttr(default=None)
 
+    @property
+    def resolved_url(self) -> str:
+        return optional_setting(self.database_url, "SYNC_DATABASE_URL", DEFAULT_SYNC_DATABASE_URL)
+
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        self._store = SyncStore(self.database_url)
+        self._store = SyncStore(self.resolved_url)
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         if self._store is not None:
@@ -108,5 +128,20 @@ class SyncStateResource(dg.ConfigurableResource):
     @property
     def store(self) -> SyncStore:
         if self._store is None:
-            self._store = SyncStore(self.database_url)
+            self._store = SyncStore(self.resolved_url)
         return self._store
+
+
+class MappingResource(dg.ConfigurableResource):
+    """The Coupa -> D365 mapping file (COUPA_D365_MAPPING_FILE; default: the bundled example)."""
+
+    mapping_file: str | None = None                # default: COUPA_D365_MAPPING_FILE, else the bundled example
+
+    @property
+    def resolved_path(self) -> str | None:
+        return optional_setting(self.mapping_file, "COUPA_D365_MAPPING_FILE", None)
+
+    def load(self):
+        from .mapping.config import load_mapping
+
+        return load_mapping(self.resolved_path)

@@ -44,6 +44,8 @@ ENV_VARS: dict[str, tuple[bool, str]] = {
     "SYNC_START_DATE": (False, f"first daily partition, YYYY-MM-DD (default {DEFAULT_SYNC_START_DATE})"),
     "WEBHOOK_STAGING_DIR": (False, f"directory where signed webhooks are staged (default {DEFAULT_WEBHOOK_STAGING_DIR})"),
     "COUPA_D365_MAPPING_FILE": (False, "YAML mapping Coupa charts/suppliers/items to D365 (default: the bundled example)"),
+    "COUPA_MAX_REQUESTS_PER_SECOND": (False, "client-side Coupa rate limit (default 20; Coupa allows 25/s)"),
+    "COUPA_TOKEN_WARMUP_SECONDS": (False, "wait between minting a Coupa token and first use (default 5, as Coupa asks)"),
 }
 
 

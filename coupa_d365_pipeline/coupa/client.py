@@ -25,7 +25,7 @@ from ..common.redact import register_secret
 from ..settings import DEFAULT_COUPA_API_VERSION, DEFAULT_COUPA_SCOPES
 
 PAGE_SIZE = 50
-RESOURCES = ("invoices", "purchase_orders", "suppliers")
+RESOURCES = ("invoices", "purchase_orders", "suppliers", "integration_history_records")
 
 
 class CoupaError(HTTPClientError):

@@ -214,7 +214,7 @@ class D365Client:
         self._check_record(entity_set, record)
         for attempt in (1, 2, 3):
             try:
-                response = self._send("POST", self._url(entity_set), json=dict(record), idempotent=False)
+                response = self._send("POST", self._url(entity_set), json=odata.jsonable(dict(record)), idempotent=False)
             except AmbiguousWriteError as exc:
                 if verify is None:
                     raise
@@ -233,7 +233,7 @@ class D365Client:
         self._check_key(entity_set, key)
         self._check_record(entity_set, changes, require_company=False)
         response = self._send("PATCH", self._url(entity_set + odata.key_predicate(key)),
-                              params={"cross-company": "true"}, json=dict(changes), idempotent=True)
+                              params={"cross-company": "true"}, json=odata.jsonable(dict(changes)), idempotent=True)
         self._raise_for(response, f"PATCH {entity_set}")
 
     def delete(self, entity_set: str, key: Mapping[str, Any]) -> bool:

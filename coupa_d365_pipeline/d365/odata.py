@@ -72,3 +72,16 @@ def _field(name: str) -> str:
     if not name.replace("_", "").isalnum():
         raise ValueError(f"{name!r} is not an OData property name")
     return name
+
+
+def jsonable(value: Any) -> Any:
+    """Make a D365 body JSON-serializable: Decimal -> number, datetime/date -> Edm.DateTimeOffset text."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() and abs(value) < 2**53 else float(value)
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, (datetime, date)):
+        return literal(value)
+    return value

@@ -145,6 +145,8 @@ class RequestLog:
 
     def add(self, entry: LoggedRequest) -> None:
         with self._lock:
+            self._seq = getattr(self, "_seq", 0) + 1
+            entry.seq = self._seq  # keeps counting across clear(), so "everything after seq N" works
             self.entries.append(entry)
 
     def next_seq(self) -> int:

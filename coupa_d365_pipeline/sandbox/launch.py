@@ -41,6 +41,7 @@ class RunningSandboxes:
     coupa_server: SandboxServer
     d365_server: SandboxServer
     start_date: date
+    coupa_max_rps: float = 20.0
 
     @property
     def coupa_url(self) -> str:
@@ -58,6 +59,7 @@ class RunningSandboxes:
             "COUPA_CLIENT_SECRET": COUPA_CLIENT_SECRET,
             "COUPA_API_VERSION": "R39",
             "COUPA_TOKEN_WARMUP_SECONDS": "0",
+            "COUPA_MAX_REQUESTS_PER_SECOND": str(self.coupa_max_rps),
             "D365_BASE_URL": self.d365_url,
             "D365_TENANT_ID": D365_TENANT_ID,
             "D365_CLIENT_ID": D365_CLIENT_ID,

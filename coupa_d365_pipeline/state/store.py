@@ -31,6 +31,13 @@ staged_documents = sa.Table(
     sa.PrimaryKeyConstraint("doc_type", "coupa_id", name="pk_staged_documents"),
 )
 
+snapshots = sa.Table(
+    "snapshots", metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("fetched_at", sa.String(40), nullable=False),
+)
+
 watermarks = sa.Table(
     "watermarks", metadata,
     sa.Column("name", sa.String(128), primary_key=True),
@@ -58,12 +65,36 @@ def payload_hash(payload: Any) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
 
 
+def normalize_timestamp(value: Any) -> str:
+    """Coupa timestamps carry offsets (``-08:00``); store them as sortable UTC text ``...Z``."""
+    if not value:
+        return ""
+    try:
+        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return str(value)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def make_engine(database_url: str) -> Engine:
     if database_url.startswith("sqlite:///"):
         path = database_url.removeprefix("sqlite:///")
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return sa.create_engine(database_url, connect_args={"timeout": 30})
+        engine = sa.create_engine(database_url, connect_args={"timeout": 30})
+
+        @sa.event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            # WAL: readers never block the writer; NORMAL: durable at checkpoints, fast commits.
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        return engine
     return sa.create_engine(database_url, pool_pre_ping=True)
 
 
@@ -82,7 +113,7 @@ class SyncStore:
                 digest = payload_hash(record)
                 key = (staged_documents.c.doc_type == doc_type) & (staged_documents.c.coupa_id == int(record["id"]))
                 existing = conn.execute(sa.select(staged_documents.c.payload_sha256).where(key)).scalar_one_or_none()
-                values = {"status": record.get("status"), "coupa_updated_at": str(record.get("updated-at") or ""),
+                values = {"status": record.get("status"), "coupa_updated_at": normalize_timestamp(record.get("updated-at")),
                           "payload_sha256": digest, "payload": json.dumps(record, default=str),
                           "fetched_at": _now(), "run_id": run_id}
                 if existing is None:
@@ -105,6 +136,37 @@ class SyncStore:
         with self.engine.connect() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(staged_documents)
                                     .where(staged_documents.c.doc_type == doc_type)).scalar_one())
+
+    def documents_by_id(self, doc_type: str, coupa_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+        ids = [int(i) for i in coupa_ids]
+        found: dict[int, dict[str, Any]] = {}
+        with self.engine.connect() as conn:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                rows = conn.execute(sa.select(staged_documents.c.coupa_id, staged_documents.c.payload).where(
+                    (staged_documents.c.doc_type == doc_type) & staged_documents.c.coupa_id.in_(chunk)))
+                found.update({int(cid): json.loads(payload) for cid, payload in rows})
+        return found
+
+    def documents_updated_between(self, doc_type: str, start: str, end: str) -> list[dict[str, Any]]:
+        """Staged documents whose Coupa updated-at (normalized UTC text) is in [start, end)."""
+        c = staged_documents.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(c.payload).where((c.doc_type == doc_type) & (c.coupa_updated_at >= start)
+                                                           & (c.coupa_updated_at < end)).order_by(c.coupa_id))
+            return [json.loads(r) for r in rows.scalars()]
+
+    def save_snapshot(self, name: str, payload: Any) -> None:
+        text = json.dumps(payload, default=str)
+        with self.engine.begin() as conn:
+            if conn.execute(snapshots.update().where(snapshots.c.name == name)
+                            .values(payload=text, fetched_at=_now())).rowcount == 0:
+                conn.execute(snapshots.insert().values(name=name, payload=text, fetched_at=_now()))
+
+    def load_snapshot(self, name: str) -> Any | None:
+        with self.engine.connect() as conn:
+            text = conn.execute(sa.select(snapshots.c.payload).where(snapshots.c.name == name)).scalar_one_or_none()
+        return json.loads(text) if text is not None else None
 
     def get_watermark(self, name: str) -> str | None:
         with self.engine.connect() as conn:

@@ -1,0 +1,158 @@
+"""Vendors and vendor invoices written to D365, their checks, and the replay job."""
+
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+import dagster as dg
+
+from ..coupa.assets import coupa_invoices, coupa_suppliers
+from ..mapping.documents import legal_entity_for
+from ..partitions import daily_partitions
+from ..resources import CoupaResource, D365Resource, MappingResource, SyncStateResource
+from ..state.ledger import OPEN_STATES, PROBLEM_STATES, Ledger, LedgerRow
+from ..sync.invoices import InvoiceSync
+from ..sync.report import SyncReport
+from ..sync.vendors import VendorSync
+from .master_assets import d365_gl_mapping, d365_master_data
+from .services import build_services
+
+RETRY_LIMIT = 500  # quarantined/failed invoices re-tried per run (they succeed once the mapping is fixed)
+
+
+def _utc(dt: datetime) -> str:
+    return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _requests(services: Any) -> tuple[int, int]:
+    return services.coupa.request_count, services.d365.request_count
+
+
+def _metadata(report: SyncReport, doc_type: str, before: tuple[int, int], services: Any, started: float,
+              **extra: Any) -> dict[str, Any]:
+    coupa_now, d365_now = _requests(services)
+    processed = len([o for o in report.outcomes if o.doc_type == doc_type])
+    return {**report.metadata_counts(doc_type), "processed": processed,
+            "d365_requests": d365_now - before[1], "coupa_requests": coupa_now - before[0],
+            "duration_s": round(time.monotonic() - started, 3),
+            "problems": dg.MetadataValue.md(report.problems_markdown()), **extra}
+
+
+@dg.asset(key=["d365", "vendors"], group_name="d365", kinds={"d365"},
+          deps=[coupa_suppliers, d365_gl_mapping, d365_master_data], pool="d365_writes",
+          description="Coupa suppliers as D365 VendorsV2 in every legal entity they are used in: created when "
+                      "missing (read cross-company first), changed fields updated, never created twice.")
+def d365_vendors(context: dg.AssetExecutionContext, coupa: CoupaResource, d365: D365Resource,
+                 sync_state: SyncStateResource, mapping: MappingResource) -> dg.MaterializeResult:
+    started = time.monotonic()
+    services = build_services(context, coupa, d365, sync_state, mapping)
+    before = _requests(services)
+    store = services.store
+    used: dict[int, set[str]] = {}
+    for invoice in store.documents("invoice"):
+        le = legal_entity_for(invoice, services.mapping)
+        supplier_id = (invoice.get("supplier") or {}).get("id")
+        if le and supplier_id is not None:
+            used.setdefault(int(supplier_id), set()).add(le)
+    vendors = VendorSync(services)
+    prefetched = {le: vendors.prefetch(le) for le in sorted({le for les in used.values() for le in les})}
+    report = SyncReport()
+    for supplier in store.documents("supplier"):
+        for le in sorted(used.get(int(supplier["id"]), set())):
+            report.add(vendors.ensure(supplier, le))
+    return dg.MaterializeResult(metadata=_metadata(
+        report, "vendor", before, services, started, existing_vendors_read=dg.MetadataValue.json(prefetched),
+        suppliers_in_use=len(used)))
+
+
+@dg.asset(key=["d365", "vendor_invoices"], group_name="d365", kinds={"d365"}, partitions_def=daily_partitions,
+          backfill_policy=dg.BackfillPolicy.single_run(), pool="d365_writes",
+          deps=[coupa_invoices, d365_vendors, d365_gl_mapping],
+          description="Approved Coupa invoices as D365 pending vendor invoices (header + lines in one changeset), "
+                      "exactly once; voided ones removed while still pending; unmappable ones quarantined.")
+def d365_vendor_invoices(context: dg.AssetExecutionContext, coupa: CoupaResource, d365: D365Resource,
+                         sync_state: SyncStateResource, mapping: MappingResource) -> dg.MaterializeResult:
+    started = time.monotonic()
+    services = build_services(context, coupa, d365, sync_state, mapping)
+    before = _requests(services)
+    window = context.partition_time_window
+    documents = services.store.documents_updated_between("invoice", _utc(window.start), _utc(window.end))
+    in_window = {int(d["id"]) for d in documents}
+    retry_ids = [r.coupa_id for r in services.ledger.rows("invoice", OPEN_STATES, limit=RETRY_LIMIT)
+                 if r.coupa_id not in in_window and r.state != "new"]
+    retries = list(services.store.documents_by_id("invoice", retry_ids).values())
+    report = InvoiceSync(services).sync_many([*documents, *retries])
+    context.log.info("vendor invoices %s..%s: %s", _utc(window.start), _utc(window.end),
+                     dict(report.counts("invoice")))
+    return dg.MaterializeResult(metadata=_metadata(
+        report, "invoice", before, services, started, window_start=_utc(window.start), window_end=_utc(window.end),
+        partitions=len(context.partition_keys), retried_from_earlier_runs=len(retries), route="odata"))
+
+
+def _stuck_check(ledger: Ledger, doc_type: str, what: str) -> dg.AssetCheckResult:
+    rows: list[LedgerRow] = ledger.rows(doc_type, PROBLEM_STATES)
+    table = "| Coupa id | scope | state | reason | since |\n|---|---|---|---|---|\n" + "\n".join(
+        f"| {r.coupa_id} | {r.scope or r.legal_entity or ''} | {r.state} | {(r.reason or '').replace('|', '/')[:300]} "
+        f"| {r.updated_at:%Y-%m-%d %H:%M} |" for r in rows[:200])
+    by_state: dict[str, int] = {}
+    for r in rows:
+        by_state[r.state] = by_state.get(r.state, 0) + 1
+    return dg.AssetCheckResult(
+        passed=not rows,
+        description=None if not rows else f"{len(rows)} {what} need attention: " +
+        ", ".join(f"{n} {s}" for s, n in sorted(by_state.items())),
+        metadata={"stuck": len(rows), "by_state": dg.MetadataValue.json(by_state),
+                  "details": dg.MetadataValue.md(table if rows else "Nothing stuck.")})
+
+
+@dg.asset_check(asset=d365_vendor_invoices, description="No invoice is quarantined, failed, or changed/voided "
+                                                        "in Coupa after D365 posted it.")
+def vendor_invoices_not_stuck(sync_state: SyncStateResource) -> dg.AssetCheckResult:
+    return _stuck_check(Ledger(sync_state.store.engine), "invoice", "invoices")
+
+
+@dg.asset_check(asset=d365_vendors, description="No vendor is quarantined or failed.")
+def vendors_not_stuck(sync_state: SyncStateResource) -> dg.AssetCheckResult:
+    return _stuck_check(Ledger(sync_state.store.engine), "vendor", "vendors")
+
+
+class ReplayConfig(dg.Config):
+    """Which invoices to re-drive through the normal path (same dedupe as every run)."""
+
+    coupa_ids: list[int] = []
+    failed_since: str | None = None     # ISO timestamp: every invoice quarantined/failed/stuck since then
+    refetch_from_coupa: bool = True     # read the current version from Coupa first
+
+
+@dg.op(description="Re-drive invoices by Coupa id, or everything that failed since a time, through the same "
+                   "sync path (ledger claims, natural-key lookup) as the scheduled runs.")
+def replay_invoices(context: dg.OpExecutionContext, config: ReplayConfig, coupa: CoupaResource, d365: D365Resource,
+                    sync_state: SyncStateResource, mapping: MappingResource) -> dg.Output:
+    started = time.monotonic()
+    services = build_services(context, coupa, d365, sync_state, mapping)
+    before = _requests(services)
+    ids = set(config.coupa_ids)
+    if config.failed_since:
+        since = datetime.fromisoformat(config.failed_since.replace("Z", "+00:00"))
+        since = since if since.tzinfo else since.replace(tzinfo=timezone.utc)
+        ids |= {r.coupa_id for r in services.ledger.rows("invoice", (*PROBLEM_STATES, "writing"), since=since)}
+    if not ids:
+        raise dg.Failure("nothing to replay: give coupa_ids or failed_since")
+    invoices = []
+    for coupa_id in sorted(ids):
+        if config.refetch_from_coupa:
+            invoice = services.coupa.get("invoices", coupa_id)
+            services.store.stage("invoice", [invoice], run_id=services.run_id)
+        else:
+            invoice = services.store.documents_by_id("invoice", [coupa_id]).get(coupa_id)
+        if invoice is not None:
+            invoices.append(invoice)
+    report = InvoiceSync(services).sync_many(invoices)
+    metadata = _metadata(report, "invoice", before, services, started, requested=len(ids))
+    context.log.info("replayed %d invoices: %s", len(invoices), dict(report.counts("invoice")))
+    return dg.Output(dict(report.counts("invoice")), metadata=metadata)
+
+
+@dg.job(description="Replay invoices (launch from the UI with coupa_ids or failed_since in the config).")
+def replay_invoices_job() -> None:
+    replay_invoices()

@@ -1,0 +1,1 @@
+"""Coupa -> D365 F&O mapping: configuration, D365 master data, display strings and documents."""

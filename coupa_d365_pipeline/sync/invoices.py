@@ -1,0 +1,410 @@
+"""Approved Coupa invoices -> D365 pending vendor invoices, exactly once.
+
+Per invoice (``InvoiceSync.sync``):
+1. claim the ledger row atomically (another run holding it -> "busy", it will be picked up later);
+2. unchanged since we last booked it -> nothing to do, no D365 call;
+3. map it (pure function); unmappable -> quarantined with the reasons, Coupa alerted once per reason;
+4. make sure the vendor exists in the invoice's legal entity;
+5. look the natural key up in D365 — pending ``VendorInvoiceHeaders`` (InvoiceNumber +
+   InvoiceAccount) and posted ``VendInvoiceJourBiEntities`` (InvoiceId + InvoiceAccount): found ->
+   adopt it (completing missing lines of a half-written invoice) instead of creating a second one;
+6. record the HeaderReference we are about to use, then write header + lines in one changeset;
+   an ambiguous failure (timeout, dropped connection) is settled by the same lookup;
+7. tell Coupa (export flag + Success history record with the HeaderReference).
+
+Posted invoices are never PATCHed or DELETEd: a Coupa change or void after posting is recorded as
+``changed_after_post`` / ``void_blocked_posted`` and reported.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+from typing import Any, Iterable
+
+from ..common.http import AmbiguousWriteError, HTTPClientError
+from ..d365 import odata
+from ..d365.client import D365Error
+from ..mapping.documents import MappedInvoice, Quarantine, legal_entity_for, map_invoice
+from ..state.ledger import (
+    CHANGED_AFTER_POST, FAILED, POSTED, QUARANTINED, VOID_BLOCKED, VOIDED, WRITING, WRITTEN, LedgerRow,
+)
+from ..state.store import payload_hash
+from .context import SyncServices, error_text, http_status
+from .report import Outcome, SyncReport
+from .vendors import VendorSync
+from .writer import InvoiceWriter, ODataBatchInvoiceWriter
+
+DOC = "invoice"
+HEADER_SET, LINE_SET, POSTED_SET = "VendorInvoiceHeaders", "VendorInvoiceLines", "VendInvoiceJourBiEntities"
+HEADER_UPDATE_FIELDS = ("InvoiceNumber", "InvoiceAccount", "InvoiceDate", "Currency", "ImportedAmount",
+                        "InvoiceDescription")
+LINE_COMPARE_FIELDS = ("LineDescription", "ReceiveNow", "UnitPrice", "Amount", "Currency", "MainAccountDisplayValue",
+                       "DimensionDisplayValue", "ItemNumber", "ProcurementCategoryName", "PurchaseOrder",
+                       "PurchLineNumber")
+
+
+# Fields that change without changing what is booked (our own export flag, payment status written back,
+# bookkeeping timestamps): excluded from the change detection hash.
+VOLATILE_FIELDS = frozenset({"exported", "last-exported-at", "updated-at", "updated-by", "current-integration-history-records",
+                             "paid", "payment-date", "payment-notes", "payments"})
+
+
+def content_hash(invoice: dict[str, Any]) -> str:
+    return payload_hash({k: v for k, v in invoice.items() if k not in VOLATILE_FIELDS})
+
+
+def header_reference(coupa_id: int) -> str:
+    """Our HeaderReference for a Coupa invoice: deterministic, so a repeated create collides
+    ("The record already exists.") instead of duplicating."""
+    return f"COUPA-{int(coupa_id)}"
+
+
+def _same(a: Any, b: Any) -> bool:
+    if a is None or a == "":
+        return b is None or b == ""
+    try:
+        return Decimal(str(a)) == Decimal(str(b))
+    except (InvalidOperation, ValueError):
+        return str(a).strip() == str(b).strip()
+
+
+class InvoiceSync:
+    def __init__(self, services: SyncServices, vendors: VendorSync | None = None,
+                 writer: InvoiceWriter | None = None) -> None:
+        self.s = services
+        self.vendors = vendors or VendorSync(services)
+        self.writer = writer or ODataBatchInvoiceWriter(services.d365)
+        self._po_lines: dict[tuple[str, str, str], bool] = {}
+
+    # -- entry points ------------------------------------------------------------------------
+    def sync_many(self, invoices: Iterable[dict[str, Any]], report: SyncReport | None = None) -> SyncReport:
+        report = report or SyncReport()
+        seen: set[int] = set()
+        for invoice in invoices:
+            if int(invoice["id"]) in seen:
+                continue
+            seen.add(int(invoice["id"]))
+            report.add(self.sync(invoice))
+        return report
+
+    def sync(self, invoice: dict[str, Any]) -> Outcome:
+        s, run = self.s, self.s.run_id
+        coupa_id = int(invoice["id"])
+        number = str(invoice.get("invoice-number") or "")
+        row = s.ledger.claim(DOC, coupa_id, run)
+        if row is None:
+            return Outcome(DOC, coupa_id, "busy", number, None, "another run holds this invoice; it will be retried")
+        try:
+            return self._sync_claimed(row, invoice)
+        except HTTPClientError as exc:
+            reason = error_text(exc)
+            s.logger.warning("invoice %s (%s) failed: %s", coupa_id, number, reason)
+            s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=coupa_id, action="error", http_status=http_status(exc),
+                           error=reason)
+            current = s.ledger.get(DOC, coupa_id) or row
+            keep_state = current.state if current.state in (WRITTEN, POSTED, WRITING) else FAILED
+            s.ledger.update(current, run, release=True, state=keep_state, reason=reason, attempts=row.attempts + 1)
+            return Outcome(DOC, coupa_id, "failed", number, row.legal_entity, reason)
+        except BaseException:
+            s.ledger.release(row, run)
+            raise
+
+    # -- the flow ----------------------------------------------------------------------------
+    def _sync_claimed(self, row: LedgerRow, invoice: dict[str, Any]) -> Outcome:
+        s, run = self.s, self.s.run_id
+        coupa_id = int(invoice["id"])
+        number = str(invoice.get("invoice-number") or "")
+        coupa_hash = content_hash(invoice)
+        status = invoice.get("status")
+        if status == "voided":
+            return self._void(row, invoice, coupa_hash)
+        if status != "approved":
+            s.ledger.release(row, run)
+            return Outcome(DOC, coupa_id, "skipped", number, row.legal_entity, f"Coupa status {status}")
+        if row.state in (WRITTEN, POSTED) and row.coupa_hash == coupa_hash:
+            if not row.coupa_notified:
+                self._notify_booked(row, invoice)
+            else:
+                s.ledger.release(row, run)
+            return Outcome(DOC, coupa_id, "already_present", number, row.legal_entity)
+        if row.state in (POSTED, CHANGED_AFTER_POST):
+            return self._changed_after_post(row, invoice, coupa_hash)
+
+        supplier = self._supplier(invoice)
+        mapped = map_invoice(invoice, s.mapping, s.master, supplier=supplier)
+        if isinstance(mapped, Quarantine):
+            return self._quarantine(row, invoice, "; ".join(mapped.reasons), coupa_hash)
+        assert supplier is not None  # map_invoice quarantines invoices without a usable supplier
+        vendor = self.vendors.ensure(supplier, mapped.legal_entity)
+        if vendor.action in ("quarantined", "failed", "busy"):
+            reason = f"vendor {mapped.vendor_account} in {mapped.legal_entity} is {vendor.action}: {vendor.detail}"
+            if vendor.action == "quarantined":
+                return self._quarantine(row, invoice, reason, coupa_hash, legal_entity=mapped.legal_entity)
+            s.ledger.update(row, run, release=True, state=FAILED, reason=reason, legal_entity=mapped.legal_entity)
+            return Outcome(DOC, coupa_id, "failed", number, mapped.legal_entity, reason)
+        self._link_purchase_orders(mapped)
+
+        if row.state == WRITTEN and row.d365_key:
+            return self._update_pending(row, invoice, mapped, coupa_hash)
+        return self._create(row, invoice, mapped, coupa_hash)
+
+    def _supplier(self, invoice: dict[str, Any]) -> dict[str, Any] | None:
+        supplier_ref = invoice.get("supplier") or {}
+        if supplier_ref.get("id") is None:
+            return None
+        return self.s.supplier(int(supplier_ref["id"]))
+
+    def _create(self, row: LedgerRow, invoice: dict[str, Any], mapped: MappedInvoice, coupa_hash: str) -> Outcome:
+        s, run = self.s, self.s.run_id
+        coupa_id = int(invoice["id"])
+        le, number = mapped.legal_entity, mapped.invoice_number
+        natural = f"{le}|{mapped.vendor_account}|{number}"
+        s.ledger.update(row, run, legal_entity=le, natural_key=natural)
+
+        posted = self._find_posted(mapped)
+        if posted is not None:
+            s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=coupa_id, action="found_posted", entity=POSTED_SET,
+                           d365_key={"dataAreaId": le, "InvoiceId": number})
+            row = s.ledger.update(row, run, state=POSTED, coupa_hash=coupa_hash, reason=None,
+                                  d365_key={"dataAreaId": le, "InvoiceId": number,
+                                            "LedgerVoucher": posted.get("LedgerVoucher")})
+            self._notify_booked(row, invoice)
+            return Outcome(DOC, coupa_id, "already_present", number, le, "already posted in D365")
+
+        pending = self._find_pending(mapped)
+        if pending is not None:  # a previous attempt landed (crash, lost answer, or sequential write)
+            ref = str(pending["HeaderReference"])
+            repaired = self._complete_lines(coupa_id, le, ref, mapped)
+            row = s.ledger.update(row, run, state=WRITTEN, coupa_hash=coupa_hash, reason=None,
+                                  d365_key={"dataAreaId": le, "HeaderReference": ref},
+                                  payload_hash=payload_hash(self._bodies(mapped, ref)))
+            self._notify_booked(row, invoice)
+            return Outcome(DOC, coupa_id, "repaired" if repaired else "already_present", number, le,
+                           f"adopted existing {ref}" + (f", added {repaired} missing lines" if repaired else ""))
+
+        ref = header_reference(coupa_id)
+        key = {"dataAreaId": le, "HeaderReference": ref}
+        header, lines = self._bodies(mapped, ref)
+        row = s.ledger.update(row, run, state=WRITING, d365_key=key)  # intent first: a crash now is recoverable
+        digest = payload_hash([header, lines])
+        try:
+            result = self.writer.create(header, lines)
+        except AmbiguousWriteError as exc:
+            s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=coupa_id, action="create_ambiguous", entity=HEADER_SET,
+                           d365_key=key, error=error_text(exc), payload_sha256=digest)
+            if self._find_pending(mapped) is None:
+                raise
+            result = None
+        if result is not None and not result.ok:
+            error = result.error
+            s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=coupa_id, action="create", entity=HEADER_SET,
+                           d365_key=key, http_status=result.status, error=error.detail if error else None,
+                           payload_sha256=digest)
+            if error is not None and error.is_duplicate and self._find_pending(mapped) is not None:
+                pass  # our own earlier write: adopt below
+            else:
+                reason = f"D365 rejected the invoice: {error.detail if error else 'unknown error'}"
+                return self._fail(row, invoice, le, reason)
+        else:
+            s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=coupa_id, action="create", entity=HEADER_SET,
+                           d365_key=key, http_status=201, payload_sha256=digest)
+        row = s.ledger.update(row, run, state=WRITTEN, coupa_hash=coupa_hash, payload_hash=digest, reason=None,
+                              attempts=row.attempts + 1)
+        self._notify_booked(row, invoice)
+        return Outcome(DOC, coupa_id, "created", number, le, ref)
+
+    def _bodies(self, mapped: MappedInvoice, ref: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        header = dict(mapped.header, HeaderReference=ref)
+        lines = [dict(line, HeaderReference=ref) for line in mapped.lines]
+        return header, lines
+
+    # -- lookups -----------------------------------------------------------------------------
+    def _find_pending(self, mapped: MappedInvoice) -> dict[str, Any] | None:
+        rows = list(self.s.d365.query(HEADER_SET, legal_entity=mapped.legal_entity, filter=odata.and_(
+            odata.eq("InvoiceNumber", mapped.invoice_number), odata.eq("InvoiceAccount", mapped.vendor_account)),
+            select=["HeaderReference", "InvoiceNumber", "InvoiceAccount", "ImportedAmount"]))
+        if len(rows) > 1:
+            self.s.logger.warning("D365 holds %d pending invoices %s for %s in %s; using %s", len(rows),
+                                  mapped.invoice_number, mapped.vendor_account, mapped.legal_entity,
+                                  rows[0]["HeaderReference"])
+        return rows[0] if rows else None
+
+    def _find_posted(self, mapped: MappedInvoice) -> dict[str, Any] | None:
+        rows = list(self.s.d365.query(POSTED_SET, legal_entity=mapped.legal_entity, filter=odata.and_(
+            odata.eq("InvoiceId", mapped.invoice_number), odata.eq("InvoiceAccount", mapped.vendor_account)),
+            select=["InvoiceId", "InvoiceAccount", "LedgerVoucher", "InvoiceAmount"], top=1))
+        return rows[0] if rows else None
+
+    def _current_lines(self, le: str, ref: str) -> list[dict[str, Any]]:
+        return list(self.s.d365.query(LINE_SET, legal_entity=le, filter=odata.eq("HeaderReference", ref),
+                                      select=["HeaderReference", "InvoiceLineNumber", *LINE_COMPARE_FIELDS]))
+
+    def _complete_lines(self, coupa_id: int, le: str, ref: str, mapped: MappedInvoice) -> int:
+        """A header that exists without (some of) its lines gets the missing lines — never a second header."""
+        present = {Decimal(str(l["InvoiceLineNumber"])) for l in self._current_lines(le, ref)}
+        _, lines = self._bodies(mapped, ref)
+        missing = [l for l in lines if Decimal(str(l["InvoiceLineNumber"])) not in present]
+        for line in missing:
+            key = {"dataAreaId": le, "HeaderReference": ref, "InvoiceLineNumber": line["InvoiceLineNumber"]}
+            self.s.d365.create(LINE_SET, line, verify=lambda key=key: self.s.d365.get(LINE_SET, key))
+            self.s.ledger.audit(run_id=self.s.run_id, doc_type=DOC, coupa_id=coupa_id, action="complete_line",
+                                entity=LINE_SET, d365_key=key, http_status=201, payload_sha256=payload_hash(line))
+        return len(missing)
+
+    def _link_purchase_orders(self, mapped: MappedInvoice) -> None:
+        """PO-backed lines reference the D365 PO line when that PO exists in D365."""
+        for index, (po_number, po_line) in mapped.po_lines.items():
+            cache_key = (mapped.legal_entity, str(po_number), str(po_line))
+            if cache_key not in self._po_lines:
+                try:
+                    line_number = int(str(po_line))
+                except ValueError:
+                    self._po_lines[cache_key] = False
+                    continue
+                self._po_lines[cache_key] = self.s.d365.get("PurchaseOrderLinesV2", {
+                    "dataAreaId": mapped.legal_entity, "PurchaseOrderNumber": str(po_number),
+                    "LineNumber": line_number}) is not None
+            if self._po_lines[cache_key]:
+                mapped.lines[index]["PurchaseOrder"] = str(po_number)
+                mapped.lines[index]["PurchLineNumber"] = int(str(po_line))
+
+    # -- changes, voids, failures ------------------------------------------------------------
+    def _update_pending(self, row: LedgerRow, invoice: dict[str, Any], mapped: MappedInvoice,
+                        coupa_hash: str) -> Outcome:
+        s, run = self.s, self.s.run_id
+        coupa_id = int(invoice["id"])
+        key = dict(row.d365_key or {})
+        le, ref = key.get("dataAreaId", mapped.legal_entity), key.get("HeaderReference")
+        current = s.d365.get(HEADER_SET, {"dataAreaId": le, "HeaderReference": ref}) if ref else None
+        if current is None:
+            if self._find_posted(mapped) is not None:
+                row = s.ledger.update(row, run, state=POSTED)
+                return self._changed_after_post(row, invoice, coupa_hash)
+            s.ledger.update(row, run, state=WRITING)  # gone from D365 (deleted by a user): book it again
+            return self._create(row, invoice, mapped, coupa_hash)
+        header, lines = self._bodies(mapped, ref)
+        header_changes = {f: header[f] for f in HEADER_UPDATE_FIELDS if f in header and not _same(header[f], current.get(f))}
+        if header_changes:
+            s.d365.update(HEADER_SET, {"dataAreaId": le, "HeaderReference": ref}, header_changes)
+            s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=coupa_id, action="update", entity=HEADER_SET,
+                           d365_key={"dataAreaId": le, "HeaderReference": ref}, http_status=204,
+                           payload_sha256=payload_hash(header_changes))
+        existing = {Decimal(str(l["InvoiceLineNumber"])): l for l in self._current_lines(le, ref)}
+        wanted = {Decimal(str(l["InvoiceLineNumber"])): l for l in lines}
+        changed = 0
+        for number, line in wanted.items():
+            line_key = {"dataAreaId": le, "HeaderReference": ref, "InvoiceLineNumber": line["InvoiceLineNumber"]}
+            if number not in existing:
+                s.d365.create(LINE_SET, line, verify=lambda k=line_key: s.d365.get(LINE_SET, k))
+                action, status, body = "create_line", 201, line
+            else:
+                diff = {f: line[f] for f in LINE_COMPARE_FIELDS if f in line and not _same(line[f], existing[number].get(f))}
+                if not diff:
+                    continue
+                s.d365.update(LINE_SET, line_key, diff)
+                action, status, body = "update_line", 204, diff
+            changed += 1
+            s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=coupa_id, action=action, entity=LINE_SET,
+                           d365_key=line_key, http_status=status, payload_sha256=payload_hash(body))
+        for number, line in existing.items():
+            if number not in wanted:
+                line_key = {"dataAreaId": le, "HeaderReference": ref, "InvoiceLineNumber": line["InvoiceLineNumber"]}
+                s.d365.delete(LINE_SET, line_key)
+                changed += 1
+                s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=coupa_id, action="delete_line", entity=LINE_SET,
+                               d365_key=line_key, http_status=204)
+        row = s.ledger.update(row, run, state=WRITTEN, coupa_hash=coupa_hash, payload_hash=payload_hash([header, lines]),
+                              reason=None, coupa_notified=False)
+        self._notify_booked(row, invoice)
+        action = "updated" if header_changes or changed else "already_present"
+        return Outcome(DOC, coupa_id, action, mapped.invoice_number, le,
+                       f"{len(header_changes)} header fields, {changed} lines changed" if action == "updated" else "")
+
+    def _changed_after_post(self, row: LedgerRow, invoice: dict[str, Any], coupa_hash: str) -> Outcome:
+        s, run = self.s, self.s.run_id
+        coupa_id = int(invoice["id"])
+        reason = ("Coupa changed the invoice after D365 posted it; posted invoices are never modified. "
+                  "Correct it in D365 (credit note) if needed.")
+        s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=coupa_id, action="changed_after_post", error=reason)
+        self._alert_once(row, reason, invoice)
+        s.ledger.update(s.ledger.get(DOC, coupa_id) or row, run, release=True, state=CHANGED_AFTER_POST,
+                        reason=reason, coupa_hash=coupa_hash, alerted_reason=reason)
+        return Outcome(DOC, coupa_id, "changed_after_post", str(invoice.get("invoice-number")), row.legal_entity, reason)
+
+    def _void(self, row: LedgerRow, invoice: dict[str, Any], coupa_hash: str) -> Outcome:
+        s, run = self.s, self.s.run_id
+        coupa_id = int(invoice["id"])
+        number = str(invoice.get("invoice-number") or "")
+        if row.state in (VOIDED, VOID_BLOCKED) and row.coupa_hash == coupa_hash:
+            s.ledger.release(row, run)
+            return Outcome(DOC, coupa_id, "already_present", number, row.legal_entity, row.state)
+        key = dict(row.d365_key or {})
+        le, ref = key.get("dataAreaId"), key.get("HeaderReference")
+        # Posted first (a read): a posted invoice must never receive a DELETE, not even one that would 404.
+        posted = row.state == POSTED or (row.state in (WRITTEN, WRITING) and self._posted_by_row(row, invoice))
+        if posted:
+            reason = ("voided in Coupa after D365 posted it; posted invoices are never modified — reverse it in "
+                      "D365 with a credit note")
+            self._alert_once(row, reason, invoice)
+            s.ledger.update(s.ledger.get(DOC, coupa_id) or row, run, release=True, state=VOID_BLOCKED,
+                            coupa_hash=coupa_hash, reason=reason, alerted_reason=reason)
+            return Outcome(DOC, coupa_id, "void_blocked_posted", number, le or row.legal_entity, reason)
+        if row.state in (WRITTEN, WRITING) and ref:
+            if s.d365.delete(HEADER_SET, {"dataAreaId": le, "HeaderReference": ref}):
+                s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=coupa_id, action="delete", entity=HEADER_SET,
+                               d365_key=key, http_status=204)
+                s.ledger.update(row, run, release=True, state=VOIDED, coupa_hash=coupa_hash,
+                                reason="voided in Coupa; pending D365 invoice removed")
+                s.notifier.success(DOC, coupa_id, f"Voided in Coupa: pending D365 invoice {ref} ({le}) removed",
+                                   code="D365-VOIDED", document_status="voided")
+                return Outcome(DOC, coupa_id, "voided", number, le, f"removed pending {ref}")
+        s.ledger.update(row, run, release=True, state=VOIDED, coupa_hash=coupa_hash,
+                        reason="voided in Coupa before it was booked")
+        s.notifier.success(DOC, coupa_id, "Voided in Coupa before it was booked in D365; nothing to remove",
+                           code="D365-VOIDED", document_status="voided")
+        return Outcome(DOC, coupa_id, "voided", number, row.legal_entity, "never booked")
+
+    def _posted_by_row(self, row: LedgerRow, invoice: dict[str, Any]) -> bool:
+        natural = (row.natural_key or "").split("|")
+        if len(natural) != 3:
+            return False
+        le, vendor, number = natural
+        rows = list(self.s.d365.query(POSTED_SET, legal_entity=le, filter=odata.and_(
+            odata.eq("InvoiceId", number), odata.eq("InvoiceAccount", vendor)), select=["InvoiceId"], top=1))
+        return bool(rows)
+
+    def _quarantine(self, row: LedgerRow, invoice: dict[str, Any], reason: str, coupa_hash: str,
+                    legal_entity: str | None = None) -> Outcome:
+        s, run = self.s, self.s.run_id
+        coupa_id = int(invoice["id"])
+        le = legal_entity or legal_entity_for(invoice, s.mapping)
+        s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=coupa_id, action="quarantine", error=reason)
+        self._alert_once(row, reason, invoice)
+        s.ledger.update(s.ledger.get(DOC, coupa_id) or row, run, release=True, state=QUARANTINED, reason=reason,
+                        legal_entity=le, coupa_hash=coupa_hash, alerted_reason=reason)
+        return Outcome(DOC, coupa_id, "quarantined", str(invoice.get("invoice-number")), le, reason)
+
+    def _fail(self, row: LedgerRow, invoice: dict[str, Any], le: str, reason: str) -> Outcome:
+        s, run = self.s, self.s.run_id
+        coupa_id = int(invoice["id"])
+        self._alert_once(row, reason, invoice)
+        s.ledger.update(s.ledger.get(DOC, coupa_id) or row, run, release=True, state=FAILED, reason=reason,
+                        alerted_reason=reason, attempts=row.attempts + 1)
+        return Outcome(DOC, coupa_id, "failed", str(invoice.get("invoice-number")), le, reason)
+
+    def _alert_once(self, row: LedgerRow, reason: str, invoice: dict[str, Any]) -> None:
+        if row.alerted_reason != reason:
+            self.s.notifier.alert(DOC, int(invoice["id"]), reason, document_status=invoice.get("status"))
+
+    def _notify_booked(self, row: LedgerRow, invoice: dict[str, Any]) -> None:
+        s, run = self.s, self.s.run_id
+        key = row.d365_key or {}
+        target = key.get("HeaderReference") or key.get("InvoiceId")
+        message = f"Booked in D365 {key.get('dataAreaId')} as pending vendor invoice {target}" if row.state != POSTED \
+            else f"Already posted in D365 {key.get('dataAreaId')} as invoice {target} (voucher {key.get('LedgerVoucher')})"
+        coupa_id = int(invoice["id"])
+        tried_before = s.ledger.audit_count(doc_type=DOC, coupa_id=coupa_id, action="coupa_notify_started") > 0
+        s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=coupa_id, action="coupa_notify_started", d365_key=key)
+        s.notifier.success(DOC, coupa_id, message, document_status=invoice.get("status"), may_exist=tried_before)
+        s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=coupa_id, action="coupa_notified", d365_key=key)
+        s.ledger.update(row, run, release=True, coupa_notified=True)

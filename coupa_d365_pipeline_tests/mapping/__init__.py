@@ -1,0 +1,1 @@
+"""Tests for coupa_d365_pipeline.mapping."""
