@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import uuid
 from dataclasses import replace
 from datetime import date
 from typing import Iterator
@@ -86,3 +87,28 @@ def d365_client(sandboxes: RunningSandboxes) -> Iterator[D365Client]:
 
 def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture
+def postgres_database():
+    """A fresh database on the local PostgreSQL server (skips without one, except in CI)."""
+    try:
+        import psycopg2
+        conn = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=3)
+    except Exception as exc:  # noqa: BLE001 - any connection failure means "no server here"
+        if in_ci():
+            pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is required in CI but unreachable: {exc}")
+        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 (user postgres) is not reachable: {exc}")
+    conn.autocommit = True
+    name = f"coupa_d365_test_{uuid.uuid4().hex[:10]}"
+    with conn.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield name
+    finally:
+        with conn.cursor() as cur:
+            cur.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.close()
+
+

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from .store import metadata
+from .store import ensure_schema, metadata
 
 # Document states. "open" states are retried by later runs.
 NEW, WRITING, WRITTEN, POSTED = "new", "writing", "written", "posted"
@@ -140,7 +140,7 @@ class Ledger:
     def __init__(self, engine: Engine, *, lease: timedelta = timedelta(minutes=30),
                  is_run_finished: Callable[[str], bool] | None = None) -> None:
         self.engine = engine
-        metadata.create_all(engine)
+        ensure_schema(engine)
         self.lease = lease
         self.is_run_finished = is_run_finished
         self.host = socket.gethostname()

@@ -98,28 +98,62 @@ def make_engine(database_url: str) -> Engine:
     return sa.create_engine(database_url, pool_pre_ping=True)
 
 
+SCHEMA_LOCK_ID = 4_365_001  # PostgreSQL advisory lock: processes starting together create tables one at a time
+
+
+def ensure_schema(engine: Engine) -> None:
+    if engine.dialect.name == "postgresql":
+        with engine.begin() as conn:
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": SCHEMA_LOCK_ID})
+            metadata.create_all(conn)
+    else:
+        metadata.create_all(engine)
+
+
 class SyncStore:
     def __init__(self, database_url: str) -> None:
         self.engine = make_engine(database_url)
-        metadata.create_all(self.engine)
+        ensure_schema(self.engine)
 
     def dispose(self) -> None:
         self.engine.dispose()
 
+    def _dialect_insert(self, table: sa.Table) -> Any:
+        if self.engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        return insert(table)
+
+    def _insert_ignoring_conflicts(self) -> Any:
+        return self._dialect_insert(staged_documents).on_conflict_do_nothing(index_elements=["doc_type", "coupa_id"])
+
+    def _upsert(self, table: sa.Table, key: str, values: dict[str, Any]) -> None:
+        statement = self._dialect_insert(table).values(**values)
+        statement = statement.on_conflict_do_update(index_elements=[key],
+                                                    set_={k: v for k, v in values.items() if k != key})
+        with self.engine.begin() as conn:
+            conn.execute(statement)
+
     def stage(self, doc_type: str, records: Iterable[dict[str, Any]], run_id: str | None = None) -> StageResult:
+        """Upsert the latest Coupa JSON per document; safe when several runs stage the same records."""
         result = StageResult()
+        insert = self._insert_ignoring_conflicts()
         with self.engine.begin() as conn:
             for record in records:
                 digest = payload_hash(record)
                 key = (staged_documents.c.doc_type == doc_type) & (staged_documents.c.coupa_id == int(record["id"]))
-                existing = conn.execute(sa.select(staged_documents.c.payload_sha256).where(key)).scalar_one_or_none()
                 values = {"status": record.get("status"), "coupa_updated_at": normalize_timestamp(record.get("updated-at")),
                           "payload_sha256": digest, "payload": json.dumps(record, default=str),
                           "fetched_at": _now(), "run_id": run_id}
+                existing = conn.execute(sa.select(staged_documents.c.payload_sha256).where(key)).scalar_one_or_none()
                 if existing is None:
-                    conn.execute(staged_documents.insert().values(doc_type=doc_type, coupa_id=int(record["id"]), **values))
-                    result.new += 1
-                elif existing != digest:
+                    inserted = conn.execute(insert.values(doc_type=doc_type, coupa_id=int(record["id"]), **values))
+                    if inserted.rowcount == 1:
+                        result.new += 1
+                        continue
+                    existing = conn.execute(sa.select(staged_documents.c.payload_sha256).where(key)).scalar_one()
+                if existing != digest:
                     conn.execute(staged_documents.update().where(key).values(**values))
                     result.changed += 1
                 else:
@@ -157,11 +191,7 @@ class SyncStore:
             return [json.loads(r) for r in rows.scalars()]
 
     def save_snapshot(self, name: str, payload: Any) -> None:
-        text = json.dumps(payload, default=str)
-        with self.engine.begin() as conn:
-            if conn.execute(snapshots.update().where(snapshots.c.name == name)
-                            .values(payload=text, fetched_at=_now())).rowcount == 0:
-                conn.execute(snapshots.insert().values(name=name, payload=text, fetched_at=_now()))
+        self._upsert(snapshots, "name", {"name": name, "payload": json.dumps(payload, default=str), "fetched_at": _now()})
 
     def load_snapshot(self, name: str) -> Any | None:
         with self.engine.connect() as conn:
@@ -173,8 +203,4 @@ class SyncStore:
             return conn.execute(sa.select(watermarks.c.value).where(watermarks.c.name == name)).scalar_one_or_none()
 
     def set_watermark(self, name: str, value: str) -> None:
-        with self.engine.begin() as conn:
-            updated = conn.execute(watermarks.update().where(watermarks.c.name == name)
-                                   .values(value=value, updated_at=_now())).rowcount
-            if not updated:
-                conn.execute(watermarks.insert().values(name=name, value=value, updated_at=_now()))
+        self._upsert(watermarks, "name", {"name": name, "value": value, "updated_at": _now()})

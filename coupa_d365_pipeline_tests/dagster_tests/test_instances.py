@@ -1,7 +1,6 @@
 """The embedded default (SQLite) and the production instance (root dagster.yaml on PostgreSQL)."""
 
 import shutil
-import uuid
 from pathlib import Path
 
 import dagster as dg
@@ -11,7 +10,6 @@ from coupa_d365_pipeline.coupa.assets import coupa_suppliers
 from coupa_d365_pipeline.d365.assets import d365_legal_entities
 from coupa_d365_pipeline.definitions import build_resources
 from coupa_d365_pipeline.demo import prepare_dagster_home
-from coupa_d365_pipeline_tests.conftest import in_ci
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -33,28 +31,6 @@ def test_embedded_default_instance_is_sqlite(tmp_path, sandbox_env):
         assert instance.get_latest_materialization_event(dg.AssetKey(["coupa", "suppliers"])) is not None
     finally:
         instance.dispose()
-
-
-@pytest.fixture
-def postgres_database():
-    try:
-        import psycopg2
-        conn = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=3)
-    except Exception as exc:  # noqa: BLE001 - any connection failure means "no server here"
-        if in_ci():
-            pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is required in CI but unreachable: {exc}")
-        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 (user postgres) is not reachable: {exc}")
-    conn.autocommit = True
-    name = f"coupa_d365_test_{uuid.uuid4().hex[:10]}"
-    with conn.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield name
-    finally:
-        with conn.cursor() as cur:
-            cur.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        conn.close()
 
 
 @pytest.mark.postgres
