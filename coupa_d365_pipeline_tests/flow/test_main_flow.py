@@ -229,3 +229,26 @@ def test_lost_batch_answer_is_settled_by_lookup(sandbox_env, sandboxes, instance
     assert not duplicates(sandboxes)
     unmappable = set(sandboxes.seed.expectations["unmappable_invoices"])
     assert len(d365_invoices(sandboxes)) == len([i for i in approved(sandboxes.seed) if i["id"] not in unmappable])
+
+
+def test_supplier_changes_update_the_vendor_in_every_legal_entity_never_a_second_one(sandboxes, synced, instance,
+                                                                                     sandbox_env):
+    vendors_before = len(sandboxes.d365.state.records("VendorsV2"))
+    rows = [r for r in ledger(sandbox_env).rows("vendor", ["written"])]
+    supplier_id = rows[0].coupa_id
+    legal_entities = {r.scope for r in rows if r.coupa_id == supplier_id}
+    sandboxes.coupa.state.touch("suppliers", supplier_id, name="Renamed Industrial GmbH", status="inactive")
+    result = run_master(instance)
+    assert result.success
+    meta = metadata(result, "d365/vendors")
+    assert meta["updated"] == len(legal_entities) and meta["failed"] == 0
+    account = rows[0].natural_key
+    for le in legal_entities:
+        [vendor] = [v for v in sandboxes.d365.state.records("VendorsV2")
+                    if v["dataAreaId"] == le and v["VendorAccountNumber"] == account]
+        assert vendor["VendorOrganizationName"] == "Renamed Industrial GmbH"
+        assert vendor["OnHoldStatus"] == "All"
+    # only vendors that were missing were added (suppliers used in a legal entity only by quarantined invoices)
+    assert len(sandboxes.d365.state.records("VendorsV2")) == vendors_before + meta["created"]
+    accounts = [(v["dataAreaId"], v["VendorAccountNumber"]) for v in sandboxes.d365.state.records("VendorsV2")]
+    assert len(accounts) == len(set(accounts))
