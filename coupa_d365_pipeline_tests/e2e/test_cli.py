@@ -87,3 +87,24 @@ def test_demo_runs_end_to_end_and_prints_what_moved(tmp_path):
     assert "asset check default_legal_entity_exists: PASSED" in out.stdout
     assert "asset check vendor_invoices_not_stuck: FAILED" in out.stdout  # the seed has unmappable invoices
     assert (home / "history" / "runs.db").exists() and (home / "dagster.yaml").exists()
+
+
+REPO = Path(__file__).resolve().parents[2]
+VALIDATE = [str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-m", "coupa_d365_pipeline"]
+
+
+def test_definitions_validate_on_the_local_instance(tmp_path):
+    out = subprocess.run(VALIDATE, cwd=REPO, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "DAGSTER_HOME": str(tmp_path)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "Validation successful for code location coupa_d365_pipeline" in out.stderr + out.stdout
+
+
+@pytest.mark.postgres
+def test_definitions_validate_with_the_production_instance_from_the_repo_root(postgres_database):
+    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
+    env |= {"DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_PORT": "5432", "DAGSTER_PG_USER": "postgres",
+            "DAGSTER_PG_PASSWORD": "", "DAGSTER_PG_DB": postgres_database}
+    out = subprocess.run(VALIDATE, cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "All code locations passed validation" in out.stderr + out.stdout
