@@ -19,18 +19,19 @@ Posted invoices are never PATCHed or DELETEd: a Coupa change or void after posti
 from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
-from typing import Any, Iterable
+from typing import Any
 
-from ..common.http import AmbiguousWriteError, HTTPClientError
+from ..common.http import AmbiguousWriteError
 from ..d365 import odata
 from ..d365.client import D365Error
 from ..mapping.documents import MappedInvoice, Quarantine, legal_entity_for, map_invoice
 from ..state.ledger import (
-    CHANGED_AFTER_POST, FAILED, POSTED, QUARANTINED, VOID_BLOCKED, VOIDED, WRITING, WRITTEN, LedgerRow,
+    CHANGED_AFTER_POST, POSTED, VOID_BLOCKED, VOIDED, WRITING, WRITTEN, LedgerRow,
 )
 from ..state.store import payload_hash
-from .context import SyncServices, error_text, http_status
-from .report import Outcome, SyncReport
+from .base import DocumentSync, content_hash
+from .context import SyncServices, error_text
+from .report import Outcome
 from .vendors import VendorSync
 from .writer import InvoiceWriter, ODataBatchInvoiceWriter
 
@@ -41,16 +42,6 @@ HEADER_UPDATE_FIELDS = ("InvoiceNumber", "InvoiceAccount", "InvoiceDate", "Curre
 LINE_COMPARE_FIELDS = ("LineDescription", "ReceiveNow", "UnitPrice", "Amount", "Currency", "MainAccountDisplayValue",
                        "DimensionDisplayValue", "ItemNumber", "ProcurementCategoryName", "PurchaseOrder",
                        "PurchLineNumber")
-
-
-# Fields that change without changing what is booked (our own export flag, payment status written back,
-# bookkeeping timestamps): excluded from the change detection hash.
-VOLATILE_FIELDS = frozenset({"exported", "last-exported-at", "updated-at", "updated-by", "current-integration-history-records",
-                             "paid", "payment-date", "payment-notes", "payments"})
-
-
-def content_hash(invoice: dict[str, Any]) -> str:
-    return payload_hash({k: v for k, v in invoice.items() if k not in VOLATILE_FIELDS})
 
 
 def header_reference(coupa_id: int) -> str:
@@ -68,46 +59,15 @@ def _same(a: Any, b: Any) -> bool:
         return str(a).strip() == str(b).strip()
 
 
-class InvoiceSync:
+class InvoiceSync(DocumentSync):
+    DOC = DOC
+    NUMBER_FIELD = "invoice-number"
+
     def __init__(self, services: SyncServices, vendors: VendorSync | None = None,
                  writer: InvoiceWriter | None = None) -> None:
-        self.s = services
-        self.vendors = vendors or VendorSync(services)
+        super().__init__(services, vendors)
         self.writer = writer or ODataBatchInvoiceWriter(services.d365)
         self._po_lines: dict[tuple[str, str, str], bool] = {}
-
-    # -- entry points ------------------------------------------------------------------------
-    def sync_many(self, invoices: Iterable[dict[str, Any]], report: SyncReport | None = None) -> SyncReport:
-        report = report or SyncReport()
-        seen: set[int] = set()
-        for invoice in invoices:
-            if int(invoice["id"]) in seen:
-                continue
-            seen.add(int(invoice["id"]))
-            report.add(self.sync(invoice))
-        return report
-
-    def sync(self, invoice: dict[str, Any]) -> Outcome:
-        s, run = self.s, self.s.run_id
-        coupa_id = int(invoice["id"])
-        number = str(invoice.get("invoice-number") or "")
-        row = s.ledger.claim(DOC, coupa_id, run)
-        if row is None:
-            return Outcome(DOC, coupa_id, "busy", number, None, "another run holds this invoice; it will be retried")
-        try:
-            return self._sync_claimed(row, invoice)
-        except HTTPClientError as exc:
-            reason = error_text(exc)
-            s.logger.warning("invoice %s (%s) failed: %s", coupa_id, number, reason)
-            s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=coupa_id, action="error", http_status=http_status(exc),
-                           error=reason)
-            current = s.ledger.get(DOC, coupa_id) or row
-            keep_state = current.state if current.state in (WRITTEN, POSTED, WRITING) else FAILED
-            s.ledger.update(current, run, release=True, state=keep_state, reason=reason, attempts=row.attempts + 1)
-            return Outcome(DOC, coupa_id, "failed", number, row.legal_entity, reason)
-        except BaseException:
-            s.ledger.release(row, run)
-            raise
 
     # -- the flow ----------------------------------------------------------------------------
     def _sync_claimed(self, row: LedgerRow, invoice: dict[str, Any]) -> Outcome:
@@ -147,12 +107,6 @@ class InvoiceSync:
         if row.state == WRITTEN and row.d365_key:
             return self._update_pending(row, invoice, mapped, coupa_hash)
         return self._create(row, invoice, mapped, coupa_hash)
-
-    def _supplier(self, invoice: dict[str, Any]) -> dict[str, Any] | None:
-        supplier_ref = invoice.get("supplier") or {}
-        if supplier_ref.get("id") is None:
-            return None
-        return self.s.supplier(int(supplier_ref["id"]))
 
     def _create(self, row: LedgerRow, invoice: dict[str, Any], mapped: MappedInvoice, coupa_hash: str) -> Outcome:
         s, run = self.s, self.s.run_id
@@ -373,38 +327,14 @@ class InvoiceSync:
             odata.eq("InvoiceId", number), odata.eq("InvoiceAccount", vendor)), select=["InvoiceId"], top=1))
         return bool(rows)
 
-    def _quarantine(self, row: LedgerRow, invoice: dict[str, Any], reason: str, coupa_hash: str,
+    def _quarantine(self, row: LedgerRow, document: dict[str, Any], reason: str, coupa_hash: str,
                     legal_entity: str | None = None) -> Outcome:
-        s, run = self.s, self.s.run_id
-        coupa_id = int(invoice["id"])
-        le = legal_entity or legal_entity_for(invoice, s.mapping)
-        s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=coupa_id, action="quarantine", error=reason)
-        self._alert_once(row, reason, invoice)
-        s.ledger.update(s.ledger.get(DOC, coupa_id) or row, run, release=True, state=QUARANTINED, reason=reason,
-                        legal_entity=le, coupa_hash=coupa_hash, alerted_reason=reason)
-        return Outcome(DOC, coupa_id, "quarantined", str(invoice.get("invoice-number")), le, reason)
-
-    def _fail(self, row: LedgerRow, invoice: dict[str, Any], le: str, reason: str) -> Outcome:
-        s, run = self.s, self.s.run_id
-        coupa_id = int(invoice["id"])
-        self._alert_once(row, reason, invoice)
-        s.ledger.update(s.ledger.get(DOC, coupa_id) or row, run, release=True, state=FAILED, reason=reason,
-                        alerted_reason=reason, attempts=row.attempts + 1)
-        return Outcome(DOC, coupa_id, "failed", str(invoice.get("invoice-number")), le, reason)
-
-    def _alert_once(self, row: LedgerRow, reason: str, invoice: dict[str, Any]) -> None:
-        if row.alerted_reason != reason:
-            self.s.notifier.alert(DOC, int(invoice["id"]), reason, document_status=invoice.get("status"))
+        return super()._quarantine(row, document, reason, coupa_hash,
+                                   legal_entity or legal_entity_for(document, self.s.mapping))
 
     def _notify_booked(self, row: LedgerRow, invoice: dict[str, Any]) -> None:
-        s, run = self.s, self.s.run_id
         key = row.d365_key or {}
         target = key.get("HeaderReference") or key.get("InvoiceId")
         message = f"Booked in D365 {key.get('dataAreaId')} as pending vendor invoice {target}" if row.state != POSTED \
             else f"Already posted in D365 {key.get('dataAreaId')} as invoice {target} (voucher {key.get('LedgerVoucher')})"
-        coupa_id = int(invoice["id"])
-        tried_before = s.ledger.audit_count(doc_type=DOC, coupa_id=coupa_id, action="coupa_notify_started") > 0
-        s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=coupa_id, action="coupa_notify_started", d365_key=key)
-        s.notifier.success(DOC, coupa_id, message, document_status=invoice.get("status"), may_exist=tried_before)
-        s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=coupa_id, action="coupa_notified", d365_key=key)
-        s.ledger.update(row, run, release=True, coupa_notified=True)
+        self._notify(row, invoice, message)

@@ -1,0 +1,121 @@
+"""What every document sync shares: claim the ledger row, run the document's flow, turn client
+errors into a recorded failure, quarantine with reasons, alert Coupa once per reason, and tell
+Coupa when the document is booked (export flag + one Success history record)."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from ..common.http import HTTPClientError
+from ..state.ledger import FAILED, POSTED, QUARANTINED, WRITING, WRITTEN, LedgerRow
+from ..state.store import payload_hash
+from .context import SyncServices, error_text, http_status
+from .report import Outcome, SyncReport
+from .vendors import VendorSync
+
+# Fields that change without changing what is booked (our own export flag, payment status written
+# back, bookkeeping timestamps, Coupa-side receiving): excluded from change detection.
+VOLATILE_FIELDS = frozenset({"exported", "last-exported-at", "updated-at", "updated-by",
+                             "current-integration-history-records", "paid", "payment-date", "payment-notes",
+                             "payments", "received", "invoiced", "total-invoiced", "transmission-status",
+                             "acknowledged-flag", "acknowledged-at"})
+
+
+def content_hash(document: Any) -> str:
+    def strip(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k not in VOLATILE_FIELDS}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+    return payload_hash(strip(document))
+
+
+class DocumentSync:
+    DOC = "document"
+    NUMBER_FIELD = "id"
+    KEEP_STATES_ON_ERROR = (WRITTEN, POSTED, WRITING)
+
+    def __init__(self, services: SyncServices, vendors: VendorSync | None = None) -> None:
+        self.s = services
+        self.vendors = vendors or VendorSync(services)
+
+    # -- entry points ------------------------------------------------------------------------
+    def sync_many(self, documents: Iterable[dict[str, Any]], report: SyncReport | None = None) -> SyncReport:
+        report = report or SyncReport()
+        seen: set[int] = set()
+        for document in documents:
+            if int(document["id"]) in seen:
+                continue
+            seen.add(int(document["id"]))
+            report.add(self.sync(document))
+        return report
+
+    def sync(self, document: dict[str, Any]) -> Outcome:
+        s, run = self.s, self.s.run_id
+        coupa_id = int(document["id"])
+        label = self.label(document)
+        row = s.ledger.claim(self.DOC, coupa_id, run)
+        if row is None:
+            return Outcome(self.DOC, coupa_id, "busy", label, None, "another run holds this document; it will be retried")
+        try:
+            return self._sync_claimed(row, document)
+        except HTTPClientError as exc:
+            reason = error_text(exc)
+            s.logger.warning("%s %s (%s) failed: %s", self.DOC, coupa_id, label, reason)
+            s.ledger.audit(run_id=run, doc_type=self.DOC, coupa_id=coupa_id, action="error",
+                           http_status=http_status(exc), error=reason)
+            current = s.ledger.get(self.DOC, coupa_id) or row
+            keep_state = current.state if current.state in self.KEEP_STATES_ON_ERROR else FAILED
+            s.ledger.update(current, run, release=True, state=keep_state, reason=reason, attempts=row.attempts + 1)
+            return Outcome(self.DOC, coupa_id, "failed", label, row.legal_entity, reason)
+        except BaseException:
+            s.ledger.release(row, run)
+            raise
+
+    def _sync_claimed(self, row: LedgerRow, document: dict[str, Any]) -> Outcome:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def label(self, document: dict[str, Any]) -> str:
+        return str(document.get(self.NUMBER_FIELD) or document.get("id"))
+
+    def _supplier(self, document: dict[str, Any]) -> dict[str, Any] | None:
+        supplier_ref = document.get("supplier") or {}
+        if supplier_ref.get("id") is None:
+            return None
+        return self.s.supplier(int(supplier_ref["id"]))
+
+    # -- shared outcomes ---------------------------------------------------------------------
+    def _quarantine(self, row: LedgerRow, document: dict[str, Any], reason: str, coupa_hash: str,
+                    legal_entity: str | None = None) -> Outcome:
+        s, run = self.s, self.s.run_id
+        coupa_id = int(document["id"])
+        s.ledger.audit(run_id=run, doc_type=self.DOC, coupa_id=coupa_id, action="quarantine", error=reason)
+        self._alert_once(row, reason, document)
+        s.ledger.update(s.ledger.get(self.DOC, coupa_id) or row, run, release=True, state=QUARANTINED, reason=reason,
+                        legal_entity=legal_entity, coupa_hash=coupa_hash, alerted_reason=reason)
+        return Outcome(self.DOC, coupa_id, "quarantined", self.label(document), legal_entity, reason)
+
+    def _fail(self, row: LedgerRow, document: dict[str, Any], le: str | None, reason: str) -> Outcome:
+        s, run = self.s, self.s.run_id
+        coupa_id = int(document["id"])
+        self._alert_once(row, reason, document)
+        s.ledger.update(s.ledger.get(self.DOC, coupa_id) or row, run, release=True, state=FAILED, reason=reason,
+                        alerted_reason=reason, attempts=row.attempts + 1)
+        return Outcome(self.DOC, coupa_id, "failed", self.label(document), le, reason)
+
+    def _alert_once(self, row: LedgerRow, reason: str, document: dict[str, Any]) -> None:
+        if row.alerted_reason != reason:
+            self.s.notifier.alert(self.DOC, int(document["id"]), reason, document_status=document.get("status"))
+
+    def _notify(self, row: LedgerRow, document: dict[str, Any], message: str, **ledger_fields: Any) -> LedgerRow:
+        """Export flag + one Success record (read Coupa first only if an earlier attempt may have
+        created it), then release the claim with ``coupa_notified`` set."""
+        s, run = self.s, self.s.run_id
+        coupa_id = int(document["id"])
+        key = row.d365_key or {}
+        tried_before = s.ledger.audit_count(doc_type=self.DOC, coupa_id=coupa_id, action="coupa_notify_started") > 0
+        s.ledger.audit(run_id=run, doc_type=self.DOC, coupa_id=coupa_id, action="coupa_notify_started", d365_key=key)
+        s.notifier.success(self.DOC, coupa_id, message, document_status=document.get("status"), may_exist=tried_before)
+        s.ledger.audit(run_id=run, doc_type=self.DOC, coupa_id=coupa_id, action="coupa_notified", d365_key=key)
+        return s.ledger.update(row, run, release=True, coupa_notified=True, **ledger_fields)
