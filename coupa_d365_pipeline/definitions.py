@@ -8,7 +8,8 @@ from .coupa.assets import coupa_invoices, coupa_purchase_orders, coupa_suppliers
 from .d365.assets import d365_legal_entities, default_legal_entity_exists
 from .d365.master_assets import d365_gl_mapping, d365_master_data, gl_mapping_matches_d365
 from .d365.sync_assets import (
-    d365_vendor_invoices, d365_vendors, replay_invoices_job, vendor_invoices_not_stuck, vendors_not_stuck,
+    d365_purchase_orders, d365_vendor_invoices, d365_vendors, purchase_orders_not_stuck, replay_invoices_job,
+    vendor_invoices_not_stuck, vendors_not_stuck,
 )
 from .resources import CoupaResource, D365Resource, MappingResource, SyncStateResource
 
@@ -37,8 +38,9 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
 
 daily_documents_job = dg.define_asset_job(
     "daily_documents_job",
-    selection=dg.AssetSelection.assets(coupa_invoices, coupa_purchase_orders, d365_vendor_invoices),
-    description="One day (or a range, as one run) of Coupa invoices and POs: stage, then book invoices in D365.")
+    selection=dg.AssetSelection.assets(coupa_invoices, coupa_purchase_orders, d365_purchase_orders,
+                                       d365_vendor_invoices),
+    description="One day (or a range, as one run) of Coupa POs and invoices: stage, then write POs, then invoices.")
 
 master_data_job = dg.define_asset_job(
     "master_data_job",
@@ -48,8 +50,9 @@ master_data_job = dg.define_asset_job(
 
 defs = dg.Definitions(
     assets=[coupa_suppliers, coupa_invoices, coupa_purchase_orders, d365_legal_entities, d365_master_data,
-            d365_gl_mapping, d365_vendors, d365_vendor_invoices],
-    asset_checks=[default_legal_entity_exists, gl_mapping_matches_d365, vendors_not_stuck, vendor_invoices_not_stuck],
+            d365_gl_mapping, d365_vendors, d365_purchase_orders, d365_vendor_invoices],
+    asset_checks=[default_legal_entity_exists, gl_mapping_matches_d365, vendors_not_stuck, purchase_orders_not_stuck,
+                  vendor_invoices_not_stuck],
     jobs=[daily_documents_job, master_data_job, replay_invoices_job],
     resources=build_resources(),
 )

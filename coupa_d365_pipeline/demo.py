@@ -83,6 +83,7 @@ def run_demo(options: Any, dagster_home: Path, state_dir: Path) -> int:
     invoices = meta.get("coupa/invoices", {})
     orders = meta.get("coupa/purchase_orders", {})
     booked = meta.get("d365/vendor_invoices", {})
+    pos = meta.get("d365/purchase_orders", {})
     vendor_states = vendor_counts
     d365_invoice_requests = booked.get("d365_requests", 0)
     rows = [
@@ -98,7 +99,10 @@ def run_demo(options: Any, dagster_home: Path, state_dir: Path) -> int:
          "check vendor_invoices_not_stuck lists them"),
         ("  -> voided in Coupa (removed / never booked)", booked.get("voided", 0), ""),
         ("  -> failed", booked.get("failed", 0), ""),
-        ("Coupa purchase orders -> staged", orders.get("fetched", 0), "written to D365 by the PO flow (issue 4)"),
+        ("Coupa purchase orders (issued/closed/cancelled) -> staged", orders.get("fetched", 0), ""),
+        ("  -> D365 purchase orders created", pos.get("created", 0), "PurchaseOrderHeadersV2 + PurchaseOrderLinesV2"),
+        ("  -> closed / cancelled recorded", pos.get("closed", 0) + pos.get("cancelled", 0), ""),
+        ("  -> quarantined or failed", pos.get("quarantined", 0) + pos.get("failed", 0), ""),
     ]
     width = max(len(r[0]) for r in rows)
     print()

@@ -6,12 +6,15 @@ from typing import Any
 
 import dagster as dg
 
-from ..coupa.assets import coupa_invoices, coupa_suppliers
+from ..coupa.assets import coupa_invoices, coupa_purchase_orders, coupa_suppliers
 from ..mapping.documents import legal_entity_for
+from ..mapping.purchase_orders import legal_entity_for_po
 from ..partitions import daily_partitions
 from ..resources import CoupaResource, D365Resource, MappingResource, SyncStateResource
 from ..state.ledger import OPEN_STATES, PROBLEM_STATES, Ledger, LedgerRow
+from ..sync.base import DocumentSync
 from ..sync.invoices import InvoiceSync
+from ..sync.purchase_orders import PurchaseOrderSync
 from ..sync.report import SyncReport
 from ..sync.vendors import VendorSync
 from .master_assets import d365_gl_mapping, d365_master_data
@@ -49,11 +52,12 @@ def d365_vendors(context: dg.AssetExecutionContext, coupa: CoupaResource, d365: 
     before = _requests(services)
     store = services.store
     used: dict[int, set[str]] = {}
-    for invoice in store.documents("invoice"):
-        le = legal_entity_for(invoice, services.mapping)
-        supplier_id = (invoice.get("supplier") or {}).get("id")
-        if le and supplier_id is not None:
-            used.setdefault(int(supplier_id), set()).add(le)
+    for doc_type, legal_entity_of in (("invoice", legal_entity_for), ("purchase_order", legal_entity_for_po)):
+        for document in store.documents(doc_type):
+            le = legal_entity_of(document, services.mapping)
+            supplier_id = (document.get("supplier") or {}).get("id")
+            if le and supplier_id is not None:
+                used.setdefault(int(supplier_id), set()).add(le)
     vendors = VendorSync(services)
     prefetched = {le: vendors.prefetch(le) for le in sorted({le for les in used.values() for le in les})}
     report = SyncReport()
@@ -65,28 +69,45 @@ def d365_vendors(context: dg.AssetExecutionContext, coupa: CoupaResource, d365: 
         suppliers_in_use=len(used)))
 
 
+def _sync_window(context: dg.AssetExecutionContext, services: Any, doc_type: str, syncer: DocumentSync,
+                 started: float) -> dg.MaterializeResult:
+    """Sync the staged documents of the partition window, plus earlier quarantined/failed ones."""
+    before = _requests(services)
+    window = context.partition_time_window
+    documents = services.store.documents_updated_between(doc_type, _utc(window.start), _utc(window.end))
+    in_window = {int(d["id"]) for d in documents}
+    retry_ids = [r.coupa_id for r in services.ledger.rows(doc_type, OPEN_STATES, limit=RETRY_LIMIT)
+                 if r.coupa_id not in in_window and r.state != "new"]
+    retries = list(services.store.documents_by_id(doc_type, retry_ids).values())
+    report = syncer.sync_many([*documents, *retries])
+    context.log.info("%s %s..%s: %s", doc_type, _utc(window.start), _utc(window.end), dict(report.counts(doc_type)))
+    return dg.MaterializeResult(metadata=_metadata(
+        report, doc_type, before, services, started, window_start=_utc(window.start), window_end=_utc(window.end),
+        partitions=len(context.partition_keys), retried_from_earlier_runs=len(retries), route="odata"))
+
+
+@dg.asset(key=["d365", "purchase_orders"], group_name="d365", kinds={"d365"}, partitions_def=daily_partitions,
+          backfill_policy=dg.BackfillPolicy.single_run(), pool="d365_writes",
+          deps=[coupa_purchase_orders, d365_vendors, d365_gl_mapping],
+          description="Issued Coupa POs as D365 PurchaseOrderHeadersV2 + PurchaseOrderLinesV2 (D365 number = Coupa "
+                      "po-number), kept in step where D365 still allows it; cancelled POs cancel unreceived lines.")
+def d365_purchase_orders(context: dg.AssetExecutionContext, coupa: CoupaResource, d365: D365Resource,
+                         sync_state: SyncStateResource, mapping: MappingResource) -> dg.MaterializeResult:
+    started = time.monotonic()
+    services = build_services(context, coupa, d365, sync_state, mapping)
+    return _sync_window(context, services, "purchase_order", PurchaseOrderSync(services), started)
+
+
 @dg.asset(key=["d365", "vendor_invoices"], group_name="d365", kinds={"d365"}, partitions_def=daily_partitions,
           backfill_policy=dg.BackfillPolicy.single_run(), pool="d365_writes",
-          deps=[coupa_invoices, d365_vendors, d365_gl_mapping],
+          deps=[coupa_invoices, d365_vendors, d365_gl_mapping, d365_purchase_orders],
           description="Approved Coupa invoices as D365 pending vendor invoices (header + lines in one changeset), "
                       "exactly once; voided ones removed while still pending; unmappable ones quarantined.")
 def d365_vendor_invoices(context: dg.AssetExecutionContext, coupa: CoupaResource, d365: D365Resource,
                          sync_state: SyncStateResource, mapping: MappingResource) -> dg.MaterializeResult:
     started = time.monotonic()
     services = build_services(context, coupa, d365, sync_state, mapping)
-    before = _requests(services)
-    window = context.partition_time_window
-    documents = services.store.documents_updated_between("invoice", _utc(window.start), _utc(window.end))
-    in_window = {int(d["id"]) for d in documents}
-    retry_ids = [r.coupa_id for r in services.ledger.rows("invoice", OPEN_STATES, limit=RETRY_LIMIT)
-                 if r.coupa_id not in in_window and r.state != "new"]
-    retries = list(services.store.documents_by_id("invoice", retry_ids).values())
-    report = InvoiceSync(services).sync_many([*documents, *retries])
-    context.log.info("vendor invoices %s..%s: %s", _utc(window.start), _utc(window.end),
-                     dict(report.counts("invoice")))
-    return dg.MaterializeResult(metadata=_metadata(
-        report, "invoice", before, services, started, window_start=_utc(window.start), window_end=_utc(window.end),
-        partitions=len(context.partition_keys), retried_from_earlier_runs=len(retries), route="odata"))
+    return _sync_window(context, services, "invoice", InvoiceSync(services), started)
 
 
 def _stuck_check(ledger: Ledger, doc_type: str, what: str) -> dg.AssetCheckResult:
@@ -109,6 +130,12 @@ def _stuck_check(ledger: Ledger, doc_type: str, what: str) -> dg.AssetCheckResul
                                                         "in Coupa after D365 posted it.")
 def vendor_invoices_not_stuck(sync_state: SyncStateResource) -> dg.AssetCheckResult:
     return _stuck_check(Ledger(sync_state.store.engine), "invoice", "invoices")
+
+
+@dg.asset_check(asset=d365_purchase_orders, description="No purchase order is quarantined, failed, or has a change "
+                                                         "D365 no longer allows (received lines).")
+def purchase_orders_not_stuck(sync_state: SyncStateResource) -> dg.AssetCheckResult:
+    return _stuck_check(Ledger(sync_state.store.engine), "purchase_order", "purchase orders")
 
 
 @dg.asset_check(asset=d365_vendors, description="No vendor is quarantined or failed.")

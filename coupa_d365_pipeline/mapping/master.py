@@ -25,6 +25,7 @@ ENTITY_SETS_AND_SELECT: dict[str, list[str]] = {
     "VendorGroups": ["dataAreaId", "VendorGroupId"],
     "PaymentTerms": ["dataAreaId", "Name"],
     "ProcurementProductCategories": ["CategoryName", "CategoryHierarchyName"],
+    "UnitsOfMeasure": ["UnitSymbol"],
 }
 
 
@@ -52,6 +53,7 @@ class D365MasterData:
     payment_terms: dict[str, set[str]] = field(default_factory=dict)
     vendor_groups: dict[str, set[str]] = field(default_factory=dict)
     procurement_categories: dict[str, tuple[str, str]] = field(default_factory=dict)  # key -> (name, hierarchy)
+    units: dict[str, str] = field(default_factory=dict)                      # casefolded symbol -> as in D365
 
     @classmethod
     def from_rows(cls, rows_by_entity_set: dict[str, Iterable[dict]]) -> "D365MasterData":
@@ -87,6 +89,9 @@ class D365MasterData:
             if r.get("CategoryName"):
                 m.procurement_categories.setdefault(
                     _k(r["CategoryName"]), (str(r["CategoryName"]), str(r.get("CategoryHierarchyName") or "")))
+        for r in rows("UnitsOfMeasure"):
+            if r.get("UnitSymbol"):
+                m.units.setdefault(_k(r["UnitSymbol"]), str(r["UnitSymbol"]).strip())
         return m
 
     # ------------------------------------------------------------------ queries
@@ -128,3 +133,11 @@ class D365MasterData:
     def procurement_category(self, name: str) -> tuple[str, str] | None:
         """(CategoryName as spelled in D365, CategoryHierarchyName) or None."""
         return self.procurement_categories.get(_k(name))
+
+    def has_unit(self, symbol: str) -> bool:
+        """The unit of measure exists in D365 (UnitsOfMeasure, shared across legal entities)."""
+        return _k(symbol) in self.units
+
+    def unit_symbol(self, symbol: str) -> str | None:
+        """UnitSymbol as spelled in D365, or None."""
+        return self.units.get(_k(symbol))

@@ -30,8 +30,9 @@ from .store import ensure_schema, metadata
 NEW, WRITING, WRITTEN, POSTED = "new", "writing", "written", "posted"
 QUARANTINED, FAILED = "quarantined", "failed"
 VOIDED, VOID_BLOCKED, CHANGED_AFTER_POST = "voided", "void_blocked_posted", "changed_after_post"
+CLOSED, CANCELLED, CHANGE_BLOCKED = "closed", "cancelled", "change_blocked"   # purchase orders
 OPEN_STATES = (NEW, WRITING, QUARANTINED, FAILED)
-PROBLEM_STATES = (QUARANTINED, FAILED, VOID_BLOCKED, CHANGED_AFTER_POST)
+PROBLEM_STATES = (QUARANTINED, FAILED, VOID_BLOCKED, CHANGED_AFTER_POST, CHANGE_BLOCKED)
 
 sync_ledger = sa.Table(
     "sync_ledger", metadata,

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # action -> counts as a "problem" row in the metadata table
-PROBLEM_ACTIONS = frozenset({"quarantined", "failed", "void_blocked_posted", "changed_after_post", "busy"})
+PROBLEM_ACTIONS = frozenset({"quarantined", "failed", "void_blocked_posted", "changed_after_post", "change_blocked",
+                             "busy"})
 
 
 @dataclass(frozen=True)
@@ -51,4 +52,4 @@ class SyncReport:
         counts = self.counts(doc_type)
         return {name: int(counts.get(name, 0)) for name in (
             "created", "updated", "already_present", "repaired", "quarantined", "failed", "voided",
-            "void_blocked_posted", "changed_after_post", "busy", "skipped")}
+            "void_blocked_posted", "changed_after_post", "cancelled", "closed", "change_blocked", "busy", "skipped")}

@@ -111,7 +111,7 @@ def test_entity_sets_and_select_exist():
         assert [p for p in props if p not in schema.properties] == []
     assert set(ENTITY_SETS_AND_SELECT) == {
         "LegalEntities", "Currencies", "MainAccounts", "MainAccountLegalEntities", "FinancialDimensionValues",
-        "ReleasedProductsV2", "VendorGroups", "PaymentTerms", "ProcurementProductCategories"}
+        "ReleasedProductsV2", "VendorGroups", "PaymentTerms", "ProcurementProductCategories", "UnitsOfMeasure"}
 
 
 def test_mapped_lines_sum_to_imported_amount_and_use_decimal(seed, results):

@@ -1,0 +1,261 @@
+"""Issued Coupa purchase orders -> D365 PurchaseOrderHeadersV2 + PurchaseOrderLinesV2, kept in step.
+
+Number policy: the D365 ``PurchaseOrderNumber`` *is* the Coupa ``po-number`` (also sent as
+``VendorOrderReference``). A re-read PO is therefore found by its D365 key, so it is never created
+twice even without the ledger; the ledger adds claims, change detection and the audit trail.
+
+Per PO:
+- issued, not in D365 -> header + lines in one ``$batch`` changeset;
+- issued, in D365, changed in Coupa -> changed fields PATCHed, new lines added, removed lines
+  deleted — only on lines with nothing received or invoiced (D365 product receipts and line status
+  are read first). A change D365 no longer allows is recorded (``change_blocked``) and reported to
+  Coupa as an alert, never forced; the rest of the change is applied;
+- cancelled -> every D365 line with nothing received is cancelled; received lines stay and are reported;
+- closed -> recorded (and kept as it is in D365).
+After success the Coupa PO is marked exported (its own request) and gets a Success history record.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from ..common.http import AmbiguousWriteError
+from ..d365 import odata
+from ..d365.batch import BatchOperation, Changeset
+from ..mapping.purchase_orders import (
+    PO_LINE_RECEIPT_LOCKED_FIELDS, MappedPurchaseOrder, Quarantine, legal_entity_for_po, map_purchase_order,
+    po_line_changes,
+)
+from ..state.ledger import CANCELLED, CHANGE_BLOCKED, CLOSED, NEW, WRITING, WRITTEN, LedgerRow
+from ..state.store import payload_hash
+from .base import DocumentSync, content_hash
+from .report import Outcome
+
+DOC = "purchase_order"
+HEADER_SET, LINE_SET, RECEIPT_SET = "PurchaseOrderHeadersV2", "PurchaseOrderLinesV2", "ProductReceiptLinesV2"
+HEADER_UPDATE_FIELDS = ("OrderVendorAccountNumber", "InvoiceVendorAccountNumber", "CurrencyCode", "PaymentTermsName",
+                        "VendorOrderReference", "PurchaseOrderName", "RequestedDeliveryDate",
+                        "DefaultLedgerDimensionDisplayValue")
+LOCKED_STATUSES = ("Received", "Invoiced")
+CANCELLED_STATUS = "Canceled"
+
+
+def _same(a: Any, b: Any) -> bool:
+    if (a in (None, "")) or (b in (None, "")):
+        return (a in (None, "")) == (b in (None, ""))
+    try:
+        return Decimal(str(a)) == Decimal(str(b))
+    except Exception:  # noqa: BLE001 - not numbers: compare as text (dates by day)
+        return str(a)[:10] == str(b)[:10] if "T" in str(a) or "T" in str(b) else str(a).strip() == str(b).strip()
+
+
+class PurchaseOrderSync(DocumentSync):
+    DOC = DOC
+    NUMBER_FIELD = "po-number"
+    KEEP_STATES_ON_ERROR = (WRITTEN, WRITING, CLOSED, CANCELLED, CHANGE_BLOCKED)
+
+    def _sync_claimed(self, row: LedgerRow, po: dict[str, Any]) -> Outcome:
+        s, run = self.s, self.s.run_id
+        coupa_id, number = int(po["id"]), self.label(po)
+        status = str(po.get("status") or "")
+        coupa_hash = content_hash(po)
+        if status not in ("issued", "closed", "cancelled"):
+            s.ledger.release(row, run)
+            return Outcome(DOC, coupa_id, "skipped", number, row.legal_entity, f"Coupa status {status}")
+        if row.coupa_hash == coupa_hash and row.state in (WRITTEN, CLOSED, CANCELLED):
+            if not row.coupa_notified:
+                self._notify(row, po, self._message(row, status))
+            else:
+                s.ledger.release(row, run)
+            return Outcome(DOC, coupa_id, "already_present", number, row.legal_entity)
+
+        supplier = self._supplier(po)
+        mapped = map_purchase_order(po, s.mapping, s.master, supplier=supplier)
+        if isinstance(mapped, Quarantine):
+            if status != "issued" and row.state == NEW:   # never booked: nothing to cancel or close
+                return self._record(row, po, CANCELLED if status == "cancelled" else CLOSED, coupa_hash,
+                                    f"{status} in Coupa before it was booked in D365", notify=True)
+            return self._quarantine(row, po, "; ".join(mapped.reasons), coupa_hash, legal_entity_for_po(po, s.mapping))
+        key = {"dataAreaId": mapped.legal_entity, "PurchaseOrderNumber": mapped.purchase_order_number}
+        s.ledger.update(row, run, legal_entity=mapped.legal_entity,
+                        natural_key=f"{mapped.legal_entity}|{mapped.purchase_order_number}")
+        current = s.d365.get(HEADER_SET, key)
+        if current is None:
+            if status != "issued":
+                return self._record(row, po, CANCELLED if status == "cancelled" else CLOSED, coupa_hash,
+                                    f"{status} in Coupa before it was booked in D365", notify=True)
+            assert supplier is not None
+            vendor = self.vendors.ensure(supplier, mapped.legal_entity)
+            if vendor.action in ("quarantined", "failed", "busy"):
+                reason = f"vendor {mapped.vendor_account} in {mapped.legal_entity} is {vendor.action}: {vendor.detail}"
+                if vendor.action == "quarantined":
+                    return self._quarantine(row, po, reason, coupa_hash, mapped.legal_entity)
+                return self._fail(row, po, mapped.legal_entity, reason)
+            return self._create(row, po, mapped, key, coupa_hash)
+        if status == "cancelled":
+            return self._cancel(row, po, mapped, key, coupa_hash)
+        return self._update(row, po, mapped, key, coupa_hash, closed=status == "closed")
+
+    # -- create ------------------------------------------------------------------------------
+    def _create(self, row: LedgerRow, po: dict[str, Any], mapped: MappedPurchaseOrder, key: dict[str, Any],
+                coupa_hash: str) -> Outcome:
+        s, run = self.s, self.s.run_id
+        coupa_id = int(po["id"])
+        row = s.ledger.update(row, run, state=WRITING, d365_key=key)  # intent first
+        operations = [BatchOperation("POST", HEADER_SET, mapped.header)]
+        operations += [BatchOperation("POST", LINE_SET, line) for line in mapped.lines]
+        digest = payload_hash([mapped.header, mapped.lines])
+        try:
+            result = s.d365.batch([Changeset(operations)])[0]
+        except AmbiguousWriteError as exc:
+            s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=coupa_id, action="create_ambiguous", entity=HEADER_SET,
+                           d365_key=key, error=str(exc), payload_sha256=digest)
+            if s.d365.get(HEADER_SET, key) is None:
+                raise
+            return self._update(row, po, mapped, key, coupa_hash, closed=False, adopted=True)
+        s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=coupa_id, action="create", entity=HEADER_SET, d365_key=key,
+                       http_status=201 if result.ok else (result.error.status if result.error else None),
+                       error=None if result.ok else (result.error.detail if result.error else "unknown"),
+                       payload_sha256=digest)
+        if not result.ok:
+            if result.error is not None and result.error.is_duplicate and s.d365.get(HEADER_SET, key) is not None:
+                return self._update(row, po, mapped, key, coupa_hash, closed=False, adopted=True)
+            return self._fail(row, po, mapped.legal_entity,
+                              f"D365 rejected the purchase order: {result.error.detail if result.error else '?'}")
+        row = s.ledger.update(row, run, state=WRITTEN, coupa_hash=coupa_hash, payload_hash=digest, reason=None,
+                              attempts=row.attempts + 1)
+        self._notify(row, po, self._message(row, "issued"))
+        return Outcome(DOC, coupa_id, "created", mapped.purchase_order_number, mapped.legal_entity,
+                       f"{len(mapped.lines)} lines")
+
+    # -- read D365 state ---------------------------------------------------------------------
+    def _lines(self, key: dict[str, Any]) -> dict[int, dict[str, Any]]:
+        rows = self.s.d365.query(LINE_SET, legal_entity=key["dataAreaId"],
+                                 filter=odata.eq("PurchaseOrderNumber", key["PurchaseOrderNumber"]))
+        return {int(r["LineNumber"]): r for r in rows}
+
+    def _received(self, key: dict[str, Any]) -> dict[int, Decimal]:
+        received: dict[int, Decimal] = {}
+        for r in self.s.d365.query(RECEIPT_SET, legal_entity=key["dataAreaId"],
+                                   filter=odata.eq("PurchaseOrderNumber", key["PurchaseOrderNumber"]),
+                                   select=["PurchaseOrderLineNumber", "ReceivedPurchaseQuantity"]):
+            line = int(r["PurchaseOrderLineNumber"])
+            received[line] = received.get(line, Decimal(0)) + Decimal(str(r["ReceivedPurchaseQuantity"] or 0))
+        return received
+
+    @staticmethod
+    def _locked(line: dict[str, Any], received: Decimal) -> bool:
+        return received > 0 or str(line.get("PurchaseOrderLineStatus")) in LOCKED_STATUSES
+
+    # -- update ------------------------------------------------------------------------------
+    def _update(self, row: LedgerRow, po: dict[str, Any], mapped: MappedPurchaseOrder, key: dict[str, Any],
+                coupa_hash: str, *, closed: bool, adopted: bool = False) -> Outcome:
+        s, run = self.s, self.s.run_id
+        coupa_id = int(po["id"])
+        current = s.d365.get(HEADER_SET, key) or {}
+        header_changes = {f: mapped.header[f] for f in HEADER_UPDATE_FIELDS
+                          if f in mapped.header and not _same(mapped.header[f], current.get(f))}
+        if header_changes:
+            s.d365.update(HEADER_SET, key, header_changes)
+            self._audit(coupa_id, "update", HEADER_SET, key, 204, header_changes)
+        existing, received = self._lines(key), self._received(key)
+        wanted = {int(line["LineNumber"]): line for line in mapped.lines}
+        applied, blocked = 0, []
+        for number, line in wanted.items():
+            line_key = dict(key, LineNumber=number)
+            if number not in existing:
+                s.d365.create(LINE_SET, line, verify=lambda k=line_key: s.d365.get(LINE_SET, k))
+                self._audit(coupa_id, "create_line", LINE_SET, line_key, 201, line)
+                applied += 1
+                continue
+            current_line = existing[number]
+            changes = po_line_changes(current_line, line)
+            if not changes:
+                continue
+            if str(current_line.get("PurchaseOrderLineStatus")) == CANCELLED_STATUS:
+                blocked.append(f"line {number} is cancelled in D365; not changed")
+                continue
+            if self._locked(current_line, received.get(number, Decimal(0))):
+                locked = sorted(set(changes) & set(PO_LINE_RECEIPT_LOCKED_FIELDS))
+                if locked:
+                    blocked.append(f"line {number} has been received ({received.get(number, 0)}) in D365: "
+                                   f"{', '.join(locked)} not changed")
+                changes = {f: v for f, v in changes.items() if f not in PO_LINE_RECEIPT_LOCKED_FIELDS}
+                if not changes:
+                    continue
+            s.d365.update(LINE_SET, line_key, changes)
+            self._audit(coupa_id, "update_line", LINE_SET, line_key, 204, changes)
+            applied += 1
+        for number, line in existing.items():
+            if number in wanted or str(line.get("PurchaseOrderLineStatus")) == CANCELLED_STATUS:
+                continue
+            line_key = dict(key, LineNumber=number)
+            if self._locked(line, received.get(number, Decimal(0))):
+                blocked.append(f"line {number} was removed in Coupa but has been received in D365; kept")
+                continue
+            s.d365.delete(LINE_SET, line_key)
+            self._audit(coupa_id, "delete_line", LINE_SET, line_key, 204, None)
+            applied += 1
+        changed = bool(header_changes) or applied > 0
+        if blocked:
+            reason = "change not applied where D365 no longer allows it: " + "; ".join(blocked)
+            self._alert_once(row, reason, po)
+            s.ledger.update(s.ledger.get(DOC, coupa_id) or row, run, release=True, state=CHANGE_BLOCKED,
+                            reason=reason, alerted_reason=reason, coupa_hash=coupa_hash, d365_key=key)
+            return Outcome(DOC, coupa_id, "change_blocked", mapped.purchase_order_number, mapped.legal_entity, reason)
+        state = CLOSED if closed else WRITTEN
+        row = s.ledger.update(row, run, state=state, coupa_hash=coupa_hash, d365_key=key, reason=None,
+                              coupa_notified=False, payload_hash=payload_hash([mapped.header, mapped.lines]))
+        self._notify(row, po, self._message(row, "closed" if closed else "issued"))
+        action = "updated" if changed else ("closed" if closed else "already_present")
+        detail = f"{len(header_changes)} header fields, {applied} line changes" if changed else \
+            ("adopted the PO already in D365" if adopted else "")
+        return Outcome(DOC, coupa_id, action, mapped.purchase_order_number, mapped.legal_entity, detail)
+
+    # -- cancel / record ---------------------------------------------------------------------
+    def _cancel(self, row: LedgerRow, po: dict[str, Any], mapped: MappedPurchaseOrder, key: dict[str, Any],
+                coupa_hash: str) -> Outcome:
+        s = self.s
+        coupa_id = int(po["id"])
+        existing, received = self._lines(key), self._received(key)
+        cancelled, kept = 0, []
+        for number, line in sorted(existing.items()):
+            if str(line.get("PurchaseOrderLineStatus")) == CANCELLED_STATUS:
+                continue
+            line_key = dict(key, LineNumber=number)
+            if self._locked(line, received.get(number, Decimal(0))):
+                kept.append(f"line {number} (received {received.get(number, 0)})")
+                continue
+            s.d365.update(LINE_SET, line_key, {"PurchaseOrderLineStatus": CANCELLED_STATUS})
+            self._audit(coupa_id, "cancel_line", LINE_SET, line_key, 204, {"PurchaseOrderLineStatus": CANCELLED_STATUS})
+            cancelled += 1
+        detail = f"{cancelled} unreceived lines cancelled in D365" + (
+            f"; kept received {', '.join(kept)}" if kept else "")
+        row = s.ledger.update(row, self.s.run_id, d365_key=key)
+        self._record(row, po, CANCELLED, coupa_hash, detail, notify=True)
+        return Outcome(DOC, coupa_id, "cancelled", mapped.purchase_order_number, mapped.legal_entity, detail)
+
+    def _record(self, row: LedgerRow, po: dict[str, Any], state: str, coupa_hash: str, reason: str,
+                notify: bool) -> Outcome:
+        s, run = self.s, self.s.run_id
+        row = s.ledger.update(row, run, state=state, coupa_hash=coupa_hash, reason=reason, coupa_notified=False)
+        s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=int(po["id"]), action=state, error=reason)
+        if notify:
+            self._notify(row, po, f"Purchase order {state} in Coupa: {reason}")
+        else:
+            s.ledger.release(row, run)
+        return Outcome(DOC, int(po["id"]), state, self.label(po), row.legal_entity, reason)
+
+    def _message(self, row: LedgerRow, status: str) -> str:
+        key = row.d365_key or {}
+        if not key:
+            return f"Purchase order {status} in Coupa; not booked in D365"
+        return f"Booked in D365 {key.get('dataAreaId')} as purchase order {key.get('PurchaseOrderNumber')}" + (
+            " (closed in Coupa)" if status == "closed" else "")
+
+    def _audit(self, coupa_id: int, action: str, entity: str, key: dict[str, Any], status: int | None,
+               body: Any) -> None:
+        self.s.ledger.audit(run_id=self.s.run_id, doc_type=DOC, coupa_id=coupa_id, action=action, entity=entity,
+                            d365_key=key, http_status=status,
+                            payload_sha256=payload_hash(body) if body is not None else None)
