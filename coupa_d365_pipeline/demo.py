@@ -93,7 +93,7 @@ def run_demo(options: Any, dagster_home: Path, state_dir: Path) -> int:
         ("Coupa invoices (approved/voided) -> staged", invoices.get("fetched", 0),
          f"{len(keys)} daily partitions in one single-run backfill"),
         ("  -> D365 pending vendor invoices created", booked.get("created", 0),
-         f"header + lines in one $batch changeset each"),
+         "header + lines in one $batch changeset each"),
         ("  -> already in D365 (adopted, not duplicated)", booked.get("already_present", 0) + booked.get("repaired", 0), ""),
         ("  -> quarantined (not written, reason in ledger)", booked.get("quarantined", 0),
          "check vendor_invoices_not_stuck lists them"),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import os
 import uuid
-from dataclasses import replace
 from datetime import date
 from typing import Iterator
 
@@ -107,7 +106,7 @@ def postgres_database():
         yield name
     finally:
         with conn.cursor() as cur:
-            cur.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
             cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
         conn.close()
 

@@ -11,8 +11,6 @@ import logging
 import threading
 import time
 
-import httpx
-
 from ..common.http import HTTPClientError, RetryingSender
 from ..common.redact import register_secret
 

@@ -216,6 +216,33 @@ def vendor_changes(current: dict, desired: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------- invoices
+
+def line_accounting(account: dict, tag: str, le: str | None, le_ok: bool, mapping: MappingConfig,
+                    master: D365MasterData, p: "_Problems") -> tuple[str, list[str]]:
+    """Main account and dimension values of one Coupa line account, checked against D365 master
+    data (shared by invoices and purchase orders). Returns (main account, dimension values)."""
+    dims = mapping.dimensions
+    main = _s(account.get(dims.main_account_segment))
+    if not main:
+        p.add("main_account_missing", f"{tag}: the account has no main account ({dims.main_account_segment} "
+              "is empty); set the account on the line in Coupa")
+    elif le_ok and not master.main_account_in(le, main):
+        if master.main_account_exists(main):
+            p.add("main_account_not_in_legal_entity", f"{tag}: main account {main} does not exist in legal entity "
+                  f"{le} (D365 MainAccountLegalEntities); fix the Coupa account or activate it in D365")
+        else:
+            p.add("main_account_not_in_d365", f"{tag}: main account {main} does not exist in D365 "
+                  "(MainAccounts); fix the Coupa account or create the main account in D365")
+    seg_values: list[str] = []
+    for dim in dims.order:
+        seg = dims.segments.get(dim)
+        value = _s(account.get(seg)) if seg else ""
+        if value and le_ok and not master.dimension_value_exists(dim, value, le):
+            p.add("dimension_value_missing", f"{tag}: {dim} value {value!r} ({seg}) does not exist in D365 "
+                  f"(FinancialDimensionValues, shared or {le}); create it in D365 or fix the Coupa account")
+        seg_values.append(value)
+    return main, seg_values
+
 def map_invoice(invoice: dict, mapping: MappingConfig, master: D365MasterData, *,
                 supplier: dict | None = None) -> MappedInvoice | Quarantine:
     """VendorInvoiceHeaders/VendorInvoiceLines bodies (without HeaderReference) or a Quarantine."""
@@ -296,26 +323,7 @@ def map_invoice(invoice: dict, mapping: MappingConfig, master: D365MasterData, *
         if line_chart and chart and le is not None and mapping.legal_entity(line_chart) != le:
             p.add("account_type_mismatch", f"{tag}: account {_s(account.get('code'))!r} belongs to chart of "
                   f"accounts {line_chart!r} but the invoice is on {chart!r}; use an account of the invoice's chart")
-        main = _s(account.get(dims.main_account_segment))
-        if not main:
-            p.add("main_account_missing", f"{tag}: the account has no main account ({dims.main_account_segment} "
-                  "is empty); set the account on the line in Coupa")
-        elif le_ok and not master.main_account_in(le, main):
-            if master.main_account_exists(main):
-                p.add("main_account_not_in_legal_entity", f"{tag}: main account {main} does not exist in legal entity "
-                      f"{le} (D365 MainAccountLegalEntities); fix the Coupa account or activate it in D365")
-            else:
-                p.add("main_account_not_in_d365", f"{tag}: main account {main} does not exist in D365 "
-                      "(MainAccounts); fix the Coupa account or create the main account in D365")
-
-        seg_values: list[str] = []
-        for dim in dims.order:
-            seg = dims.segments.get(dim)
-            value = _s(account.get(seg)) if seg else ""
-            if value and le_ok and not master.dimension_value_exists(dim, value, le):
-                p.add("dimension_value_missing", f"{tag}: {dim} value {value!r} ({seg}) does not exist in D365 "
-                      f"(FinancialDimensionValues, shared or {le}); create it in D365 or fix the Coupa account")
-            seg_values.append(value)
+        main, seg_values = line_accounting(account, tag, le, le_ok, mapping, master, p)
 
         body: dict[str, Any] = {
             "dataAreaId": le,

@@ -32,12 +32,13 @@ Choices documented here:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
 from .config import MappingConfig
 from .dimensions import display_value, escape_segment
-from .documents import TOLERANCE, Quarantine, _cmp, _dec, _invoice_date, _name, _Problems, _s, vendor_account_for
+from .documents import (
+    TOLERANCE, Quarantine, _cmp, _dec, _invoice_date, _name, _Problems, _s, line_accounting, vendor_account_for,
+)
 from .master import D365MasterData
 
 __all__ = [
@@ -253,26 +254,7 @@ def map_purchase_order(po: dict, mapping: MappingConfig, master: D365MasterData,
                   "in D365 or fix the line's unit of measure in Coupa")
 
         account = ln.get("account") if isinstance(ln.get("account"), dict) else {}
-        main = _s(account.get(dims.main_account_segment))
-        if not main:
-            p.add("main_account_missing", f"{tag}: the account has no main account ({dims.main_account_segment} "
-                  "is empty); set the account on the line in Coupa")
-        elif le_ok and not master.main_account_in(le, main):
-            if master.main_account_exists(main):
-                p.add("main_account_not_in_legal_entity", f"{tag}: main account {main} does not exist in legal entity "
-                      f"{le} (D365 MainAccountLegalEntities); fix the Coupa account or activate it in D365")
-            else:
-                p.add("main_account_not_in_d365", f"{tag}: main account {main} does not exist in D365 "
-                      "(MainAccounts); fix the Coupa account or create the main account in D365")
-
-        seg_values: list[str] = []
-        for dim in dims.order:
-            seg = dims.segments.get(dim)
-            value = _s(account.get(seg)) if seg else ""
-            if value and le_ok and not master.dimension_value_exists(dim, value, le):
-                p.add("dimension_value_missing", f"{tag}: {dim} value {value!r} ({seg}) does not exist in D365 "
-                      f"(FinancialDimensionValues, shared or {le}); create it in D365 or fix the Coupa account")
-            seg_values.append(value)
+        main, seg_values = line_accounting(account, tag, le, le_ok, mapping, master, p)
 
         body: dict[str, Any] = {
             "dataAreaId": le,

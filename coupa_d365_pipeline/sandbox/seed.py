@@ -28,7 +28,6 @@ import gc
 import random
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
-from typing import Any
 
 __all__ = ["SeedConfig", "SeedData", "generate_seed", "LEGAL_ENTITIES", "fmt_cents"]
 
@@ -428,7 +427,6 @@ def _generate(config: SeedConfig) -> SeedData:
     null_suppliers = [s for s in suppliers if s["number"] is None]
     oneil = suppliers[5]
     line_id = 0
-    tax_amount_total = 0
     for k in range(n_inv):
         iid = k + 1
         kind = special.get(k)

@@ -23,7 +23,6 @@ from typing import Any
 
 from ..common.http import AmbiguousWriteError
 from ..d365 import odata
-from ..d365.client import D365Error
 from ..mapping.documents import MappedInvoice, Quarantine, legal_entity_for, map_invoice
 from ..state.ledger import (
     CHANGED_AFTER_POST, POSTED, VOID_BLOCKED, VOIDED, WRITING, WRITTEN, LedgerRow,
@@ -100,8 +99,7 @@ class InvoiceSync(DocumentSync):
             reason = f"vendor {mapped.vendor_account} in {mapped.legal_entity} is {vendor.action}: {vendor.detail}"
             if vendor.action == "quarantined":
                 return self._quarantine(row, invoice, reason, coupa_hash, legal_entity=mapped.legal_entity)
-            s.ledger.update(row, run, release=True, state=FAILED, reason=reason, legal_entity=mapped.legal_entity)
-            return Outcome(DOC, coupa_id, "failed", number, mapped.legal_entity, reason)
+            return self._fail(row, invoice, mapped.legal_entity, reason)
         self._link_purchase_orders(mapped)
 
         if row.state == WRITTEN and row.d365_key:

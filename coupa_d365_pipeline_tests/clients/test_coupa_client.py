@@ -3,7 +3,6 @@
 import time
 from urllib.parse import parse_qs
 
-import httpx
 import pytest
 
 from coupa_d365_pipeline.coupa.client import CoupaAuthError, CoupaClient, CoupaError

@@ -3,34 +3,13 @@
 import copy
 from decimal import Decimal
 
-import dagster as dg
-import pytest
 
-from coupa_d365_pipeline.state.ledger import Ledger
-from coupa_d365_pipeline.state.store import make_engine
+from coupa_d365_pipeline_tests.flow.conftest import ledger
 from coupa_d365_pipeline_tests.flow.helpers import (
-    CHARTS, d365_writes, expected_display, last_seq, lines_of, metadata, run_documents, run_master,
+    CHARTS, d365_writes, expected_display, last_seq, lines_of, metadata, run_documents,
 )
 
 ALL_DAYS = ("2026-11-01", "2026-11-30")
-
-
-@pytest.fixture
-def instance():
-    with dg.instance_for_test() as inst:
-        yield inst
-
-
-@pytest.fixture
-def synced(sandbox_env, sandboxes, instance):
-    assert run_master(instance).success
-    result = run_documents(instance)
-    assert result.success
-    return result
-
-
-def ledger(sandbox_env) -> Ledger:
-    return Ledger(make_engine(sandbox_env["SYNC_DATABASE_URL"]))
 
 
 def d365_po(sandboxes, le, number):
