@@ -11,7 +11,10 @@ __all__ = ["defs"]
 
 def __getattr__(name: str) -> Any:
     if name == "defs":
-        from .definitions import defs
+        try:
+            from .definitions import defs
+        except AttributeError as exc:  # keep the real cause visible instead of "no attribute 'defs'"
+            raise ImportError(f"coupa_d365_pipeline.definitions failed to load: {exc}") from exc
 
         return defs
     raise AttributeError(name)

@@ -11,6 +11,7 @@ from .d365.sync_assets import (
     d365_purchase_orders, d365_vendor_invoices, d365_vendors, purchase_orders_not_stuck, replay_invoices_job,
     vendor_invoices_not_stuck, vendors_not_stuck,
 )
+from .schedules import build_schedules
 from .resources import CoupaResource, D365Resource, MappingResource, SyncStateResource
 
 
@@ -54,5 +55,6 @@ defs = dg.Definitions(
     asset_checks=[default_legal_entity_exists, gl_mapping_matches_d365, vendors_not_stuck, purchase_orders_not_stuck,
                   vendor_invoices_not_stuck],
     jobs=[daily_documents_job, master_data_job, replay_invoices_job],
+    schedules=build_schedules(daily_documents_job, master_data_job),
     resources=build_resources(),
 )
