@@ -7,6 +7,7 @@ import dagster as dg
 from .coupa.assets import coupa_invoices, coupa_purchase_orders, coupa_suppliers
 from .d365.assets import d365_legal_entities, default_legal_entity_exists
 from .d365.master_assets import d365_gl_mapping, d365_master_data, gl_mapping_matches_d365
+from .d365.status_assets import coupa_invoice_status, d365_invoice_status, invoice_status_delivered
 from .d365.sync_assets import (
     d365_purchase_orders, d365_vendor_invoices, d365_vendors, purchase_orders_not_stuck, replay_invoices_job,
     vendor_invoices_not_stuck, vendors_not_stuck,
@@ -49,12 +50,17 @@ master_data_job = dg.define_asset_job(
                                        d365_vendors),
     description="Suppliers, D365 master data, the validated mapping, and vendors in D365.")
 
+invoice_status_job = dg.define_asset_job(
+    "invoice_status_job", selection=dg.AssetSelection.assets(d365_invoice_status, coupa_invoice_status),
+    description="Posted-invoice and payment status from D365 back to Coupa.")
+
 defs = dg.Definitions(
     assets=[coupa_suppliers, coupa_invoices, coupa_purchase_orders, d365_legal_entities, d365_master_data,
-            d365_gl_mapping, d365_vendors, d365_purchase_orders, d365_vendor_invoices],
+            d365_gl_mapping, d365_vendors, d365_purchase_orders, d365_vendor_invoices, d365_invoice_status,
+            coupa_invoice_status],
     asset_checks=[default_legal_entity_exists, gl_mapping_matches_d365, vendors_not_stuck, purchase_orders_not_stuck,
-                  vendor_invoices_not_stuck],
-    jobs=[daily_documents_job, master_data_job, replay_invoices_job],
-    schedules=build_schedules(daily_documents_job, master_data_job),
+                  vendor_invoices_not_stuck, invoice_status_delivered],
+    jobs=[daily_documents_job, master_data_job, invoice_status_job, replay_invoices_job],
+    schedules=build_schedules(daily_documents_job, master_data_job, invoice_status_job),
     resources=build_resources(),
 )

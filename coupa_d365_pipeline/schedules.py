@@ -13,7 +13,8 @@ def _day(dt: datetime) -> str:
     return dt.astimezone(timezone.utc).strftime("%Y-%m-%d")
 
 
-def build_schedules(daily_documents_job: Any, master_data_job: Any) -> list[dg.ScheduleDefinition]:
+def build_schedules(daily_documents_job: Any, master_data_job: Any,
+                    invoice_status_job: Any) -> list[dg.ScheduleDefinition]:
     """Schedules for the two asset jobs (passed in: they are defined next to ``defs``)."""
     @dg.schedule(job=daily_documents_job, cron_schedule="15 * * * *", execution_timezone="UTC",
                  description="Every hour: today's partition (Coupa documents updated today) — POs, then invoices.")
@@ -34,4 +35,7 @@ def build_schedules(daily_documents_job: Any, master_data_job: Any) -> list[dg.S
     master_hourly = dg.ScheduleDefinition(
         name="master_data_hourly", job=master_data_job, cron_schedule="5 * * * *", execution_timezone="UTC",
         description="Every hour: suppliers (incremental), D365 master data, mapping check, vendors.")
-    return [documents_today, documents_yesterday, master_hourly]
+    status = dg.ScheduleDefinition(
+        name="invoice_status_every_30_minutes", job=invoice_status_job, cron_schedule="*/30 * * * *",
+        execution_timezone="UTC", description="Every 30 minutes: posted and paid status from D365 back to Coupa.")
+    return [documents_today, documents_yesterday, master_hourly, status]

@@ -1052,6 +1052,7 @@ class D365State:
         if pay <= 0:
             raise ValueError("amount must be positive")
         when = normalize_datetime(date)
+        created = normalize_datetime(datetime.now(timezone.utc))
         with self.lock:
             sch = self._schema("VendTransBiEntities")
             matches = [r for r in self._tables["VendTransBiEntities"].values()
@@ -1070,7 +1071,7 @@ class D365State:
                 "SettleAmountCur": pay, "SettleAmountMST": pay, "PaymReference": payment_reference,
                 "TransDate": when, "Closed": when, "CurrencyCode": inv["CurrencyCode"], "LastSettleVoucher": inv["Voucher"],
                 "LastSettleDate": when, "LastSettleAccountNum": inv["AccountNum"], "LastSettleCompany": company,
-                "Approved": "Yes", "SysDataAreaId": company,
+                "Approved": "Yes", "SysDataAreaId": company, "CreatedOn": created,
             })
             settlement = self._insert_raw("VendSettlementBiEntities", {
                 "dataAreaId": company, "SourceKey": self._next("recid", FIRST_RECID), "TransRecId": inv["SourceKey"],
@@ -1078,7 +1079,7 @@ class D365State:
                 "TransDate": when, "SettlementVoucher": pay_voucher, "OffsetTransVoucher": pay_voucher,
                 "AccountNum": inv["AccountNum"], "OffsetAccountNum": inv["AccountNum"], "TransCompany": company,
                 "OffsetCompany": company, "DueDate": inv["DueDate"], "TransType": "Purch", "CanBeReversed": "Yes",
-                "SysDataAreaId": company,
+                "SysDataAreaId": company, "CreatedOn": created,
             })
             updated = dict(inv)
             updated["SettleAmountCur"] = inv["SettleAmountCur"] - pay

@@ -23,16 +23,18 @@ def test_resources_are_configured_by_env_var_names_not_values():
 def test_schedules_target_today_yesterday_and_master_data():
     from datetime import datetime, timezone
 
+    # No instance_for_test here: building the repository inside one leaves Dagster's global
+    # definitions-state storage pointing at a disposed instance for later tests.
     schedules = {s.name: s for s in defs.schedules}
-    assert set(schedules) == {"documents_today", "documents_yesterday", "master_data_hourly"}
+    assert set(schedules) == {"documents_today", "documents_yesterday", "master_data_hourly",
+                              "invoice_status_every_30_minutes"}
+    repository = defs.get_repository_def()
     when = datetime(2026, 11, 20, 10, 15, tzinfo=timezone.utc)
-    with dg.instance_for_test() as instance:
-        for name, day in (("documents_today", "2026-11-20"), ("documents_yesterday", "2026-11-19")):
-            context = dg.build_schedule_context(instance=instance, scheduled_execution_time=when,
-                                                repository_def=defs.get_repository_def())
-            request = schedules[name].evaluate_tick(context).run_requests[0]
-            assert request.partition_key == day
-        early = dg.build_schedule_context(instance=instance, repository_def=defs.get_repository_def(),
-                                          scheduled_execution_time=datetime(2020, 1, 1, tzinfo=timezone.utc))
-        assert schedules["documents_today"].evaluate_tick(early).skip_message
+    for name, day in (("documents_today", "2026-11-20"), ("documents_yesterday", "2026-11-19")):
+        context = dg.build_schedule_context(scheduled_execution_time=when, repository_def=repository)
+        request = schedules[name].evaluate_tick(context).run_requests[0]
+        assert request.partition_key == day
+    early = dg.build_schedule_context(repository_def=repository,
+                                      scheduled_execution_time=datetime(2020, 1, 1, tzinfo=timezone.utc))
+    assert schedules["documents_today"].evaluate_tick(early).skip_message
     assert all(s.default_status == dg.DefaultScheduleStatus.STOPPED for s in schedules.values())

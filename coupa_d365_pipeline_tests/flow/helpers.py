@@ -71,3 +71,9 @@ def approved(seed) -> list[dict[str, Any]]:
 
 def duplicates(sandboxes) -> Counter:
     return Counter({k: len(v) for k, v in d365_invoices(sandboxes).items() if len(v) > 1})
+
+
+def run_status(instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
+    from coupa_d365_pipeline.definitions import defs
+
+    return defs.resolve_job_def("invoice_status_job").execute_in_process(instance=instance, raise_on_error=False)

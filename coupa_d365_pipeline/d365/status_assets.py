@@ -1,0 +1,54 @@
+"""Posted-invoice and payment status: read from D365, written back to Coupa (never GL data)."""
+
+import time
+
+import dagster as dg
+
+from ..resources import CoupaResource, D365Resource, MappingResource, SyncStateResource
+from ..state.status import StatusEvents
+from ..sync.status import StatusReader, StatusWriter
+from .services import build_services
+from .sync_assets import d365_vendor_invoices
+
+
+@dg.asset(key=["d365", "invoice_status"], group_name="d365", kinds={"d365"}, deps=[d365_vendor_invoices],
+          description="For invoices we booked: posted in D365 (VendInvoiceJourBiEntities) and every settlement "
+                      "(VendSettlementBiEntities, partial payments separately); incremental on CreatedOn.")
+def d365_invoice_status(context: dg.AssetExecutionContext, coupa: CoupaResource, d365: D365Resource,
+                        sync_state: SyncStateResource, mapping: MappingResource) -> dg.MaterializeResult:
+    started = time.monotonic()
+    services = build_services(context, coupa, d365, sync_state, mapping)
+    before = services.d365.request_count
+    events = StatusEvents(services.store.engine)
+    counts = StatusReader(services, events).read()
+    return dg.MaterializeResult(metadata={
+        **counts, **events.counts(), "d365_requests": services.d365.request_count - before,
+        "duration_s": round(time.monotonic() - started, 3)})
+
+
+@dg.asset(key=["coupa", "invoice_status"], group_name="coupa", kinds={"coupa"}, deps=[d365_invoice_status],
+          description="Writes D365 posting (history record with invoice number and voucher) and payments "
+                      "(paid, payment date, notes, each payment once) back to the Coupa invoices.")
+def coupa_invoice_status(context: dg.AssetExecutionContext, coupa: CoupaResource, d365: D365Resource,
+                         sync_state: SyncStateResource, mapping: MappingResource) -> dg.MaterializeResult:
+    started = time.monotonic()
+    services = build_services(context, coupa, d365, sync_state, mapping)
+    before = services.coupa.request_count
+    events = StatusEvents(services.store.engine)
+    report = StatusWriter(services, events).write()
+    counts = report.counts()
+    return dg.MaterializeResult(metadata={
+        "invoices_updated": int(counts.get("updated", 0)), "unchanged": int(counts.get("already_present", 0)),
+        "failed": int(counts.get("failed", 0)), **events.counts(),
+        "coupa_requests": services.coupa.request_count - before,
+        "problems": dg.MetadataValue.md(report.problems_markdown()),
+        "duration_s": round(time.monotonic() - started, 3)})
+
+
+@dg.asset_check(asset=coupa_invoice_status, description="Every posted/payment event read from D365 is in Coupa.")
+def invoice_status_delivered(sync_state: SyncStateResource) -> dg.AssetCheckResult:
+    events = StatusEvents(sync_state.store.engine)
+    waiting = events.unpushed_invoice_ids()
+    return dg.AssetCheckResult(passed=not waiting,
+                               description=f"{len(waiting)} invoices have status not yet in Coupa" if waiting else None,
+                               metadata={"waiting_invoices": dg.MetadataValue.json(waiting[:200]), **events.counts()})
