@@ -39,6 +39,35 @@ def _materialized_metadata(result: Any) -> dict[str, dict[str, Any]]:
     return found
 
 
+def simulate_accounts_payable(sandboxes: Any, database_url: str, count: int = 20) -> tuple[int, str]:
+    """What an AP user would do in D365 between runs: post some pending invoices, pay some of them
+    (every other one in two partial payments), so the status flow has something to report."""
+    from decimal import Decimal
+
+    from .state.ledger import Ledger
+    from .state.store import make_engine
+
+    rows = Ledger(make_engine(database_url)).rows("invoice", ["written"])[:count]
+    paid_full = paid_part = 0
+    for n, row in enumerate(rows):
+        key = row.d365_key or {}
+        posted = sandboxes.d365.state.post_invoice(key["dataAreaId"], key["HeaderReference"])
+        journal = posted["VendInvoiceJourBiEntity"]
+        amount = abs(Decimal(str(journal["InvoiceAmount"])))
+        if n % 2 == 0 and amount > 0:
+            first = (amount / 2).quantize(Decimal("0.01"))
+            sandboxes.d365.state.settle_invoice(key["dataAreaId"], journal["InvoiceId"], journal["InvoiceAccount"],
+                                                first, "2026-11-27T12:00:00Z", f"PAY-{n:04d}-A")
+            if n % 4 == 0:
+                sandboxes.d365.state.settle_invoice(key["dataAreaId"], journal["InvoiceId"],
+                                                    journal["InvoiceAccount"], amount - first,
+                                                    "2026-11-28T12:00:00Z", f"PAY-{n:04d}-B")
+                paid_full += 1
+            else:
+                paid_part += 1
+    return len(rows), f"{paid_full} in full (two payments), {paid_part} in part"
+
+
 def run_demo(options: Any, dagster_home: Path, state_dir: Path) -> int:
     from .sandbox.launch import start_sandboxes
 
@@ -69,9 +98,12 @@ def run_demo(options: Any, dagster_home: Path, state_dir: Path) -> int:
         documents = defs.resolve_job_def("daily_documents_job").execute_in_process(
             instance=instance, run_config=quiet,
             tags={ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]})
-        meta = _materialized_metadata(master) | _materialized_metadata(documents)
+        posted, payments = simulate_accounts_payable(sandboxes, os.environ["SYNC_DATABASE_URL"])
+        status = defs.resolve_job_def("invoice_status_job").execute_in_process(instance=instance, run_config=quiet)
+        meta = _materialized_metadata(master) | _materialized_metadata(documents) | _materialized_metadata(status)
         checks = [(e.check_name, e.passed) for e in [*master.get_asset_check_evaluations(),
-                                                      *documents.get_asset_check_evaluations()]]
+                                                      *documents.get_asset_check_evaluations(),
+                                                      *status.get_asset_check_evaluations()]]
         from .state.ledger import Ledger
         from .state.store import make_engine
 
@@ -84,6 +116,7 @@ def run_demo(options: Any, dagster_home: Path, state_dir: Path) -> int:
     orders = meta.get("coupa/purchase_orders", {})
     booked = meta.get("d365/vendor_invoices", {})
     pos = meta.get("d365/purchase_orders", {})
+    status_meta = meta.get("coupa/invoice_status", {})
     vendor_states = vendor_counts
     d365_invoice_requests = booked.get("d365_requests", 0)
     rows = [
@@ -99,6 +132,9 @@ def run_demo(options: Any, dagster_home: Path, state_dir: Path) -> int:
          "check vendor_invoices_not_stuck lists them"),
         ("  -> voided in Coupa (removed / never booked)", booked.get("voided", 0), ""),
         ("  -> failed", booked.get("failed", 0), ""),
+        ("AP user in D365 (simulated): invoices posted", posted, "and paid: " + payments),
+        ("  -> Coupa invoices updated with posted/paid status", status_meta.get("invoices_updated", 0),
+         "history record with voucher; payments, paid flag"),
         ("Coupa purchase orders (issued/closed/cancelled) -> staged", orders.get("fetched", 0), ""),
         ("  -> D365 purchase orders created", pos.get("created", 0), "PurchaseOrderHeadersV2 + PurchaseOrderLinesV2"),
         ("  -> closed / cancelled recorded", pos.get("closed", 0) + pos.get("cancelled", 0), ""),
@@ -115,9 +151,10 @@ def run_demo(options: Any, dagster_home: Path, state_dir: Path) -> int:
     processed = booked.get("processed", 0) or 1
     print(f"\nD365 requests per processed invoice: {d365_invoice_requests / processed:.2f}; "
           f"Coupa requests per processed invoice: {booked.get('coupa_requests', 0) / processed:.2f}")
-    print(f"\nruns: {master.run_id[:8]} (master data), {documents.run_id[:8]} (documents); "
+    print(f"\nruns: {master.run_id[:8]} (master data), {documents.run_id[:8]} (documents), "
+          f"{status.run_id[:8]} (status); "
           f"HTTP calls: Coupa {coupa_calls}, D365 {d365_calls}; wall time {time.monotonic() - started:.1f} s")
     print(f"Open the UI on the same instance: DAGSTER_HOME={home} dagster dev  (see README)")
     print("Quarantined invoices are expected with the seed: it contains unmappable ones on purpose "
           "(unknown chart, missing main account, unreleased item, supplier without number).")
-    return 0 if master.success and documents.success else 1
+    return 0 if master.success and documents.success and status.success else 1
