@@ -29,6 +29,7 @@ __all__ = [
 ]
 
 COUPA_SEGMENTS = tuple(f"segment-{i}" for i in range(1, 21))
+COUPA_CUSTOM_FIELD_SOURCES = ("d365_voucher", "d365_invoice_number")
 _DATA_AREA_RE = re.compile(r"^[A-Za-z0-9]{1,4}$")
 _SEGMENT_HINT = "use segment-1 … segment-20"
 # Set by map_vendor itself; a default for them would be ignored or conflict.
@@ -88,6 +89,9 @@ class MappingConfig(_Strict):
     items: dict[str, str] = Field(default_factory=dict)
     procurement_category: dict[str, str] = Field(default_factory=dict)
     country_regions: dict[str, str] = Field(default_factory=dict)
+    # Coupa invoice custom fields (API-editable) filled when D365 posts the invoice:
+    # {d365_voucher: cf-erp-voucher, d365_invoice_number: cf-erp-invoice-number}
+    coupa_custom_fields: dict[str, str] = Field(default_factory=dict)
 
     # ------------------------------------------------------------------ lookups
     def legal_entity(self, account_type_name: str | None) -> str | None:
@@ -254,7 +258,11 @@ def _cross_checks(cfg: MappingConfig) -> tuple[MappingConfig, list[str]]:
             problems.append(f"{where}: {seg} is also used by {seen_segments[seg]}; map each segment once")
         seen_segments[seg] = dim
 
-    for section in ("payment_terms", "items", "procurement_category", "country_regions"):
+    for name in cfg.coupa_custom_fields:
+        if name not in COUPA_CUSTOM_FIELD_SOURCES:
+            problems.append(f"{_path('coupa_custom_fields', name)}: unknown D365 value; use one of "
+                            f"{', '.join(COUPA_CUSTOM_FIELD_SOURCES)}")
+    for section in ("payment_terms", "items", "procurement_category", "country_regions", "coupa_custom_fields"):
         for k, v in getattr(cfg, section).items():
             if not str(v).strip():
                 problems.append(f"{_path(section, k)}: is empty; give the D365 value or remove the entry")

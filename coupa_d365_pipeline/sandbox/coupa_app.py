@@ -106,7 +106,9 @@ HISTORY_DOC_TYPES = {"OrderHeader", "ExternalOrderHeader", "InvoiceHeader", "Sup
 HISTORY_WRITABLE = {"document-type", "document-id", "document-status", "document-revision", "status",
                     "contact-alert-type", "integration", "integration-run", "integration-run-id", "responses",
                     "external-id", "integration-filename", "creation-method"}
-INVOICE_WRITABLE = {"paid", "payment-date", "payment-notes", "payments"}
+INVOICE_WRITABLE = {"paid", "payment-date", "payment-notes", "payments", "custom-fields"}
+# Custom fields an admin made API-editable on invoices (real Coupa rejects others).
+INVOICE_CUSTOM_FIELDS = {"cf-erp-invoice-number", "cf-erp-voucher", "cf-integration-status"}
 MAX_PAGE = 50
 
 
@@ -281,6 +283,8 @@ class CoupaState:
             for key in ("paid", "payment-date", "payment-notes"):
                 if key in header:
                     inv[key] = header[key]
+            if "custom-fields" in header:
+                inv["custom-fields"] = {**(inv.get("custom-fields") or {}), **header["custom-fields"]}
             rows = inv.setdefault("payments", [])
             for p in payments:
                 row = {"id": self._next_payment_id, **p, "payable-type": "InvoiceHeader",
@@ -691,6 +695,17 @@ class CoupaSandbox:
             header["payment-date"] = _fmt_dt(body["payment-date"])
         if "payment-notes" in body:
             header["payment-notes"] = None if body["payment-notes"] is None else str(body["payment-notes"])
+        if "custom-fields" in body:
+            fields = body["custom-fields"]
+            if not isinstance(fields, dict):
+                errors["custom-fields"] = ["must be an object of custom field name -> value"]
+            else:
+                unknown = sorted(set(fields) - INVOICE_CUSTOM_FIELDS)
+                if unknown:
+                    errors["custom-fields"] = [f"{', '.join(unknown)} is not an API-editable custom field "
+                                               f"(editable: {', '.join(sorted(INVOICE_CUSTOM_FIELDS))})"]
+                else:
+                    header["custom-fields"] = {k: None if v is None else str(v) for k, v in fields.items()}
         payments: list[dict] = []
         if "payments" in body:
             raw = body["payments"]

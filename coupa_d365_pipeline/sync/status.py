@@ -17,7 +17,7 @@ Writing (``StatusWriter``), per Coupa invoice with events not yet in Coupa:
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -161,6 +161,11 @@ class StatusWriter:
         payments = [e for e in events if e.kind == PAYMENT]
         actions: list[str] = []
         for event in (e for e in waiting if e.kind == POSTED):
+            fields = s.mapping.coupa_custom_fields
+            if fields:  # idempotent PUT (no payments): safe to repeat after a lost answer
+                values = {"d365_voucher": event.reference, "d365_invoice_number": event.invoice_number}
+                s.coupa.update_invoice(coupa_id, {"custom-fields": {name: values[source]
+                                                                    for source, name in fields.items()}})
             message = f"Posted in D365 {event.legal_entity}: invoice {event.invoice_number}, voucher {event.reference}"
             s.notifier.success("invoice", coupa_id, message, code="D365-POSTED", document_status="approved",
                                mark_exported=False, may_exist=True)

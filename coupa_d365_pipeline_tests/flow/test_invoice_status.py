@@ -59,8 +59,9 @@ def test_payment_whose_coupa_answer_was_lost_is_written_once_after_the_rerun(san
     le, vendor, number = header["dataAreaId"], header["InvoiceAccount"], header["InvoiceNumber"]
     posted = sandboxes.d365.state.post_invoice(le, header["HeaderReference"])
     total = abs(Decimal(str(posted["VendInvoiceJourBiEntity"]["InvoiceAmount"])))
+    assert run_status(instance).success  # posting delivered
     sandboxes.d365.state.settle_invoice(le, number, vendor, total, "2026-11-26T12:00:00Z", "PAY-LOST")
-    # Coupa applies the PUT but the connection drops before we see the answer: the run ends with it unconfirmed
+    # Coupa applies the payments PUT but the connection drops before we see the answer
     sandboxes.coupa.injector.script(ScriptedFault(kind="drop_after", method="PUT",
                                                   path_regex=f"^/api/invoices/{row.coupa_id}$"))
     first = run_status(instance)
@@ -96,5 +97,15 @@ def test_no_general_ledger_data_is_sent_to_coupa(sandboxes, synced, sandbox_env,
             assert word not in body
         if entry.method == "PUT":
             payload = json.loads(body)
-            assert set(payload) <= {"paid", "payment-date", "payment-notes", "payments"}
-            assert all(set(p) <= {"amount-paid", "notes", "payment-date"} for p in payload["payments"])
+            assert set(payload) <= {"paid", "payment-date", "payment-notes", "payments", "custom-fields"}
+            assert all(set(p) <= {"amount-paid", "notes", "payment-date"} for p in payload.get("payments", []))
+            voucher = posted["VendInvoiceJourBiEntity"]["LedgerVoucher"]
+            assert all(v in (voucher, number) for v in payload.get("custom-fields", {}).values())
+
+
+def test_posting_fills_the_coupa_custom_field_named_in_the_mapping(sandboxes, synced, sandbox_env, instance):
+    row, header = booked(sandboxes, sandbox_env, 3)
+    posted = sandboxes.d365.state.post_invoice(header["dataAreaId"], header["HeaderReference"])
+    assert run_status(instance).success
+    fields = sandboxes.coupa.state.get("invoices", row.coupa_id)["custom-fields"]
+    assert fields == {"cf-erp-voucher": posted["VendInvoiceJourBiEntity"]["LedgerVoucher"]}

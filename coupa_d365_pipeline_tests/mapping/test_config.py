@@ -212,3 +212,17 @@ def test_mapping_error_is_value_error():
 def test_non_string_key_reported(example_data):
     msg = _error(_with(example_data, payment_terms={30: "Net30"}))
     assert "payment_terms.30: the key 30 must be a string; quote it" in msg
+
+
+def test_coupa_custom_fields_must_name_a_known_d365_value(tmp_path):
+    import yaml
+
+    from coupa_d365_pipeline.mapping.config import MappingError, example_mapping_path, load_mapping
+
+    assert load_mapping(None).coupa_custom_fields == {"d365_voucher": "cf-erp-voucher"}
+    data = yaml.safe_load(example_mapping_path().read_text())
+    data["coupa_custom_fields"] = {"d365_ledger_balance": "cf-x"}
+    path = tmp_path / "m.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(MappingError, match="coupa_custom_fields.d365_ledger_balance: unknown D365 value"):
+        load_mapping(path)
