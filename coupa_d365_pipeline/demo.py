@@ -154,7 +154,8 @@ def run_demo(options: Any, dagster_home: Path, state_dir: Path) -> int:
     print(f"\nruns: {master.run_id[:8]} (master data), {documents.run_id[:8]} (documents), "
           f"{status.run_id[:8]} (status); "
           f"HTTP calls: Coupa {coupa_calls}, D365 {d365_calls}; wall time {time.monotonic() - started:.1f} s")
-    print(f"Open the UI on the same instance: DAGSTER_HOME={home} dagster dev  (see README)")
+    print(f"Browse these runs in the UI: DAGSTER_HOME={home} .venv/bin/dagster dev  "
+          "(to launch new runs, start the sandboxes first: see README, 'Opening the UI')")
     print("Quarantined invoices are expected with the seed: it contains unmappable ones on purpose "
           "(unknown chart, missing main account, unreleased item, supplier without number).")
     return 0 if master.success and documents.success and status.success else 1
