@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from ..common.http import AmbiguousWriteError, HTTPClientError
+from ..common.http import HTTPClientError
 from ..d365 import odata
 from ..state.ledger import POSTED as POSTED_STATE
 from ..state.ledger import WRITTEN
@@ -187,11 +187,9 @@ class StatusWriter:
                                          f"{paid_total} settled" + (" - fully paid" if fully_paid else ""),
                         "payments": [{"amount-paid": str(Decimal(e.amount).quantize(Decimal('0.01'))),
                                       "notes": e.reference, "payment-date": e.event_date} for e in new]}
-                try:
-                    s.coupa.update_invoice(coupa_id, body)
-                except AmbiguousWriteError:
-                    # the PUT may have landed: the next run reads the invoice's payments and adds only what is missing
-                    raise
+                # Not retried when the answer is lost (AmbiguousWriteError propagates, the events stay unpushed):
+                # the PUT may have landed, and the next run reads the invoice's payments and adds only what is missing.
+                s.coupa.update_invoice(coupa_id, body)
                 s.ledger.audit(run_id=run, doc_type="invoice", coupa_id=coupa_id, action="coupa_payments",
                                error=None, http_status=200)
                 actions.append(f"{len(new)} payments" + (", paid" if fully_paid else ""))
