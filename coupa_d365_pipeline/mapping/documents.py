@@ -217,6 +217,17 @@ def vendor_changes(current: dict, desired: dict) -> dict:
 
 # ---------------------------------------------------------------------------- invoices
 
+
+def document_currency(document: dict, noun: str, master: D365MasterData, p: "_Problems") -> str:
+    """The document's Coupa currency code, checked against D365 Currencies (invoices and POs)."""
+    currency = _name(document.get("currency"), "code").upper()
+    if not currency:
+        p.add("currency_unknown", f"{noun} has no currency; set it in Coupa")
+    elif not master.has_currency(currency):
+        p.add("currency_unknown", f"currency {currency} does not exist in D365 (Currencies); "
+              f"add it in D365 or fix the {noun} currency in Coupa")
+    return currency
+
 def line_accounting(account: dict, tag: str, le: str | None, le_ok: bool, mapping: MappingConfig,
                     master: D365MasterData, p: "_Problems") -> tuple[str, list[str]]:
     """Main account and dimension values of one Coupa line account, checked against D365 master
@@ -278,12 +289,7 @@ def map_invoice(invoice: dict, mapping: MappingConfig, master: D365MasterData, *
     inv_date = _invoice_date(invoice.get("invoice-date"))
     if inv_date is None:
         p.add("invalid_date", f"invoice-date {invoice.get('invoice-date')!r} is not a date; fix it in Coupa")
-    currency = _name(invoice.get("currency"), "code").upper()
-    if not currency:
-        p.add("currency_unknown", "invoice has no currency; set it in Coupa")
-    elif not master.has_currency(currency):
-        p.add("currency_unknown", f"currency {currency} does not exist in D365 (Currencies); "
-              "add it in D365 or fix the invoice currency in Coupa")
+    currency = document_currency(invoice, "invoice", master, p)
 
     # ---- lines
     raw_lines = invoice.get("invoice-lines") or []

@@ -37,7 +37,7 @@ from typing import Any
 from .config import MappingConfig
 from .dimensions import display_value, escape_segment
 from .documents import (
-    TOLERANCE, Quarantine, _cmp, _dec, _invoice_date, _name, _Problems, _s, line_accounting, vendor_account_for,
+    TOLERANCE, Quarantine, _cmp, _dec, _invoice_date, _name, _Problems, _s, document_currency, line_accounting, vendor_account_for,
 )
 from .master import D365MasterData
 
@@ -202,12 +202,7 @@ def map_purchase_order(po: dict, mapping: MappingConfig, master: D365MasterData,
     if not number:
         p.add("po_number_missing", "purchase order has no po-number; it is the D365 PurchaseOrderNumber, "
               "so the order cannot be booked without it")
-    currency = _name(po.get("currency"), "code").upper()
-    if not currency:
-        p.add("currency_unknown", "purchase order has no currency; set it in Coupa")
-    elif not master.has_currency(currency):
-        p.add("currency_unknown", f"currency {currency} does not exist in D365 (Currencies); "
-              "add it in D365 or fix the purchase order currency in Coupa")
+    currency = document_currency(po, "purchase order", master, p)
 
     # ---- lines
     raw_lines = po.get("order-lines") or []
