@@ -37,7 +37,8 @@ from typing import Any
 from .config import MappingConfig
 from .dimensions import display_value, escape_segment
 from .documents import (
-    TOLERANCE, Quarantine, _cmp, _dec, _invoice_date, _name, _Problems, _s, document_currency, line_accounting, vendor_account_for,
+    TOLERANCE, Quarantine, _cmp, _dec, _invoice_date, _name, _Problems, _s, document_currency, line_accounting,
+    vendor_account_for,
 )
 from .master import D365MasterData
 

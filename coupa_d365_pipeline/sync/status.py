@@ -54,6 +54,16 @@ class StatusReader:
             return None
         return datetime.fromisoformat(value.replace("Z", "+00:00")) - OVERLAP
 
+    def _rows_since(self, watermark: str, entity_set: str, le: str, counts: dict[str, int],
+                    select: list[str]) -> list[dict[str, Any]]:
+        """Rows of ``entity_set`` created since the watermark (minus the overlap), with ``CreatedOn``."""
+        since = self._since(watermark)
+        rows = list(self.s.d365.query(entity_set, legal_entity=le,
+                                      filter=odata.compare("CreatedOn", "ge", since) if since else None,
+                                      select=[*select, "CreatedOn"]))
+        counts["rows_read"] += len(rows)
+        return rows
+
     def read(self) -> dict[str, int]:
         booked = self._booked()
         counts = {"posted_new": 0, "payments_new": 0, "rows_read": 0}
@@ -64,12 +74,8 @@ class StatusReader:
 
     def _read_posted(self, le: str, booked: dict[str, int], counts: dict[str, int]) -> None:
         name = f"d365.posted.{le}"
-        since = self._since(name)
-        rows = list(self.s.d365.query(
-            "VendInvoiceJourBiEntities", legal_entity=le,
-            filter=odata.compare("CreatedOn", "ge", since) if since else None,
-            select=["InvoiceId", "InvoiceAccount", "LedgerVoucher", "InvoiceAmount", "InvoiceDate", "CreatedOn"]))
-        counts["rows_read"] += len(rows)
+        rows = self._rows_since(name, "VendInvoiceJourBiEntities", le, counts,
+                                ["InvoiceId", "InvoiceAccount", "LedgerVoucher", "InvoiceAmount", "InvoiceDate"])
         for row in rows:
             coupa_id = booked.get(f"{le}|{row['InvoiceAccount']}|{row['InvoiceId']}".casefold())
             if coupa_id is None:
@@ -104,12 +110,8 @@ class StatusReader:
 
     def _read_settlements(self, le: str, booked: dict[str, int], counts: dict[str, int]) -> None:
         name = f"d365.settlements.{le}"
-        since = self._since(name)
-        rows = list(self.s.d365.query(
-            "VendSettlementBiEntities", legal_entity=le,
-            filter=odata.compare("CreatedOn", "ge", since) if since else None,
-            select=["SourceKey", "TransRecId", "SettleAmountCur", "TransDate", "OffsetTransVoucher", "CreatedOn"]))
-        counts["rows_read"] += len(rows)
+        rows = self._rows_since(name, "VendSettlementBiEntities", le, counts,
+                                ["SourceKey", "TransRecId", "SettleAmountCur", "TransDate", "OffsetTransVoucher"])
         for row in rows:
             invoice = self._invoice_trans(le, row["TransRecId"])
             if invoice is None or not invoice.get("Invoice"):
