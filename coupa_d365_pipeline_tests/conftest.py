@@ -5,17 +5,21 @@ from __future__ import annotations
 import copy
 import os
 import uuid
-from datetime import date
+from datetime import date, datetime, timezone
 from typing import Iterator
 
 import pytest
 
+from coupa_d365_pipeline.common.clock import SimulatedClock
 from coupa_d365_pipeline.coupa.client import CoupaClient
 from coupa_d365_pipeline.d365.client import D365Client
 from coupa_d365_pipeline.sandbox.launch import RunningSandboxes, SandboxOptions, start_sandboxes
 from coupa_d365_pipeline.sandbox.seed import SeedConfig, SeedData, generate_seed
 
 TEST_SEED = SeedConfig(seed=7, invoices=120, start_date=date(2026, 11, 1), days=6)
+# The sandboxes' "now" in tests, whatever the calendar says: a document edited in a test is stamped
+# 2026-11-30 (after every seeded updated-at), so every test means the same thing on any date.
+TEST_NOW = datetime(2026, 11, 30, 9, 0, tzinfo=timezone.utc)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -37,8 +41,14 @@ def seed_data() -> SeedData:
 
 
 @pytest.fixture
-def sandbox_options() -> SandboxOptions:
-    return SandboxOptions(seed=TEST_SEED)
+def sandbox_clock() -> SimulatedClock:
+    """The sandboxes' clock: starts at TEST_NOW and runs at real speed (advance() jumps ahead)."""
+    return SimulatedClock(TEST_NOW)
+
+
+@pytest.fixture
+def sandbox_options(sandbox_clock: SimulatedClock) -> SandboxOptions:
+    return SandboxOptions(seed=TEST_SEED, clock=sandbox_clock)
 
 
 @pytest.fixture

@@ -331,8 +331,10 @@ class D365State:
 
     def __init__(self, schema: D365Schema | None = None, master_data: dict[str, list[dict]] | None = None, *,
                  default_company: str = "dat", dimension_format: list[str] | None = None,
-                 dimension_delimiter: str = "-", number_sequences: dict[str, tuple[str, str]] | None = None) -> None:
+                 dimension_delimiter: str = "-", number_sequences: dict[str, tuple[str, str]] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.schema = schema or load_schema()
+        self.clock = clock
         self.lock = threading.RLock()
         self.default_company = default_company.lower()
         self.dimension_format = list(dimension_format or ["BusinessUnit", "CostCenter", "Department"])
@@ -983,6 +985,10 @@ class D365State:
             return result
 
     # ---- test hooks: posting and payment ------------------------------------------------------
+    def now(self) -> datetime:
+        """The sandbox's current instant (its injected clock, not necessarily the calendar)."""
+        return datetime.fromtimestamp(self.clock(), tz=timezone.utc)
+
     @staticmethod
     def _line_amount(line: dict[str, Any]) -> Decimal:
         for prop in ("Amount", "NetAmount"):
@@ -1008,9 +1014,9 @@ class D365State:
             invoice_account = header.get("InvoiceAccount") or header.get("VendorAccount") or ""
             order_account = header.get("VendorAccount") or invoice_account
             voucher = f"APVOU-{self._next(f'voucher:inv:{company}'):06d}"
-            now = normalize_datetime(datetime.now(timezone.utc))
+            now = normalize_datetime(self.now())
             invoice_date = header.get("InvoiceDate") or EMPTY_DATE
-            trans_date = invoice_date if invoice_date != EMPTY_DATE else normalize_datetime(datetime.now(timezone.utc).date())
+            trans_date = invoice_date if invoice_date != EMPTY_DATE else normalize_datetime(self.now().date())
             currency = header.get("Currency") or ""
             journal = self._insert_raw("VendInvoiceJourBiEntities", {
                 "dataAreaId": company, "SourceKey": self._next("recid", FIRST_RECID),
@@ -1052,7 +1058,7 @@ class D365State:
         if pay <= 0:
             raise ValueError("amount must be positive")
         when = normalize_datetime(date)
-        created = normalize_datetime(datetime.now(timezone.utc))
+        created = normalize_datetime(self.now())
         with self.lock:
             sch = self._schema("VendTransBiEntities")
             matches = [r for r in self._tables["VendTransBiEntities"].values()
@@ -1211,14 +1217,15 @@ class D365Sandbox:
     """The sandbox: state + Entra token endpoint + OData service, wrapped in FaultMiddleware."""
 
     def __init__(self, config: D365SandboxConfig, master_data: dict[str, list[dict]] | None = None,
-                 schema: D365Schema | None = None) -> None:
+                 schema: D365Schema | None = None, clock: Callable[[], float] = time.time) -> None:
         self.config = config
+        self.clock = clock
         self.schema = schema or load_schema()
         self.env_url = config.environment_url.rstrip("/")
         self.state = D365State(self.schema, master_data, default_company=config.default_company,
                                dimension_format=config.dimension_format,
                                dimension_delimiter=config.dimension_delimiter,
-                               number_sequences=config.number_sequences)
+                               number_sequences=config.number_sequences, clock=clock)
         self.log = RequestLog()
         self.injector = FaultInjector(config.fault)
         self._tokens: dict[str, dict[str, Any]] = {}
@@ -1234,7 +1241,7 @@ class D365Sandbox:
             self._tokens.clear()
 
     def issue_token(self, client_id: str, audience: str) -> tuple[str, int]:
-        now = time.time()
+        now = self.clock()
         lifetime = int(self.config.token_lifetime_s)
         claims = {
             "aud": audience, "iss": f"https://sts.windows.net/{self.config.tenant_id}/", "iat": int(now),
@@ -1254,7 +1261,7 @@ class D365Sandbox:
 
     def _token_error(self, status: int, error: str, code: int, description: str) -> JSONResponse:
         trace, corr = str(uuid.uuid4()), str(uuid.uuid4())
-        stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+        stamp = self.state.now().strftime("%Y-%m-%d %H:%M:%SZ")
         return JSONResponse({
             "error": error,
             "error_description": f"AADSTS{code}: {description}\r\nTrace ID: {trace}\r\nCorrelation ID: {corr}\r\n"
@@ -1324,7 +1331,7 @@ class D365Sandbox:
         body: dict[str, Any] = {"token_type": "Bearer", "expires_in": lifetime, "ext_expires_in": lifetime,
                                 "access_token": token}
         if version == 1:
-            now = int(time.time())
+            now = int(self.clock())
             body = {"token_type": "Bearer", "expires_in": str(lifetime), "ext_expires_in": str(lifetime),
                     "expires_on": str(now + lifetime), "not_before": str(now), "resource": audience,
                     "access_token": token}
@@ -1339,7 +1346,7 @@ class D365Sandbox:
             claims = self._tokens.get(token)
         if claims is None:
             return "invalid_token"
-        if time.time() >= claims["_exp"]:
+        if self.clock() >= claims["_exp"]:
             return "token_expired"
         if claims["aud"] != self.config.audience or claims["tid"] != self.config.tenant_id or not claims.get("oid"):
             return "invalid_audience"
@@ -1692,7 +1699,7 @@ class D365Sandbox:
                     pick("dataAreaId", "data_area_id", default=self.config.default_company),
                     pick("InvoiceId", "invoice_id", "Invoice"), pick("VendorAccount", "vendor_account", "AccountNum"),
                     Decimal(str(pick("Amount", "amount"))),
-                    pick("Date", "date", default=datetime.now(timezone.utc).date().isoformat()),
+                    pick("Date", "date", default=self.state.now().date().isoformat()),
                     pick("PaymentReference", "payment_reference", default=""))
             except KeyError as exc:
                 return JSONResponse({"error": str(exc.args[0])}, status_code=404)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Iterator
+from typing import Callable, Iterator
+
+from ..common.clock import SYSTEM_CLOCK
 
 from .coupa_app import CoupaSandbox, CoupaSandboxConfig
 from .d365_app import D365Sandbox, D365SandboxConfig
@@ -31,6 +33,8 @@ class SandboxOptions:
     d365_token_lifetime_s: int = 3599
     d365_page_size: int = 10000
     d365_request_budget: int | None = None
+    # what both sandboxes take as "now" (Unix seconds): tests pin it with a SimulatedClock
+    clock: Callable[[], float] = SYSTEM_CLOCK
 
 
 @dataclass
@@ -42,6 +46,7 @@ class RunningSandboxes:
     d365_server: SandboxServer
     start_date: date
     coupa_max_rps: float = 20.0
+    clock: Callable[[], float] = SYSTEM_CLOCK
 
     @property
     def coupa_url(self) -> str:
@@ -85,17 +90,18 @@ def start_sandboxes(options: SandboxOptions | None = None, seed: SeedData | None
     seed = seed or generate_seed(options.seed)
     coupa = CoupaSandbox(CoupaSandboxConfig(clients={COUPA_CLIENT_ID: COUPA_CLIENT_SECRET},
                                             token_lifetime_s=options.coupa_token_lifetime_s,
-                                            fault=options.coupa_faults), seed=seed)
+                                            fault=options.coupa_faults), seed=seed, clock=options.clock)
     d365_port = options.d365_port or free_port(options.host)
     d365 = D365Sandbox(D365SandboxConfig(environment_url=f"http://{options.host}:{d365_port}",
                                          tenant_id=D365_TENANT_ID, clients={D365_CLIENT_ID: D365_CLIENT_SECRET},
                                          token_lifetime_s=options.d365_token_lifetime_s,
                                          page_size=options.d365_page_size,
                                          request_budget=options.d365_request_budget,
-                                         fault=options.d365_faults), seed.d365)
+                                         fault=options.d365_faults), seed.d365, clock=options.clock)
     coupa_server = SandboxServer(coupa.app, host=options.host, port=options.coupa_port).start()
     d365_server = SandboxServer(d365.app, host=options.host, port=d365_port).start()
-    return RunningSandboxes(seed, coupa, d365, coupa_server, d365_server, options.seed.start_date)
+    return RunningSandboxes(seed, coupa, d365, coupa_server, d365_server, options.seed.start_date,
+                            clock=options.clock)
 
 
 def iter_env_lines(env: dict[str, str]) -> Iterator[str]:

@@ -10,6 +10,7 @@ import dagster as dg
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 FIRST, LAST = "2026-11-01", "2026-11-06"   # the test seed's updated-at days
+EDIT_DAY = "2026-11-30"                     # the sandboxes' "today" (conftest.TEST_NOW): edits made by tests
 CHARTS = {"US Manufacturing": "usmf", "DE Manufacturing": "demf", "UK Manufacturing": "gbsi"}
 
 

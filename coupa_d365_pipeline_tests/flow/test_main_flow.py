@@ -8,7 +8,7 @@ import yaml
 from coupa_d365_pipeline.mapping.config import example_mapping_path
 from coupa_d365_pipeline_tests.flow.conftest import ledger
 from coupa_d365_pipeline_tests.flow.helpers import (
-    CHARTS, approved, d365_invoices, d365_writes, duplicates, expected_display, last_seq, lines_of, metadata,
+    CHARTS, EDIT_DAY, FIRST, approved, d365_invoices, d365_writes, duplicates, expected_display, last_seq, lines_of, metadata,
     run_documents, run_master,
 )
 
@@ -113,7 +113,7 @@ def test_posted_invoices_are_never_modified(sandboxes, synced, sandbox_env, inst
                                                                           for l in invoice["invoice-lines"]]})
     sandboxes.coupa.state.touch("invoices", voided, status="voided")
     seq = last_seq(sandboxes)
-    result = run_documents(instance, "2026-11-01", "2026-11-30")
+    result = run_documents(instance, FIRST, EDIT_DAY)
     assert result.success
     touched = [e for e in d365_writes(sandboxes, seq) if any(ref in e.path or ref in e.body for ref in posted_keys)]
     assert touched == []  # no PATCH/DELETE/POST anywhere near a posted invoice
@@ -127,7 +127,7 @@ def test_posted_invoices_are_never_modified(sandboxes, synced, sandbox_env, inst
 def test_voided_pending_invoice_is_removed(sandboxes, synced, sandbox_env, instance):
     row = ledger(sandbox_env).rows("invoice", ["written"])[5]
     sandboxes.coupa.state.touch("invoices", row.coupa_id, status="voided")
-    result = run_documents(instance, "2026-11-01", "2026-11-30")
+    result = run_documents(instance, FIRST, EDIT_DAY)
     assert metadata(result, "d365/vendor_invoices")["voided"] == 1
     refs = {h["HeaderReference"] for h in sandboxes.d365.state.records("VendorInvoiceHeaders")}
     assert row.d365_key["HeaderReference"] not in refs

@@ -6,10 +6,10 @@ from decimal import Decimal
 
 from coupa_d365_pipeline_tests.flow.conftest import ledger
 from coupa_d365_pipeline_tests.flow.helpers import (
-    CHARTS, d365_writes, expected_display, last_seq, lines_of, metadata, run_documents,
+    CHARTS, EDIT_DAY, FIRST, d365_writes, expected_display, last_seq, lines_of, metadata, run_documents,
 )
 
-ALL_DAYS = ("2026-11-01", "2026-11-30")
+ALL_DAYS = (FIRST, EDIT_DAY)   # the seed's days and the day the tests edit documents
 
 
 def d365_po(sandboxes, le, number):
