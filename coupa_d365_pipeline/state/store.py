@@ -101,13 +101,24 @@ def make_engine(database_url: str) -> Engine:
 SCHEMA_LOCK_ID = 4_365_001  # PostgreSQL advisory lock: processes starting together create tables one at a time
 
 
+def _create_missing(conn: sa.engine.Connection) -> None:
+    """CREATE TABLE/INDEX IF NOT EXISTS: the check and the create are one statement, so a second
+    process creating the same table at the same moment is a no-op instead of an error."""
+    for table in metadata.sorted_tables:
+        conn.execute(sa.schema.CreateTable(table, if_not_exists=True))
+        for index in sorted(table.indexes, key=lambda i: str(i.name)):
+            conn.execute(sa.schema.CreateIndex(index, if_not_exists=True))
+
+
 def ensure_schema(engine: Engine) -> None:
-    if engine.dialect.name == "postgresql":
-        with engine.begin() as conn:
+    """Create the connector's tables when missing; safe when several step processes of the first
+    run start at once (SQLite: IF NOT EXISTS under SQLite's write lock; PostgreSQL: additionally
+    serialized by an advisory lock, because concurrent IF NOT EXISTS can still collide on the
+    catalog's unique indexes there)."""
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": SCHEMA_LOCK_ID})
-            metadata.create_all(conn)
-    else:
-        metadata.create_all(engine)
+        _create_missing(conn)
 
 
 class SyncStore:
