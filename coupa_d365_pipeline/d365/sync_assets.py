@@ -11,7 +11,7 @@ from ..mapping.documents import legal_entity_for
 from ..mapping.purchase_orders import legal_entity_for_po
 from ..partitions import daily_partitions
 from ..resources import CoupaResource, D365Resource, MappingResource, SyncStateResource
-from ..state.ledger import OPEN_STATES, PROBLEM_STATES, Ledger, LedgerRow
+from ..state.ledger import PROBLEM_STATES, WRITING, Ledger, LedgerRow
 from ..sync.base import DocumentSync
 from ..sync.invoices import InvoiceSync
 from ..sync.purchase_orders import PurchaseOrderSync
@@ -76,8 +76,7 @@ def _sync_window(context: dg.AssetExecutionContext, services: Any, doc_type: str
     window = context.partition_time_window
     documents = services.store.documents_updated_between(doc_type, _utc(window.start), _utc(window.end))
     in_window = {int(d["id"]) for d in documents}
-    retry_ids = [r.coupa_id for r in services.ledger.rows(doc_type, OPEN_STATES, limit=RETRY_LIMIT)
-                 if r.coupa_id not in in_window and r.state != "new"]
+    retry_ids = [r.coupa_id for r in services.ledger.retry_candidates(doc_type, exclude=in_window, limit=RETRY_LIMIT)]
     retries = list(services.store.documents_by_id(doc_type, retry_ids).values())
     report = syncer.sync_many([*documents, *retries])
     context.log.info("%s %s..%s: %s", doc_type, _utc(window.start), _utc(window.end), dict(report.counts(doc_type)))
@@ -111,13 +110,14 @@ def d365_vendor_invoices(context: dg.AssetExecutionContext, coupa: CoupaResource
 
 
 def _stuck_check(ledger: Ledger, doc_type: str, what: str) -> dg.AssetCheckResult:
-    rows: list[LedgerRow] = ledger.rows(doc_type, PROBLEM_STATES)
-    table = "| Coupa id | scope | state | reason | since |\n|---|---|---|---|---|\n" + "\n".join(
-        f"| {r.coupa_id} | {r.scope or r.legal_entity or ''} | {r.state} | {(r.reason or '').replace('|', '/')[:300]} "
-        f"| {r.updated_at:%Y-%m-%d %H:%M} |" for r in rows[:200])
+    rows: list[LedgerRow] = ledger.needing_attention(doc_type)
+    table = "| Coupa id | scope | state | latest version | reason | since |\n|---|---|---|---|---|---|\n" + "\n".join(
+        f"| {r.coupa_id} | {r.scope or r.legal_entity or ''} | {r.state} | {r.problem or ''} "
+        f"| {(r.reason or '').replace('|', '/')[:300]} | {r.updated_at:%Y-%m-%d %H:%M} |" for r in rows[:200])
     by_state: dict[str, int] = {}
     for r in rows:
-        by_state[r.state] = by_state.get(r.state, 0) + 1
+        label = f"{r.state} ({r.problem} latest version)" if r.problem else r.state
+        by_state[label] = by_state.get(label, 0) + 1
     return dg.AssetCheckResult(
         passed=not rows,
         description=None if not rows else f"{len(rows)} {what} need attention: " +
@@ -162,7 +162,8 @@ def replay_invoices(context: dg.OpExecutionContext, config: ReplayConfig, coupa:
     if config.failed_since:
         since = datetime.fromisoformat(config.failed_since.replace("Z", "+00:00"))
         since = since if since.tzinfo else since.replace(tzinfo=timezone.utc)
-        ids |= {r.coupa_id for r in services.ledger.rows("invoice", (*PROBLEM_STATES, "writing"), since=since)}
+        ids |= {r.coupa_id for r in services.ledger.rows("invoice", (*PROBLEM_STATES, WRITING), since=since,
+                                                          with_problem=True)}
     if not ids:
         raise dg.Failure("nothing to replay: give coupa_ids or failed_since")
     invoices = []

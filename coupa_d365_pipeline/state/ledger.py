@@ -1,12 +1,19 @@
 """The sync ledger: one row per (document type, Coupa id, scope), claimed atomically per run.
 
 Exactly-once without an idempotency key rests on three things:
-1. a unique row per document, holding the D365 key we intend to write *before* we write it;
+1. a unique row per document, holding the D365 key we intend to write *before* we write it, and
+   the structured natural key it was booked under (legal entity, vendor account, document number);
 2. an atomic claim (compare-and-swap UPDATE) so two runs never work on one document at once;
 3. a natural-key lookup in D365 before any create (see ``sync/invoices.py``).
 
+A booked document keeps its booked state and D365 key whatever happens to a later Coupa version:
+an unmappable or rejected later version is recorded in ``problem`` (+ ``reason``) next to the
+booked state, never instead of it.
+
 A claim is stale — and may be taken over — when its lease expired, when the claiming process on
-this host is gone (e.g. SIGKILL), or when ``is_run_finished(run_id)`` says the claiming run ended.
+this host (same hostname, PID namespace and boot) is gone (e.g. SIGKILL), or when
+``is_run_finished(run_id)`` says the claiming run ended. While a process holds claims, a heartbeat
+thread renews their leases, so a request waiting minutes on ``Retry-After`` never loses its claim.
 Every attempt is also written to ``sync_audit`` (time, run, action, D365 entity and key, HTTP
 status, error, hash of the payload sent) so a record's history can be read and replayed.
 """
@@ -16,23 +23,56 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from enum import StrEnum
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from ..common.clock import SYSTEM_CLOCK, Clock
 from .store import ensure_schema, metadata
 
-# Document states. "open" states are retried by later runs.
-NEW, WRITING, WRITTEN, POSTED = "new", "writing", "written", "posted"
-QUARANTINED, FAILED = "quarantined", "failed"
-VOIDED, VOID_BLOCKED, CHANGED_AFTER_POST = "voided", "void_blocked_posted", "changed_after_post"
-CLOSED, CANCELLED, CHANGE_BLOCKED = "closed", "cancelled", "change_blocked"   # purchase orders
+
+class DocState(StrEnum):
+    NEW = "new"
+    WRITING = "writing"                      # intent recorded; the write may or may not have landed
+    WRITTEN = "written"                      # pending in D365 (invoice) / open (PO) / present (vendor)
+    POSTED = "posted"                        # invoice posted by AP in D365
+    QUARANTINED = "quarantined"              # never booked: cannot be mapped (reason says what to fix)
+    FAILED = "failed"                        # never booked: D365 or Coupa refused or failed
+    VOIDED = "voided"
+    VOID_BLOCKED = "void_blocked_posted"     # voided in Coupa after D365 posted it
+    CHANGED_AFTER_POST = "changed_after_post"
+    MISSING_IN_D365 = "missing_in_d365"      # booked, then gone from D365 without being posted
+    CLOSED = "closed"                        # purchase orders
+    CANCELLED = "cancelled"
+    CHANGE_BLOCKED = "change_blocked"
+
+
+class Problem(StrEnum):
+    """What went wrong with the latest Coupa version of a document that is already booked."""
+
+    QUARANTINED = "quarantined"
+    FAILED = "failed"
+
+
+NEW, WRITING, WRITTEN, POSTED = DocState.NEW, DocState.WRITING, DocState.WRITTEN, DocState.POSTED
+QUARANTINED, FAILED = DocState.QUARANTINED, DocState.FAILED
+VOIDED, VOID_BLOCKED, CHANGED_AFTER_POST = DocState.VOIDED, DocState.VOID_BLOCKED, DocState.CHANGED_AFTER_POST
+MISSING_IN_D365 = DocState.MISSING_IN_D365
+CLOSED, CANCELLED, CHANGE_BLOCKED = DocState.CLOSED, DocState.CANCELLED, DocState.CHANGE_BLOCKED
+# never booked, retried by later runs
+UNBOOKED_OPEN_STATES = (NEW, QUARANTINED, FAILED)
 OPEN_STATES = (NEW, WRITING, QUARANTINED, FAILED)
-PROBLEM_STATES = (QUARANTINED, FAILED, VOID_BLOCKED, CHANGED_AFTER_POST, CHANGE_BLOCKED)
+# in D365 (or was): the D365 key and these states are never overwritten by a later version's trouble
+BOOKED_STATES = (WRITTEN, POSTED, VOID_BLOCKED, CHANGED_AFTER_POST, MISSING_IN_D365, CLOSED, CANCELLED,
+                 CHANGE_BLOCKED)
+PROBLEM_STATES = (QUARANTINED, FAILED, VOID_BLOCKED, CHANGED_AFTER_POST, CHANGE_BLOCKED, MISSING_IN_D365)
 
 sync_ledger = sa.Table(
     "sync_ledger", metadata,
@@ -40,9 +80,12 @@ sync_ledger = sa.Table(
     sa.Column("doc_type", sa.String(32), nullable=False),
     sa.Column("coupa_id", sa.BigInteger, nullable=False),
     sa.Column("scope", sa.String(16), nullable=False, server_default=""),
-    sa.Column("state", sa.String(32), nullable=False, server_default=NEW),
+    sa.Column("state", sa.String(32), nullable=False, server_default=NEW.value),
+    sa.Column("problem", sa.String(32)),             # trouble with the latest version of a booked document
     sa.Column("legal_entity", sa.String(8)),
-    sa.Column("natural_key", sa.String(255)),
+    # the structured natural key the document is booked under (never a joined string)
+    sa.Column("vendor_account", sa.Text),
+    sa.Column("document_number", sa.Text),
     sa.Column("d365_key", sa.Text),                  # JSON of the D365 key written (or about to be)
     sa.Column("coupa_hash", sa.String(64)),          # hash of the Coupa document last processed
     sa.Column("payload_hash", sa.String(64)),        # hash of the D365 payload last written
@@ -81,8 +124,12 @@ sync_audit = sa.Table(
 sa.Index("ix_sync_audit_document", sync_audit.c.doc_type, sync_audit.c.coupa_id)
 
 
+class ClaimLostError(RuntimeError):
+    """Another run took the document over (our lease expired or our run was declared ended)."""
+
+
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return SYSTEM_CLOCK.now()
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -91,14 +138,43 @@ def _aware(value: datetime | None) -> datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
+def process_identity() -> str:
+    """Hostname + PID namespace + boot id: a PID is only meaningful inside this triple. Two
+    containers sharing a hostname but not a PID namespace never judge each other's PIDs."""
+    try:
+        pid_namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        pid_namespace = ""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
+    except OSError:
+        boot = ""
+    return f"{socket.gethostname()}|{pid_namespace}|{boot}"[:255]
+
+
+@dataclass(frozen=True)
+class NaturalKey:
+    """How a document is identified in D365 apart from our own key: legal entity, vendor account,
+    document number (invoice number / PO number). Compared the way F&O's collation does (casefolded)."""
+
+    legal_entity: str
+    vendor_account: str
+    document_number: str
+
+    def folded(self) -> tuple[str, str, str]:
+        return self.legal_entity.casefold(), self.vendor_account.casefold(), self.document_number.casefold()
+
+
 @dataclass
 class LedgerRow:
     doc_type: str
     coupa_id: int
     scope: str
     state: str
+    problem: str | None
     legal_entity: str | None
-    natural_key: str | None
+    vendor_account: str | None
+    document_number: str | None
     d365_key: dict[str, Any] | None
     coupa_hash: str | None
     payload_hash: str | None
@@ -115,16 +191,27 @@ class LedgerRow:
     claim_pid: int | None
     updated_at: datetime | None
 
+    @property
+    def is_booked(self) -> bool:
+        return self.state in BOOKED_STATES
+
+    @property
+    def natural_key(self) -> NaturalKey | None:
+        if self.legal_entity and self.vendor_account and self.document_number is not None:
+            return NaturalKey(self.legal_entity, self.vendor_account, self.document_number)
+        return None
+
     @classmethod
     def from_mapping(cls, m: Any) -> "LedgerRow":
         return cls(doc_type=m["doc_type"], coupa_id=int(m["coupa_id"]), scope=m["scope"], state=m["state"],
-                   legal_entity=m["legal_entity"], natural_key=m["natural_key"],
+                   problem=m["problem"], legal_entity=m["legal_entity"], vendor_account=m["vendor_account"],
+                   document_number=m["document_number"],
                    d365_key=json.loads(m["d365_key"]) if m["d365_key"] else None, coupa_hash=m["coupa_hash"],
                    payload_hash=m["payload_hash"], coupa_updated_at=m["coupa_updated_at"], reason=m["reason"],
                    alerted_reason=m["alerted_reason"], coupa_notified=bool(m["coupa_notified"]),
                    attempts=int(m["attempts"] or 0), last_run_id=m["last_run_id"], claimed_by=m["claimed_by"],
-                   claim_token=m["claim_token"], claimed_at=_aware(m["claimed_at"]), claim_host=m["claim_host"], claim_pid=m["claim_pid"],
-                   updated_at=_aware(m["updated_at"]))
+                   claim_token=m["claim_token"], claimed_at=_aware(m["claimed_at"]), claim_host=m["claim_host"],
+                   claim_pid=m["claim_pid"], updated_at=_aware(m["updated_at"]))
 
 
 def _pid_alive(pid: int) -> bool:
@@ -137,15 +224,60 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+_Key = tuple[str, int, str]
+
+
+class _Heartbeat:
+    """Renews the leases of the claims this process holds, every ``interval`` seconds, on a daemon
+    thread that runs only while claims are held."""
+
+    def __init__(self, ledger: "Ledger", interval_s: float) -> None:
+        self.ledger = ledger
+        self.interval_s = interval_s
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def ensure_running(self) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="sync-ledger-heartbeat", daemon=True)
+                self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            self._wake.wait(self.interval_s)
+            self._wake.clear()
+            with self._lock:
+                if not self.ledger.held_claims():
+                    self._thread = None
+                    return
+            try:
+                self.ledger.renew_claims()
+            except Exception:  # noqa: BLE001 - a database hiccup must not kill the heartbeat
+                continue
+
+
 class Ledger:
     def __init__(self, engine: Engine, *, lease: timedelta = timedelta(minutes=30),
-                 is_run_finished: Callable[[str], bool] | None = None) -> None:
+                 is_run_finished: Callable[[str], bool] | None = None, clock: Clock = SYSTEM_CLOCK,
+                 heartbeat_s: float | None = None, identity: str | None = None, pid: int | None = None) -> None:
         self.engine = engine
         ensure_schema(engine)
+        _backfill_structured_keys(engine)
         self.lease = lease
         self.is_run_finished = is_run_finished
-        self.host = socket.gethostname()
-        self.pid = os.getpid()
+        self.clock = clock
+        self.host = identity or process_identity()
+        self.pid = pid if pid is not None else os.getpid()
+        self._held: dict[_Key, str] = {}          # (doc_type, coupa_id, scope) -> claim token
+        self._lost: set[_Key] = set()
+        self._held_lock = threading.Lock()
+        interval = heartbeat_s if heartbeat_s is not None else max(1.0, lease.total_seconds() / 6)
+        self._heartbeat = _Heartbeat(self, interval)
+
+    def now(self) -> datetime:
+        return self.clock.now()
 
     # -- rows --------------------------------------------------------------------------------
     def _key(self, doc_type: str, coupa_id: int, scope: str) -> Any:
@@ -160,28 +292,61 @@ class Ledger:
     def ensure(self, doc_type: str, coupa_id: int, scope: str = "") -> None:
         if self.get(doc_type, coupa_id, scope) is not None:
             return
-        now = utcnow()
+        now = self.now()
         try:
             with self.engine.begin() as conn:
                 conn.execute(sync_ledger.insert().values(doc_type=doc_type, coupa_id=int(coupa_id), scope=scope,
-                                                         state=NEW, created_at=now, updated_at=now))
+                                                         state=NEW.value, created_at=now, updated_at=now))
         except sa.exc.IntegrityError:
             pass  # another run inserted it first: fine, the unique constraint did its job
 
     def rows(self, doc_type: str, states: Iterable[str] | None = None, *, since: datetime | None = None,
-             coupa_ids: Iterable[int] | None = None, limit: int | None = None) -> list[LedgerRow]:
-        query = sa.select(sync_ledger).where(sync_ledger.c.doc_type == doc_type)
+             coupa_ids: Iterable[int] | None = None, limit: int | None = None,
+             with_problem: bool = False) -> list[LedgerRow]:
+        """Rows of ``doc_type`` in ``states`` (``with_problem``: or with a problem on their latest version)."""
+        c = sync_ledger.c
+        query = sa.select(sync_ledger).where(c.doc_type == doc_type)
         if states is not None:
-            query = query.where(sync_ledger.c.state.in_(list(states)))
+            condition = c.state.in_([str(s) for s in states])
+            query = query.where(condition | c.problem.is_not(None) if with_problem else condition)
         if since is not None:
-            query = query.where(sync_ledger.c.updated_at >= since)
+            query = query.where(c.updated_at >= since)
         if coupa_ids is not None:
-            query = query.where(sync_ledger.c.coupa_id.in_([int(i) for i in coupa_ids]))
-        query = query.order_by(sync_ledger.c.coupa_id, sync_ledger.c.scope)
+            query = query.where(c.coupa_id.in_([int(i) for i in coupa_ids]))
+        query = query.order_by(c.coupa_id, c.scope)
         if limit is not None:
             query = query.limit(limit)
         with self.engine.connect() as conn:
             return [LedgerRow.from_mapping(r) for r in conn.execute(query).mappings()]
+
+    def needing_attention(self, doc_type: str) -> list[LedgerRow]:
+        """What the stuck checks list: problem states, and booked documents whose latest version failed."""
+        return self.rows(doc_type, PROBLEM_STATES, with_problem=True)
+
+    def retry_candidates(self, doc_type: str, *, exclude: Iterable[int] = (), limit: int = 500) -> list[LedgerRow]:
+        """Documents a run should try again besides its own window: never-booked failures and
+        quarantines, interrupted writes, and booked documents whose latest version failed. Least
+        recently tried first, so a fixed-size batch rotates through all of them."""
+        excluded = {int(i) for i in exclude}
+        c = sync_ledger.c
+        retryable = c.state.in_([QUARANTINED.value, FAILED.value, WRITING.value]) | c.problem.is_not(None)
+        query = (sa.select(sync_ledger).where((c.doc_type == doc_type) & retryable)
+                 .order_by(c.updated_at, c.coupa_id).limit(limit + len(excluded)))
+        with self.engine.connect() as conn:
+            rows = [LedgerRow.from_mapping(r) for r in conn.execute(query).mappings()]
+        return [r for r in rows if r.coupa_id not in excluded][:limit]
+
+    def booked_by_natural_key(self, doc_type: str, *, include_in_flight: bool = True
+                              ) -> dict[tuple[str, str, str], LedgerRow]:
+        """Booked documents (any booked state, with or without a problem) by their folded natural key;
+        ``include_in_flight`` adds interrupted writes (WRITING), which may have landed."""
+        found: dict[tuple[str, str, str], LedgerRow] = {}
+        states = (*BOOKED_STATES, WRITING) if include_in_flight else BOOKED_STATES
+        for row in self.rows(doc_type, states):
+            key = row.natural_key
+            if key is not None:
+                found[key.folded()] = row
+        return found
 
     def counts(self, doc_type: str) -> dict[str, int]:
         query = (sa.select(sync_ledger.c.state, sa.func.count()).where(sync_ledger.c.doc_type == doc_type)
@@ -193,9 +358,10 @@ class Ledger:
     def _stale(self, row: LedgerRow) -> bool:
         if row.claimed_by is None:
             return True
-        if row.claimed_at is None or utcnow() - row.claimed_at > self.lease:
+        if row.claimed_at is None or self.now() - row.claimed_at > self.lease:
             return True
-        if row.claim_host == self.host and row.claim_pid and row.claim_pid != self.pid and not _pid_alive(row.claim_pid):
+        if (row.claim_host == self.host and "|pid:[" in self.host and row.claim_pid and row.claim_pid != self.pid
+                and not _pid_alive(row.claim_pid)):
             return True
         if self.is_run_finished is not None and self.is_run_finished(row.claimed_by):
             return True
@@ -207,7 +373,8 @@ class Ledger:
         for _ in range(3):
             row = self.get(doc_type, coupa_id, scope)
             assert row is not None
-            if row.claimed_by == run_id and row.claim_pid == self.pid:
+            if row.claimed_by == run_id and row.claim_pid == self.pid and row.claim_host == self.host:
+                self._hold(row)
                 return row
             if not self._stale(row):
                 return None
@@ -218,39 +385,90 @@ class Ledger:
                 condition &= c.claim_token.is_(None)
             else:  # compare-and-swap on the previous claim
                 condition &= c.claim_token == previous
+            token = uuid.uuid4().hex
             with self.engine.begin() as conn:
                 taken = conn.execute(sync_ledger.update().where(condition).values(
-                    claimed_by=run_id, claim_token=uuid.uuid4().hex, claimed_at=utcnow(), claim_host=self.host,
+                    claimed_by=run_id, claim_token=token, claimed_at=self.now(), claim_host=self.host,
                     claim_pid=self.pid)).rowcount
             if taken == 1:
-                return self.get(doc_type, coupa_id, scope)
+                claimed = self.get(doc_type, coupa_id, scope)
+                assert claimed is not None
+                self._hold(claimed)
+                return claimed
         return None
+
+    def _hold(self, row: LedgerRow) -> None:
+        key = (row.doc_type, row.coupa_id, row.scope)
+        with self._held_lock:
+            if row.claim_token:
+                self._held[key] = row.claim_token
+            self._lost.discard(key)
+        self._heartbeat.ensure_running()
+
+    def _unhold(self, doc_type: str, coupa_id: int, scope: str) -> None:
+        with self._held_lock:
+            self._held.pop((doc_type, int(coupa_id), scope), None)
+
+    def held_claims(self) -> dict[_Key, str]:
+        with self._held_lock:
+            return dict(self._held)
+
+    def renew_claims(self) -> int:
+        """Push the lease of every claim this process holds forward; returns how many were renewed.
+        A claim another run has taken over is dropped (the next ``update`` raises ClaimLostError)."""
+        renewed = 0
+        c = sync_ledger.c
+        for (doc_type, coupa_id, scope), token in self.held_claims().items():
+            with self.engine.begin() as conn:
+                changed = conn.execute(sync_ledger.update().where(
+                    self._key(doc_type, coupa_id, scope) & (c.claim_token == token)).values(
+                    claimed_at=self.now())).rowcount
+            if changed == 1:
+                renewed += 1
+            else:
+                with self._held_lock:
+                    self._held.pop((doc_type, coupa_id, scope), None)
+                    self._lost.add((doc_type, coupa_id, scope))
+        return renewed
+
+    def _holds(self, row: LedgerRow, run_id: str) -> Any:
+        """WHERE clause: the row is still claimed by this run, with the token we took."""
+        c = sync_ledger.c
+        condition = self._key(row.doc_type, row.coupa_id, row.scope) & (c.claimed_by == run_id)
+        with self._held_lock:
+            token = self._held.get((row.doc_type, row.coupa_id, row.scope))
+        return condition & (c.claim_token == token) if token else condition
 
     def update(self, row: LedgerRow, run_id: str, *, release: bool = False, **fields: Any) -> LedgerRow:
         """Change fields of a claimed row (optionally releasing the claim) — only while we hold it."""
-        values: dict[str, Any] = {k: v for k, v in fields.items()}
+        values: dict[str, Any] = {k: (v.value if isinstance(v, StrEnum) else v) for k, v in fields.items()}
         if "d365_key" in values and values["d365_key"] is not None and not isinstance(values["d365_key"], str):
             values["d365_key"] = json.dumps(values["d365_key"], sort_keys=True)
-        values["updated_at"] = utcnow()
+        if "natural_key" in values:
+            key = values.pop("natural_key")
+            values.update(legal_entity=key.legal_entity, vendor_account=key.vendor_account,
+                          document_number=key.document_number)
+        values["updated_at"] = self.now()
         values["last_run_id"] = run_id
         if release:
             values.update(claimed_by=None, claim_token=None, claimed_at=None, claim_host=None, claim_pid=None)
-        c = sync_ledger.c
         with self.engine.begin() as conn:
-            changed = conn.execute(sync_ledger.update().where(
-                self._key(row.doc_type, row.coupa_id, row.scope) & (c.claimed_by == run_id)).values(**values)).rowcount
+            changed = conn.execute(sync_ledger.update().where(self._holds(row, run_id)).values(**values)).rowcount
         if changed != 1:
-            raise RuntimeError(f"ledger row {row.doc_type}/{row.coupa_id} is no longer claimed by run {run_id}")
+            self._unhold(row.doc_type, row.coupa_id, row.scope)
+            raise ClaimLostError(f"ledger row {row.doc_type}/{row.coupa_id} is no longer claimed by run {run_id}; "
+                                 "another run took it over and continues with it")
+        if release:
+            self._unhold(row.doc_type, row.coupa_id, row.scope)
         updated = self.get(row.doc_type, row.coupa_id, row.scope)
         assert updated is not None
         return updated
 
     def release(self, row: LedgerRow, run_id: str) -> None:
-        c = sync_ledger.c
         with self.engine.begin() as conn:
-            conn.execute(sync_ledger.update().where(
-                self._key(row.doc_type, row.coupa_id, row.scope) & (c.claimed_by == run_id)).values(
+            conn.execute(sync_ledger.update().where(self._holds(row, run_id)).values(
                 claimed_by=None, claim_token=None, claimed_at=None, claim_host=None, claim_pid=None))
+        self._unhold(row.doc_type, row.coupa_id, row.scope)
 
     # -- audit -------------------------------------------------------------------------------
     def audit(self, *, run_id: str, doc_type: str, coupa_id: int, action: str, scope: str = "",
@@ -258,7 +476,7 @@ class Ledger:
               error: str | None = None, payload_sha256: str | None = None) -> None:
         with self.engine.begin() as conn:
             conn.execute(sync_audit.insert().values(
-                at=utcnow(), run_id=run_id, doc_type=doc_type, coupa_id=int(coupa_id), scope=scope, action=action,
+                at=self.now(), run_id=run_id, doc_type=doc_type, coupa_id=int(coupa_id), scope=scope, action=action,
                 entity=entity, d365_key=json.dumps(d365_key, sort_keys=True) if d365_key is not None else None,
                 http_status=http_status, error=(error or None) and error[:4000], payload_sha256=payload_sha256))
 
@@ -274,3 +492,35 @@ class Ledger:
             query = query.where(getattr(sync_audit.c, name) == value)
         with self.engine.connect() as conn:
             return int(conn.execute(query).scalar_one())
+
+
+_backfilled: set[str] = set()
+
+
+def _backfill_structured_keys(engine: Engine) -> None:
+    """Databases from before the structured key hold ``natural_key`` as 'le|vendor|number'
+    (invoices), 'le|number' (POs) or the account (vendors): copy it into the new columns once."""
+    marker = str(engine.url)
+    if marker in _backfilled:
+        return
+    columns = {c["name"] for c in sa.inspect(engine).get_columns("sync_ledger")}
+    if "natural_key" in columns:
+        with engine.begin() as conn:
+            rows = conn.execute(sa.text(
+                "SELECT id, doc_type, natural_key FROM sync_ledger "
+                "WHERE natural_key IS NOT NULL AND document_number IS NULL AND vendor_account IS NULL")).all()
+            for row_id, doc_type, natural in rows:
+                values: dict[str, Any] = {}
+                if doc_type == "invoice":
+                    parts = str(natural).split("|", 2)
+                    if len(parts) == 3:
+                        values = {"vendor_account": parts[1], "document_number": parts[2]}
+                elif doc_type == "purchase_order":
+                    parts = str(natural).split("|", 1)
+                    if len(parts) == 2:
+                        values = {"document_number": parts[1]}
+                elif doc_type == "vendor":
+                    values = {"vendor_account": str(natural)}
+                if values:
+                    conn.execute(sync_ledger.update().where(sync_ledger.c.id == row_id).values(**values))
+    _backfilled.add(marker)

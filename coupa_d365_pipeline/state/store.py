@@ -110,6 +110,33 @@ def _create_missing(conn: sa.engine.Connection) -> None:
             conn.execute(sa.schema.CreateIndex(index, if_not_exists=True))
 
 
+def _add_missing_columns(conn: sa.engine.Connection) -> None:
+    """Additive upgrade of databases created by an earlier version: columns added since (all
+    nullable or with a server default) are added in place; nothing is dropped or rewritten."""
+    inspector = sa.inspect(conn)
+    existing_tables = set(inspector.get_table_names())
+    for table in metadata.sorted_tables:
+        if table.name not in existing_tables:
+            continue
+        present = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present:
+                continue
+            if not column.nullable and column.server_default is None:
+                raise RuntimeError(f"the sync database table {table.name} lacks column {column.name}, which cannot "
+                                   "be added in place; migrate the database or point SYNC_DATABASE_URL at a new one")
+            ddl = f"ALTER TABLE {table.name} ADD COLUMN {column.name} {column.type.compile(dialect=conn.dialect)}"
+            if column.server_default is not None:
+                default = column.server_default.arg  # type: ignore[union-attr]
+                text = default.compile(dialect=conn.dialect) if hasattr(default, "compile") else f"'{default}'"
+                ddl += f" DEFAULT {text}"
+            try:
+                conn.execute(sa.text(ddl))
+            except sa.exc.OperationalError as exc:  # SQLite: another process added it a moment ago
+                if "duplicate column" not in str(exc).lower():
+                    raise
+
+
 def ensure_schema(engine: Engine) -> None:
     """Create the connector's tables when missing; safe when several step processes of the first
     run start at once (SQLite: IF NOT EXISTS under SQLite's write lock; PostgreSQL: additionally
@@ -119,6 +146,7 @@ def ensure_schema(engine: Engine) -> None:
         if engine.dialect.name == "postgresql":
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": SCHEMA_LOCK_ID})
         _create_missing(conn)
+        _add_missing_columns(conn)
 
 
 class SyncStore:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from ..common.http import HTTPClientError
-from ..state.ledger import FAILED, POSTED, QUARANTINED, WRITING, WRITTEN, LedgerRow
+from ..state.ledger import UNBOOKED_OPEN_STATES, ClaimLostError, DocState, LedgerRow, Problem
 from ..state.store import payload_hash
 from .context import SyncServices, error_text, http_status
 from .report import Outcome, SyncReport
@@ -21,20 +21,32 @@ VOLATILE_FIELDS = frozenset({"exported", "last-exported-at", "updated-at", "upda
                              "acknowledged-flag", "acknowledged-at"})
 
 
-def content_hash(document: Any) -> str:
+def content_hash(document: Any, ignore_custom_fields: Iterable[str] = ()) -> str:
+    """Hash of what Coupa says about the business document. Fields the connector writes back itself
+    (export flag, payments, integration history, ``custom-fields`` named in the mapping) are left
+    out, so our own writes never look like a change made in Coupa."""
+    ignored = set(ignore_custom_fields)
+
     def strip(value: Any) -> Any:
         if isinstance(value, dict):
             return {k: strip(v) for k, v in value.items() if k not in VOLATILE_FIELDS}
         if isinstance(value, list):
             return [strip(v) for v in value]
         return value
-    return payload_hash(strip(document))
+
+    stripped = strip(document)
+    if ignored and isinstance(stripped, dict) and isinstance(stripped.get("custom-fields"), dict):
+        custom = {k: v for k, v in stripped["custom-fields"].items() if k not in ignored}
+        if custom:
+            stripped["custom-fields"] = custom
+        else:
+            stripped.pop("custom-fields")
+    return payload_hash(stripped)
 
 
 class DocumentSync:
     DOC = "document"
     NUMBER_FIELD = "id"
-    KEEP_STATES_ON_ERROR = (WRITTEN, POSTED, WRITING)
 
     def __init__(self, services: SyncServices, vendors: VendorSync | None = None) -> None:
         self.s = services
@@ -52,6 +64,8 @@ class DocumentSync:
         return report
 
     def sync(self, document: dict[str, Any]) -> Outcome:
+        """One document, isolated: whatever goes wrong with it is recorded on its ledger row (a
+        booked document keeps its booked state) and never stops the documents after it."""
         s, run = self.s, self.s.run_id
         coupa_id = int(document["id"])
         label = self.label(document)
@@ -60,14 +74,22 @@ class DocumentSync:
             return Outcome(self.DOC, coupa_id, "busy", label, None, "another run holds this document; it will be retried")
         try:
             return self._sync_claimed(row, document)
-        except HTTPClientError as exc:
+        except ClaimLostError as exc:
+            s.logger.warning("%s %s (%s): %s", self.DOC, coupa_id, label, exc)
+            return Outcome(self.DOC, coupa_id, "busy", label, row.legal_entity, str(exc))
+        except Exception as exc:  # noqa: BLE001 - one document's trouble must not stop the others
             reason = error_text(exc)
-            s.logger.warning("%s %s (%s) failed: %s", self.DOC, coupa_id, label, reason)
+            if not isinstance(exc, HTTPClientError):
+                s.logger.exception("%s %s (%s) failed unexpectedly", self.DOC, coupa_id, label)
+            else:
+                s.logger.warning("%s %s (%s) failed: %s", self.DOC, coupa_id, label, reason)
             s.ledger.audit(run_id=run, doc_type=self.DOC, coupa_id=coupa_id, action="error",
                            http_status=http_status(exc), error=reason)
-            current = s.ledger.get(self.DOC, coupa_id) or row
-            keep_state = current.state if current.state in self.KEEP_STATES_ON_ERROR else FAILED
-            s.ledger.update(current, run, release=True, state=keep_state, reason=reason, attempts=row.attempts + 1)
+            try:
+                current = s.ledger.get(self.DOC, coupa_id) or row
+                self._record_problem(current, Problem.FAILED, reason)
+            except ClaimLostError as lost:
+                return Outcome(self.DOC, coupa_id, "busy", label, row.legal_entity, str(lost))
             return Outcome(self.DOC, coupa_id, "failed", label, row.legal_entity, reason)
         except BaseException:
             s.ledger.release(row, run)
@@ -85,23 +107,49 @@ class DocumentSync:
             return None
         return self.s.supplier(int(supplier_ref["id"]))
 
+    def content_hash(self, document: dict[str, Any]) -> str:
+        """What counts as a business change: the document without the fields the connector itself
+        writes to Coupa (export flag, payments, history, the custom fields named in the mapping)."""
+        return content_hash(document, ignore_custom_fields=self.s.mapping.coupa_custom_fields.values())
+
     # -- shared outcomes ---------------------------------------------------------------------
+    def _record_problem(self, row: LedgerRow, problem: Problem, reason: str, *, coupa_hash: str | None = None,
+                        legal_entity: str | None = None) -> LedgerRow:
+        """Record why this version cannot be booked and release the claim. A never-booked document
+        becomes quarantined/failed; a booked (or half-written) one keeps its state, D365 key and the
+        hash of the version that is booked — so the change is retried, a void still removes it and
+        its status still reaches Coupa."""
+        s, run = self.s, self.s.run_id
+        if row.state in UNBOOKED_OPEN_STATES:
+            fields: dict[str, Any] = {"state": DocState(problem.value), "problem": None}
+            if coupa_hash is not None:
+                fields["coupa_hash"] = coupa_hash
+            if legal_entity is not None:
+                fields["legal_entity"] = legal_entity
+        else:
+            fields = {"problem": problem}
+        return s.ledger.update(row, run, release=True, reason=reason, attempts=row.attempts + 1, **fields)
+
     def _quarantine(self, row: LedgerRow, document: dict[str, Any], reason: str, coupa_hash: str,
                     legal_entity: str | None = None) -> Outcome:
         s, run = self.s, self.s.run_id
         coupa_id = int(document["id"])
         s.ledger.audit(run_id=run, doc_type=self.DOC, coupa_id=coupa_id, action="quarantine", error=reason)
         self._alert_once(row, reason, document)
-        s.ledger.update(s.ledger.get(self.DOC, coupa_id) or row, run, release=True, state=QUARANTINED, reason=reason,
-                        legal_entity=legal_entity, coupa_hash=coupa_hash, alerted_reason=reason)
-        return Outcome(self.DOC, coupa_id, "quarantined", self.label(document), legal_entity, reason)
+        current = s.ledger.get(self.DOC, coupa_id) or row
+        current = s.ledger.update(current, run, alerted_reason=reason)
+        self._record_problem(current, Problem.QUARANTINED, reason, coupa_hash=coupa_hash, legal_entity=legal_entity)
+        booked = " (the version booked in D365 stays as it is)" if current.is_booked else ""
+        return Outcome(self.DOC, coupa_id, "quarantined", self.label(document), legal_entity or current.legal_entity,
+                       reason + booked)
 
     def _fail(self, row: LedgerRow, document: dict[str, Any], le: str | None, reason: str) -> Outcome:
         s, run = self.s, self.s.run_id
         coupa_id = int(document["id"])
         self._alert_once(row, reason, document)
-        s.ledger.update(s.ledger.get(self.DOC, coupa_id) or row, run, release=True, state=FAILED, reason=reason,
-                        alerted_reason=reason, attempts=row.attempts + 1)
+        current = s.ledger.get(self.DOC, coupa_id) or row
+        current = s.ledger.update(current, run, alerted_reason=reason)
+        self._record_problem(current, Problem.FAILED, reason)
         return Outcome(self.DOC, coupa_id, "failed", self.label(document), le, reason)
 
     def _alert_once(self, row: LedgerRow, reason: str, document: dict[str, Any]) -> None:

@@ -25,10 +25,10 @@ from ..common.http import AmbiguousWriteError
 from ..d365 import odata
 from ..mapping.documents import MappedInvoice, Quarantine, legal_entity_for, map_invoice
 from ..state.ledger import (
-    CHANGED_AFTER_POST, POSTED, VOID_BLOCKED, VOIDED, WRITING, WRITTEN, LedgerRow,
+    CHANGED_AFTER_POST, MISSING_IN_D365, POSTED, VOID_BLOCKED, VOIDED, WRITING, WRITTEN, LedgerRow, NaturalKey,
 )
 from ..state.store import payload_hash
-from .base import DocumentSync, content_hash
+from .base import DocumentSync
 from .context import SyncServices, error_text
 from .report import Outcome
 from .vendors import VendorSync
@@ -63,8 +63,9 @@ class InvoiceSync(DocumentSync):
     NUMBER_FIELD = "invoice-number"
 
     def __init__(self, services: SyncServices, vendors: VendorSync | None = None,
-                 writer: InvoiceWriter | None = None) -> None:
+                 writer: InvoiceWriter | None = None, *, rebook_missing: bool = False) -> None:
         super().__init__(services, vendors)
+        self.rebook_missing = rebook_missing  # operator's explicit "book it again" for missing_in_d365
         self.writer = writer or ODataBatchInvoiceWriter(services.d365)
         self._po_lines: dict[tuple[str, str, str], bool] = {}
 
@@ -73,21 +74,23 @@ class InvoiceSync(DocumentSync):
         s, run = self.s, self.s.run_id
         coupa_id = int(invoice["id"])
         number = str(invoice.get("invoice-number") or "")
-        coupa_hash = content_hash(invoice)
+        coupa_hash = self.content_hash(invoice)
         status = invoice.get("status")
         if status == "voided":
             return self._void(row, invoice, coupa_hash)
         if status != "approved":
             s.ledger.release(row, run)
             return Outcome(DOC, coupa_id, "skipped", number, row.legal_entity, f"Coupa status {status}")
-        if row.state in (WRITTEN, POSTED) and row.coupa_hash == coupa_hash:
+        if row.state in (WRITTEN, POSTED) and row.coupa_hash == coupa_hash and not row.problem:
             if not row.coupa_notified:
                 self._notify_booked(row, invoice)
             else:
                 s.ledger.release(row, run)
             return Outcome(DOC, coupa_id, "already_present", number, row.legal_entity)
-        if row.state in (POSTED, CHANGED_AFTER_POST):
+        if row.state in (POSTED, CHANGED_AFTER_POST, VOID_BLOCKED):
             return self._changed_after_post(row, invoice, coupa_hash)
+        if row.state == MISSING_IN_D365 and not self.rebook_missing:
+            return self._missing(row, invoice, coupa_hash)
 
         supplier = self._supplier(invoice)
         mapped = map_invoice(invoice, s.mapping, s.master, supplier=supplier)
@@ -102,39 +105,90 @@ class InvoiceSync(DocumentSync):
             return self._fail(row, invoice, mapped.legal_entity, reason)
         self._link_purchase_orders(mapped)
 
-        if row.state == WRITTEN and row.d365_key:
-            return self._update_pending(row, invoice, mapped, coupa_hash)
+        if row.d365_key and row.state in (WRITING, WRITTEN, MISSING_IN_D365):
+            return self._reconcile_booked(row, invoice, mapped, coupa_hash)
         return self._create(row, invoice, mapped, coupa_hash)
+
+    def _reconcile_booked(self, row: LedgerRow, invoice: dict[str, Any], mapped: MappedInvoice,
+                          coupa_hash: str) -> Outcome:
+        """A document the ledger says we booked (or started to): the ledger's D365 key and stored
+        natural key are the authority — never a fresh natural-key lookup alone, because the Coupa
+        invoice number, supplier number or chart mapping may have changed since."""
+        s, run = self.s, self.s.run_id
+        key = dict(row.d365_key or {})
+        le, ref = key.get("dataAreaId"), key.get("HeaderReference")
+        current = s.d365.get(HEADER_SET, {"dataAreaId": le, "HeaderReference": ref}) if le and ref else None
+        if current is not None:
+            return self._update_pending(row, invoice, mapped, coupa_hash, current)
+        posted = self._find_posted_for_row(row, mapped)
+        if posted is not None:
+            row = s.ledger.update(row, run, state=POSTED, problem=None, natural_key=posted[0],
+                                  d365_key=self._posted_key(posted[0], posted[1], ref))
+            s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=int(invoice["id"]), action="found_posted",
+                           entity=POSTED_SET, d365_key=row.d365_key)
+            if row.coupa_hash == coupa_hash:   # the interrupted write landed and AP posted it since
+                self._notify_booked(row, invoice)
+                return Outcome(DOC, int(invoice["id"]), "already_present", mapped.invoice_number, row.legal_entity,
+                               "already posted in D365")
+            return self._changed_after_post(row, invoice, coupa_hash)
+        if row.state == WRITING or self.rebook_missing:
+            # the write never landed (or the operator asked to book it again): create, after lookups
+            return self._create(row, invoice, mapped, coupa_hash)
+        return self._missing(row, invoice, coupa_hash)
+
+    def _missing(self, row: LedgerRow, invoice: dict[str, Any], coupa_hash: str) -> Outcome:
+        s, run = self.s, self.s.run_id
+        coupa_id = int(invoice["id"])
+        key = row.d365_key or {}
+        natural = row.natural_key
+        reason = (f"the pending invoice {key.get('HeaderReference')} we booked in D365 {key.get('dataAreaId')} is gone "
+                  f"and no posted invoice {natural.document_number if natural else '?'} of vendor "
+                  f"{natural.vendor_account if natural else '?'} exists; if an AP user deleted it on purpose nothing "
+                  "is needed, otherwise re-drive it with replay_invoices_job (coupa_ids: [" + str(coupa_id) +
+                  "], rebook_missing: true)")
+        if row.state != MISSING_IN_D365:
+            s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=coupa_id, action="missing_in_d365", entity=HEADER_SET,
+                           d365_key=key, error=reason)
+        self._alert_once(row, reason, invoice)
+        s.ledger.update(row, run, release=True, state=MISSING_IN_D365, problem=None, reason=reason,
+                        alerted_reason=reason)
+        return Outcome(DOC, coupa_id, "missing_in_d365", str(invoice.get("invoice-number") or ""),
+                       row.legal_entity, reason)
+
+    @staticmethod
+    def _posted_key(natural: NaturalKey, posted: dict[str, Any], ref: str | None) -> dict[str, Any]:
+        key = {"dataAreaId": natural.legal_entity, "InvoiceId": natural.document_number,
+               "LedgerVoucher": posted.get("LedgerVoucher")}
+        if ref:
+            key["HeaderReference"] = ref
+        return key
 
     def _create(self, row: LedgerRow, invoice: dict[str, Any], mapped: MappedInvoice, coupa_hash: str) -> Outcome:
         s, run = self.s, self.s.run_id
         coupa_id = int(invoice["id"])
         le, number = mapped.legal_entity, mapped.invoice_number
-        natural = f"{le}|{mapped.vendor_account}|{number}"
-        s.ledger.update(row, run, legal_entity=le, natural_key=natural)
+        natural = NaturalKey(le, mapped.vendor_account, number)
+        row = s.ledger.update(row, run, natural_key=natural)
 
-        posted = self._find_posted(mapped)
+        posted = self._find_posted(natural)
         if posted is not None:
             s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=coupa_id, action="found_posted", entity=POSTED_SET,
                            d365_key={"dataAreaId": le, "InvoiceId": number})
-            row = s.ledger.update(row, run, state=POSTED, coupa_hash=coupa_hash, reason=None,
-                                  d365_key={"dataAreaId": le, "InvoiceId": number,
-                                            "LedgerVoucher": posted.get("LedgerVoucher")})
+            row = s.ledger.update(row, run, state=POSTED, coupa_hash=coupa_hash, reason=None, problem=None,
+                                  d365_key=self._posted_key(natural, posted, None))
             self._notify_booked(row, invoice)
             return Outcome(DOC, coupa_id, "already_present", number, le, "already posted in D365")
 
-        pending = self._find_pending(mapped)
-        if pending is not None:  # a previous attempt landed (crash, lost answer, or sequential write)
-            ref = str(pending["HeaderReference"])
-            repaired = self._complete_lines(coupa_id, le, ref, mapped)
-            row = s.ledger.update(row, run, state=WRITTEN, coupa_hash=coupa_hash, reason=None,
-                                  d365_key={"dataAreaId": le, "HeaderReference": ref},
-                                  payload_hash=payload_hash(self._bodies(mapped, ref)))
-            self._notify_booked(row, invoice)
-            return Outcome(DOC, coupa_id, "repaired" if repaired else "already_present", number, le,
-                           f"adopted existing {ref}" + (f", added {repaired} missing lines" if repaired else ""))
-
         ref = header_reference(coupa_id)
+        pending = s.d365.get(HEADER_SET, {"dataAreaId": le, "HeaderReference": ref}) or self._find_pending(mapped)
+        if pending is not None:  # a previous attempt landed (crash, lost answer, or sequential write)
+            adopted = str(pending["HeaderReference"])
+            row = s.ledger.update(row, run, state=WRITTEN, d365_key={"dataAreaId": le, "HeaderReference": adopted})
+            s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=coupa_id, action="adopt", entity=HEADER_SET,
+                           d365_key=row.d365_key)
+            outcome = self._update_pending(row, invoice, mapped, coupa_hash, pending, adopted=True)
+            return outcome
+
         key = {"dataAreaId": le, "HeaderReference": ref}
         header, lines = self._bodies(mapped, ref)
         row = s.ledger.update(row, run, state=WRITING, d365_key=key)  # intent first: a crash now is recoverable
@@ -144,7 +198,7 @@ class InvoiceSync(DocumentSync):
         except AmbiguousWriteError as exc:
             s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=coupa_id, action="create_ambiguous", entity=HEADER_SET,
                            d365_key=key, error=error_text(exc), payload_sha256=digest)
-            if self._find_pending(mapped) is None:
+            if s.d365.get(HEADER_SET, key) is None:
                 raise
             result = None
         if result is not None and not result.ok:
@@ -152,8 +206,8 @@ class InvoiceSync(DocumentSync):
             s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=coupa_id, action="create", entity=HEADER_SET,
                            d365_key=key, http_status=result.status, error=error.detail if error else None,
                            payload_sha256=digest)
-            if error is not None and error.is_duplicate and self._find_pending(mapped) is not None:
-                pass  # our own earlier write: adopt below
+            if error is not None and error.is_duplicate and s.d365.get(HEADER_SET, key) is not None:
+                pass  # our own earlier write (same HeaderReference): it is there
             else:
                 reason = f"D365 rejected the invoice: {error.detail if error else 'unknown error'}"
                 return self._fail(row, invoice, le, reason)
@@ -161,7 +215,7 @@ class InvoiceSync(DocumentSync):
             s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=coupa_id, action="create", entity=HEADER_SET,
                            d365_key=key, http_status=201, payload_sha256=digest)
         row = s.ledger.update(row, run, state=WRITTEN, coupa_hash=coupa_hash, payload_hash=digest, reason=None,
-                              attempts=row.attempts + 1)
+                              problem=None, attempts=row.attempts + 1)
         self._notify_booked(row, invoice)
         return Outcome(DOC, coupa_id, "created", number, le, ref)
 
@@ -181,27 +235,28 @@ class InvoiceSync(DocumentSync):
                                   rows[0]["HeaderReference"])
         return rows[0] if rows else None
 
-    def _find_posted(self, mapped: MappedInvoice) -> dict[str, Any] | None:
-        rows = list(self.s.d365.query(POSTED_SET, legal_entity=mapped.legal_entity, filter=odata.and_(
-            odata.eq("InvoiceId", mapped.invoice_number), odata.eq("InvoiceAccount", mapped.vendor_account)),
+    def _find_posted(self, natural: NaturalKey) -> dict[str, Any] | None:
+        rows = list(self.s.d365.query(POSTED_SET, legal_entity=natural.legal_entity, filter=odata.and_(
+            odata.eq("InvoiceId", natural.document_number), odata.eq("InvoiceAccount", natural.vendor_account)),
             select=["InvoiceId", "InvoiceAccount", "LedgerVoucher", "InvoiceAmount"], top=1))
         return rows[0] if rows else None
+
+    def _find_posted_for_row(self, row: LedgerRow, mapped: MappedInvoice | None) -> tuple[NaturalKey, dict[str, Any]] | None:
+        """Posted under the key the ledger booked it with — or, if a change to it was under way, the new one."""
+        candidates = [k for k in (row.natural_key,) if k is not None]
+        if mapped is not None:
+            new_key = NaturalKey(mapped.legal_entity, mapped.vendor_account, mapped.invoice_number)
+            if all(new_key.folded() != k.folded() for k in candidates):
+                candidates.append(new_key)
+        for natural in candidates:
+            posted = self._find_posted(natural)
+            if posted is not None:
+                return natural, posted
+        return None
 
     def _current_lines(self, le: str, ref: str) -> list[dict[str, Any]]:
         return list(self.s.d365.query(LINE_SET, legal_entity=le, filter=odata.eq("HeaderReference", ref),
                                       select=["HeaderReference", "InvoiceLineNumber", *LINE_COMPARE_FIELDS]))
-
-    def _complete_lines(self, coupa_id: int, le: str, ref: str, mapped: MappedInvoice) -> int:
-        """A header that exists without (some of) its lines gets the missing lines — never a second header."""
-        present = {Decimal(str(l["InvoiceLineNumber"])) for l in self._current_lines(le, ref)}
-        _, lines = self._bodies(mapped, ref)
-        missing = [l for l in lines if Decimal(str(l["InvoiceLineNumber"])) not in present]
-        for line in missing:
-            key = {"dataAreaId": le, "HeaderReference": ref, "InvoiceLineNumber": line["InvoiceLineNumber"]}
-            self.s.d365.create(LINE_SET, line, verify=lambda key=key: self.s.d365.get(LINE_SET, key))
-            self.s.ledger.audit(run_id=self.s.run_id, doc_type=DOC, coupa_id=coupa_id, action="complete_line",
-                                entity=LINE_SET, d365_key=key, http_status=201, payload_sha256=payload_hash(line))
-        return len(missing)
 
     def _link_purchase_orders(self, mapped: MappedInvoice) -> None:
         """PO-backed lines reference the D365 PO line when that PO exists in D365."""
@@ -221,26 +276,28 @@ class InvoiceSync(DocumentSync):
                 mapped.lines[index]["PurchLineNumber"] = int(str(po_line))
 
     # -- changes, voids, failures ------------------------------------------------------------
-    def _update_pending(self, row: LedgerRow, invoice: dict[str, Any], mapped: MappedInvoice,
-                        coupa_hash: str) -> Outcome:
+    def _update_pending(self, row: LedgerRow, invoice: dict[str, Any], mapped: MappedInvoice, coupa_hash: str,
+                        current: dict[str, Any], *, adopted: bool = False) -> Outcome:
+        """Bring the pending D365 invoice in line with the Coupa version: changed header fields
+        PATCHed, lines added/changed/removed. The ledger's natural key follows the PATCH."""
         s, run = self.s, self.s.run_id
         coupa_id = int(invoice["id"])
         key = dict(row.d365_key or {})
-        le, ref = key.get("dataAreaId", mapped.legal_entity), key.get("HeaderReference")
-        current = s.d365.get(HEADER_SET, {"dataAreaId": le, "HeaderReference": ref}) if ref else None
-        if current is None:
-            if self._find_posted(mapped) is not None:
-                row = s.ledger.update(row, run, state=POSTED)
-                return self._changed_after_post(row, invoice, coupa_hash)
-            s.ledger.update(row, run, state=WRITING)  # gone from D365 (deleted by a user): book it again
-            return self._create(row, invoice, mapped, coupa_hash)
+        le, ref = key["dataAreaId"], key["HeaderReference"]
         header, lines = self._bodies(mapped, ref)
+        header_key = {"dataAreaId": le, "HeaderReference": ref}
         header_changes = {f: header[f] for f in HEADER_UPDATE_FIELDS if f in header and not _same(header[f], current.get(f))}
+        if le.casefold() != mapped.legal_entity.casefold():
+            reason = (f"Coupa moved the invoice to legal entity {mapped.legal_entity}, but it is booked as pending "
+                      f"invoice {ref} in {le}; a pending invoice cannot change legal entity — delete it in D365 "
+                      f"and replay, or correct the chart of accounts in Coupa")
+            return self._fail(row, invoice, le, reason)
         if header_changes:
-            s.d365.update(HEADER_SET, {"dataAreaId": le, "HeaderReference": ref}, header_changes)
+            s.d365.update(HEADER_SET, header_key, header_changes)
             s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=coupa_id, action="update", entity=HEADER_SET,
-                           d365_key={"dataAreaId": le, "HeaderReference": ref}, http_status=204,
-                           payload_sha256=payload_hash(header_changes))
+                           d365_key=header_key, http_status=204, payload_sha256=payload_hash(header_changes))
+            if "InvoiceNumber" in header_changes or "InvoiceAccount" in header_changes:
+                row = s.ledger.update(row, run, natural_key=NaturalKey(le, mapped.vendor_account, mapped.invoice_number))
         existing = {Decimal(str(l["InvoiceLineNumber"])): l for l in self._current_lines(le, ref)}
         wanted = {Decimal(str(l["InvoiceLineNumber"])): l for l in lines}
         changed = 0
@@ -248,7 +305,7 @@ class InvoiceSync(DocumentSync):
             line_key = {"dataAreaId": le, "HeaderReference": ref, "InvoiceLineNumber": line["InvoiceLineNumber"]}
             if number not in existing:
                 s.d365.create(LINE_SET, line, verify=lambda k=line_key: s.d365.get(LINE_SET, k))
-                action, status, body = "create_line", 201, line
+                action, status, body = ("complete_line" if adopted else "create_line"), 201, line
             else:
                 diff = {f: line[f] for f in LINE_COMPARE_FIELDS if f in line and not _same(line[f], existing[number].get(f))}
                 if not diff:
@@ -266,8 +323,14 @@ class InvoiceSync(DocumentSync):
                 s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=coupa_id, action="delete_line", entity=LINE_SET,
                                d365_key=line_key, http_status=204)
         row = s.ledger.update(row, run, state=WRITTEN, coupa_hash=coupa_hash, payload_hash=payload_hash([header, lines]),
-                              reason=None, coupa_notified=False)
+                              reason=None, problem=None, coupa_notified=False,
+                              natural_key=NaturalKey(le, mapped.vendor_account, mapped.invoice_number))
         self._notify_booked(row, invoice)
+        if adopted:
+            return Outcome(DOC, coupa_id, "repaired" if header_changes or changed else "already_present",
+                           mapped.invoice_number, le, f"adopted existing {ref}" + (
+                               f", {len(header_changes)} header fields and {changed} lines brought in line"
+                               if header_changes or changed else ""))
         action = "updated" if header_changes or changed else "already_present"
         return Outcome(DOC, coupa_id, action, mapped.invoice_number, le,
                        f"{len(header_changes)} header fields, {changed} lines changed" if action == "updated" else "")
@@ -279,8 +342,8 @@ class InvoiceSync(DocumentSync):
                   "Correct it in D365 (credit note) if needed.")
         s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=coupa_id, action="changed_after_post", error=reason)
         self._alert_once(row, reason, invoice)
-        s.ledger.update(s.ledger.get(DOC, coupa_id) or row, run, release=True, state=CHANGED_AFTER_POST,
-                        reason=reason, coupa_hash=coupa_hash, alerted_reason=reason)
+        s.ledger.update(row, run, release=True, state=CHANGED_AFTER_POST, problem=None, reason=reason,
+                        coupa_hash=coupa_hash, alerted_reason=reason)
         return Outcome(DOC, coupa_id, "changed_after_post", str(invoice.get("invoice-number")), row.legal_entity, reason)
 
     def _void(self, row: LedgerRow, invoice: dict[str, Any], coupa_hash: str) -> Outcome:
@@ -292,38 +355,34 @@ class InvoiceSync(DocumentSync):
             return Outcome(DOC, coupa_id, "already_present", number, row.legal_entity, row.state)
         key = dict(row.d365_key or {})
         le, ref = key.get("dataAreaId"), key.get("HeaderReference")
-        # Posted first (a read): a posted invoice must never receive a DELETE, not even one that would 404.
-        posted = row.state == POSTED or (row.state in (WRITTEN, WRITING) and self._posted_by_row(row, invoice))
+        # Posted first (a read, by the key the ledger booked it under): a posted invoice must never
+        # receive a DELETE, not even one that would 404.
+        posted = row.state in (POSTED, CHANGED_AFTER_POST, VOID_BLOCKED) or (
+            row.state in (WRITTEN, WRITING, MISSING_IN_D365) and self._find_posted_for_row(row, None) is not None)
         if posted:
             reason = ("voided in Coupa after D365 posted it; posted invoices are never modified — reverse it in "
                       "D365 with a credit note")
             self._alert_once(row, reason, invoice)
-            s.ledger.update(s.ledger.get(DOC, coupa_id) or row, run, release=True, state=VOID_BLOCKED,
-                            coupa_hash=coupa_hash, reason=reason, alerted_reason=reason)
+            s.ledger.update(row, run, release=True, state=VOID_BLOCKED, problem=None, coupa_hash=coupa_hash,
+                            reason=reason, alerted_reason=reason)
             return Outcome(DOC, coupa_id, "void_blocked_posted", number, le or row.legal_entity, reason)
-        if row.state in (WRITTEN, WRITING) and ref:
+        if row.state in (WRITTEN, WRITING) and le and ref:
             if s.d365.delete(HEADER_SET, {"dataAreaId": le, "HeaderReference": ref}):
                 s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=coupa_id, action="delete", entity=HEADER_SET,
                                d365_key=key, http_status=204)
-                s.ledger.update(row, run, release=True, state=VOIDED, coupa_hash=coupa_hash,
+                s.ledger.update(row, run, release=True, state=VOIDED, problem=None, coupa_hash=coupa_hash,
                                 reason="voided in Coupa; pending D365 invoice removed")
                 s.notifier.success(DOC, coupa_id, f"Voided in Coupa: pending D365 invoice {ref} ({le}) removed",
                                    code="D365-VOIDED", document_status="voided")
                 return Outcome(DOC, coupa_id, "voided", number, le, f"removed pending {ref}")
-        s.ledger.update(row, run, release=True, state=VOIDED, coupa_hash=coupa_hash,
-                        reason="voided in Coupa before it was booked")
-        s.notifier.success(DOC, coupa_id, "Voided in Coupa before it was booked in D365; nothing to remove",
+        gone = row.state in (WRITTEN, MISSING_IN_D365)
+        reason = ("voided in Coupa; the pending D365 invoice was already gone" if gone
+                  else "voided in Coupa before it was booked")
+        s.ledger.update(row, run, release=True, state=VOIDED, problem=None, coupa_hash=coupa_hash, reason=reason)
+        s.notifier.success(DOC, coupa_id, ("Voided in Coupa; the pending D365 invoice was already gone" if gone else
+                                           "Voided in Coupa before it was booked in D365; nothing to remove"),
                            code="D365-VOIDED", document_status="voided")
-        return Outcome(DOC, coupa_id, "voided", number, row.legal_entity, "never booked")
-
-    def _posted_by_row(self, row: LedgerRow, invoice: dict[str, Any]) -> bool:
-        natural = (row.natural_key or "").split("|")
-        if len(natural) != 3:
-            return False
-        le, vendor, number = natural
-        rows = list(self.s.d365.query(POSTED_SET, legal_entity=le, filter=odata.and_(
-            odata.eq("InvoiceId", number), odata.eq("InvoiceAccount", vendor)), select=["InvoiceId"], top=1))
-        return bool(rows)
+        return Outcome(DOC, coupa_id, "voided", number, row.legal_entity, "already gone" if gone else "never booked")
 
     def _quarantine(self, row: LedgerRow, document: dict[str, Any], reason: str, coupa_hash: str,
                     legal_entity: str | None = None) -> Outcome:

@@ -27,7 +27,7 @@ from ..mapping.purchase_orders import (
     PO_LINE_RECEIPT_LOCKED_FIELDS, MappedPurchaseOrder, Quarantine, legal_entity_for_po, map_purchase_order,
     po_line_changes,
 )
-from ..state.ledger import CANCELLED, CHANGE_BLOCKED, CLOSED, NEW, WRITING, WRITTEN, LedgerRow
+from ..state.ledger import CANCELLED, CHANGE_BLOCKED, CLOSED, NEW, WRITING, WRITTEN, LedgerRow, NaturalKey
 from ..state.store import payload_hash
 from .base import DocumentSync, content_hash
 from .report import Outcome
@@ -78,8 +78,8 @@ class PurchaseOrderSync(DocumentSync):
                                     f"{status} in Coupa before it was booked in D365", notify=True)
             return self._quarantine(row, po, "; ".join(mapped.reasons), coupa_hash, legal_entity_for_po(po, s.mapping))
         key = {"dataAreaId": mapped.legal_entity, "PurchaseOrderNumber": mapped.purchase_order_number}
-        s.ledger.update(row, run, legal_entity=mapped.legal_entity,
-                        natural_key=f"{mapped.legal_entity}|{mapped.purchase_order_number}")
+        s.ledger.update(row, run, natural_key=NaturalKey(mapped.legal_entity, mapped.vendor_account,
+                                                          mapped.purchase_order_number))
         current = s.d365.get(HEADER_SET, key)
         if current is None:
             if status != "issued":

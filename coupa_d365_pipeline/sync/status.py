@@ -24,7 +24,7 @@ from typing import Any
 from ..common.http import HTTPClientError
 from ..d365 import odata
 from ..state.ledger import POSTED as POSTED_STATE
-from ..state.ledger import WRITTEN
+from ..state.ledger import WRITTEN, NaturalKey
 from ..state.status import PAYMENT, POSTED, StatusEvents
 from .context import SyncServices, error_text
 from .report import Outcome, SyncReport
@@ -43,10 +43,10 @@ class StatusReader:
         self.events = events
         self._trans: dict[tuple[str, int], dict[str, Any] | None] = {}
 
-    def _booked(self) -> dict[str, int]:
-        """natural key (le|vendor|invoice number, casefolded) -> Coupa invoice id, for invoices we booked."""
-        return {row.natural_key.casefold(): row.coupa_id for row in self.s.ledger.rows("invoice")
-                if row.natural_key and row.state not in ("new", "quarantined")}
+    def _booked(self) -> dict[tuple[str, str, str], int]:
+        """Folded natural key (legal entity, vendor, invoice number) -> Coupa invoice id, for every
+        invoice we booked — whatever happened to its later Coupa versions."""
+        return {key: row.coupa_id for key, row in self.s.ledger.booked_by_natural_key("invoice").items()}
 
     def _since(self, name: str) -> datetime | None:
         value = self.s.store.get_watermark(name)
@@ -77,7 +77,7 @@ class StatusReader:
         rows = self._rows_since(name, "VendInvoiceJourBiEntities", le, counts,
                                 ["InvoiceId", "InvoiceAccount", "LedgerVoucher", "InvoiceAmount", "InvoiceDate"])
         for row in rows:
-            coupa_id = booked.get(f"{le}|{row['InvoiceAccount']}|{row['InvoiceId']}".casefold())
+            coupa_id = booked.get(NaturalKey(le, str(row["InvoiceAccount"]), str(row["InvoiceId"])).folded())
             if coupa_id is None:
                 continue
             if self.events.record(coupa_id=coupa_id, kind=POSTED, event_key=row["LedgerVoucher"], legal_entity=le,
@@ -116,7 +116,7 @@ class StatusReader:
             invoice = self._invoice_trans(le, row["TransRecId"])
             if invoice is None or not invoice.get("Invoice"):
                 continue
-            coupa_id = booked.get(f"{le}|{invoice['AccountNum']}|{invoice['Invoice']}".casefold())
+            coupa_id = booked.get(NaturalKey(le, str(invoice["AccountNum"]), str(invoice["Invoice"])).folded())
             if coupa_id is None:
                 continue
             payments = list(self.s.d365.query("VendTransBiEntities", legal_entity=le,

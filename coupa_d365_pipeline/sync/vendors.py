@@ -8,7 +8,7 @@ from typing import Any
 
 from ..common.http import HTTPClientError
 from ..mapping.documents import Quarantine, map_vendor, vendor_changes
-from ..state.ledger import FAILED, QUARANTINED, WRITTEN
+from ..state.ledger import WRITTEN, ClaimLostError, DocState, LedgerRow, Problem
 from ..state.store import payload_hash
 from .context import SyncServices, error_text, http_status
 from .report import Outcome
@@ -60,6 +60,17 @@ class VendorSync:
                 return row
             time.sleep(0.2)
 
+    def _record_problem(self, row: LedgerRow, problem: Problem, reason: str, *, legal_entity: str | None = None,
+                        coupa_hash: str | None = None) -> None:
+        """A vendor already in D365 stays WRITTEN (with the problem noted); a new one becomes quarantined/failed."""
+        fields: dict[str, Any] = {"problem": problem} if row.state == WRITTEN else {"state": DocState(problem.value)}
+        if row.state != WRITTEN:
+            if legal_entity is not None:
+                fields["legal_entity"] = legal_entity
+            if coupa_hash is not None:
+                fields["coupa_hash"] = coupa_hash
+        self.s.ledger.update(row, self.s.run_id, release=True, reason=reason, attempts=row.attempts + 1, **fields)
+
     def _ensure(self, supplier: dict[str, Any], legal_entity: str) -> Outcome:
         s, run = self.s, self.s.run_id
         supplier_id = int(supplier["id"])
@@ -69,20 +80,19 @@ class VendorSync:
             return Outcome(DOC, supplier_id, "busy", name, legal_entity, "another run is syncing this vendor")
         coupa_hash = payload_hash({k: v for k, v in supplier.items() if k not in ("updated-at", "updated-by", "exported")})
         try:
-            if row.state == WRITTEN and row.coupa_hash == coupa_hash:
+            if row.state == WRITTEN and row.coupa_hash == coupa_hash and not row.problem:
                 s.ledger.release(row, run)
                 return Outcome(DOC, supplier_id, "already_present", name, legal_entity)
             desired = map_vendor(supplier, legal_entity, s.mapping, s.master)
             if isinstance(desired, Quarantine):
                 reason = "; ".join(desired.reasons)
-                s.ledger.update(row, run, release=True, state=QUARANTINED, reason=reason, legal_entity=legal_entity,
-                                coupa_hash=coupa_hash)
+                self._record_problem(row, Problem.QUARANTINED, reason, legal_entity=legal_entity, coupa_hash=coupa_hash)
                 s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=supplier_id, scope=legal_entity,
                                action="quarantine", error=reason)
                 return Outcome(DOC, supplier_id, "quarantined", name, legal_entity, reason)
             account = str(desired["VendorAccountNumber"])
             key = {"dataAreaId": legal_entity, "VendorAccountNumber": account}
-            s.ledger.update(row, run, legal_entity=legal_entity, natural_key=account, d365_key=key)
+            s.ledger.update(row, run, legal_entity=legal_entity, vendor_account=account, d365_key=key)
             current = self._current(legal_entity, account)
             digest = payload_hash(desired)
             if current is None:
@@ -102,15 +112,20 @@ class VendorSync:
                                action="create" if action == "created" else "update", entity="VendorsV2",
                                d365_key=key, http_status=status, payload_sha256=payload_hash(sent))
             s.ledger.update(row, run, release=True, state=WRITTEN, coupa_hash=coupa_hash, payload_hash=digest,
-                            reason=None, attempts=row.attempts + 1)
+                            reason=None, problem=None, attempts=row.attempts + 1)
             return Outcome(DOC, supplier_id, action, name, legal_entity,
                            f"changed: {', '.join(sorted(sent))}" if action == "updated" and sent else "")
         except HTTPClientError as exc:
             reason = error_text(exc)
             s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=supplier_id, scope=legal_entity, action="error",
                            entity="VendorsV2", http_status=http_status(exc), error=reason)
-            s.ledger.update(row, run, release=True, state=FAILED, reason=reason, attempts=row.attempts + 1)
+            try:
+                self._record_problem(s.ledger.get(DOC, supplier_id, legal_entity) or row, Problem.FAILED, reason)
+            except ClaimLostError as lost:
+                return Outcome(DOC, supplier_id, "busy", name, legal_entity, str(lost))
             return Outcome(DOC, supplier_id, "failed", name, legal_entity, reason)
+        except ClaimLostError as exc:
+            return Outcome(DOC, supplier_id, "busy", name, legal_entity, str(exc))
         except BaseException:
             s.ledger.release(row, run)
             raise

@@ -220,7 +220,7 @@ def test_supplier_changes_update_the_vendor_in_every_legal_entity_never_a_second
     assert result.success
     meta = metadata(result, "d365/vendors")
     assert meta["updated"] == len(legal_entities) and meta["failed"] == 0
-    account = rows[0].natural_key
+    account = rows[0].vendor_account
     for le in legal_entities:
         [vendor] = [v for v in sandboxes.d365.state.records("VendorsV2")
                     if v["dataAreaId"] == le and v["VendorAccountNumber"] == account]

@@ -8,6 +8,8 @@ import multiprocessing
 import pytest
 import sqlalchemy as sa
 
+from coupa_d365_pipeline.state.ledger import Ledger
+from coupa_d365_pipeline.state.status import StatusEvents
 from coupa_d365_pipeline.state.store import SyncStore, make_engine, metadata
 
 PROCESSES = 6
@@ -18,6 +20,8 @@ def _create_schema(url: str, barrier, errors) -> None:
     try:
         barrier.wait(timeout=60)
         store = SyncStore(url)   # what every step process does when its sync_state resource starts
+        Ledger(store.engine)     # ... and when a sync step builds its services
+        StatusEvents(store.engine)
         store.dispose()
     except BaseException as exc:  # noqa: BLE001 - reported to the parent
         errors.put(f"{type(exc).__name__}: {exc}")
