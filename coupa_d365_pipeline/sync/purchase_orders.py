@@ -27,9 +27,12 @@ from ..mapping.purchase_orders import (
     PO_LINE_RECEIPT_LOCKED_FIELDS, MappedPurchaseOrder, Quarantine, legal_entity_for_po, map_purchase_order,
     po_line_changes,
 )
-from ..state.ledger import CANCELLED, CHANGE_BLOCKED, CLOSED, NEW, WRITING, WRITTEN, LedgerRow, NaturalKey
+from ..state.ledger import (
+    CANCELLED, CHANGE_BLOCKED, CLOSED, FAILED, MISSING_IN_D365, NEW, QUARANTINED, WRITING, WRITTEN, LedgerRow,
+    NaturalKey,
+)
 from ..state.store import payload_hash
-from .base import DocumentSync, content_hash
+from .base import DocumentSync
 from .report import Outcome
 
 DOC = "purchase_order"
@@ -38,6 +41,10 @@ HEADER_UPDATE_FIELDS = ("OrderVendorAccountNumber", "InvoiceVendorAccountNumber"
                         "VendorOrderReference", "PurchaseOrderName", "RequestedDeliveryDate",
                         "DefaultLedgerDimensionDisplayValue")
 LOCKED_STATUSES = ("Received", "Invoiced")
+# the ledger says we booked it (or started to): its stored key is the authority ...
+KEYED_STATES = (WRITTEN, CLOSED, CANCELLED, CHANGE_BLOCKED, WRITING, MISSING_IN_D365)
+# ... and, except for an interrupted write, that the D365 purchase order under that key is ours
+OWNED_STATES = (WRITTEN, CLOSED, CANCELLED, CHANGE_BLOCKED, MISSING_IN_D365)
 CANCELLED_STATUS = "Canceled"
 
 
@@ -53,35 +60,54 @@ def _same(a: Any, b: Any) -> bool:
 class PurchaseOrderSync(DocumentSync):
     DOC = DOC
     NUMBER_FIELD = "po-number"
-    KEEP_STATES_ON_ERROR = (WRITTEN, WRITING, CLOSED, CANCELLED, CHANGE_BLOCKED)
 
     def _sync_claimed(self, row: LedgerRow, po: dict[str, Any]) -> Outcome:
         s, run = self.s, self.s.run_id
         coupa_id, number = int(po["id"]), self.label(po)
         status = str(po.get("status") or "")
-        coupa_hash = content_hash(po)
+        coupa_hash = self.content_hash(po)
         if status not in ("issued", "closed", "cancelled"):
             s.ledger.release(row, run)
             return Outcome(DOC, coupa_id, "skipped", number, row.legal_entity, f"Coupa status {status}")
-        if row.coupa_hash == coupa_hash and row.state in (WRITTEN, CLOSED, CANCELLED):
+        if row.coupa_hash == coupa_hash and row.state in (WRITTEN, CLOSED, CANCELLED) and not row.problem:
             if not row.coupa_notified:
                 self._notify(row, po, self._message(row, status))
             else:
                 s.ledger.release(row, run)
             return Outcome(DOC, coupa_id, "already_present", number, row.legal_entity)
+        booked = dict(row.d365_key) if row.d365_key and row.state in KEYED_STATES else None
+        owned = booked is not None and row.state in OWNED_STATES
+        if status == "cancelled" and owned and booked is not None:
+            # a cancellation needs nothing but the key we booked: apply it even when the new version
+            # no longer maps (its lines, charts or supplier may have been edited on the way out)
+            return self._cancel(row, po, booked, coupa_hash)
 
         supplier = self._supplier(po)
         mapped = map_purchase_order(po, s.mapping, s.master, supplier=supplier)
         if isinstance(mapped, Quarantine):
-            if status != "issued" and row.state == NEW:   # never booked: nothing to cancel or close
+            if status != "issued" and booked is None and row.state in (NEW, QUARANTINED, FAILED):
                 return self._record(row, po, CANCELLED if status == "cancelled" else CLOSED, coupa_hash,
                                     f"{status} in Coupa before it was booked in D365", notify=True)
+            if status == "closed" and booked is not None:
+                return self._record(row, po, CLOSED, coupa_hash, "closed in Coupa; kept as it is in D365",
+                                    notify=True)
             return self._quarantine(row, po, "; ".join(mapped.reasons), coupa_hash, legal_entity_for_po(po, s.mapping))
         key = {"dataAreaId": mapped.legal_entity, "PurchaseOrderNumber": mapped.purchase_order_number}
-        s.ledger.update(row, run, natural_key=NaturalKey(mapped.legal_entity, mapped.vendor_account,
-                                                          mapped.purchase_order_number))
+        if booked is not None and (str(booked["dataAreaId"]).casefold(), str(booked["PurchaseOrderNumber"]).casefold()) \
+                != (key["dataAreaId"].casefold(), key["PurchaseOrderNumber"].casefold()):
+            reason = (f"Coupa now maps the purchase order to {key['dataAreaId']}/{key['PurchaseOrderNumber']}, but it is "
+                      f"booked in D365 as {booked['dataAreaId']}/{booked['PurchaseOrderNumber']}; a D365 purchase order "
+                      "cannot move legal entity or number — correct the PO in Coupa or cancel it in D365")
+            return self._fail(row, po, booked["dataAreaId"], reason)
+        if booked is None:
+            s.ledger.update(row, run, natural_key=NaturalKey(mapped.legal_entity, mapped.vendor_account,
+                                                              mapped.purchase_order_number))
         current = s.d365.get(HEADER_SET, key)
+        if current is not None and not owned and not self._ours(current, mapped):
+            return self._quarantine(row, po, self._not_ours_reason(current, mapped), coupa_hash, mapped.legal_entity)
         if current is None:
+            if booked is not None and row.state != WRITING:
+                return self._missing(row, po, key)
             if status != "issued":
                 return self._record(row, po, CANCELLED if status == "cancelled" else CLOSED, coupa_hash,
                                     f"{status} in Coupa before it was booked in D365", notify=True)
@@ -94,8 +120,33 @@ class PurchaseOrderSync(DocumentSync):
                 return self._fail(row, po, mapped.legal_entity, reason)
             return self._create(row, po, mapped, key, coupa_hash)
         if status == "cancelled":
-            return self._cancel(row, po, mapped, key, coupa_hash)
+            return self._cancel(row, po, key, coupa_hash)
         return self._update(row, po, mapped, key, coupa_hash, closed=status == "closed")
+
+    # -- ownership ---------------------------------------------------------------------------
+    @staticmethod
+    def _ours(current: dict[str, Any], mapped: MappedPurchaseOrder) -> bool:
+        """A D365 PO with our number is ours only if it carries our marks: the Coupa PO number as
+        VendorOrderReference and the same vendor. Anything else is a native D365 PO: never touched."""
+        return (str(current.get("VendorOrderReference") or "").strip().casefold()
+                == mapped.purchase_order_number.strip().casefold()
+                and str(current.get("OrderVendorAccountNumber") or "").casefold() == mapped.vendor_account.casefold())
+
+    @staticmethod
+    def _not_ours_reason(current: dict[str, Any], mapped: MappedPurchaseOrder) -> str:
+        return (f"D365 {mapped.legal_entity} already has a purchase order {mapped.purchase_order_number} that this "
+                f"connector did not create (vendor {current.get('OrderVendorAccountNumber') or '-'}, vendor reference "
+                f"{current.get('VendorOrderReference') or '-'}); it is left untouched. Give the Coupa PO a number that "
+                "is free in D365 (or a separate number sequence) and re-issue it")
+
+    def _missing(self, row: LedgerRow, po: dict[str, Any], key: dict[str, Any]) -> Outcome:
+        reason = (f"the purchase order {key['PurchaseOrderNumber']} we booked in D365 {key['dataAreaId']} is gone; it "
+                  "is not created again automatically — if it was deleted on purpose nothing is needed, otherwise "
+                  "delete the ledger row's booking by replaying the PO after checking D365")
+        self._alert_once(row, reason, po)
+        self.s.ledger.update(row, self.s.run_id, release=True, state=MISSING_IN_D365, problem=None, reason=reason,
+                             alerted_reason=reason)
+        return Outcome(DOC, int(po["id"]), "missing_in_d365", self.label(po), key["dataAreaId"], reason)
 
     # -- create ------------------------------------------------------------------------------
     def _create(self, row: LedgerRow, po: dict[str, Any], mapped: MappedPurchaseOrder, key: dict[str, Any],
@@ -111,15 +162,22 @@ class PurchaseOrderSync(DocumentSync):
         except AmbiguousWriteError as exc:
             s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=coupa_id, action="create_ambiguous", entity=HEADER_SET,
                            d365_key=key, error=str(exc), payload_sha256=digest)
-            if s.d365.get(HEADER_SET, key) is None:
+            landed = s.d365.get(HEADER_SET, key)
+            if landed is None:
                 raise
+            if not self._ours(landed, mapped):
+                return self._quarantine(row, po, self._not_ours_reason(landed, mapped), coupa_hash, mapped.legal_entity)
             return self._update(row, po, mapped, key, coupa_hash, closed=False, adopted=True)
         s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=coupa_id, action="create", entity=HEADER_SET, d365_key=key,
                        http_status=201 if result.ok else (result.error.status if result.error else None),
                        error=None if result.ok else (result.error.detail if result.error else "unknown"),
                        payload_sha256=digest)
         if not result.ok:
-            if result.error is not None and result.error.is_duplicate and s.d365.get(HEADER_SET, key) is not None:
+            existing = s.d365.get(HEADER_SET, key) if result.error is not None and result.error.is_duplicate else None
+            if existing is not None:
+                if not self._ours(existing, mapped):
+                    return self._quarantine(row, po, self._not_ours_reason(existing, mapped), coupa_hash,
+                                            mapped.legal_entity)
                 return self._update(row, po, mapped, key, coupa_hash, closed=False, adopted=True)
             return self._fail(row, po, mapped.legal_entity,
                               f"D365 rejected the purchase order: {result.error.detail if result.error else '?'}")
@@ -201,11 +259,11 @@ class PurchaseOrderSync(DocumentSync):
         if blocked:
             reason = "change not applied where D365 no longer allows it: " + "; ".join(blocked)
             self._alert_once(row, reason, po)
-            s.ledger.update(s.ledger.get(DOC, coupa_id) or row, run, release=True, state=CHANGE_BLOCKED,
+            s.ledger.update(s.ledger.get(DOC, coupa_id) or row, run, release=True, state=CHANGE_BLOCKED, problem=None,
                             reason=reason, alerted_reason=reason, coupa_hash=coupa_hash, d365_key=key)
             return Outcome(DOC, coupa_id, "change_blocked", mapped.purchase_order_number, mapped.legal_entity, reason)
         state = CLOSED if closed else WRITTEN
-        row = s.ledger.update(row, run, state=state, coupa_hash=coupa_hash, d365_key=key, reason=None,
+        row = s.ledger.update(row, run, state=state, coupa_hash=coupa_hash, d365_key=key, reason=None, problem=None,
                               coupa_notified=False, payload_hash=payload_hash([mapped.header, mapped.lines]))
         self._notify(row, po, self._message(row, "closed" if closed else "issued"))
         action = "updated" if changed else ("closed" if closed else "already_present")
@@ -214,8 +272,7 @@ class PurchaseOrderSync(DocumentSync):
         return Outcome(DOC, coupa_id, action, mapped.purchase_order_number, mapped.legal_entity, detail)
 
     # -- cancel / record ---------------------------------------------------------------------
-    def _cancel(self, row: LedgerRow, po: dict[str, Any], mapped: MappedPurchaseOrder, key: dict[str, Any],
-                coupa_hash: str) -> Outcome:
+    def _cancel(self, row: LedgerRow, po: dict[str, Any], key: dict[str, Any], coupa_hash: str) -> Outcome:
         s = self.s
         coupa_id = int(po["id"])
         existing, received = self._lines(key), self._received(key)
@@ -232,14 +289,15 @@ class PurchaseOrderSync(DocumentSync):
             cancelled += 1
         detail = f"{cancelled} unreceived lines cancelled in D365" + (
             f"; kept received {', '.join(kept)}" if kept else "")
-        row = s.ledger.update(row, self.s.run_id, d365_key=key)
+        row = s.ledger.update(row, self.s.run_id, d365_key=key, problem=None)
         self._record(row, po, CANCELLED, coupa_hash, detail, notify=True)
-        return Outcome(DOC, coupa_id, "cancelled", mapped.purchase_order_number, mapped.legal_entity, detail)
+        return Outcome(DOC, coupa_id, "cancelled", str(key["PurchaseOrderNumber"]), str(key["dataAreaId"]), detail)
 
     def _record(self, row: LedgerRow, po: dict[str, Any], state: str, coupa_hash: str, reason: str,
                 notify: bool) -> Outcome:
         s, run = self.s, self.s.run_id
-        row = s.ledger.update(row, run, state=state, coupa_hash=coupa_hash, reason=reason, coupa_notified=False)
+        row = s.ledger.update(row, run, state=state, problem=None, coupa_hash=coupa_hash, reason=reason,
+                              coupa_notified=False)
         s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=int(po["id"]), action=state, error=reason)
         if notify:
             self._notify(row, po, f"Purchase order {state} in Coupa: {reason}")

@@ -207,3 +207,35 @@ def test_an_unexpected_error_in_one_invoice_fails_only_that_invoice(services, sa
     assert actions == {good[0]["id"]: "created", broken["id"]: "failed", good[2]["id"]: "created"}
     failed = services.ledger.get("invoice", broken["id"])
     assert failed.state == "failed" and "abc" in failed.reason and failed.claimed_by is None
+
+
+# -- defect 6: the connector's own writes to Coupa never look like a business change -------------
+def test_voucher_written_to_a_coupa_custom_field_is_not_a_change_after_post(services, sandboxes):
+    from coupa_d365_pipeline.sync.status import StatusWriter
+
+    assert services.mapping.coupa_custom_fields  # the bundled mapping writes the voucher to cf-erp-voucher
+    invoice, header = book(services, sandboxes)
+    sandboxes.d365.state.post_invoice(header["dataAreaId"], header["HeaderReference"])
+    status_run = as_run(services, "status-1")
+    events = StatusEvents(services.store.engine)
+    StatusReader(status_run, events).read()
+    StatusWriter(status_run, events).write()
+    after = sandboxes.coupa.state.get("invoices", invoice["id"])
+    assert set(after["custom-fields"]) == {"cf-erp-voucher"} and after["updated-at"] != invoice["updated-at"]
+    alerts_before = [r for r in sandboxes.coupa.state.records("integration_history_records") if r["status"] == "Error"]
+
+    outcome = sync_invoice(as_run(services, "run-2"), invoice["id"])
+
+    assert outcome.action == "already_present", outcome
+    assert services.ledger.get("invoice", invoice["id"]).state == "posted"
+    assert [r for r in sandboxes.coupa.state.records("integration_history_records") if r["status"] == "Error"] \
+        == alerts_before
+
+
+def test_a_real_custom_field_change_after_posting_is_still_reported(services, sandboxes):
+    invoice, header = book(services, sandboxes)
+    sandboxes.d365.state.post_invoice(header["dataAreaId"], header["HeaderReference"])
+    events = StatusEvents(services.store.engine)
+    StatusReader(as_run(services, "status-1"), events).read()
+    sandboxes.coupa.state.touch("invoices", invoice["id"], **{"custom-fields": {"cost-object": "PRJ-7"}})
+    assert sync_invoice(as_run(services, "run-2"), invoice["id"]).action == "changed_after_post"
