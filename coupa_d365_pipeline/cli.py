@@ -153,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .common.redact import install_log_redaction
+
+    install_log_redaction()
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

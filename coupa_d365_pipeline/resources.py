@@ -8,6 +8,7 @@ from typing import Any
 import dagster as dg
 from pydantic import PrivateAttr
 
+from .common.redact import install_log_redaction, redacting
 from .coupa.client import CoupaClient
 from .d365.client import D365Client
 from .settings import (
@@ -35,7 +36,8 @@ class _ClientResource(dg.ConfigurableResource):
         raise NotImplementedError
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        self._client = self.make_client(logger=context.log)
+        install_log_redaction()
+        self._client = self.make_client(logger=redacting(context.log))
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         if self._client is not None:

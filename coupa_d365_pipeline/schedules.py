@@ -32,10 +32,15 @@ def build_schedules(daily_documents_job: Any, master_data_job: Any,
             return dg.SkipReason(f"{day} is before SYNC_START_DATE")
         return dg.RunRequest(run_key=f"documents-nightly-{day}", partition_key=day)
 
+    master_nightly_full = dg.ScheduleDefinition(
+        name="master_data_nightly_full", job=master_data_job, cron_schedule="5 2 * * *", execution_timezone="UTC",
+        run_config={"ops": {"coupa__suppliers": {"config": {"full_refresh": True}}}},
+        description="Every night: master data with every Coupa supplier read again (catches anything an "
+                    "incremental read missed).")
     master_hourly = dg.ScheduleDefinition(
         name="master_data_hourly", job=master_data_job, cron_schedule="5 * * * *", execution_timezone="UTC",
         description="Every hour: suppliers (incremental), D365 master data, mapping check, vendors.")
     status = dg.ScheduleDefinition(
         name="invoice_status_every_30_minutes", job=invoice_status_job, cron_schedule="*/30 * * * *",
         execution_timezone="UTC", description="Every 30 minutes: posted and paid status from D365 back to Coupa.")
-    return [documents_today, documents_yesterday, master_hourly, status]
+    return [documents_today, documents_yesterday, master_hourly, master_nightly_full, status]

@@ -1,14 +1,17 @@
 """Coupa extraction assets: read documents and stage them in the sync database."""
 
 
+import os
 import time
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 
 from ..partitions import daily_partitions
 from ..resources import CoupaResource, SyncStateResource
+from ..settings import ConfigError
+from ..state.store import normalize_timestamp
 
 
 def _iso(dt: datetime) -> str:
@@ -20,24 +23,59 @@ def _md_counts(title: str, counts: Counter) -> str:
     return f"| {title} | count |\n|---|---|\n{rows}" if rows else f"No {title.lower()} values."
 
 
+SUPPLIER_WATERMARK = "coupa.suppliers.updated_at"
+DEFAULT_SUPPLIER_OVERLAP_MINUTES = 60
+
+
+class SupplierReadConfig(dg.Config):
+    """``full_refresh``: read every supplier again (the nightly schedule does), not only those
+    updated since the watermark — a safety net for anything an incremental read ever missed."""
+
+    full_refresh: bool = False
+
+
+def supplier_overlap() -> timedelta:
+    """How far before the watermark an incremental read starts (COUPA_SUPPLIER_OVERLAP_MINUTES, read
+    at run start): a supplier saved in a long Coupa transaction carries an updated-at older than its
+    commit. Staging compares content hashes, so the overlap re-reads cheaply and changes nothing."""
+    problems: list[str] = []
+    raw = os.environ.get("COUPA_SUPPLIER_OVERLAP_MINUTES", "")
+    minutes = DEFAULT_SUPPLIER_OVERLAP_MINUTES
+    if raw.strip():
+        try:
+            minutes = int(raw)
+            if minutes < 0:
+                raise ValueError
+        except ValueError:
+            problems.append(f"COUPA_SUPPLIER_OVERLAP_MINUTES={raw!r} must be a whole number of minutes >= 0")
+    if problems:
+        raise ConfigError(problems)
+    return timedelta(minutes=minutes)
+
+
 @dg.asset(key=["coupa", "suppliers"], group_name="coupa", kinds={"coupa"},
-          description="Coupa suppliers, read incrementally on updated-at (stored watermark) and staged.")
-def coupa_suppliers(context: dg.AssetExecutionContext, coupa: CoupaResource,
+          description="Coupa suppliers, read incrementally on updated-at (stored watermark, re-read with an "
+                      "overlap) and staged; run config full_refresh reads all of them (nightly schedule).")
+def coupa_suppliers(context: dg.AssetExecutionContext, config: SupplierReadConfig, coupa: CoupaResource,
                     sync_state: SyncStateResource) -> dg.MaterializeResult:
     started = time.monotonic()
     store = sync_state.store
-    watermark_name = "coupa.suppliers.updated_at"
-    watermark = store.get_watermark(watermark_name)
-    filters = {"updated-at[gt_or_eq]": watermark} if watermark else {}
+    watermark = store.get_watermark(SUPPLIER_WATERMARK)
+    since = None
+    if watermark and not config.full_refresh:
+        since = _iso(datetime.fromisoformat(watermark.replace("Z", "+00:00")) - supplier_overlap())
+    filters = {"updated-at[gt_or_eq]": since} if since else {}
     requests_before = coupa.client.request_count
     records = list(coupa.client.iter_records("suppliers", filters))
     staged = store.stage("supplier", records, run_id=context.run.run_id)
-    if records:
-        store.set_watermark(watermark_name, max(str(r["updated-at"]) for r in records))
+    newest = max((normalize_timestamp(r.get("updated-at")) for r in records), default="")
+    if newest and (watermark is None or newest > normalize_timestamp(watermark)):
+        store.set_watermark(SUPPLIER_WATERMARK, newest)
     statuses = Counter(str(r.get("status")) for r in records)
     return dg.MaterializeResult(metadata={
         "fetched": len(records), "new": staged.new, "changed": staged.changed, "unchanged": staged.unchanged,
         "staged_total": store.count("supplier"), "watermark_before": watermark or "none (full read)",
+        "read_since": since or "everything (full read)",
         "coupa_requests": coupa.client.request_count - requests_before,
         "duration_s": round(time.monotonic() - started, 3),
         "by_status": dg.MetadataValue.md(_md_counts("Status", statuses)),

@@ -6,6 +6,7 @@ from typing import Any
 
 import dagster as dg
 
+from ..common.redact import redacting
 from ..mapping.master import ENTITY_SETS_AND_SELECT, D365MasterData
 from ..resources import CoupaResource, D365Resource, MappingResource, SyncStateResource
 from ..state.ledger import Ledger
@@ -44,4 +45,5 @@ def build_services(context: Any, coupa: CoupaResource, d365: D365Resource, sync_
         store.save_snapshot(MASTER_SNAPSHOT, snapshot)
     ledger = Ledger(store.engine, is_run_finished=run_finished_checker(context.instance))
     return SyncServices(coupa=coupa.client, d365=d365.client, store=store, ledger=ledger, mapping=mapping_config,
-                        master=D365MasterData.from_rows(snapshot), run_id=context.run.run_id, logger=context.log)
+                        master=D365MasterData.from_rows(snapshot), run_id=context.run.run_id,
+                        logger=redacting(context.log))

@@ -149,6 +149,7 @@ class ReplayConfig(dg.Config):
     coupa_ids: list[int] = []
     failed_since: str | None = None     # ISO timestamp: every invoice quarantined/failed/stuck since then
     refetch_from_coupa: bool = True     # read the current version from Coupa first
+    rebook_missing: bool = False        # book again invoices whose pending D365 invoice vanished (missing_in_d365)
 
 
 @dg.op(description="Re-drive invoices by Coupa id, or everything that failed since a time, through the same "
@@ -175,7 +176,7 @@ def replay_invoices(context: dg.OpExecutionContext, config: ReplayConfig, coupa:
             invoice = services.store.documents_by_id("invoice", [coupa_id]).get(coupa_id)
         if invoice is not None:
             invoices.append(invoice)
-    report = InvoiceSync(services).sync_many(invoices)
+    report = InvoiceSync(services, rebook_missing=config.rebook_missing).sync_many(invoices)
     metadata = _metadata(report, "invoice", before, services, started, requested=len(ids))
     context.log.info("replayed %d invoices: %s", len(invoices), dict(report.counts("invoice")))
     return dg.Output(dict(report.counts("invoice")), metadata=metadata)

@@ -24,7 +24,8 @@ class SyncServices:
     mapping: MappingConfig
     master: D365MasterData
     run_id: str
-    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("coupa_d365_pipeline.sync"))
+    logger: logging.Logger | logging.LoggerAdapter = field(
+        default_factory=lambda: logging.getLogger("coupa_d365_pipeline.sync"))
     notifier: CoupaNotifier | None = None
 
     def __post_init__(self) -> None:

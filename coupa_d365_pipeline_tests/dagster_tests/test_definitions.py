@@ -27,7 +27,7 @@ def test_schedules_target_today_yesterday_and_master_data():
     # definitions-state storage pointing at a disposed instance for later tests.
     schedules = {s.name: s for s in defs.schedules}
     assert set(schedules) == {"documents_today", "documents_yesterday", "master_data_hourly",
-                              "invoice_status_every_30_minutes"}
+                              "master_data_nightly_full", "invoice_status_every_30_minutes"}
     repository = defs.get_repository_def()
     when = datetime(2026, 11, 20, 10, 15, tzinfo=timezone.utc)
     for name, day in (("documents_today", "2026-11-20"), ("documents_yesterday", "2026-11-19")):

@@ -247,3 +247,47 @@ def test_vendor_write_failure_fails_the_invoice_and_the_next_run_recovers(sandbo
     assert run_documents(instance).success
     assert ledger(sandbox_env).rows("invoice", ["failed"]) == []
     assert not duplicates(sandboxes)
+
+
+def _age_supplier_update(sandboxes, supplier_id: int, before: str, minutes: int, **changes) -> None:
+    """A supplier saved in a long Coupa transaction: changed now, but its updated-at is older than the
+    watermark the last read stored."""
+    from datetime import datetime, timedelta
+
+    record = sandboxes.coupa.state.touch("suppliers", supplier_id, **changes)
+    stamp = datetime.fromisoformat(before.replace("Z", "+00:00")) - timedelta(minutes=minutes)
+    record["updated-at"] = stamp.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_supplier_committed_late_within_the_overlap_is_still_read(sandboxes, synced, instance, sandbox_env):
+    from coupa_d365_pipeline.state.store import SyncStore
+
+    watermark = SyncStore(sandbox_env["SYNC_DATABASE_URL"]).get_watermark("coupa.suppliers.updated_at")
+    row = ledger(sandbox_env).rows("vendor", ["written"])[0]
+    _age_supplier_update(sandboxes, row.coupa_id, watermark, 30, name="Late Commit Industrial")
+    result = run_master(instance)
+    assert result.success and metadata(result, "coupa/suppliers")["changed"] == 1
+    vendor = sandboxes.d365.state.get("VendorsV2", {"dataAreaId": row.scope, "VendorAccountNumber": row.vendor_account})
+    assert vendor["VendorOrganizationName"] == "Late Commit Industrial"
+
+
+def test_nightly_full_supplier_read_catches_what_an_incremental_read_missed(sandboxes, synced, instance, sandbox_env):
+    from coupa_d365_pipeline.definitions import defs
+    from coupa_d365_pipeline.state.store import SyncStore
+
+    watermark = SyncStore(sandbox_env["SYNC_DATABASE_URL"]).get_watermark("coupa.suppliers.updated_at")
+    row = ledger(sandbox_env).rows("vendor", ["written"])[0]
+    _age_supplier_update(sandboxes, row.coupa_id, watermark, 600, name="Very Late Industrial")
+    assert metadata(run_master(instance), "coupa/suppliers")["changed"] == 0      # beyond the overlap
+    from datetime import datetime, timezone
+
+    import dagster as dg
+
+    nightly = next(s for s in defs.schedules if s.name == "master_data_nightly_full")
+    tick = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 11, 30, 2, 5, tzinfo=timezone.utc))
+    [request] = nightly.evaluate_tick(tick).run_requests
+    result = defs.resolve_job_def(request.job_name or "master_data_job").execute_in_process(
+        instance=instance, run_config=request.run_config, raise_on_error=False)
+    assert result.success and metadata(result, "coupa/suppliers")["changed"] == 1
+    vendor = sandboxes.d365.state.get("VendorsV2", {"dataAreaId": row.scope, "VendorAccountNumber": row.vendor_account})
+    assert vendor["VendorOrganizationName"] == "Very Late Industrial"
