@@ -206,11 +206,13 @@ class InvoiceSync(DocumentSync):
             s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=coupa_id, action="create", entity=HEADER_SET,
                            d365_key=key, http_status=result.status, error=error.detail if error else None,
                            payload_sha256=digest)
-            if error is not None and error.is_duplicate and s.d365.get(HEADER_SET, key) is not None:
-                pass  # our own earlier write (same HeaderReference): it is there
-            else:
+            existing = s.d365.get(HEADER_SET, key) if error is not None and error.is_duplicate else None
+            if existing is None:
                 reason = f"D365 rejected the invoice: {error.detail if error else 'unknown error'}"
                 return self._fail(row, invoice, le, reason)
+            # our HeaderReference is already taken: an earlier or concurrent write of ours landed
+            # (perhaps header only) — adopt it and bring it in line, never a second invoice
+            return self._update_pending(row, invoice, mapped, coupa_hash, existing, adopted=True)
         else:
             s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=coupa_id, action="create", entity=HEADER_SET,
                            d365_key=key, http_status=201, payload_sha256=digest)

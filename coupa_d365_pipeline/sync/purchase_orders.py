@@ -303,7 +303,7 @@ class PurchaseOrderSync(DocumentSync):
             self._notify(row, po, f"Purchase order {state} in Coupa: {reason}")
         else:
             s.ledger.release(row, run)
-        return Outcome(DOC, int(po["id"]), state, self.label(po), row.legal_entity, reason)
+        return Outcome(DOC, int(po["id"]), str(state), self.label(po), row.legal_entity, reason)
 
     def _message(self, row: LedgerRow, status: str) -> str:
         key = row.d365_key or {}

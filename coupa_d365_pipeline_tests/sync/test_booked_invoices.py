@@ -239,3 +239,66 @@ def test_a_real_custom_field_change_after_posting_is_still_reported(services, sa
     StatusReader(as_run(services, "status-1"), events).read()
     sandboxes.coupa.state.touch("invoices", invoice["id"], **{"custom-fields": {"cost-object": "PRJ-7"}})
     assert sync_invoice(as_run(services, "run-2"), invoice["id"]).action == "changed_after_post"
+
+
+# -- promises that had no test -------------------------------------------------------------------
+def test_invoice_already_posted_in_d365_is_adopted_as_posted_not_booked_again(services, sandboxes):
+    """AP keyed and posted the invoice by hand before the connector saw it."""
+    invoice = mappable_invoice(sandboxes)
+    supplier = next(s for s in sandboxes.seed.coupa_suppliers if s["id"] == invoice["supplier"]["id"])
+    from coupa_d365_pipeline.sync.vendors import VendorSync
+
+    assert VendorSync(services).ensure(supplier, "usmf").action in ("created", "already_present")
+    sandboxes.d365.state.create("VendorInvoiceHeaders", {
+        "dataAreaId": "usmf", "HeaderReference": "AP-MANUAL-1", "InvoiceNumber": invoice["invoice-number"],
+        "InvoiceAccount": supplier["number"], "Currency": invoice["currency"]["code"],
+        "ImportedAmount": invoice["gross-total"]})
+    posted = sandboxes.d365.state.post_invoice("usmf", "AP-MANUAL-1")
+    voucher = posted["VendInvoiceJourBiEntity"]["LedgerVoucher"]
+    seq = last_seq(sandboxes)
+
+    outcome = sync_invoice(as_run(services, "run-2"), invoice["id"])
+
+    assert outcome.action == "already_present" and outcome.detail == "already posted in D365"
+    assert [w for w in d365_writes_since(sandboxes, seq) if "VendorInvoice" in w.path or "$batch" in w.path] == []
+    row = services.ledger.get("invoice", invoice["id"])
+    assert row.state == "posted" and row.d365_key["LedgerVoucher"] == voucher
+    assert any(h["action"] == "found_posted" for h in services.ledger.history("invoice", invoice["id"]))
+    told = [r for r in sandboxes.coupa.state.records("integration_history_records")
+            if r["document-id"] == invoice["id"] and r["document-type"] == "InvoiceHeader" and r["status"] == "Success"]
+    assert len(told) == 1 and voucher in told[0]["responses"][0]["response-message"]
+    assert sandboxes.coupa.state.get("invoices", invoice["id"])["exported"] is True
+
+
+class _RacingWriter:
+    """The real OData writer, but another writer of ours lands a header-only copy with the same
+    HeaderReference between our lookup and our changeset (an interrupted sequential write)."""
+
+    route = "odata"
+
+    def __init__(self, inner, sandboxes) -> None:
+        self.inner = inner
+        self.sandboxes = sandboxes
+
+    def create(self, header, lines):
+        self.sandboxes.d365.state.create("VendorInvoiceHeaders", dict(header))
+        return self.inner.create(header, lines)
+
+
+def test_duplicate_key_answer_adopts_our_own_header_and_completes_it(services, sandboxes):
+    from coupa_d365_pipeline.sync.invoices import InvoiceSync
+    from coupa_d365_pipeline.sync.writer import ODataBatchInvoiceWriter
+
+    invoice = mappable_invoice(sandboxes)
+    writer = _RacingWriter(ODataBatchInvoiceWriter(services.d365), sandboxes)
+    outcome = InvoiceSync(services, writer=writer).sync(services.coupa.get("invoices", invoice["id"]))
+
+    assert outcome.action == "repaired" and "adopted existing COUPA-" in outcome.detail
+    [header] = pending_headers(sandboxes, InvoiceNumber=invoice["invoice-number"])
+    lines = [l for l in sandboxes.d365.state.records("VendorInvoiceLines") if l["HeaderReference"] == header["HeaderReference"]]
+    assert len(lines) == len(invoice["invoice-lines"])
+    history = services.ledger.history("invoice", invoice["id"])
+    [create] = [h for h in history if h["action"] == "create"]
+    assert create["http_status"] >= 400 and "already exists" in create["error"]
+    assert sum(h["action"] == "complete_line" for h in history) == len(invoice["invoice-lines"])
+    assert services.ledger.get("invoice", invoice["id"]).state == WRITTEN
