@@ -55,9 +55,11 @@ def d365_vendors(context: dg.AssetExecutionContext, coupa: CoupaResource, d365: 
     for doc_type, legal_entity_of in (("invoice", legal_entity_for), ("purchase_order", legal_entity_for_po)):
         for document in store.documents(doc_type):
             le = legal_entity_of(document, services.mapping)
-            supplier_id = (document.get("supplier") or {}).get("id")
-            if le and supplier_id is not None:
+            supplier_id = (document.get("supplier") or {}).get("id") if isinstance(document.get("supplier"), dict) \
+                else None
+            if le and isinstance(supplier_id, int | str) and str(supplier_id).isdigit():
                 used.setdefault(int(supplier_id), set()).add(le)
+            # anything else is reported on the document itself when it is synced; it never stops the vendors
     vendors = VendorSync(services)
     prefetched = {le: vendors.prefetch(le) for le in sorted({le for les in used.values() for le in les})}
     report = SyncReport()
