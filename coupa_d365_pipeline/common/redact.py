@@ -81,9 +81,10 @@ class RedactingLogger(logging.LoggerAdapter):
         if exc_info:
             import traceback
 
-            info = exc_info if isinstance(exc_info, tuple) else sys.exc_info()
-            if info and info[0] is not None:
-                text += "\n" + "".join(traceback.format_exception(*info))
+            error = exc_info if isinstance(exc_info, BaseException) else (
+                exc_info[1] if isinstance(exc_info, tuple) else sys.exc_info()[1])
+            if isinstance(error, BaseException):
+                text += "\n" + "".join(traceback.format_exception(error))
         kwargs.pop("stack_info", None)
         self.logger.log(level, redact(text), **kwargs)  # type: ignore[arg-type]
 

@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterable
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 
 from ..common.clock import SYSTEM_CLOCK, Clock
 from .store import ensure_schema, metadata
@@ -297,7 +298,7 @@ class Ledger:
             with self.engine.begin() as conn:
                 conn.execute(sync_ledger.insert().values(doc_type=doc_type, coupa_id=int(coupa_id), scope=scope,
                                                          state=NEW.value, created_at=now, updated_at=now))
-        except sa.exc.IntegrityError:
+        except IntegrityError:
             pass  # another run inserted it first: fine, the unique constraint did its job
 
     def rows(self, doc_type: str, states: Iterable[str] | None = None, *, since: datetime | None = None,

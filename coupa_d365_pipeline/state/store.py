@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import sqlalchemy as sa
+from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 
 metadata = sa.MetaData()
 
@@ -85,7 +87,7 @@ def make_engine(database_url: str) -> Engine:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(database_url, connect_args={"timeout": 30})
 
-        @sa.event.listens_for(engine, "connect")
+        @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
             # WAL: readers never block the writer; NORMAL: durable at checkpoints, fast commits.
             cursor = dbapi_connection.cursor()
@@ -132,7 +134,7 @@ def _add_missing_columns(conn: sa.engine.Connection) -> None:
                 ddl += f" DEFAULT {text}"
             try:
                 conn.execute(sa.text(ddl))
-            except sa.exc.OperationalError as exc:  # SQLite: another process added it a moment ago
+            except OperationalError as exc:  # SQLite: another process added it a moment ago
                 if "duplicate column" not in str(exc).lower():
                     raise
 

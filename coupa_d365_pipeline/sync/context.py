@@ -26,7 +26,7 @@ class SyncServices:
     run_id: str
     logger: logging.Logger | logging.LoggerAdapter = field(
         default_factory=lambda: logging.getLogger("coupa_d365_pipeline.sync"))
-    notifier: CoupaNotifier | None = None
+    notifier: CoupaNotifier = None  # type: ignore[assignment]  # built from coupa + logger when not given
 
     def __post_init__(self) -> None:
         if self.notifier is None:

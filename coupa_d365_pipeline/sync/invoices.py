@@ -70,7 +70,8 @@ class InvoiceSync(DocumentSync):
         self._po_lines: dict[tuple[str, str, str], bool] = {}
 
     # -- the flow ----------------------------------------------------------------------------
-    def _sync_claimed(self, row: LedgerRow, invoice: dict[str, Any]) -> Outcome:
+    def _sync_claimed(self, row: LedgerRow, document: dict[str, Any]) -> Outcome:
+        invoice = document
         s, run = self.s, self.s.run_id
         coupa_id = int(invoice["id"])
         number = str(invoice.get("invoice-number") or "")

@@ -12,7 +12,8 @@ RESOURCES = {"invoice": "invoices", "purchase_order": "purchase_orders"}
 
 
 class CoupaNotifier:
-    def __init__(self, coupa: CoupaClient, integration_code: str = "D365-FO", logger: logging.Logger | None = None) -> None:
+    def __init__(self, coupa: CoupaClient, integration_code: str = "D365-FO",
+                 logger: logging.Logger | logging.LoggerAdapter | None = None) -> None:
         self.coupa = coupa
         self.integration_code = integration_code
         self.logger = logger or logging.getLogger("coupa_d365_pipeline.sync")

@@ -61,7 +61,8 @@ class PurchaseOrderSync(DocumentSync):
     DOC = DOC
     NUMBER_FIELD = "po-number"
 
-    def _sync_claimed(self, row: LedgerRow, po: dict[str, Any]) -> Outcome:
+    def _sync_claimed(self, row: LedgerRow, document: dict[str, Any]) -> Outcome:
+        po = document
         s, run = self.s, self.s.run_id
         coupa_id, number = int(po["id"]), self.label(po)
         status = str(po.get("status") or "")
