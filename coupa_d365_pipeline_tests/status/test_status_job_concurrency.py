@@ -31,7 +31,11 @@ def production_instance_without_storage(tmp_path: Path) -> dg.DagsterInstance:
 def test_the_production_instance_runs_one_invoice_status_run_at_a_time(tmp_path: Path) -> None:
     instance = production_instance_without_storage(tmp_path)
     try:
-        limits = instance.run_coordinator.get_run_queue_config().tag_concurrency_limits
+        # what the QueuedRunCoordinator daemon dequeues by (the `concurrency:` block merged over the
+        # run coordinator's own config)
+        queue = instance.get_concurrency_config().run_queue_config
+        assert queue is not None and type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
+        limits = queue.tag_concurrency_limits
         job = defs.resolve_job_def("invoice_status_job")
         run_tags = dict(job.run_tags)
         status_limits = [limit for limit in limits if limit["key"] in run_tags
