@@ -111,3 +111,27 @@ def test_posting_fills_the_coupa_custom_field_named_in_the_mapping(sandboxes, sy
     assert run_status(instance).success
     fields = sandboxes.coupa.state.get("invoices", row.coupa_id)["custom-fields"]
     assert fields == {"cf-erp-voucher": posted["VendInvoiceJourBiEntity"]["LedgerVoucher"]}
+
+
+def test_a_settlement_reversed_in_d365_is_taken_back_in_coupa_by_the_status_job(sandboxes, synced, sandbox_env,
+                                                                                instance):
+    row, header = booked(sandboxes, sandbox_env, 4)
+    le, vendor, number = header["dataAreaId"], header["InvoiceAccount"], header["InvoiceNumber"]
+    posted = sandboxes.d365.state.post_invoice(le, header["HeaderReference"])
+    amount = Decimal(str(posted["VendInvoiceJourBiEntity"]["InvoiceAmount"]))      # Coupa's sign
+    settled = sandboxes.d365.state.settle_invoice(le, number, vendor, amount if amount > 0 else -amount,
+                                                  "2026-11-26T12:00:00Z", "PAY-E2E")
+    assert run_status(instance).success
+    assert sandboxes.coupa.state.get("invoices", row.coupa_id)["paid"] is True
+
+    sandboxes.d365.state.reverse_settlement(le, settled["VendSettlementBiEntity"]["SourceKey"])
+    result = run_status(instance)
+    assert result.success and metadata(result, "d365/invoice_status")["trans_changes_new"] == 1
+    invoice = sandboxes.coupa.state.get("invoices", row.coupa_id)
+    assert invoice["paid"] is False
+    assert [Decimal(p["amount-paid"]) for p in invoice["payments"]] == [amount, -amount]
+    assert "reversed]" in invoice["payments"][1]["notes"]
+    assert len(history(sandboxes, row.coupa_id, "D365-PAYMENT-REVERSED")) == 1
+    check = [c for c in run_status(instance).get_asset_check_evaluations()
+             if c.check_name == "invoice_status_delivered"][0]
+    assert check.passed
