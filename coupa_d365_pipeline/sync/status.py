@@ -38,11 +38,10 @@ import os
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any, Mapping, Sequence
 
-from ..common.http import HTTPClientError
 from ..d365 import odata
 from ..state.ledger import (
     MISSING_IN_D365, POSTED as POSTED_STATE, VOID_BLOCKED, WRITING, WRITTEN, ClaimLostError, LedgerRow, NaturalKey,
@@ -93,7 +92,8 @@ def _decimal(value: Any) -> Decimal:
 
 
 def _money(value: Decimal) -> str:
-    return str(value.quantize(CENT))
+    """Coupa's amount text: cents, sign kept."""
+    return str(value.quantize(CENT, rounding=ROUND_HALF_UP))
 
 
 def _instant(value: Any) -> datetime | None:
@@ -312,7 +312,7 @@ def plan_payments(state: InvoiceSettlements, coupa: list[CoupaPayment],
             plan.to_send.append({"amount-paid": _money(settlement.coupa_amount),
                                  "notes": payment_notes(settlement.reference, settlement_id),
                                  "payment-date": settlement.date})
-        elif have != settlement.coupa_amount:
+        elif have != Decimal(_money(settlement.coupa_amount)):   # Coupa keeps cents
             plan.problems.append(
                 f"Coupa's payments for D365 settlement {settlement_id.legal_entity}/{settlement_id.source_key} "
                 f"({settlement.reference}) add up to {_money(have)} but D365 settled "
@@ -525,7 +525,8 @@ class StatusWriter:
             return self._write_claimed(row, events)
         except ClaimLostError as exc:
             return Outcome(STATUS_DOC, coupa_id, "busy", number, le, f"{exc}; the next status run finishes it")
-        except (HTTPClientError, StatusConflict) as exc:
+        except Exception as exc:  # noqa: BLE001 - one invoice's trouble must not stop the others; the
+            # outcome, the audit row and the waiting events (invoice_status_delivered) make it visible
             reason = error_text(exc)
             s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=coupa_id, action="status_write_failed", error=reason)
             return Outcome(STATUS_DOC, coupa_id, "failed", number, le, reason)
@@ -633,6 +634,7 @@ class StatusWriter:
                 continue
             s.notifier.alert(DOC, coupa_id, (
                 f"D365 {natural.legal_entity} reversed the settlement of payment {reference or '?'} "
-                f"({_money(amount)}) on invoice {natural.document_number}: Coupa got an offsetting payment and "
-                f"paid is false until D365 settles the invoice again. Tell the supplier if they were told it is "
-                f"paid. {marker}"), code=REVERSAL_ALERT_CODE, document_status=document_status)
+                f"({_money(amount)}) on invoice {natural.document_number}: Coupa got an offsetting payment with "
+                f"the same settlement id, and paid follows D365 again. Check with AP whether the payment will be "
+                f"re-issued, and tell the supplier if they were told it is paid. {marker}"),
+                code=REVERSAL_ALERT_CODE, document_status=document_status)
