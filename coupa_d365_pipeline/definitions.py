@@ -50,9 +50,15 @@ master_data_job = dg.define_asset_job(
                                        d365_vendors),
     description="Suppliers, D365 master data, the validated mapping, and vendors in D365.")
 
+# One status run at a time: dagster.yaml limits runs tagged STATUS_RUN_TAG to 1 (QueuedRunCoordinator).
+# Correctness does not depend on it — the writer claims each invoice's ledger row — but two status
+# runs would only fight over the same invoices.
+STATUS_RUN_TAG = {"coupa_d365/flow": "invoice_status"}
+
 invoice_status_job = dg.define_asset_job(
     "invoice_status_job", selection=dg.AssetSelection.assets(d365_invoice_status, coupa_invoice_status),
-    description="Posted-invoice and payment status from D365 back to Coupa.")
+    run_tags=STATUS_RUN_TAG,
+    description="Posted-invoice and payment status from D365 back to Coupa (one run at a time).")
 
 defs = dg.Definitions(
     assets=[coupa_suppliers, coupa_invoices, coupa_purchase_orders, d365_legal_entities, d365_master_data,

@@ -12,8 +12,9 @@ from .sync_assets import d365_vendor_invoices
 
 
 @dg.asset(key=["d365", "invoice_status"], group_name="d365", kinds={"d365"}, deps=[d365_vendor_invoices],
-          description="For invoices we booked: posted in D365 (VendInvoiceJourBiEntities) and every settlement "
-                      "(VendSettlementBiEntities, partial payments separately); incremental on CreatedOn.")
+          description="For invoices we booked: posted in D365 (VendInvoiceJourBiEntities), new settlements "
+                      "(VendSettlementBiEntities) and changed invoice VendTrans (reversed settlements); "
+                      "incremental with an overlap (STATUS_READ_OVERLAP_MINUTES).")
 def d365_invoice_status(context: dg.AssetExecutionContext, coupa: CoupaResource, d365: D365Resource,
                         sync_state: SyncStateResource, mapping: MappingResource) -> dg.MaterializeResult:
     started = time.monotonic()
@@ -27,8 +28,9 @@ def d365_invoice_status(context: dg.AssetExecutionContext, coupa: CoupaResource,
 
 
 @dg.asset(key=["coupa", "invoice_status"], group_name="coupa", kinds={"coupa"}, deps=[d365_invoice_status],
-          description="Writes D365 posting (history record with invoice number and voucher) and payments "
-                      "(paid, payment date, notes, each payment once) back to the Coupa invoices.")
+          description="Per invoice, under its ledger claim: D365 posting (history record with invoice number and "
+                      "voucher) and payments reconciled with the invoice's current D365 settlements (each payment "
+                      "once, by settlement id; reversals offset; paid = fully settled now) back to Coupa.")
 def coupa_invoice_status(context: dg.AssetExecutionContext, coupa: CoupaResource, d365: D365Resource,
                          sync_state: SyncStateResource, mapping: MappingResource) -> dg.MaterializeResult:
     started = time.monotonic()
@@ -39,7 +41,7 @@ def coupa_invoice_status(context: dg.AssetExecutionContext, coupa: CoupaResource
     counts = report.counts()
     return dg.MaterializeResult(metadata={
         "invoices_updated": int(counts.get("updated", 0)), "unchanged": int(counts.get("already_present", 0)),
-        "failed": int(counts.get("failed", 0)), **events.counts(),
+        "failed": int(counts.get("failed", 0)), "busy": int(counts.get("busy", 0)), **events.counts(),
         "coupa_requests": services.coupa.request_count - before,
         "problems": dg.MetadataValue.md(report.problems_markdown()),
         "duration_s": round(time.monotonic() - started, 3)})

@@ -15,7 +15,8 @@ Emulates, faithfully to ``coupa-api.md`` and the R39 OpenAPI specs:
   UNCONFIRMED.
 * ``PUT /api/invoices/{id}`` – payment write-back (``paid``, ``payment-date``, ``payment-notes``,
   ``payments`` as a plain array or as ``{"payment": [...]}``). Each payment is **appended** (the
-  documented worst case: repeating the same PUT duplicates payments – read before writing).
+  documented worst case: repeating the same PUT duplicates payments – read before writing); a
+  payment's ``notes``/``check-number`` longer than 255 characters (R39 ``string(255)``) -> 400.
   Any other body key (e.g. ``exported``, ``status``) -> 400 ``{"errors": {key: [...]}}``.
 * ``/api/integration_history_records`` – create, ``/create_alert``, list/filter, show,
   ``PUT /{id}/resolve`` and ``/{id}/unresolve``.
@@ -107,6 +108,7 @@ HISTORY_WRITABLE = {"document-type", "document-id", "document-status", "document
                     "contact-alert-type", "integration", "integration-run", "integration-run-id", "responses",
                     "external-id", "integration-filename", "creation-method"}
 INVOICE_WRITABLE = {"paid", "payment-date", "payment-notes", "payments", "custom-fields"}
+PAYMENT_TEXT_MAX = 255  # R39 Payment.notes and check-number: string(255)
 # Custom fields an admin made API-editable on invoices (real Coupa rejects others).
 INVOICE_CUSTOM_FIELDS = {"cf-erp-invoice-number", "cf-erp-voucher", "cf-integration-status"}
 MAX_PAGE = 50
@@ -737,6 +739,10 @@ class CoupaSandbox:
                     continue
                 if p.get("payment-date") is not None and parse_dt(p["payment-date"]) is None:
                     errors[f"payments[{n}].payment-date"] = ["is not a valid date"]
+                    continue
+                too_long = [k for k in ("notes", "check-number") if len(str(p.get(k) or "")) > PAYMENT_TEXT_MAX]
+                if too_long:   # R39 Payment: notes / check-number are string(255)
+                    errors[f"payments[{n}].{too_long[0]}"] = [f"is too long (maximum is {PAYMENT_TEXT_MAX} characters)"]
                     continue
                 payments.append({
                     "amount-paid": str(amount.quantize(Decimal("0.01"))),

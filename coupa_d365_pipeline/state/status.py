@@ -1,14 +1,26 @@
-"""Posted and payment events read from D365, waiting to be (or already) written back to Coupa.
+"""Posted and settlement events read from D365, waiting to be (or already) written back to Coupa.
 
-One row per event — (Coupa invoice, kind, D365 key) is unique — so re-reading D365 never creates a
-second event, and ``pushed_at`` says whether Coupa has it. A payment is an individual event per D365
-settlement (partial payments included).
+One row per event — (Coupa invoice, kind, D365 key) is unique — so re-reading D365 (the readers
+re-read an overlap on purpose) never creates a second event, and ``pushed_at`` says whether the
+writer has dealt with it. Kinds (:class:`StatusKind`):
+
+- ``posted``: D365 posted the invoice (key: LedgerVoucher);
+- ``settlement``: a VendSettlement row of the invoice appeared (key: its SourceKey) — a payment, a
+  credit-note application or another offset;
+- ``trans_changed``: the invoice's VendTrans changed (key: SourceKey@SysModifiedDateTime#SysRecVersion),
+  the only trace a reversed settlement leaves (F&O deletes its VendSettlement row);
+- ``payment``: written by the first version of the status flow (one per settlement, amount without
+  sign); still read, as a settlement trigger and to recognise the payments that version sent.
+
+Settlement events are triggers: the writer reconciles Coupa with the invoice's settlements as D365
+holds them *now*, so an event's amount and reference are informational.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
@@ -16,19 +28,30 @@ from sqlalchemy.engine import Engine
 
 from .store import ensure_schema, metadata
 
-POSTED, PAYMENT = "posted", "payment"
+
+
+class StatusKind(StrEnum):
+    POSTED = "posted"
+    SETTLEMENT = "settlement"
+    TRANS_CHANGED = "trans_changed"
+    LEGACY_PAYMENT = "payment"       # first version: one per settlement, amount as sent (no sign)
+
+
+POSTED, SETTLEMENT, TRANS_CHANGED = StatusKind.POSTED, StatusKind.SETTLEMENT, StatusKind.TRANS_CHANGED
+LEGACY_PAYMENT = StatusKind.LEGACY_PAYMENT
+SETTLEMENT_KINDS = (SETTLEMENT, TRANS_CHANGED, LEGACY_PAYMENT)   # everything that asks for a payment reconcile
 
 invoice_status_events = sa.Table(
     "invoice_status_events", metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("coupa_id", sa.BigInteger, nullable=False),
     sa.Column("kind", sa.String(16), nullable=False),
-    sa.Column("event_key", sa.String(64), nullable=False),      # posted: LedgerVoucher; payment: settlement SourceKey
+    sa.Column("event_key", sa.String(64), nullable=False),      # see StatusKind
     sa.Column("legal_entity", sa.String(8), nullable=False),
     sa.Column("invoice_number", sa.String(64), nullable=False),
-    sa.Column("amount", sa.String(40), nullable=False),          # posted: invoice amount; payment: amount settled
+    sa.Column("amount", sa.String(40), nullable=False),          # Coupa's sign: invoice amount / amount settled
     sa.Column("event_date", sa.String(40)),
-    sa.Column("reference", sa.String(255)),                     # posted: voucher; payment: payment reference
+    sa.Column("reference", sa.String(255)),                     # posted: voucher; settlement: offset voucher
     sa.Column("detected_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("detected_run_id", sa.String(64)),
     sa.Column("pushed_at", sa.DateTime(timezone=True)),
@@ -68,7 +91,7 @@ class StatusEvents:
         """Store an event once; True when it is new."""
         with self.engine.begin() as conn:
             result = conn.execute(self._insert().values(
-                coupa_id=int(coupa_id), kind=kind, event_key=str(event_key), legal_entity=legal_entity,
+                coupa_id=int(coupa_id), kind=str(kind), event_key=str(event_key), legal_entity=legal_entity,
                 invoice_number=invoice_number, amount=str(amount), event_date=event_date, reference=reference,
                 detected_at=datetime.now(timezone.utc), detected_run_id=run_id))
         return result.rowcount == 1
@@ -78,6 +101,13 @@ class StatusEvents:
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(invoice_status_events).where(c.coupa_id == int(coupa_id)).order_by(c.id))
             return [self._event(r) for r in rows.mappings()]
+
+    def invoices_with_settlements(self) -> set[int]:
+        """Coupa ids of invoices with any settlement-related event (pushed or not)."""
+        c = invoice_status_events.c
+        with self.engine.connect() as conn:
+            return {int(i) for i in conn.execute(sa.select(c.coupa_id).where(
+                c.kind.in_([str(k) for k in SETTLEMENT_KINDS])).distinct()).scalars()}
 
     def unpushed_invoice_ids(self) -> list[int]:
         c = invoice_status_events.c

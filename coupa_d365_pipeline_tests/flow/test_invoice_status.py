@@ -36,11 +36,12 @@ def test_posted_then_two_partial_payments_then_paid_each_exactly_once(sandboxes,
     assert ledger(sandbox_env).get("invoice", row.coupa_id).state == "posted"
 
     first = (total / 3).quantize(Decimal("0.01"))
-    sandboxes.d365.state.settle_invoice(le, number, vendor, first, "2026-11-25T12:00:00Z", "PAY-0001")
+    settled = sandboxes.d365.state.settle_invoice(le, number, vendor, first, "2026-11-25T12:00:00Z", "PAY-0001")
     result = run_status(instance)
-    assert metadata(result, "d365/invoice_status")["payments_new"] == 1
+    assert metadata(result, "d365/invoice_status")["settlements_new"] == 1
     invoice = sandboxes.coupa.state.get("invoices", row.coupa_id)
-    assert [(Decimal(p["amount-paid"]), p["notes"]) for p in invoice["payments"]] == [(first, "PAY-0001")]
+    settlement = f"[D365 {le} settlement {settled['VendSettlementBiEntity']['SourceKey']}]"
+    assert [(Decimal(p["amount-paid"]), p["notes"]) for p in invoice["payments"]] == [(first, f"PAY-0001 {settlement}")]
     assert invoice["paid"] is False
 
     sandboxes.d365.state.settle_invoice(le, number, vendor, total - first, "2026-11-28T12:00:00Z", "PAY-0002")
@@ -48,9 +49,10 @@ def test_posted_then_two_partial_payments_then_paid_each_exactly_once(sandboxes,
     for _ in range(2):  # repeated runs add nothing
         assert run_status(instance).success
     invoice = sandboxes.coupa.state.get("invoices", row.coupa_id)
-    assert sorted((Decimal(p["amount-paid"]), p["notes"]) for p in invoice["payments"]) == \
+    assert sorted((Decimal(p["amount-paid"]), p["notes"].split(" [")[0]) for p in invoice["payments"]) == \
         [(first, "PAY-0001"), (total - first, "PAY-0002")]
     assert invoice["paid"] is True and invoice["payment-date"].startswith("2026-11-28")
+    assert "fully settled" in invoice["payment-notes"] and "PAY-0001" in invoice["payment-notes"]
     assert len(history(sandboxes, row.coupa_id, "D365-POSTED")) == 1
 
 
@@ -69,7 +71,7 @@ def test_payment_whose_coupa_answer_was_lost_is_written_once_after_the_rerun(san
     assert len(sandboxes.coupa.state.get("invoices", row.coupa_id)["payments"]) == 1  # it did land
     assert run_status(instance).success
     invoice = sandboxes.coupa.state.get("invoices", row.coupa_id)
-    assert [p["notes"] for p in invoice["payments"]] == ["PAY-LOST"] and invoice["paid"] is True
+    assert [p["notes"].split(" [")[0] for p in invoice["payments"]] == ["PAY-LOST"] and invoice["paid"] is True
     check = [c for c in run_status(instance).get_asset_check_evaluations()
              if c.check_name == "invoice_status_delivered"][0]
     assert check.passed
@@ -109,3 +111,27 @@ def test_posting_fills_the_coupa_custom_field_named_in_the_mapping(sandboxes, sy
     assert run_status(instance).success
     fields = sandboxes.coupa.state.get("invoices", row.coupa_id)["custom-fields"]
     assert fields == {"cf-erp-voucher": posted["VendInvoiceJourBiEntity"]["LedgerVoucher"]}
+
+
+def test_a_settlement_reversed_in_d365_is_taken_back_in_coupa_by_the_status_job(sandboxes, synced, sandbox_env,
+                                                                                instance):
+    row, header = booked(sandboxes, sandbox_env, 4)
+    le, vendor, number = header["dataAreaId"], header["InvoiceAccount"], header["InvoiceNumber"]
+    posted = sandboxes.d365.state.post_invoice(le, header["HeaderReference"])
+    amount = Decimal(str(posted["VendInvoiceJourBiEntity"]["InvoiceAmount"]))      # Coupa's sign
+    settled = sandboxes.d365.state.settle_invoice(le, number, vendor, amount if amount > 0 else -amount,
+                                                  "2026-11-26T12:00:00Z", "PAY-E2E")
+    assert run_status(instance).success
+    assert sandboxes.coupa.state.get("invoices", row.coupa_id)["paid"] is True
+
+    sandboxes.d365.state.reverse_settlement(le, settled["VendSettlementBiEntity"]["SourceKey"])
+    result = run_status(instance)
+    assert result.success and metadata(result, "d365/invoice_status")["trans_changes_new"] == 1
+    invoice = sandboxes.coupa.state.get("invoices", row.coupa_id)
+    assert invoice["paid"] is False
+    assert [Decimal(p["amount-paid"]) for p in invoice["payments"]] == [amount, -amount]
+    assert "reversed]" in invoice["payments"][1]["notes"]
+    assert len(history(sandboxes, row.coupa_id, "D365-PAYMENT-REVERSED")) == 1
+    check = [c for c in run_status(instance).get_asset_check_evaluations()
+             if c.check_name == "invoice_status_delivered"][0]
+    assert check.passed
