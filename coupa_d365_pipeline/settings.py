@@ -45,6 +45,10 @@ ENV_VARS: dict[str, tuple[bool, str]] = {
     "WEBHOOK_STAGING_DIR": (False, f"directory where signed webhooks are staged (default {DEFAULT_WEBHOOK_STAGING_DIR})"),
     "COUPA_D365_MAPPING_FILE": (False, "YAML mapping Coupa charts/suppliers/items to D365 (default: the bundled example)"),
     "COUPA_MAX_REQUESTS_PER_SECOND": (False, "client-side Coupa rate limit (default 20; Coupa allows 25/s)"),
+    "COUPA_SUPPLIER_OVERLAP_MINUTES": (False, "incremental supplier reads start this many minutes before the "
+                                              "watermark (default 60)"),
+    "STATUS_READ_OVERLAP_MINUTES": (False, "D365 status reads start this many minutes before each watermark, "
+                                           "for postings committed late by long transactions (default 240)"),
     "COUPA_TOKEN_WARMUP_SECONDS": (False, "wait between minting a Coupa token and first use (default 5, as Coupa asks)"),
 }
 

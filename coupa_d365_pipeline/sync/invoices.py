@@ -363,12 +363,7 @@ class InvoiceSync(DocumentSync):
         posted = row.state in (POSTED, CHANGED_AFTER_POST, VOID_BLOCKED) or (
             row.state in (WRITTEN, WRITING, MISSING_IN_D365) and self._find_posted_for_row(row, None) is not None)
         if posted:
-            reason = ("voided in Coupa after D365 posted it; posted invoices are never modified — reverse it in "
-                      "D365 with a credit note")
-            self._alert_once(row, reason, invoice)
-            s.ledger.update(row, run, release=True, state=VOID_BLOCKED, problem=None, coupa_hash=coupa_hash,
-                            reason=reason, alerted_reason=reason)
-            return Outcome(DOC, coupa_id, "void_blocked_posted", number, le or row.legal_entity, reason)
+            return self._void_blocked(row, invoice, coupa_hash)
         if row.state in (WRITTEN, WRITING) and le and ref:
             if s.d365.delete(HEADER_SET, {"dataAreaId": le, "HeaderReference": ref}):
                 s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=coupa_id, action="delete", entity=HEADER_SET,
@@ -378,6 +373,9 @@ class InvoiceSync(DocumentSync):
                 s.notifier.success(DOC, coupa_id, f"Voided in Coupa: pending D365 invoice {ref} ({le}) removed",
                                    code="D365-VOIDED", document_status="voided")
                 return Outcome(DOC, coupa_id, "voided", number, le, f"removed pending {ref}")
+            # 404: gone since our lookup — AP may have posted it in between; look again
+            if self._find_posted_for_row(row, None) is not None:
+                return self._void_blocked(row, invoice, coupa_hash)
         gone = row.state in (WRITTEN, MISSING_IN_D365)
         reason = ("voided in Coupa; the pending D365 invoice was already gone" if gone
                   else "voided in Coupa before it was booked")
@@ -386,6 +384,15 @@ class InvoiceSync(DocumentSync):
                                            "Voided in Coupa before it was booked in D365; nothing to remove"),
                            code="D365-VOIDED", document_status="voided")
         return Outcome(DOC, coupa_id, "voided", number, row.legal_entity, "already gone" if gone else "never booked")
+
+    def _void_blocked(self, row: LedgerRow, invoice: dict[str, Any], coupa_hash: str) -> Outcome:
+        reason = ("voided in Coupa after D365 posted it; posted invoices are never modified — reverse it in "
+                  "D365 with a credit note")
+        self._alert_once(row, reason, invoice)
+        self.s.ledger.update(row, self.s.run_id, release=True, state=VOID_BLOCKED, problem=None,
+                             coupa_hash=coupa_hash, reason=reason, alerted_reason=reason)
+        return Outcome(DOC, int(invoice["id"]), "void_blocked_posted", str(invoice.get("invoice-number") or ""),
+                       (row.d365_key or {}).get("dataAreaId") or row.legal_entity, reason)
 
     def _quarantine(self, row: LedgerRow, document: dict[str, Any], reason: str, coupa_hash: str,
                     legal_entity: str | None = None) -> Outcome:

@@ -302,3 +302,27 @@ def test_duplicate_key_answer_adopts_our_own_header_and_completes_it(services, s
     assert create["http_status"] >= 400 and "already exists" in create["error"]
     assert sum(h["action"] == "complete_line" for h in history) == len(invoice["invoice-lines"])
     assert services.ledger.get("invoice", invoice["id"]).state == WRITTEN
+
+
+class _PostsBeforeDelete:
+    """The real D365 client, while an AP user posts the invoice between our posted-lookup and our DELETE."""
+
+    def __init__(self, inner, sandboxes, header) -> None:
+        self._inner, self._sandboxes, self._header = inner, sandboxes, header
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def delete(self, entity_set, key):
+        self._sandboxes.d365.state.post_invoice(self._header["dataAreaId"], self._header["HeaderReference"])
+        return self._inner.delete(entity_set, key)
+
+
+def test_invoice_posted_between_the_lookup_and_the_delete_is_void_blocked_not_voided(services, sandboxes):
+    invoice, header = book(services, sandboxes)
+    sandboxes.coupa.state.touch("invoices", invoice["id"], status="voided")
+    racing = as_run(services, "run-2", d365=_PostsBeforeDelete(services.d365, sandboxes, header))
+    outcome = sync_invoice(racing, invoice["id"])
+    assert outcome.action == "void_blocked_posted", outcome
+    assert services.ledger.get("invoice", invoice["id"]).state == "void_blocked_posted"
+    assert posted_journal(sandboxes, InvoiceId=invoice["invoice-number"])
