@@ -29,7 +29,7 @@ import random
 import re
 import threading
 import time
-from dataclasses import dataclass, field, asdict
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Literal, TypeVar
 
 FaultKind = Literal["429", "5xx", "drop_before", "drop_after", "latency", "hold"]

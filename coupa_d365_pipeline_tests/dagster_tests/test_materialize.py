@@ -27,7 +27,8 @@ def test_master_data_and_check(sandbox_env, sandboxes):
         again = dg.materialize([coupa_suppliers], resources=build_resources(), instance=instance)
         meta = again.get_asset_materialization_events()[0].event_specific_data.materialization.metadata
         # the touched supplier, plus the one record sitting exactly on the watermark (updated-at[gt_or_eq])
-        assert (meta["fetched"].value, meta["changed"].value, meta["unchanged"].value, meta["new"].value) == (2, 1, 1, 0)
+        counts = {name: meta[name].value for name in ("fetched", "changed", "unchanged", "new")}
+        assert counts == {"fetched": 2, "changed": 1, "unchanged": 1, "new": 0}
 
 
 def test_wrong_default_legal_entity_fails_the_check(sandbox_env, monkeypatch):
