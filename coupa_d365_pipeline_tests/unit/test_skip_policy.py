@@ -22,7 +22,7 @@ def test_expected_failure():
 
 
 def run_pytest(directory: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"} | {"PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:randomly",
                            "-q", *args, "test_sample.py"],
                           cwd=directory, env=env, capture_output=True, text=True, timeout=120)
