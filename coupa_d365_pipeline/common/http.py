@@ -78,15 +78,21 @@ class RetryPolicy:
 
 
 class RateLimiter:
-    """Token bucket shared by all threads using one client: at most ``rate`` requests per second."""
+    """Token bucket shared by all threads using one client: at most ``rate`` requests per second.
 
-    def __init__(self, rate_per_s: float, burst: int | None = None) -> None:
+    ``monotonic`` and ``sleep`` are injectable together (a fake clock whose sleep advances it)."""
+
+    def __init__(self, rate_per_s: float, burst: int | None = None, *,
+                 monotonic: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         if rate_per_s <= 0:
             raise ValueError("rate_per_s must be positive")
         self.rate = rate_per_s
         self.capacity = float(burst if burst is not None else max(1, int(rate_per_s)))
+        self._monotonic = monotonic
+        self._sleep = sleep
         self._tokens = self.capacity
-        self._updated = time.monotonic()
+        self._updated = monotonic()
         self._lock = threading.Lock()
 
     def acquire(self) -> float:
@@ -94,14 +100,14 @@ class RateLimiter:
         waited = 0.0
         while True:
             with self._lock:
-                now = time.monotonic()
+                now = self._monotonic()
                 self._tokens = min(self.capacity, self._tokens + (now - self._updated) * self.rate)
                 self._updated = now
-                if self._tokens >= 1.0:
-                    self._tokens -= 1.0
+                if self._tokens >= 1.0 - 1e-9:  # tolerance: float rounding must not cause a 1e-17 s wait
+                    self._tokens = max(0.0, self._tokens - 1.0)
                     return waited
                 delay = (1.0 - self._tokens) / self.rate
-            time.sleep(delay)
+            self._sleep(delay)
             waited += delay
 
 
@@ -121,17 +127,21 @@ class _WaitRetryAfter(tenacity.wait.wait_base):
 
 
 class RetryingSender:
-    """Sends requests built by a callable, retrying per the module rules."""
+    """Sends requests built by a callable, retrying per the module rules.
+
+    ``sleep`` waits between attempts; ``now`` (epoch seconds) turns an HTTP-date ``Retry-After`` into
+    a wait. Both are injectable so tests can assert the exact waits without waiting."""
 
     def __init__(self, http: httpx.Client, policy: RetryPolicy, logger: logging.Logger,
                  system: str, rate_limiter: RateLimiter | None = None,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep, now: Callable[[], float] = time.time) -> None:
         self.http = http
         self.policy = policy
         self.logger = logger
         self.system = system
         self.rate_limiter = rate_limiter
         self.sleep = sleep
+        self.now = now
         self.request_count = 0
         self.retry_wait_s = 0.0
         self._count_lock = threading.Lock()
@@ -187,7 +197,7 @@ class RetryingSender:
                 f"{self.system}: {target} failed after it was sent ({type(exc).__name__}); "
                 "the server may or may not have applied it") from None
         if response.status_code == 429:
-            retry_after = parse_retry_after(response.headers.get("retry-after"))
+            retry_after = parse_retry_after(response.headers.get("retry-after"), now=self.now())
             if retry_after is not None and retry_after > self.policy.max_retry_after_s:
                 raise RetriesExhaustedError(
                     f"{self.system}: {target} throttled with Retry-After {retry_after:.0f} s, above the "
@@ -203,7 +213,7 @@ class RetryingSender:
             response.close()
             if safe:
                 raise _Retryable(f"{target} answered HTTP {response.status_code}", status=response.status_code,
-                                 retry_after_s=parse_retry_after(response.headers.get("retry-after")))
+                                 retry_after_s=parse_retry_after(response.headers.get("retry-after"), now=self.now()))
             raise AmbiguousWriteError(
                 f"{self.system}: {target} answered HTTP {response.status_code}; the write may or may not "
                 "have been applied")

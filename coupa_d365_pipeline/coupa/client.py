@@ -10,6 +10,8 @@
   read twice (the offset pitfall in coupa-api.md §3.3).
 - A client-side limiter spaces calls evenly at <= 20 requests/s (Coupa: 25/s, burst 20).
 - Retries and Retry-After handling come from :mod:`coupa_d365_pipeline.common.http`.
+- ``clock`` (epoch seconds) decides token renewal and warm-up and dates an HTTP-date Retry-After;
+  ``sleep`` does the waiting. Both are injectable so tests need no wall-clock waits.
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ class CoupaClient:
         http: httpx.Client | None = None,
         logger: logging.Logger | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.time,
+        rate_limiter: RateLimiter | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.client_id = client_id
@@ -67,11 +71,12 @@ class CoupaClient:
         self._owns_http = http is None
         self.http = http or httpx.Client(timeout=httpx.Timeout(timeout_s, connect=10.0))
         self._sleep = sleep
+        self._clock = clock
+        # capacity 1: calls are spaced evenly, so no 1-second window ever holds more than
+        # max_requests_per_second of them
+        limiter = rate_limiter or RateLimiter(max_requests_per_second, burst=1)
         self.sender = RetryingSender(self.http, retry_policy or RetryPolicy(), self.logger, "Coupa",
-                                     # capacity 1: calls are spaced evenly, so no 1-second window
-                                     # ever holds more than max_requests_per_second of them
-                                     rate_limiter=RateLimiter(max_requests_per_second, burst=1),
-                                     sleep=sleep)
+                                     rate_limiter=limiter, sleep=sleep, now=clock)
         self._token: str | None = None
         self._token_renew_at = 0.0
         self._token_minted_at = 0.0
@@ -104,10 +109,9 @@ class CoupaClient:
         self._token = None
 
     def _access_token(self) -> str:
-        now = time.time()
-        if self._token is None or now >= self._token_renew_at:
+        if self._token is None or self._clock() >= self._token_renew_at:
             self._mint_token()
-        age = time.time() - self._token_minted_at
+        age = self._clock() - self._token_minted_at
         if age < self.token_warmup_s:  # Coupa: leave >= 5 s between minting and first use
             self._sleep(self.token_warmup_s - age)
         assert self._token is not None
@@ -137,7 +141,7 @@ class CoupaClient:
         lifetime = float(payload.get("expires_in") or 86399)
         register_secret(token)
         self._token = token
-        self._token_minted_at = time.time()
+        self._token_minted_at = self._clock()
         self._token_renew_at = self._token_minted_at + min(lifetime * 5 / 6, max(lifetime - 60, 1.0))
         self.tokens_minted += 1
         self.logger.info("Coupa: minted an access token (expires in %.0f s)", lifetime)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Callable
 
 from ..common.http import HTTPClientError, RetryingSender
 from ..common.redact import register_secret
@@ -31,8 +32,11 @@ _HINTS = {
 
 
 class EntraTokenProvider:
+    """``clock`` (epoch seconds) decides when the cached token is renewed; injectable for tests."""
+
     def __init__(self, *, authority_url: str, tenant_id: str, client_id: str, client_secret: str,
-                 resource: str, sender: RetryingSender, logger: logging.Logger | None = None) -> None:
+                 resource: str, sender: RetryingSender, logger: logging.Logger | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.token_url = f"{authority_url.rstrip('/')}/{tenant_id}/oauth2/v2.0/token"
         self.client_id = client_id
         self._client_secret = client_secret
@@ -40,6 +44,7 @@ class EntraTokenProvider:
         self.scope = f"{resource.rstrip('/')}/.default"
         self.sender = sender
         self.logger = logger or logging.getLogger("coupa_d365_pipeline.d365")
+        self.clock = clock
         self._token: str | None = None
         self._renew_at = 0.0
         self._lock = threading.Lock()
@@ -47,7 +52,7 @@ class EntraTokenProvider:
 
     def token(self) -> str:
         with self._lock:
-            if self._token is None or time.time() >= self._renew_at:
+            if self._token is None or self.clock() >= self._renew_at:
                 self._mint()
             assert self._token is not None
             return self._token
@@ -76,7 +81,7 @@ class EntraTokenProvider:
         lifetime = float(payload.get("expires_in") or 3599)
         self._token = str(payload["access_token"])
         register_secret(self._token)
-        now = time.time()
+        now = self.clock()
         self._renew_at = now + min(max(lifetime - 120, lifetime * 5 / 6), lifetime)
         self.tokens_minted += 1
         self.logger.info("D365: minted an Entra token for %s (expires in %.0f s)", self.scope, lifetime)

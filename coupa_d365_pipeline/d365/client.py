@@ -16,6 +16,7 @@ Rules this client enforces for every call:
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -97,16 +98,19 @@ class D365Client:
         http: httpx.Client | None = None,
         logger: logging.Logger | None = None,
         sleep: Callable[[float], None] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        """``sleep`` waits between retries; ``clock`` (epoch seconds) decides Entra token renewal and
+        dates an HTTP-date Retry-After. Both are injectable so tests need no wall-clock waits."""
         self.base_url = base_url.rstrip("/")
         self.logger = logger or logging.getLogger("coupa_d365_pipeline.d365")
         self._owns_http = http is None
         self.http = http or httpx.Client(timeout=httpx.Timeout(timeout_s, connect=10.0))
-        kwargs = {"sleep": sleep} if sleep else {}
-        self.sender = RetryingSender(self.http, retry_policy or RetryPolicy(), self.logger, "D365", **kwargs)
+        self.sender = RetryingSender(self.http, retry_policy or RetryPolicy(), self.logger, "D365",
+                                     sleep=sleep or time.sleep, now=clock)
         self.auth = EntraTokenProvider(authority_url=authority_url, tenant_id=tenant_id, client_id=client_id,
                                        client_secret=client_secret, resource=self.base_url, sender=self.sender,
-                                       logger=self.logger)
+                                       logger=self.logger, clock=clock)
 
     def close(self) -> None:
         if self._owns_http:

@@ -10,20 +10,32 @@ Faults come from two sources:
 - ``FaultConfig`` rates, drawn from ``random.Random(seed)`` so a run is reproducible;
 - scripted faults (``FaultInjector.script``), consumed in order by matching requests, for tests
   that need one exact failure ("the next POST to /data/VendorInvoiceHeaders drops after commit").
+  ``after=N`` lets the first N matching requests through first. A ``hold`` fault parks the request
+  (already in the log, not yet run) until ``ScriptedFault.release()``: a rendezvous for tests that
+  must act while a write is under way, e.g. kill the client, then let the write land.
+
+Every logged request says which fault it got in ``LoggedRequest.injected`` (``"429"``, ``"5xx"``,
+``"drop_before"``, ``"drop_after"``, ``"latency"`` for a scripted delay, ``"hold"``; None when the
+request was not faulted — a config-wide latency is not a fault), so a test can prove its faults fired.
+``Retry-After`` is sent as delta-seconds or, with ``retry_after_format="http-date"``, as an HTTP-date
+computed from ``FaultInjector.clock``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import random
 import re
 import threading
 import time
-from dataclasses import dataclass, field, asdict
-from typing import Any, Literal
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Literal, TypeVar
 
-FaultKind = Literal["429", "5xx", "drop_before", "drop_after", "latency"]
+FaultKind = Literal["429", "5xx", "drop_before", "drop_after", "latency", "hold"]
+RetryAfterFormat = Literal["seconds", "http-date"]
 CONTROL_PREFIX = "/_sandbox/"
+T = TypeVar("T")
 
 
 @dataclass
@@ -33,6 +45,7 @@ class FaultConfig:
     seed: int = 0
     rate_429: float = 0.0
     retry_after_s: int = 1
+    retry_after_format: RetryAfterFormat = "seconds"
     rate_5xx: float = 0.0
     status_5xx: int = 503
     rate_drop: float = 0.0
@@ -52,6 +65,14 @@ class ScriptedFault:
     retry_after_s: int = 1
     status: int = 503
     delay_ms: float = 0.0
+    after: int = 0                      # let this many matching requests through before firing
+    retry_after_format: RetryAfterFormat = "seconds"
+    max_hold_s: float = 300.0           # a "hold" releases itself after this long (a safety net)
+    _released: threading.Event = field(default_factory=threading.Event, init=False, repr=False, compare=False)
+
+    def release(self) -> None:
+        """Let the requests parked by this ``hold`` fault (and any later ones) go on."""
+        self._released.set()
 
     def matches(self, method: str, path: str) -> bool:
         if self.method and self.method.upper() != method.upper():
@@ -67,50 +88,72 @@ class FaultDecision:
     retry_after_s: int = 1
     status: int = 503
     delay_ms: float = 0.0
+    retry_after_format: RetryAfterFormat = "seconds"
+    hold: ScriptedFault | None = None
 
 
 class FaultInjector:
-    """Thread-safe source of fault decisions."""
+    """Thread-safe source of fault decisions. ``clock`` dates HTTP-date ``Retry-After`` headers."""
 
-    def __init__(self, config: FaultConfig | None = None) -> None:
+    def __init__(self, config: FaultConfig | None = None, clock: Callable[[], float] = time.time) -> None:
         self._lock = threading.Lock()
+        self.clock = clock
         self.configure(config or FaultConfig())
         self._scripted: list[ScriptedFault] = []
+        self._holds: list[ScriptedFault] = []
 
     def configure(self, config: FaultConfig) -> None:
         with self._lock:
             self.config = config
             self._rng = random.Random(config.seed)
 
-    def script(self, fault: ScriptedFault) -> None:
+    def script(self, fault: ScriptedFault) -> ScriptedFault:
         with self._lock:
             self._scripted.append(fault)
+            if fault.kind == "hold":
+                self._holds.append(fault)
+        return fault
+
+    def pending(self) -> list[ScriptedFault]:
+        """Scripted faults that have not fired (or not fired every time) yet."""
+        with self._lock:
+            return list(self._scripted)
 
     def clear(self) -> None:
+        """Forget scripted faults and rates; release every request a ``hold`` parked."""
         with self._lock:
             self._scripted.clear()
+            for hold in self._holds:
+                hold.release()
+            self._holds.clear()
             self.config = FaultConfig(seed=self.config.seed)
             self._rng = random.Random(self.config.seed)
 
     def decide(self, method: str, path: str) -> tuple[float, FaultDecision | None]:
-        """Return (added latency in ms, fault or None) for one request."""
+        """Return (added latency in ms, fault or None) for one request.
+
+        A scripted ``latency`` comes back as a ``FaultDecision`` with ``delay_ms`` (the request then
+        runs normally); every other kind replaces or interrupts the normal answer."""
         with self._lock:
             for fault in self._scripted:
                 if fault.times > 0 and fault.matches(method, path):
+                    if fault.after > 0:
+                        fault.after -= 1
+                        continue
                     fault.times -= 1
                     if fault.times == 0:
                         self._scripted.remove(fault)
-                    decision = FaultDecision(fault.kind, fault.retry_after_s, fault.status, fault.delay_ms)
-                    if fault.kind == "latency":
-                        return fault.delay_ms, None
-                    return 0.0, decision
+                    decision = FaultDecision(fault.kind, fault.retry_after_s, fault.status, fault.delay_ms,
+                                             fault.retry_after_format, fault if fault.kind == "hold" else None)
+                    return (fault.delay_ms if fault.kind == "latency" else 0.0), decision
             cfg = self.config
             latency = cfg.latency_ms
             if cfg.latency_jitter_ms:
                 latency += self._rng.uniform(0, cfg.latency_jitter_ms)
             roll = self._rng.random()
             if roll < cfg.rate_429:
-                return latency, FaultDecision("429", retry_after_s=cfg.retry_after_s)
+                return latency, FaultDecision("429", retry_after_s=cfg.retry_after_s,
+                                              retry_after_format=cfg.retry_after_format)
             roll -= cfg.rate_429
             if roll < cfg.rate_5xx:
                 return latency, FaultDecision("5xx", status=cfg.status_5xx)
@@ -129,37 +172,66 @@ class LoggedRequest:
     query: str
     headers: dict[str, str]
     body: str
-    status: int | None = None
-    fault: str | None = None
+    status: int | None = None           # None while the request is still being handled; -1 = dropped
+    fault: str | None = None            # fault that changed the answer ("drop_after(status=201)" ...)
+    injected: str | None = None         # kind of every injected fault, delays and holds included
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-@dataclass
 class RequestLog:
-    """Every API request the sandbox saw, in arrival order (thread-safe)."""
+    """Every API request the sandbox saw, in arrival order (thread-safe).
 
-    entries: list[LoggedRequest] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    An entry is added when the request arrives (before any injected delay or hold) and completed
+    with its status when the answer starts; ``wait_for`` lets a test block until the log shows
+    what it needs instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.entries: list[LoggedRequest] = []
+        self._seq = 0
+        self._changed = threading.Condition()
 
     def add(self, entry: LoggedRequest) -> None:
-        with self._lock:
-            self._seq = getattr(self, "_seq", 0) + 1
+        with self._changed:
+            self._seq += 1
             entry.seq = self._seq  # keeps counting across clear(), so "everything after seq N" works
             self.entries.append(entry)
+            self._changed.notify_all()
+
+    def set_status(self, entry: LoggedRequest, status: int, fault: str | None = None) -> None:
+        with self._changed:
+            entry.status = status
+            if fault is not None:
+                entry.fault = fault
+            self._changed.notify_all()
 
     def next_seq(self) -> int:
-        with self._lock:
-            return len(self.entries) + 1
+        with self._changed:
+            return self._seq + 1
 
     def snapshot(self) -> list[LoggedRequest]:
-        with self._lock:
+        with self._changed:
             return list(self.entries)
 
     def clear(self) -> None:
-        with self._lock:
+        with self._changed:
             self.entries.clear()
+            self._changed.notify_all()
+
+    def wait_for(self, predicate: Callable[[list[LoggedRequest]], T], timeout_s: float) -> T:
+        """Block until ``predicate(entries)`` is truthy and return its value; TimeoutError after
+        ``timeout_s`` (a guard against a hung test, not a timing assumption)."""
+        with self._changed:
+            result = predicate(list(self.entries))
+            deadline = time.monotonic() + timeout_s
+            while not result:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"the request log did not reach the awaited state in {timeout_s:g} s")
+                self._changed.wait(remaining)
+                result = predicate(list(self.entries))
+            return result
 
 
 class _ClientDisconnect(Exception):
@@ -199,40 +271,54 @@ class FaultMiddleware:
             body=body.decode("utf-8", errors="replace"),
         )
         latency_ms, fault = self.injector.decide(scope["method"], scope["path"])
+        answer_fault = fault if fault and fault.kind not in ("latency", "hold") else None
+        entry.injected = fault.kind if fault else None
+        entry.fault = answer_fault.kind if answer_fault else None
+        self.log.add(entry)
         if latency_ms > 0:
             await asyncio.sleep(latency_ms / 1000.0)
-        entry.fault = fault.kind if fault else None
-        self.log.add(entry)
+        if fault and fault.hold is not None:
+            await _wait_released(fault.hold)
 
-        if fault and fault.kind == "429":
-            entry.status = 429
+        if answer_fault and answer_fault.kind == "429":
+            self.log.set_status(entry, 429)
             await _send_simple(send, 429, b'{"error":"Too Many Requests"}',
-                               [(b"retry-after", str(fault.retry_after_s).encode())])
+                               [(b"retry-after", self._retry_after(answer_fault).encode())])
             return
-        if fault and fault.kind == "5xx":
-            entry.status = fault.status
-            await _send_simple(send, fault.status, b"<html><body>Service Unavailable</body></html>",
+        if answer_fault and answer_fault.kind == "5xx":
+            self.log.set_status(entry, answer_fault.status)
+            await _send_simple(send, answer_fault.status, b"<html><body>Service Unavailable</body></html>",
                                [(b"content-type", b"text/html")])
             return
-        if fault and fault.kind == "drop_before":
-            entry.status = -1
+        if answer_fault and answer_fault.kind == "drop_before":
+            self.log.set_status(entry, -1)
             await _abort(send)
             return
 
-        captured: list[dict] = []
+        drop_after = answer_fault is not None and answer_fault.kind == "drop_after"
 
         async def capture_send(message: dict) -> None:
             if message["type"] == "http.response.start":
-                entry.status = message["status"]
-            if fault and fault.kind == "drop_after":
-                captured.append(message)
+                self.log.set_status(entry, message["status"],
+                                    fault=f"drop_after(status={message['status']})" if drop_after else None)
+            if drop_after:
                 return
             await send(message)
 
         await self.app(scope, replay_receive, capture_send)
-        if fault and fault.kind == "drop_after":
-            entry.fault = f"drop_after(status={entry.status})"
+        if drop_after:
             await _abort(send)
+
+    def _retry_after(self, fault: FaultDecision) -> str:
+        if fault.retry_after_format == "http-date":
+            return email.utils.formatdate(self.injector.clock() + fault.retry_after_s, usegmt=True)
+        return str(fault.retry_after_s)
+
+
+async def _wait_released(hold: ScriptedFault) -> None:
+    deadline = time.monotonic() + hold.max_hold_s
+    while not hold._released.is_set() and time.monotonic() < deadline:
+        await asyncio.sleep(0.005)
 
 
 async def _send_simple(send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:

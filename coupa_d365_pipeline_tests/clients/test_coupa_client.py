@@ -1,18 +1,24 @@
 """CoupaClient against the Coupa sandbox over real HTTP."""
 
-import time
 from urllib.parse import parse_qs
 
+import httpx
 import pytest
 
+from coupa_d365_pipeline.common.http import RateLimiter
 from coupa_d365_pipeline.coupa.client import CoupaAuthError, CoupaClient, CoupaError
 from coupa_d365_pipeline.coupa.models import Invoice, Supplier
 from coupa_d365_pipeline.sandbox.faults import ScriptedFault
+from coupa_d365_pipeline_tests.clients.fake_time import FakeClock
 from coupa_d365_pipeline_tests.conftest import make_coupa_client
 
 
 def api_entries(sandboxes):
-    return [e for e in sandboxes.coupa.log.snapshot()]
+    return sandboxes.coupa.log.snapshot()
+
+
+def bearer(entry) -> str:
+    return entry.headers["authorization"].removeprefix("Bearer ")
 
 
 def test_reads_every_invoice_once_and_parses_models(sandboxes, coupa_client):
@@ -85,7 +91,12 @@ def test_every_request_carries_pinned_version_header_and_json_headers(sandboxes,
                                                                    "response-message": "unknown vendor"}]},
                                                    alert=True)
     entries = api_entries(sandboxes)
-    assert len(entries) >= 8
+    # token, invoices page, GET invoice, PUT exported, PO page, PUT exported, PUT payment fields, 2 history POSTs
+    assert [(e.method, e.path) for e in entries] == [
+        ("POST", "/oauth2/token"), ("GET", "/api/invoices"), ("GET", f"/api/invoices/{invoice['id']}"),
+        ("PUT", f"/api/invoices/{invoice['id']}"), ("GET", "/api/purchase_orders"),
+        ("PUT", f"/api/purchase_orders/{po['id']}"), ("PUT", f"/api/invoices/{invoice['id']}"),
+        ("POST", "/api/integration_history_records"), ("POST", "/api/integration_history_records/create_alert")]
     assert all(e.headers.get("x-coupa-api-version") == "R39" for e in entries), \
         [e.path for e in entries if e.headers.get("x-coupa-api-version") != "R39"]
     assert all(e.headers.get("accept") == "application/json" for e in entries)
@@ -95,14 +106,36 @@ def test_every_request_carries_pinned_version_header_and_json_headers(sandboxes,
     assert len(put) == 2 and all(e.body in ("", "null") for e in put)
 
 
-def test_token_renewed_before_expiry(sandboxes, seed_data):
-    sandboxes.coupa.config.token_lifetime_s = 2
-    with make_coupa_client(sandboxes) as client:
-        list(client.iter_records("suppliers"))
-        time.sleep(1.8)  # past 5/6 of the 2 s lifetime
-        list(client.iter_records("suppliers"))
+def test_token_renewed_at_five_sixths_of_its_lifetime_by_the_client_clock(sandboxes):
+    clock = FakeClock()
+    lifetime = sandboxes.coupa.config.token_lifetime_s
+    assert lifetime == 86399  # Coupa's 24 h token: renewed after 20 h
+    with make_coupa_client(sandboxes, clock=clock) as client:
+        client.request("GET", "/api/suppliers", params={"limit": 1})
+        clock.set(clock.now + lifetime * 5 / 6 - 1)
+        client.request("GET", "/api/suppliers", params={"limit": 1})
+        assert client.tokens_minted == 1
+        clock.advance(1)
+        client.request("GET", "/api/suppliers", params={"limit": 1})
         assert client.tokens_minted == 2
-    assert not [e for e in api_entries(sandboxes) if e.status == 401]
+    entries = api_entries(sandboxes)
+    assert [(e.path, e.status) for e in entries] == [("/oauth2/token", 200), ("/api/suppliers", 200),
+                                                     ("/api/suppliers", 200), ("/oauth2/token", 200),
+                                                     ("/api/suppliers", 200)]
+    assert bearer(entries[1]) == bearer(entries[2]) != bearer(entries[4])  # the renewed token is the one used
+
+
+def test_token_warmup_waits_once_per_new_token(sandboxes):
+    clock = FakeClock()
+    with make_coupa_client(sandboxes, clock=clock, sleep=clock.sleep, token_warmup_s=5.0) as client:
+        for _ in range(3):
+            client.request("GET", "/api/suppliers", params={"limit": 1})
+        assert clock.sleeps == [5.0]  # Coupa: >= 5 s between minting and first use, then no more waits
+        client.invalidate_token()
+        clock.advance(2.0)
+        client.request("GET", "/api/suppliers", params={"limit": 1})
+        assert clock.sleeps == [5.0, 5.0]
+        assert client.tokens_minted == 2
 
 
 def test_token_renewed_once_on_401(sandboxes, coupa_client):
@@ -125,33 +158,60 @@ def test_bad_secret_and_bad_scope_fail_clearly(sandboxes):
             client.ping()
 
 
-def test_429_retry_after_is_waited(sandboxes, coupa_client):
+def test_429_waits_exactly_retry_after_seconds(sandboxes):
     sandboxes.coupa.injector.script(ScriptedFault(kind="429", method="GET", path_regex="^/api/suppliers$",
                                                   retry_after_s=2))
-    started = time.monotonic()
-    suppliers = list(coupa_client.iter_records("suppliers"))
+    sleeps: list[float] = []
+    with make_coupa_client(sandboxes, sleep=sleeps.append) as client:
+        suppliers = list(client.iter_records("suppliers"))
     assert len(suppliers) == len(sandboxes.seed.coupa_suppliers)
+    assert sleeps == [2.0]
     entries = [e for e in api_entries(sandboxes) if e.path == "/api/suppliers"]
-    assert entries[0].status == 429 and entries[1].status == 200
-    assert entries[1].time - entries[0].time >= 2.0
-    assert time.monotonic() - started >= 2.0
+    assert [(e.status, e.injected) for e in entries] == [(429, "429"), (200, None), (200, None)]
+    assert entries[0].query == entries[1].query  # the same page again, not the next one
 
 
-def test_5xx_and_dropped_reads_are_retried(sandboxes, coupa_client):
+def test_429_waits_exactly_until_an_http_date_retry_after(sandboxes):
+    clock = FakeClock()
+    sandboxes.coupa.injector.clock = clock  # the sandbox dates Retry-After with the same clock
+    sandboxes.coupa.injector.script(ScriptedFault(kind="429", method="GET", path_regex="^/api/suppliers$",
+                                                  retry_after_s=7, retry_after_format="http-date"))
+    with make_coupa_client(sandboxes, clock=clock, sleep=clock.sleep) as client:
+        assert len(list(client.iter_records("suppliers"))) == len(sandboxes.seed.coupa_suppliers)
+    assert clock.sleeps == [7.0]
+    assert [e.injected for e in api_entries(sandboxes) if e.path == "/api/suppliers"] == ["429", None, None]
+
+
+def test_5xx_and_dropped_reads_are_retried(sandboxes):
     sandboxes.coupa.injector.script(ScriptedFault(kind="5xx", method="GET", status=503))
     sandboxes.coupa.injector.script(ScriptedFault(kind="drop_after", method="GET"))
-    assert len(list(coupa_client.iter_records("suppliers"))) == len(sandboxes.seed.coupa_suppliers)
+    sleeps: list[float] = []
+    with make_coupa_client(sandboxes, sleep=sleeps.append) as client:
+        assert len(list(client.iter_records("suppliers"))) == len(sandboxes.seed.coupa_suppliers)
+    entries = [e for e in api_entries(sandboxes) if e.path == "/api/suppliers"]
+    assert [(e.status, e.injected) for e in entries] == [(503, "5xx"), (200, "drop_after"), (200, None),
+                                                         (200, None)]
+    assert entries[0].query == entries[1].query == entries[2].query
+    assert sandboxes.coupa.injector.pending() == []
+    # exponential backoff with jitter: attempt n waits 0.5 * 2**(n-1) s times a factor in [0.5, 1]
+    assert len(sleeps) == 2 and 0.25 <= sleeps[0] <= 0.5 and 0.5 <= sleeps[1] <= 1.0
 
 
-def test_client_rate_limit_at_most_20_per_second(sandboxes):
-    with make_coupa_client(sandboxes, max_requests_per_second=20) as client:
+def test_every_request_goes_through_the_rate_limiter_spaced_evenly(sandboxes):
+    monotonic = FakeClock(start=0.0)
+    sent_at: list[float] = []
+    http = httpx.Client(timeout=10, event_hooks={"request": [lambda request: sent_at.append(monotonic())]})
+    limiter = RateLimiter(20, burst=1, monotonic=monotonic, sleep=monotonic.sleep)
+    with make_coupa_client(sandboxes, http=http, rate_limiter=limiter) as client:
         client.ping()
         for _ in range(45):
             client.request("GET", "/api/suppliers", params={"limit": 1})
-    times = sorted(e.time for e in api_entries(sandboxes))
-    # no 1-second window holds more than 20 requests (+1 for a request exactly on the window edge)
-    worst = max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
-    assert worst <= 21
+    http.close()
+    assert len(sent_at) == len(api_entries(sandboxes)) == 47  # token + ping read + 45 reads
+    assert all(later - earlier == pytest.approx(0.05) for earlier, later in zip(sent_at, sent_at[1:]))
+    assert all(sent_at[i + 20] - sent_at[i] >= 1.0 - 1e-9 for i in range(len(sent_at) - 20))  # <= 20 per second
+    with make_coupa_client(sandboxes) as default:  # the production default: 20/s, no burst
+        assert (default.sender.rate_limiter.rate, default.sender.rate_limiter.capacity) == (20.0, 1.0)
 
 
 def test_api_errors_are_explained(sandboxes, coupa_client):

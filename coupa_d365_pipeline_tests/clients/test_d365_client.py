@@ -1,8 +1,8 @@
 """D365Client against the D365 sandbox over real HTTP."""
 
 import json
+import math
 import re
-import time
 from urllib.parse import parse_qs, unquote
 
 import httpx
@@ -14,6 +14,7 @@ from coupa_d365_pipeline.d365.batch import BatchOperation, Changeset
 from coupa_d365_pipeline.d365.client import D365Client, D365Error
 from coupa_d365_pipeline.d365.schema import entity_set
 from coupa_d365_pipeline.sandbox.faults import ScriptedFault
+from coupa_d365_pipeline_tests.clients.fake_time import FakeClock
 from coupa_d365_pipeline_tests.conftest import make_d365_client
 
 
@@ -137,18 +138,29 @@ def test_foreign_key_failures_carry_the_infolog(sandboxes, d365_client):
     assert err.value.is_validation and "NO-SUCH" in err.value.detail
 
 
-def test_token_renewed_before_expiry_and_once_on_401(sandboxes):
-    sandboxes.d365.config.token_lifetime_s = 2
-    with make_d365_client(sandboxes) as client:
+def test_token_renewed_two_minutes_before_expiry_by_the_client_clock_and_once_on_401(sandboxes):
+    clock = FakeClock()
+    lifetime = sandboxes.d365.config.token_lifetime_s
+    assert lifetime == 3599  # Entra's usual hour: renewed 120 s before it ends
+    with make_d365_client(sandboxes, clock=clock) as client:
         list(client.query("LegalEntities"))
-        time.sleep(1.8)
+        clock.set(clock.now + lifetime - 120 - 1)
+        list(client.query("LegalEntities"))
+        assert client.auth.tokens_minted == 1
+        clock.advance(1)
         list(client.query("LegalEntities"))
         assert client.auth.tokens_minted == 2
         sandboxes.d365.revoke_tokens()
         assert list(client.query("LegalEntities"))
         assert client.auth.tokens_minted == 3
-    statuses = [e.status for e in data_entries(sandboxes)]
-    assert statuses.count(401) == 1 and statuses[-1] == 200
+    entries = sandboxes.d365.log.snapshot()
+    token_path = f"/{sandboxes.env()['D365_TENANT_ID']}/oauth2/v2.0/token"
+    assert [(e.path, e.status) for e in entries] == [
+        (token_path, 200), ("/data/LegalEntities", 200), ("/data/LegalEntities", 200),
+        (token_path, 200), ("/data/LegalEntities", 200),
+        ("/data/LegalEntities", 401), (token_path, 200), ("/data/LegalEntities", 200)]
+    tokens = [e.headers["authorization"] for e in entries if e.path == "/data/LegalEntities"]
+    assert tokens[0] == tokens[1] != tokens[2] == tokens[3] != tokens[4]
 
 
 def test_foreign_audience_token_is_rejected_with_401(sandboxes):
@@ -175,23 +187,45 @@ def test_wrong_secret_and_wrong_scope_fail_clearly(sandboxes):
             client.auth.token()
 
 
-def test_429_waits_retry_after_exactly(sandboxes, d365_client):
+def test_429_waits_retry_after_exactly(sandboxes):
     sandboxes.d365.injector.script(ScriptedFault(kind="429", method="GET", path_regex="^/data/LegalEntities",
                                                  retry_after_s=2))
-    assert list(d365_client.query("LegalEntities"))
+    sleeps: list[float] = []
+    with make_d365_client(sandboxes, sleep=sleeps.append) as client:
+        assert list(client.query("LegalEntities"))
+    assert sleeps == [2.0]
     entries = [e for e in data_entries(sandboxes) if e.path == "/data/LegalEntities"]
-    assert [e.status for e in entries] == [429, 200]
-    assert entries[1].time - entries[0].time >= 2.0
+    assert [(e.status, e.injected) for e in entries] == [(429, "429"), (200, None)]
 
 
-def test_service_protection_budget_429_is_honoured(sandboxes, d365_client):
+def test_429_waits_exactly_until_an_http_date_retry_after(sandboxes):
+    clock = FakeClock()
+    sandboxes.d365.injector.clock = clock  # the sandbox dates Retry-After with the same clock
+    sandboxes.d365.injector.script(ScriptedFault(kind="429", method="GET", path_regex="^/data/LegalEntities",
+                                                 retry_after_s=9, retry_after_format="http-date"))
+    with make_d365_client(sandboxes, clock=clock, sleep=clock.sleep) as client:
+        assert list(client.query("LegalEntities"))
+    assert clock.sleeps == [9.0]
+    assert [e.injected for e in data_entries(sandboxes)] == ["429", None]
+
+
+def test_service_protection_budget_429_is_honoured(sandboxes):
     sandboxes.d365.config.request_budget = 3
-    sandboxes.d365.config.budget_window_s = 1.5
+    sandboxes.d365.config.budget_window_s = 3600  # nothing leaves the window by itself during the test
     sandboxes.d365.config.budget_retry_after_s = 1
-    for _ in range(6):
-        assert list(d365_client.query("LegalEntities", top=1))
-    statuses = [e.status for e in data_entries(sandboxes)]
-    assert 429 in statuses and statuses[-1] == 200
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> None:  # waiting Retry-After lets the sandbox's budget window pass
+        sleeps.append(seconds)
+        sandboxes.d365.reset_budget()
+
+    with make_d365_client(sandboxes, sleep=sleep) as client:
+        for _ in range(6):
+            assert list(client.query("LegalEntities", top=1))
+    entries = data_entries(sandboxes)
+    assert [e.status for e in entries] == [200, 200, 200, 429, 200, 200, 200]
+    assert [e.injected for e in entries] == [None] * 7  # the sandbox's own throttling, not an injected fault
+    assert sleeps == [1.0]
 
 
 def test_ambiguous_post_is_verified_by_lookup_not_duplicated(sandboxes, d365_client):
@@ -209,6 +243,10 @@ def test_ambiguous_post_is_verified_by_lookup_not_duplicated(sandboxes, d365_cli
     assert created["InvoiceNumber"] == "AMB-1"
     stored = [r for r in sandboxes.d365.state.records("VendorInvoiceHeaders") if r["InvoiceNumber"] == "AMB-1"]
     assert len(stored) == 1
+    # the drop fired once, after the sandbox created the header; the lookup found it; no second POST
+    assert [(e.method, e.path, e.status, e.injected) for e in data_entries(sandboxes)] == [
+        ("POST", "/data/VendorInvoiceHeaders", 201, "drop_after"), ("GET", "/data/VendorInvoiceHeaders", 200, None)]
+    mark = sandboxes.d365.log.next_seq()
 
     # A POST dropped *before* the server ran it is sent again after the lookup finds nothing.
     sandboxes.d365.injector.script(ScriptedFault(kind="drop_before", method="POST",
@@ -221,6 +259,10 @@ def test_ambiguous_post_is_verified_by_lookup_not_duplicated(sandboxes, d365_cli
 
     d365_client.create("VendorInvoiceHeaders", header_body(vendor, "AMB-2"), verify=lookup2)
     assert len([r for r in sandboxes.d365.state.records("VendorInvoiceHeaders") if r["InvoiceNumber"] == "AMB-2"]) == 1
+    assert [(e.method, e.path, e.status, e.injected) for e in data_entries(sandboxes) if e.seq >= mark] == [
+        ("POST", "/data/VendorInvoiceHeaders", -1, "drop_before"), ("GET", "/data/VendorInvoiceHeaders", 200, None),
+        ("POST", "/data/VendorInvoiceHeaders", 201, None)]
+    assert sandboxes.d365.injector.pending() == []
 
 
 def test_batch_changeset_atomic_and_every_part_read(sandboxes, d365_client):
@@ -272,5 +314,5 @@ def test_next_link_paging_returns_every_row_once(sandboxes, d365_client):
     rows = list(d365_client.query("ReleasedProductsV2", legal_entity="usmf", select=["ItemNumber"]))
     assert sorted(r["ItemNumber"] for r in rows) == expected
     gets = [e for e in data_entries(sandboxes) if e.path == "/data/ReleasedProductsV2"]
-    assert len(gets) >= len(expected) // 4  # followed @odata.nextLink page by page
+    assert len(gets) == math.ceil(len(expected) / 4)  # followed @odata.nextLink page by page, no extra call
     assert all('cross-company=true' in e.query for e in gets)

@@ -1,5 +1,8 @@
 """Exactly once with real processes: `dagster asset materialize` killed with SIGKILL mid-partition
-and re-run, and two runs of the same partitions at the same time against PostgreSQL."""
+and re-run, and two runs of the same partitions at the same time against PostgreSQL.
+
+No wall-clock races: a scripted ``hold`` fault parks one invoice write inside the D365 sandbox, and
+the test acts (SIGKILL, or waiting for the other run to write) while the request log shows it parked."""
 
 import os
 import signal
@@ -11,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from coupa_d365_pipeline.demo import prepare_dagster_home
-from coupa_d365_pipeline.sandbox.faults import FaultConfig
+from coupa_d365_pipeline.sandbox.faults import ScriptedFault
 from coupa_d365_pipeline.state.ledger import Ledger
 from coupa_d365_pipeline.state.store import make_engine
 from coupa_d365_pipeline_tests.flow.helpers import CHARTS, approved, d365_invoices, duplicates, lines_of
@@ -20,6 +23,7 @@ pytestmark = pytest.mark.e2e
 DAGSTER = str(Path(sys.executable).parent / "dagster")
 COMMAND = [DAGSTER, "asset", "materialize", "-m", "coupa_d365_pipeline.definitions",
            "--select", "coupa/invoices,d365/vendor_invoices", "--partition-range", "2026-11-01...2026-11-06"]
+BATCH_PATH = r"^/data/\$batch$"  # the invoice writer sends header + lines as one $batch changeset
 
 
 def run_env(sandboxes, home: Path, database_url: str) -> dict[str, str]:
@@ -47,44 +51,115 @@ def assert_booked_exactly_once(sandboxes) -> int:
     return count
 
 
-def test_sigkill_mid_partition_then_rerun_leaves_no_duplicate_and_nothing_missing(sandboxes, tmp_path):
-    sandboxes.d365.injector.configure(FaultConfig(latency_ms=25))  # slow enough to be killed mid-way
-    env = run_env(sandboxes, tmp_path / "home", f"sqlite:///{tmp_path / 'sync.db'}")
-    log = open(tmp_path / "first.log", "w")
-    first = subprocess.Popen(COMMAND, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 180
-    while len(sandboxes.d365.state.records("VendorInvoiceHeaders")) < 20:
-        assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-        assert time.monotonic() < deadline, "the first run never started writing"
-        time.sleep(0.05)
-    os.kill(first.pid, signal.SIGKILL)
-    first.wait(timeout=30)
-    log.close()
-    assert first.returncode == -signal.SIGKILL
-    at_kill = len(sandboxes.d365.state.records("VendorInvoiceHeaders"))
-    rows = Ledger(make_engine(env["SYNC_DATABASE_URL"])).rows("invoice")
-    assert any(r.claimed_by for r in rows) or any(r.state == "writing" for r in rows) or at_kill > 0
+def wait_in_log(sandbox, predicate, procs: list[subprocess.Popen], logs: list[Path], timeout_s: float = 240):
+    """Block until the sandbox's request log satisfies ``predicate``; fail early if a run died.
+    The timeout only guards against a hang: the logic waits on the log, never on time."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return sandbox.log.wait_for(predicate, timeout_s=1.0)
+        except TimeoutError:
+            for proc, log in zip(procs, logs):
+                assert proc.poll() is None, f"{log.name} ended early:\n" + log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the sandbox never saw the awaited request"
 
-    sandboxes.d365.injector.configure(FaultConfig())
+
+def kill_process_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the run's whole process group (the `dagster` CLI and the step worker it forked) and
+    return once none of them is left — a machine losing power, not a polite cancel."""
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return
+        assert time.monotonic() < deadline, "processes of the killed run are still alive"
+        time.sleep(0.05)
+
+
+def batches(entries, since_seq: int = 0):
+    return [e for e in entries if e.path == "/data/$batch" and e.method == "POST" and e.seq > since_seq]
+
+
+def header_refs(sandboxes) -> set[str]:
+    return {h["HeaderReference"] for h in sandboxes.d365.state.records("VendorInvoiceHeaders")}
+
+
+def test_sigkill_while_an_invoice_write_is_in_flight_then_rerun_books_everything_once(sandboxes, tmp_path):
+    answered_before_kill = 5
+    # Rendezvous: the 6th invoice write ($batch) is parked in the sandbox until released.
+    hold = sandboxes.d365.injector.script(ScriptedFault(kind="hold", method="POST", path_regex=BATCH_PATH,
+                                                        after=answered_before_kill))
+    env = run_env(sandboxes, tmp_path / "home", f"sqlite:///{tmp_path / 'sync.db'}")
+    log_path = tmp_path / "first.log"
+    with open(log_path, "w") as log:  # own process group: the CLI and its step worker die together
+        first = subprocess.Popen(COMMAND, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+    try:
+        [held] = wait_in_log(sandboxes.d365, lambda entries: [e for e in entries if e.injected == "hold"],
+                             [first], [log_path])
+        # The run is inside its 6th write: 5 answered, the 6th received but not applied, nothing else sent.
+        assert [e.status for e in batches(sandboxes.d365.log.snapshot())] == [200] * answered_before_kill + [None]
+        at_kill = header_refs(sandboxes)
+        assert len(at_kill) == answered_before_kill
+        kill_process_group(first)
+    finally:
+        if first.poll() is None:
+            kill_process_group(first)
+        hold.release()
+    assert first.returncode == -signal.SIGKILL
+    ledger = Ledger(make_engine(env["SYNC_DATABASE_URL"]))
+    [writing] = ledger.rows("invoice", ["writing"])  # intent recorded before the write, claim left behind
+    assert writing.claimed_by is not None
+    ref = writing.d365_key["HeaderReference"]
+    assert f'"{ref}"' in held.body and ref not in at_kill
+
+    # Released after the client died, the write lands with nobody to hear the answer.
+    sandboxes.d365.log.wait_for(lambda entries: held.status is not None, timeout_s=60)
+    assert held.status == 200 and header_refs(sandboxes) == at_kill | {ref}
+
+    mark = sandboxes.d365.log.next_seq()
     rerun = subprocess.run(COMMAND, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     booked = assert_booked_exactly_once(sandboxes)
-    assert at_kill < booked  # the kill really happened in the middle
+    assert len(at_kill) < booked  # the kill really happened in the middle
+    resent = [e for e in batches(sandboxes.d365.log.snapshot(), since_seq=mark - 1) if f'"{ref}"' in e.body]
+    assert resent == []  # the rerun found the landed write and adopted it instead of sending it again
+    adopted = ledger.get("invoice", writing.coupa_id)
+    assert adopted.state == "written" and adopted.d365_key["HeaderReference"] == ref and adopted.claimed_by is None
 
 
 @pytest.mark.postgres
 def test_two_concurrent_runs_on_postgresql_write_each_invoice_once(sandboxes, tmp_path, postgres_database):
-    sandboxes.d365.injector.configure(FaultConfig(latency_ms=5))
+    # Rendezvous: the first invoice write of either run is parked; the other run must write other
+    # invoices meanwhile (it finds the parked one claimed), so the two runs provably overlap.
+    hold = sandboxes.d365.injector.script(ScriptedFault(kind="hold", method="POST", path_regex=BATCH_PATH))
     url = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{postgres_database}"
-    procs = []
-    for name in ("a", "b"):
-        env = run_env(sandboxes, tmp_path / f"home_{name}", url)
-        procs.append(subprocess.Popen(COMMAND, env=env, cwd=tmp_path, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True))
-    outputs = [p.communicate(timeout=300)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    procs, logs = [], []
+    try:
+        for name in ("a", "b"):
+            env = run_env(sandboxes, tmp_path / f"home_{name}", url)
+            logs.append(tmp_path / f"run_{name}.log")
+            with open(logs[-1], "w") as log:
+                procs.append(subprocess.Popen(COMMAND, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT))
+        [held] = wait_in_log(sandboxes.d365, lambda entries: [e for e in entries if e.injected == "hold"], procs, logs)
+        wait_in_log(sandboxes.d365, lambda entries: [e for e in batches(entries, held.seq) if e.status == 200],
+                    procs, logs)
+        assert held.status is None  # the other run wrote while this write was still parked
+        hold.release()
+        for proc in procs:
+            proc.wait(timeout=300)
+    finally:
+        hold.release()
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(log.read_text()[-2000:] for log in logs)
+    assert held.status == 200
     assert_booked_exactly_once(sandboxes)
     ledger = Ledger(make_engine(url))
     creators = {h["run_id"] for r in ledger.rows("invoice", ["written"]) for h in ledger.history("invoice", r.coupa_id)
                 if h["action"] == "create"}
-    assert len(creators) == 2  # both runs really wrote (they overlapped), yet nothing twice
+    assert len(creators) == 2  # both runs really wrote, yet nothing twice

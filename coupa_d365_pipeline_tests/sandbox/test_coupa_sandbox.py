@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import base64
-import time
+import threading
+from typing import Any, Iterator
 
 import httpx
 import pytest
@@ -12,21 +13,52 @@ from coupa_d365_pipeline.sandbox.coupa_app import CoupaSandbox, CoupaSandboxConf
 from coupa_d365_pipeline.sandbox.faults import ScriptedFault
 from coupa_d365_pipeline.sandbox.seed import generate_seed
 from coupa_d365_pipeline.sandbox.server import SandboxServer
+from coupa_d365_pipeline_tests.clients.fake_time import FakeClock
 
-SEED = generate_seed()
+SEED = generate_seed()  # read-only: CoupaState copies the records it is given
 CID, SECRET = "sandbox-client", "sandbox-secret"
 
 
+class SwappableApp:
+    """ASGI app forwarding to the sandbox of the current test: one server per module, a fresh
+    sandbox (state, tokens, log, faults) per test."""
+
+    def __init__(self) -> None:
+        self.target: Any = None
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        await self.target(scope, receive, send)
+
+
 @pytest.fixture(scope="module")
-def env():
+def server() -> Iterator[tuple[SandboxServer, SwappableApp]]:
+    app = SwappableApp()
+    with SandboxServer(app) as running:
+        yield running, app
+
+
+@pytest.fixture
+def serve(server):
+    """Serve a new sandbox on the module's server; returns its base URL."""
+    running, app = server
+
+    def serve_sandbox(sandbox: CoupaSandbox) -> str:
+        app.target = sandbox.app
+        return running.url
+
+    yield serve_sandbox
+    app.target = None
+
+
+@pytest.fixture
+def env(serve):
     sandbox = CoupaSandbox(seed=SEED)
-    with SandboxServer(sandbox.app) as server:
-        with httpx.Client(base_url=server.url, timeout=10) as client:
-            resp = client.post("/oauth2/token", data={"grant_type": "client_credentials", "client_id": CID,
-                                                      "client_secret": SECRET})
-            token = resp.json()["access_token"]
-            client.headers.update({"Authorization": f"Bearer {token}", "Accept": "application/json"})
-            yield sandbox, client
+    with httpx.Client(base_url=serve(sandbox), timeout=10) as client:
+        resp = client.post("/oauth2/token", data={"grant_type": "client_credentials", "client_id": CID,
+                                                  "client_secret": SECRET})
+        token = resp.json()["access_token"]
+        client.headers.update({"Authorization": f"Bearer {token}", "Accept": "application/json"})
+        yield sandbox, client
 
 
 def get(client, path, **params):
@@ -71,23 +103,23 @@ def test_token_errors(env):
     assert r.status_code == 400 and r.json()["error"] == "invalid_scope"
 
 
-def test_token_expiry_and_revoke():
-    sandbox = CoupaSandbox(CoupaSandboxConfig(token_lifetime_s=1), seed=SEED)
-    with SandboxServer(sandbox.app) as server:
-        tok = httpx.post(f"{server.url}/oauth2/token", data={"grant_type": "client_credentials", "client_id": CID,
-                                                            "client_secret": SECRET}).json()
-        assert tok["expires_in"] == 1
-        h = {"Authorization": f"Bearer {tok['access_token']}", "Accept": "application/json"}
-        assert httpx.get(f"{server.url}/api/suppliers", headers=h).status_code == 200
-        time.sleep(1.1)
-        r = httpx.get(f"{server.url}/api/suppliers", headers=h)
-        assert r.status_code == 401 and "expired" in r.text
-        tok2 = httpx.post(f"{server.url}/oauth2/token", data={"grant_type": "client_credentials",
-                                                             "client_id": CID, "client_secret": SECRET}).json()
-        h2 = {"Authorization": f"Bearer {tok2['access_token']}", "Accept": "application/json"}
-        assert httpx.get(f"{server.url}/api/suppliers", headers=h2).status_code == 200
-        assert httpx.post(f"{server.url}/_sandbox/tokens/revoke").status_code == 204
-        assert httpx.get(f"{server.url}/api/suppliers", headers=h2).status_code == 401
+def test_token_expiry_by_the_sandbox_clock_and_revoke(serve):
+    clock = FakeClock()
+    url = serve(CoupaSandbox(CoupaSandboxConfig(token_lifetime_s=60), seed=SEED, clock=clock))
+    form = {"grant_type": "client_credentials", "client_id": CID, "client_secret": SECRET}
+    tok = httpx.post(f"{url}/oauth2/token", data=form).json()
+    assert tok["expires_in"] == 60
+    h = {"Authorization": f"Bearer {tok['access_token']}", "Accept": "application/json"}
+    clock.advance(59.5)
+    assert httpx.get(f"{url}/api/suppliers", headers=h).status_code == 200
+    clock.advance(0.5)  # exactly 60 s after it was issued
+    r = httpx.get(f"{url}/api/suppliers", headers=h)
+    assert r.status_code == 401 and "expired" in r.text
+    tok2 = httpx.post(f"{url}/oauth2/token", data=form).json()
+    h2 = {"Authorization": f"Bearer {tok2['access_token']}", "Accept": "application/json"}
+    assert httpx.get(f"{url}/api/suppliers", headers=h2).status_code == 200
+    assert httpx.post(f"{url}/_sandbox/tokens/revoke").status_code == 204
+    assert httpx.get(f"{url}/api/suppliers", headers=h2).status_code == 401
 
 
 def test_401_without_token_and_406_without_json_accept(env):
@@ -332,9 +364,48 @@ def test_request_log_and_scripted_429(env):
     assert r.status_code == 200 and len(r.json()) == 5
     client.put("/api/invoices/11", params={"exported": "true"})
     log = httpx.get(f"{client.base_url}/_sandbox/requests").json()
-    assert [(e["method"], e["path"], e["status"], e["fault"]) for e in log] == [
-        ("GET", "/api/suppliers", 429, "429"), ("GET", "/api/suppliers", 200, None),
-        ("PUT", "/api/invoices/11", 200, None)]
+    assert [(e["method"], e["path"], e["status"], e["fault"], e["injected"]) for e in log] == [
+        ("GET", "/api/suppliers", 429, "429", "429"), ("GET", "/api/suppliers", 200, None, None),
+        ("PUT", "/api/invoices/11", 200, None, None)]
     assert log[1]["query"] == "limit=5" and log[1]["headers"]["authorization"].startswith("Bearer ")
     assert log[2]["query"] == "exported=true"
     assert all("/_sandbox/" not in e.path for e in sandbox.log.snapshot())
+
+
+def test_retry_after_as_http_date_from_the_injector_clock(env):
+    sandbox, client = env
+    sandbox.injector.clock = FakeClock()  # 2027-01-15T08:00:00Z
+    sandbox.injector.script(ScriptedFault(kind="429", method="GET", retry_after_s=90, retry_after_format="http-date"))
+    r = client.get("/api/suppliers")
+    assert r.status_code == 429 and r.headers["Retry-After"] == "Fri, 15 Jan 2027 08:01:30 GMT"
+
+
+def test_injected_faults_are_marked_in_the_log(env):
+    sandbox, client = env
+    for kind in ("5xx", "drop_before", "drop_after", "latency"):
+        sandbox.injector.script(ScriptedFault(kind=kind, method="PUT", path_regex=r"^/api/invoices/12$", delay_ms=1))
+    answers = []
+    for _ in range(5):
+        try:
+            answers.append(client.put("/api/invoices/12", params={"exported": "true"}).status_code)
+        except httpx.TransportError:
+            answers.append("dropped")
+    assert answers == [503, "dropped", "dropped", 200, 200]
+    assert [(e.status, e.fault, e.injected) for e in sandbox.log.snapshot() if e.path == "/api/invoices/12"] == [
+        (503, "5xx", "5xx"), (-1, "drop_before", "drop_before"), (200, "drop_after(status=200)", "drop_after"),
+        (200, None, "latency"), (200, None, None)]
+    assert sandbox.state.invoices[12]["exported"] is True  # the write behind the drop_after did happen
+
+
+def test_held_request_is_logged_on_arrival_and_runs_when_released(env):
+    sandbox, client = env
+    hold = sandbox.injector.script(ScriptedFault(kind="hold", method="PUT", path_regex=r"^/api/invoices/13$"))
+    answer: list[int] = []
+    sender = threading.Thread(target=lambda: answer.append(
+        client.put("/api/invoices/13", params={"exported": "true"}).status_code))
+    sender.start()
+    [held] = sandbox.log.wait_for(lambda entries: [e for e in entries if e.injected == "hold"], timeout_s=30)
+    assert held.status is None and sandbox.state.invoices[13]["exported"] is False and not answer
+    hold.release()
+    sender.join(timeout=30)
+    assert answer == [200] and held.status == 200 and sandbox.state.invoices[13]["exported"] is True

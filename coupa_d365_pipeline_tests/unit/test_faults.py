@@ -1,4 +1,8 @@
-from coupa_d365_pipeline.sandbox.faults import FaultConfig, FaultInjector, ScriptedFault
+import threading
+
+import pytest
+
+from coupa_d365_pipeline.sandbox.faults import FaultConfig, FaultInjector, LoggedRequest, RequestLog, ScriptedFault
 
 
 def decisions(seed: int, n: int = 400):
@@ -23,3 +27,43 @@ def test_scripted_faults_match_method_and_path_and_are_consumed_in_order():
     assert first.kind == "429" and first.retry_after_s == 3
     assert injector.decide("POST", "/data/VendorInvoiceHeaders")[1].kind == "429"
     assert injector.decide("POST", "/data/VendorsV2")[1] is None
+
+
+def test_after_lets_matching_requests_through_first_and_latency_is_reported_as_a_decision():
+    injector = FaultInjector()
+    fault = injector.script(ScriptedFault(kind="5xx", method="POST", path_regex=r"^/data/\$batch$", after=2))
+    assert [injector.decide("POST", "/data/$batch")[1] for _ in range(2)] == [None, None]
+    assert injector.decide("GET", "/data/$batch")[1] is None  # not matching: does not count
+    assert injector.pending() == [fault]
+    assert injector.decide("POST", "/data/$batch")[1].kind == "5xx"
+    assert injector.pending() == [] and injector.decide("POST", "/data/$batch")[1] is None
+    injector.script(ScriptedFault(kind="latency", method="GET", delay_ms=40))
+    latency_ms, decision = injector.decide("GET", "/api/x")
+    assert latency_ms == 40 and decision.kind == "latency"
+
+
+def test_clear_releases_held_requests():
+    injector = FaultInjector()
+    hold = injector.script(ScriptedFault(kind="hold", method="POST"))
+    assert injector.decide("POST", "/x")[1].hold is hold
+    assert not hold._released.is_set()
+    injector.clear()
+    assert hold._released.is_set() and injector.pending() == []
+
+
+def test_request_log_wait_for_returns_the_predicate_value_or_times_out():
+    log = RequestLog()
+
+    def entry(path: str) -> LoggedRequest:
+        return LoggedRequest(seq=0, time=0.0, method="GET", path=path, query="", headers={}, body="")
+
+    log.add(entry("/a"))
+    writer = threading.Thread(target=lambda: [log.add(entry(p)) for p in ("/b", "/c")])
+    writer.start()
+    found = log.wait_for(lambda entries: [e for e in entries if e.path == "/c"], timeout_s=30)
+    writer.join()
+    assert [e.seq for e in found] == [3]
+    log.clear()
+    assert log.next_seq() == 4  # sequence numbers keep counting across clear()
+    with pytest.raises(TimeoutError):
+        log.wait_for(lambda entries: entries, timeout_s=0.01)
