@@ -476,7 +476,7 @@ class CoupaSandbox:
         self.clock = clock
         self.state = CoupaState(seed, clock=clock)
         self.log = RequestLog()
-        self.injector = FaultInjector(self.config.fault)
+        self.injector = FaultInjector(self.config.fault, clock=clock)
         self._tokens: dict[str, _Token] = {}
         self._tokens_lock = threading.Lock()
         self.starlette = Starlette(routes=self._routes())

@@ -1372,7 +1372,7 @@ class D365Sandbox:
                                dimension_delimiter=config.dimension_delimiter,
                                number_sequences=config.number_sequences, clock=clock)
         self.log = RequestLog()
-        self.injector = FaultInjector(config.fault)
+        self.injector = FaultInjector(config.fault, clock=clock)
         self._tokens: dict[str, dict[str, Any]] = {}
         self._tokens_lock = threading.Lock()
         self._budget: deque[float] = deque()

@@ -212,12 +212,27 @@ def test_lost_batch_answer_is_settled_by_lookup(sandbox_env, sandboxes, instance
     from coupa_d365_pipeline.sandbox.faults import ScriptedFault
 
     assert run_master(instance).success
-    sandboxes.d365.injector.script(ScriptedFault(kind="drop_after", method="POST", path_regex=r"\$batch", times=3))
+    # the run books the seed's 162 issued POs first (one changeset each), then the invoices
+    sandboxes.d365.injector.script(ScriptedFault(kind="drop_after", method="POST", path_regex=r"\$batch", times=3,
+                                                 after=162))
     result = run_documents(instance)
     assert result.success
+    dropped = [e for e in sandboxes.d365.log.snapshot() if e.injected == "drop_after"]
+    assert len(dropped) == 3 and all(e.path.endswith("$batch") for e in dropped)   # the faults fired
     assert not duplicates(sandboxes)
     unmappable = set(sandboxes.seed.expectations["unmappable_invoices"])
     assert len(d365_invoices(sandboxes)) == len([i for i in approved(sandboxes.seed) if i["id"] not in unmappable])
+    import re
+
+    lost = {int(m) for e in dropped for m in re.findall(r"COUPA-(\d+)", e.body)}
+    invoice_batches = [e for e in dropped if "VendorInvoiceHeaders" in e.body]
+    assert len(lost) == len(invoice_batches) == 3    # three invoice changesets lost their answer
+    for coupa_id in lost:   # each lost answer was settled by the lookup: booked once, never resent
+        row = ledger(sandbox_env).get("invoice", coupa_id)
+        assert row.state == "written"
+        assert [h["action"] for h in ledger(sandbox_env).history("invoice", coupa_id)].count("create_ambiguous") == 1
+        assert sum(bool(re.search(rf"COUPA-{coupa_id}\b", e.body)) and e.path.endswith("$batch")
+                   for e in sandboxes.d365.log.snapshot()) == 1
 
 
 def test_supplier_changes_update_the_vendor_in_every_legal_entity_never_a_second_one(sandboxes, synced, instance,
@@ -254,6 +269,8 @@ def test_vendor_write_failure_fails_the_invoice_and_the_next_run_recovers(sandbo
     assert meta["failed"] > 0 and "vendor" in meta["problems"]
     failed = ledger(sandbox_env).rows("invoice", ["failed"])
     assert failed and all("vendor" in r.reason for r in failed)
+    vendor_posts = [e for e in sandboxes.d365.log.snapshot() if e.method == "POST" and e.path == "/data/VendorsV2"]
+    assert vendor_posts and all(e.injected == "5xx" and e.status == 503 for e in vendor_posts)   # the fault fired
     sandboxes.d365.injector.clear()
     assert run_documents(instance).success
     assert ledger(sandbox_env).rows("invoice", ["failed"]) == []
