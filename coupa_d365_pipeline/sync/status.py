@@ -35,12 +35,8 @@ Writing (``StatusWriter``), per Coupa invoice with waiting events, under the inv
 from __future__ import annotations
 
 import os
-import re
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
-from enum import StrEnum
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 from ..d365 import odata
 from ..state.ledger import (
@@ -49,22 +45,21 @@ from ..state.ledger import (
 from ..state.status import LEGACY_PAYMENT, POSTED, SETTLEMENT, TRANS_CHANGED, StatusEvent, StatusEvents
 from .context import SyncServices, error_text
 from .report import Outcome, SyncReport
+from .settlements import (
+    JOURNAL_SET, SETTLEMENT_SET, TRANS_SET, CoupaPayment, D365SettlementReader, PaymentPlan, decimal_of,
+    describe, instant_of, money_text, plan_payments, text_of,
+)
 
 READ_OVERLAP_ENV = "STATUS_READ_OVERLAP_MINUTES"
 # Long enough for a large AP batch posting (thousands of invoices) to commit; re-reading costs a
 # few extra rows per run, and the unique event keys keep it from doing anything twice.
 DEFAULT_READ_OVERLAP = timedelta(hours=4)
 EMPTY_DATE = "1900-01-01T12:00:00Z"
-CENT = Decimal("0.01")
-NOTES_MAX = 255              # Coupa Payment.notes is string(255) (R39 Invoicing API)
-PAYMENT_NOTES_MAX = 1000
 DOC = "invoice"
 STATUS_DOC = "invoice_status"
 REVERSAL_ALERT_CODE = "D365-PAYMENT-REVERSED"
 # ledger states that a D365 posting moves to ``posted``; every other state is kept
 MOVES_TO_POSTED = (WRITTEN, MISSING_IN_D365, WRITING)
-
-TRANS_SET, SETTLEMENT_SET, JOURNAL_SET = "VendTransBiEntities", "VendSettlementBiEntities", "VendInvoiceJourBiEntities"
 
 
 def read_overlap(environ: Mapping[str, str] | None = None) -> timedelta:
@@ -81,281 +76,6 @@ def read_overlap(environ: Mapping[str, str] | None = None) -> timedelta:
                          "the duration of the longest D365 posting batch (default "
                          f"{int(DEFAULT_READ_OVERLAP.total_seconds() // 60)}), or unset it")
     return timedelta(minutes=minutes)
-
-
-def _text(value: Any) -> str:
-    return str(value or "")
-
-
-def _decimal(value: Any) -> Decimal:
-    return Decimal(str(value if value not in (None, "") else 0))
-
-
-def _money(value: Decimal) -> str:
-    """Coupa's amount text: cents, sign kept."""
-    return str(value.quantize(CENT, rounding=ROUND_HALF_UP))
-
-
-def _instant(value: Any) -> datetime | None:
-    text = _text(value).strip()
-    if not text:
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
-# ---------------------------------------------------------------------------------------------
-# What D365 holds now
-# ---------------------------------------------------------------------------------------------
-
-
-class SettlementKind(StrEnum):
-    PAYMENT = "payment"        # offset VendTrans is a Payment: cash, a Coupa payment
-    DOCUMENT = "document"      # offset is another invoice or a credit note: no cash
-    OTHER = "other"            # any other offset (journal, write-off): no cash
-
-
-@dataclass(frozen=True, order=True)
-class SettlementId:
-    """A VendSettlement row: legal entity + SourceKey (RecId), never reused by F&O."""
-
-    legal_entity: str
-    source_key: int
-
-    def marker(self, *, reversal: bool = False) -> str:
-        return f"[D365 {self.legal_entity} settlement {self.source_key}{' reversed' if reversal else ''}]"
-
-
-MARKER = re.compile(r"\[D365 (?P<le>[^\s\]]+) settlement (?P<key>\d+)(?P<reversed> reversed)?\]")
-
-
-@dataclass(frozen=True)
-class D365Settlement:
-    id: SettlementId
-    kind: SettlementKind
-    coupa_amount: Decimal       # Coupa's sign: > 0 pays an invoice, < 0 refunds a credit note
-    date: str                   # VendSettlement.TransDate
-    reference: str              # payment reference (PaymReference, else voucher) / offset document number
-    offset_is_credit_note: bool = False
-
-    def label(self) -> str:
-        if self.kind == SettlementKind.DOCUMENT:
-            return f"{'credit note' if self.offset_is_credit_note else 'invoice'} {self.reference}"
-        return self.reference
-
-
-@dataclass(frozen=True)
-class InvoiceSettlements:
-    """The invoice's VendTrans and settlements as D365 holds them now (D365 signs kept)."""
-
-    natural_key: NaturalKey
-    voucher: str
-    amount_cur: Decimal         # VendTrans AmountCur: < 0 for an invoice, > 0 for a credit note
-    settle_amount_cur: Decimal  # moves towards AmountCur, same sign
-    modified: str               # latest VendTrans SysModifiedDateTime
-    settlements: tuple[D365Settlement, ...]
-
-    @property
-    def fully_settled(self) -> bool:
-        if self.amount_cur < 0:
-            return self.settle_amount_cur <= self.amount_cur
-        if self.amount_cur > 0:
-            return self.settle_amount_cur >= self.amount_cur
-        return False
-
-    @property
-    def coupa_amount(self) -> Decimal:
-        return -self.amount_cur
-
-    @property
-    def coupa_open(self) -> Decimal:
-        return -(self.amount_cur - self.settle_amount_cur)
-
-    def of_kind(self, kind: SettlementKind) -> list[D365Settlement]:
-        return [s for s in self.settlements if s.kind == kind]
-
-
-class D365SettlementReader:
-    """Reads an invoice's current settlement state: its VendTrans (natural key + voucher), their
-    VendSettlement rows (``TransRecId``) and each row's offset VendTrans (``OffsetRecid``)."""
-
-    def __init__(self, d365: Any) -> None:
-        self.d365 = d365
-        self._offsets: dict[tuple[str, int], dict[str, Any] | None] = {}
-
-    def posted_voucher(self, natural: NaturalKey) -> str | None:
-        rows = list(self.d365.query(JOURNAL_SET, legal_entity=natural.legal_entity, filter=odata.and_(
-            odata.eq("InvoiceAccount", natural.vendor_account), odata.eq("InvoiceId", natural.document_number)),
-            select=["InvoiceId", "InvoiceAccount", "LedgerVoucher"]))
-        return _text(rows[-1]["LedgerVoucher"]) if rows else None
-
-    def current(self, natural: NaturalKey, voucher: str) -> InvoiceSettlements | None:
-        le = natural.legal_entity
-        trans = [r for r in self.d365.query(TRANS_SET, legal_entity=le, filter=odata.and_(
-            odata.eq("AccountNum", natural.vendor_account), odata.eq("Invoice", natural.document_number),
-            odata.eq("Voucher", voucher)), select=["SourceKey", "Voucher", "TransType", "AmountCur",
-                                                    "SettleAmountCur", "SysModifiedDateTime"])
-                 if r.get("TransType") != "Payment"]
-        if not trans:
-            return None
-        settlements: list[D365Settlement] = []
-        for row in trans:
-            for settled in self.d365.query(SETTLEMENT_SET, legal_entity=le,
-                                           filter=odata.eq("TransRecId", int(row["SourceKey"])),
-                                           select=["SourceKey", "TransRecId", "OffsetRecid", "OffsetCompany",
-                                                   "SettleAmountCur", "TransDate", "OffsetTransVoucher"]):
-                settlements.append(self._settlement(le, settled))
-        return InvoiceSettlements(
-            natural_key=natural, voucher=voucher,
-            amount_cur=sum((_decimal(r["AmountCur"]) for r in trans), Decimal(0)),
-            settle_amount_cur=sum((_decimal(r["SettleAmountCur"]) for r in trans), Decimal(0)),
-            modified=max(_text(r.get("SysModifiedDateTime")) for r in trans),
-            settlements=tuple(sorted(settlements, key=lambda s: (s.date, s.id))))
-
-    def _offset(self, company: str, source_key: int) -> dict[str, Any] | None:
-        key = (company.lower(), int(source_key))
-        if key not in self._offsets:
-            self._offsets[key] = self.d365.get(TRANS_SET, {"dataAreaId": key[0], "SourceKey": key[1]})
-        return self._offsets[key]
-
-    def _settlement(self, le: str, row: dict[str, Any]) -> D365Settlement:
-        offset = self._offset(_text(row.get("OffsetCompany")) or le, row["OffsetRecid"]) or {}
-        settlement_id = SettlementId(le, int(row["SourceKey"]))
-        amount = -_decimal(row["SettleAmountCur"])
-        date = _text(row.get("TransDate"))
-        voucher = _text(offset.get("Voucher")) or _text(row.get("OffsetTransVoucher"))
-        if offset.get("TransType") == "Payment":
-            return D365Settlement(settlement_id, SettlementKind.PAYMENT, amount, date,
-                                  _text(offset.get("PaymReference")).strip() or voucher)
-        if offset.get("Invoice"):
-            return D365Settlement(settlement_id, SettlementKind.DOCUMENT, amount, date, _text(offset["Invoice"]),
-                                  offset_is_credit_note=_decimal(offset.get("AmountCur")) > 0)
-        return D365Settlement(settlement_id, SettlementKind.OTHER, amount, date, f"voucher {voucher}")
-
-
-# ---------------------------------------------------------------------------------------------
-# What Coupa holds, and what to send
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CoupaPayment:
-    amount: Decimal
-    notes: str
-    settlement: SettlementId | None
-    reversal: bool
-
-    @property
-    def reference(self) -> str:
-        """The readable part of the notes (before the settlement marker)."""
-        text = MARKER.sub("", self.notes).strip()
-        return text.removeprefix("Reversed in D365:").strip()
-
-    @classmethod
-    def parse(cls, payment: Mapping[str, Any]) -> "CoupaPayment":
-        notes = _text(payment.get("notes") or payment.get("check-number"))
-        try:
-            amount = Decimal(str(payment.get("amount-paid")))
-        except (InvalidOperation, ValueError):
-            amount = Decimal(0)
-        found = MARKER.search(notes)
-        settlement = SettlementId(found["le"].lower(), int(found["key"])) if found else None
-        return cls(amount, notes, settlement, bool(found and found["reversed"]))
-
-
-def payment_notes(reference: str, settlement_id: SettlementId, *, reversal: bool = False) -> str:
-    """``<reference> [D365 <le> settlement <id>]`` within Coupa's 255 characters (the marker always fits)."""
-    marker = settlement_id.marker(reversal=reversal)
-    readable = f"Reversed in D365: {reference}" if reversal else reference
-    room = NOTES_MAX - len(marker) - 1
-    return f"{readable[:room].rstrip()} {marker}" if readable else marker
-
-
-@dataclass
-class PaymentPlan:
-    to_send: list[dict[str, str]] = field(default_factory=list)
-    reversed: dict[SettlementId, tuple[Decimal, str]] = field(default_factory=dict)  # id -> (amount, reference)
-    problems: list[str] = field(default_factory=list)
-
-
-def plan_payments(state: InvoiceSettlements, coupa: list[CoupaPayment],
-                  legacy_sent: Sequence[StatusEvent] = ()) -> PaymentPlan:
-    """Which payments Coupa needs so that, per D365 settlement id, its payments add up to what D365
-    holds now: the settlement amount for a current cash settlement, zero for anything else.
-
-    ``legacy_sent``: settlements the first version of this flow sent without a settlement id (pushed
-    ``payment`` events); each is recognised in Coupa by the amount and notes it sent, one to one."""
-    plan = PaymentPlan()
-    net: dict[SettlementId, Decimal] = {}
-    reference: dict[SettlementId, str] = {}
-    for payment in coupa:
-        if payment.settlement is not None:
-            net[payment.settlement] = net.get(payment.settlement, Decimal(0)) + payment.amount
-            reference.setdefault(payment.settlement, payment.reference)
-    unmarked = [p for p in coupa if p.settlement is None]
-    for event in legacy_sent:
-        settlement_id = SettlementId(event.legal_entity.lower(), int(event.event_key))
-        if settlement_id in net:
-            continue
-        sent = next((p for p in unmarked if p.amount == _decimal(event.amount).quantize(CENT)
-                     and p.notes.strip() == _text(event.reference).strip()), None)
-        if sent is not None:
-            unmarked.remove(sent)
-            net[settlement_id], reference[settlement_id] = sent.amount, sent.notes.strip()
-
-    cash = {s.id: s for s in state.of_kind(SettlementKind.PAYMENT)}
-    for settlement_id, settlement in cash.items():
-        have = net.get(settlement_id, Decimal(0))
-        if have == 0:
-            plan.to_send.append({"amount-paid": _money(settlement.coupa_amount),
-                                 "notes": payment_notes(settlement.reference, settlement_id),
-                                 "payment-date": settlement.date})
-        elif have != Decimal(_money(settlement.coupa_amount)):   # Coupa keeps cents
-            plan.problems.append(
-                f"Coupa's payments for D365 settlement {settlement_id.legal_entity}/{settlement_id.source_key} "
-                f"({settlement.reference}) add up to {_money(have)} but D365 settled "
-                f"{_money(settlement.coupa_amount)}; correct the payments of this Coupa invoice by hand "
-                "(D365 is the record of payments)")
-    for settlement_id, have in sorted(net.items()):
-        if settlement_id in cash:
-            continue
-        ref = reference.get(settlement_id, "")
-        if have != 0:   # Coupa has it, D365 no longer does (reversed) or never did as cash: offset it
-            plan.to_send.append({"amount-paid": _money(-have),
-                                 "notes": payment_notes(ref, settlement_id, reversal=True),
-                                 "payment-date": state.modified})
-            plan.reversed[settlement_id] = (have, ref)
-        elif any(p.settlement == settlement_id and p.reversal for p in coupa):
-            original = sum((p.amount for p in coupa if p.settlement == settlement_id and not p.reversal), Decimal(0))
-            plan.reversed[settlement_id] = (original, ref)
-    return plan
-
-
-def describe(state: InvoiceSettlements, plan: PaymentPlan) -> str:
-    """``payment-notes``: fully settled or what is open, and how (cash, credit notes, reversals)."""
-    natural = state.natural_key
-    head = (f"D365 {natural.legal_entity} invoice {natural.document_number}: "
-            + ("fully settled" if state.fully_settled
-               else f"open {_money(state.coupa_open)} of {_money(state.coupa_amount)}"))
-    parts = [head]
-    cash = state.of_kind(SettlementKind.PAYMENT)
-    if cash:
-        parts.append(f"{len(cash)} cash payment(s) {_money(sum((s.coupa_amount for s in cash), Decimal(0)))}: "
-                     + ", ".join(f"{s.reference} {_money(s.coupa_amount)} on {s.date[:10]}" for s in cash))
-    documents = state.of_kind(SettlementKind.DOCUMENT)
-    if documents:
-        parts.append("settled without cash against " + ", ".join(
-            f"{s.label()} {_money(s.coupa_amount)} on {s.date[:10]}" for s in documents))
-    other = state.of_kind(SettlementKind.OTHER)
-    if other:
-        parts.append("other settlements " + ", ".join(f"{s.label()} {_money(s.coupa_amount)}" for s in other))
-    if plan.reversed:
-        parts.append("reversed in D365: " + ", ".join(
-            f"{ref or i.source_key} {_money(amount)}" for i, (amount, ref) in sorted(plan.reversed.items())))
-    text = "; ".join(parts)
-    return text if len(text) <= PAYMENT_NOTES_MAX else text[:PAYMENT_NOTES_MAX - 1] + "…"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -404,7 +124,7 @@ class StatusReader:
 
     @staticmethod
     def _coupa_id(booked: dict[tuple[str, str, str], LedgerRow], le: str, vendor: Any, number: Any) -> int | None:
-        row = booked.get(NaturalKey(le, _text(vendor), _text(number)).folded())
+        row = booked.get(NaturalKey(le, text_of(vendor), text_of(number)).folded())
         return row.coupa_id if row is not None else None
 
     def _read_posted(self, le: str, booked: dict[tuple[str, str, str], LedgerRow], counts: dict[str, int]) -> None:
@@ -416,8 +136,8 @@ class StatusReader:
             if coupa_id is None:
                 continue
             if self.events.record(coupa_id=coupa_id, kind=POSTED, event_key=row["LedgerVoucher"], legal_entity=le,
-                                  invoice_number=row["InvoiceId"], amount=_decimal(row["InvoiceAmount"]),
-                                  event_date=_text(row.get("InvoiceDate")), reference=row["LedgerVoucher"],
+                                  invoice_number=row["InvoiceId"], amount=decimal_of(row["InvoiceAmount"]),
+                                  event_date=text_of(row.get("InvoiceDate")), reference=row["LedgerVoucher"],
                                   run_id=self.s.run_id):
                 counts["posted_new"] += 1
         self._advance(name, rows, "CreatedOn")
@@ -442,8 +162,8 @@ class StatusReader:
                 continue
             if self.events.record(coupa_id=coupa_id, kind=SETTLEMENT, event_key=str(row["SourceKey"]),
                                   legal_entity=le, invoice_number=invoice["Invoice"],
-                                  amount=-_decimal(row["SettleAmountCur"]), event_date=_text(row.get("TransDate")),
-                                  reference=_text(row.get("OffsetTransVoucher")), run_id=self.s.run_id):
+                                  amount=-decimal_of(row["SettleAmountCur"]), event_date=text_of(row.get("TransDate")),
+                                  reference=text_of(row.get("OffsetTransVoucher")), run_id=self.s.run_id):
                 counts["settlements_new"] += 1
         self._advance(name, rows, "CreatedOn")
 
@@ -468,7 +188,7 @@ class StatusReader:
             coupa_id = self._coupa_id(booked, le, row["AccountNum"], row["Invoice"])
             if coupa_id is None:
                 continue
-            if _decimal(row.get("SettleAmountCur")) == 0:
+            if decimal_of(row.get("SettleAmountCur")) == 0:
                 # Never settled as far as we know (e.g. just posted): nothing Coupa could hold to correct.
                 if with_settlements is None:
                     with_settlements = self.events.invoices_with_settlements()
@@ -476,8 +196,8 @@ class StatusReader:
                     continue
             key = f"{row['SourceKey']}@{row['SysModifiedDateTime']}#{row.get('SysRecVersion')}"
             if self.events.record(coupa_id=coupa_id, kind=TRANS_CHANGED, event_key=key, legal_entity=le,
-                                  invoice_number=row["Invoice"], amount=-_decimal(row.get("SettleAmountCur")),
-                                  event_date=_text(row.get("SysModifiedDateTime")), reference=None,
+                                  invoice_number=row["Invoice"], amount=-decimal_of(row.get("SettleAmountCur")),
+                                  event_date=text_of(row.get("SysModifiedDateTime")), reference=None,
                                   run_id=self.s.run_id):
                 counts["trans_changes_new"] += 1
         self._advance(name, rows, "SysModifiedDateTime")
@@ -602,9 +322,9 @@ class StatusWriter:
         paid = state.fully_settled
         notes = describe(state, plan)
         dates = [st.date for st in state.settlements if st.date and st.date != EMPTY_DATE]
-        payment_date = max(dates, key=lambda d: _instant(d) or datetime.min) if dates else None
-        header_changed = (bool(invoice.get("paid")) != paid or _text(invoice.get("payment-notes")) != notes
-                          or _instant(invoice.get("payment-date")) != _instant(payment_date))
+        payment_date = max(dates, key=lambda d: instant_of(d) or datetime.min) if dates else None
+        header_changed = (bool(invoice.get("paid")) != paid or text_of(invoice.get("payment-notes")) != notes
+                          or instant_of(invoice.get("payment-date")) != instant_of(payment_date))
         action = ""
         if plan.to_send or header_changed:
             body: dict[str, Any] = {"paid": paid, "payment-date": payment_date, "payment-notes": notes}
@@ -634,7 +354,7 @@ class StatusWriter:
                 continue
             s.notifier.alert(DOC, coupa_id, (
                 f"D365 {natural.legal_entity} reversed the settlement of payment {reference or '?'} "
-                f"({_money(amount)}) on invoice {natural.document_number}: Coupa got an offsetting payment with "
+                f"({money_text(amount)}) on invoice {natural.document_number}: Coupa got an offsetting payment with "
                 f"the same settlement id, and paid follows D365 again. Check with AP whether the payment will be "
                 f"re-issued, and tell the supplier if they were told it is paid. {marker}"),
                 code=REVERSAL_ALERT_CODE, document_status=document_status)

@@ -2,7 +2,6 @@
 
 from decimal import Decimal
 
-import pytest
 import yaml
 
 from coupa_d365_pipeline.mapping.config import example_mapping_path

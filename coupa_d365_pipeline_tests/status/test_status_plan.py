@@ -8,7 +8,7 @@ from urllib.parse import unquote_plus
 
 from coupa_d365_pipeline.state.ledger import NaturalKey
 from coupa_d365_pipeline.state.status import LEGACY_PAYMENT, StatusEvent
-from coupa_d365_pipeline.sync.status import (
+from coupa_d365_pipeline.sync.settlements import (
     NOTES_MAX, CoupaPayment, D365Settlement, InvoiceSettlements, SettlementId, SettlementKind, describe,
     payment_notes, plan_payments,
 )
