@@ -12,7 +12,7 @@ from .coupa_app import CoupaSandbox, CoupaSandboxConfig
 from .d365_app import D365Sandbox, D365SandboxConfig
 from .faults import FaultConfig
 from .seed import SeedConfig, SeedData, generate_seed
-from .server import SandboxServer, free_port
+from .server import SandboxServer, bind_socket
 
 COUPA_CLIENT_ID = "sandbox-client"
 COUPA_CLIENT_SECRET = "sandbox-coupa-secret"
@@ -91,7 +91,8 @@ def start_sandboxes(options: SandboxOptions | None = None, seed: SeedData | None
     coupa = CoupaSandbox(CoupaSandboxConfig(clients={COUPA_CLIENT_ID: COUPA_CLIENT_SECRET},
                                             token_lifetime_s=options.coupa_token_lifetime_s,
                                             fault=options.coupa_faults), seed=seed, clock=options.clock)
-    d365_port = options.d365_port or free_port(options.host)
+    d365_socket = bind_socket(options.host, options.d365_port)   # its URL is the token audience: bind first
+    d365_port = int(d365_socket.getsockname()[1])
     d365 = D365Sandbox(D365SandboxConfig(environment_url=f"http://{options.host}:{d365_port}",
                                          tenant_id=D365_TENANT_ID, clients={D365_CLIENT_ID: D365_CLIENT_SECRET},
                                          token_lifetime_s=options.d365_token_lifetime_s,
@@ -99,7 +100,7 @@ def start_sandboxes(options: SandboxOptions | None = None, seed: SeedData | None
                                          request_budget=options.d365_request_budget,
                                          fault=options.d365_faults), seed.d365, clock=options.clock)
     coupa_server = SandboxServer(coupa.app, host=options.host, port=options.coupa_port).start()
-    d365_server = SandboxServer(d365.app, host=options.host, port=d365_port).start()
+    d365_server = SandboxServer(d365.app, host=options.host, sock=d365_socket).start()
     return RunningSandboxes(seed, coupa, d365, coupa_server, d365_server, options.seed.start_date,
                             clock=options.clock)
 

@@ -11,6 +11,15 @@ from typing import Any
 import uvicorn
 
 
+def bind_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
+    """A TCP socket bound to (host, port) — port 0: any free one — and kept open until served."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
@@ -24,10 +33,14 @@ class SandboxServer:
     ...     httpx.get(server.url + "/api/suppliers")
     """
 
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning") -> None:
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning",
+                 sock: socket.socket | None = None) -> None:
         self.app = app
         self.host = host
-        self.port = port or free_port(host)
+        # Bind now and hand the bound socket to uvicorn: a port looked up and released first could be
+        # taken by any other process before uvicorn binds it ("address already in use").
+        self._socket = sock or bind_socket(host, port)
+        self.port = int(self._socket.getsockname()[1])
         config = uvicorn.Config(app, host=host, port=self.port, log_level=log_level,
                                 access_log=False, lifespan="off", timeout_keep_alive=30)
         self._server = uvicorn.Server(config)
@@ -38,7 +51,8 @@ class SandboxServer:
         return f"http://{self.host}:{self.port}"
 
     def start(self, timeout_s: float = 10.0) -> "SandboxServer":
-        self._thread = threading.Thread(target=self._server.run, name=f"sandbox-{self.port}", daemon=True)
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]},
+                                        name=f"sandbox-{self.port}", daemon=True)
         self._thread.start()
         deadline = time.monotonic() + timeout_s
         while not self._server.started:
@@ -53,9 +67,10 @@ class SandboxServer:
         self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout=10)
+        self._socket.close()
 
     def run_forever(self) -> None:
-        self._server.run()
+        self._server.run(sockets=[self._socket])
 
     def __enter__(self) -> "SandboxServer":
         return self.start()

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from coupa_d365_pipeline.sandbox.d365_app import D365Sandbox, D365SandboxConfig, D365State
-from coupa_d365_pipeline.sandbox.server import SandboxServer, free_port
+from coupa_d365_pipeline.sandbox.server import SandboxServer, bind_socket
 
 TENANT = "contoso-tenant"
 CLIENT, SECRET = "sandbox-app", "sandbox-app-secret"
@@ -90,10 +90,11 @@ def header_url(po: str = PO) -> str:
 
 @pytest.fixture
 def env() -> Iterator[Env]:
-    port = free_port()
+    sock = bind_socket()
+    port = sock.getsockname()[1]
     config = D365SandboxConfig(environment_url=f"http://127.0.0.1:{port}", default_company="usmf")
     sandbox = D365Sandbox(config, master_data())
-    server = SandboxServer(sandbox.app, port=port).start()
+    server = SandboxServer(sandbox.app, sock=sock).start()
     e = Env(sandbox, server)
     try:
         yield e

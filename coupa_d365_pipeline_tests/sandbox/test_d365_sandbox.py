@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from coupa_d365_pipeline.sandbox.d365_app import D365Sandbox, D365SandboxConfig, split_display_value
-from coupa_d365_pipeline.sandbox.server import SandboxServer, free_port
+from coupa_d365_pipeline.sandbox.server import SandboxServer, bind_socket
 
 TENANT = "contoso-tenant"
 CLIENT, SECRET = "sandbox-app", "sandbox-app-secret"
@@ -82,10 +82,11 @@ class Env:
 
 
 def start(**overrides: Any) -> tuple[Env, SandboxServer]:
-    port = free_port()
+    sock = bind_socket()
+    port = sock.getsockname()[1]
     config = D365SandboxConfig(environment_url=f"http://127.0.0.1:{port}", **overrides)
     sandbox = D365Sandbox(config, master_data())
-    server = SandboxServer(sandbox.app, port=port).start()
+    server = SandboxServer(sandbox.app, sock=sock).start()
     return Env(sandbox, server), server
 
 
