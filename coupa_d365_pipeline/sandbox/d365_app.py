@@ -1821,109 +1821,65 @@ class D365Sandbox:
             return Response(status_code=204)
 
         async def post_invoice(request: Request) -> Response:
-            body = await request.json()
-            try:
-                result = self.state.post_invoice(body.get("dataAreaId") or body.get("data_area_id") or
-                                                 self.config.default_company,
-                                                 body.get("HeaderReference") or body.get("header_reference"),
-                                                 created_on=body.get("CreatedOn") or body.get("created_on"))
-            except KeyError as exc:
-                return JSONResponse({"error": str(exc.args[0])}, status_code=404)
-            return Response(dumps(result), media_type="application/json")
+            body = await _hook_body(request)
+            if isinstance(body, Response):
+                return body
+            return _hook_result(lambda: self.state.post_invoice(
+                _pick(body, "dataAreaId", "data_area_id", default=self.config.default_company),
+                _pick(body, "HeaderReference", "header_reference"),
+                created_on=_pick(body, "CreatedOn", "created_on")))
 
         async def settle(request: Request) -> Response:
-            body = await request.json()
-
-            def pick(*names: str, default: Any = None) -> Any:
-                for n in names:
-                    if body.get(n) not in (None, ""):
-                        return body[n]
-                return default
-
-            try:
-                result = self.state.settle_invoice(
-                    pick("dataAreaId", "data_area_id", default=self.config.default_company),
-                    pick("InvoiceId", "invoice_id", "Invoice"), pick("VendorAccount", "vendor_account", "AccountNum"),
-                    Decimal(str(pick("Amount", "amount"))),
-                    pick("Date", "date", default=self.state.now().date().isoformat()),
-                    pick("PaymentReference", "payment_reference", default=""),
-                    created_on=pick("CreatedOn", "created_on"))
-            except KeyError as exc:
-                return JSONResponse({"error": str(exc.args[0])}, status_code=404)
-            except (ValueError, ArithmeticError) as exc:
-                return JSONResponse({"error": str(exc)}, status_code=400)
-            return Response(dumps(result), media_type="application/json")
+            body = await _hook_body(request)
+            if isinstance(body, Response):
+                return body
+            return _hook_result(lambda: self.state.settle_invoice(
+                _pick(body, "dataAreaId", "data_area_id", default=self.config.default_company),
+                _pick(body, "InvoiceId", "invoice_id", "Invoice"),
+                _pick(body, "VendorAccount", "vendor_account", "AccountNum"),
+                Decimal(str(_pick(body, "Amount", "amount"))),
+                _pick(body, "Date", "date", default=self.state.now().date().isoformat()),
+                _pick(body, "PaymentReference", "payment_reference", default=""),
+                created_on=_pick(body, "CreatedOn", "created_on")))
 
         async def settle_credit_note(request: Request) -> Response:
-            body = await request.json()
-            if not isinstance(body, dict):
-                return JSONResponse({"error": "the body must be a JSON object"}, status_code=400)
-
-            def pick(*names: str, default: Any = None) -> Any:
-                for n in names:
-                    if body.get(n) not in (None, ""):
-                        return body[n]
-                return default
-
-            invoice, credit = pick("InvoiceId", "invoice_id"), pick("CreditNoteId", "credit_note_id")
-            vendor, amount = pick("VendorAccount", "vendor_account", "AccountNum"), pick("Amount", "amount")
+            body = await _hook_body(request)
+            if isinstance(body, Response):
+                return body
+            invoice, credit = _pick(body, "InvoiceId", "invoice_id"), _pick(body, "CreditNoteId", "credit_note_id")
+            vendor = _pick(body, "VendorAccount", "vendor_account", "AccountNum")
+            amount = _pick(body, "Amount", "amount")
             if None in (invoice, credit, vendor, amount):
                 return JSONResponse({"error": "InvoiceId, CreditNoteId, VendorAccount and Amount are required"},
                                     status_code=400)
-            try:
-                result = self.state.settle_credit_note(
-                    pick("dataAreaId", "data_area_id", default=self.config.default_company), str(invoice),
-                    str(credit), str(vendor), Decimal(str(amount)),
-                    pick("Date", "date", default=self.state.now().date().isoformat()))
-            except KeyError as exc:
-                return JSONResponse({"error": str(exc.args[0])}, status_code=404)
-            except (ValueError, ArithmeticError) as exc:
-                return JSONResponse({"error": str(exc)}, status_code=400)
-            return Response(dumps(result), media_type="application/json")
+            return _hook_result(lambda: self.state.settle_credit_note(
+                _pick(body, "dataAreaId", "data_area_id", default=self.config.default_company), str(invoice),
+                str(credit), str(vendor), Decimal(str(amount)),
+                _pick(body, "Date", "date", default=self.state.now().date().isoformat())))
 
         async def reverse_settlement(request: Request) -> Response:
-            body = await request.json()
-            if not isinstance(body, dict) or body.get("SourceKey") in (None, ""):
+            body = await _hook_body(request)
+            if isinstance(body, Response):
+                return body
+            if _pick(body, "SourceKey") is None:
                 return JSONResponse({"error": "SourceKey (the VendSettlement row) is required"}, status_code=400)
-            try:
-                result = self.state.reverse_settlement(
-                    str(body.get("dataAreaId") or self.config.default_company), int(body["SourceKey"]))
-            except KeyError as exc:
-                return JSONResponse({"error": str(exc.args[0])}, status_code=404)
-            except ValueError as exc:
-                return JSONResponse({"error": str(exc)}, status_code=400)
-            return Response(dumps(result), media_type="application/json")
+            return _hook_result(lambda: self.state.reverse_settlement(
+                str(_pick(body, "dataAreaId", default=self.config.default_company)), int(body["SourceKey"])))
 
         async def receive(request: Request) -> Response:
-            try:
-                body = await request.json()
-            except ValueError:
-                return JSONResponse({"error": "the body must be a JSON object"}, status_code=400)
-            if not isinstance(body, dict):
-                return JSONResponse({"error": "the body must be a JSON object"}, status_code=400)
-
-            def pick(*names: str, default: Any = None) -> Any:
-                for n in names:
-                    if body.get(n) not in (None, ""):
-                        return body[n]
-                return default
-
-            po = pick("PurchaseOrderNumber", "purchase_order_number")
-            line_number = pick("LineNumber", "line_number", "PurchaseOrderLineNumber")
-            quantity = pick("Quantity", "quantity", "ReceivedPurchaseQuantity")
+            body = await _hook_body(request)
+            if isinstance(body, Response):
+                return body
+            po = _pick(body, "PurchaseOrderNumber", "purchase_order_number")
+            line_number = _pick(body, "LineNumber", "line_number", "PurchaseOrderLineNumber")
+            quantity = _pick(body, "Quantity", "quantity", "ReceivedPurchaseQuantity")
             if po is None or line_number is None or quantity is None:
                 return JSONResponse({"error": "PurchaseOrderNumber, LineNumber and Quantity are required"},
                                     status_code=400)
-            try:
-                result = self.state.receive_po_line(
-                    str(pick("dataAreaId", "data_area_id", default=self.config.default_company)), str(po),
-                    line_number, quantity, str(pick("Date", "date", "ProductReceiptDate",
-                                                    default="2026-11-20T12:00:00Z")))
-            except KeyError as exc:
-                return JSONResponse({"error": str(exc.args[0])}, status_code=404)
-            except (ValueError, ArithmeticError) as exc:
-                return JSONResponse({"error": str(exc)}, status_code=400)
-            return Response(dumps(result), media_type="application/json")
+            return _hook_result(lambda: self.state.receive_po_line(
+                str(_pick(body, "dataAreaId", "data_area_id", default=self.config.default_company)), str(po),
+                line_number, quantity, str(_pick(body, "Date", "date", "ProductReceiptDate",
+                                                 default="2026-11-20T12:00:00Z"))))
 
         async def raw_set(request: Request) -> Response:
             name = request.path_params["entity_set"]
@@ -1957,6 +1913,35 @@ class D365Sandbox:
 
 
 # ---- helpers for the HTTP layer ---------------------------------------------------------------
+
+
+def _pick(body: dict[str, Any], *names: str, default: Any = None) -> Any:
+    """The first of ``names`` the control body gives a value for (PascalCase or snake_case)."""
+    for name in names:
+        if body.get(name) not in (None, ""):
+            return body[name]
+    return default
+
+
+async def _hook_body(request: Request) -> dict[str, Any] | Response:
+    try:
+        body = await request.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        return JSONResponse({"error": "the body must be a JSON object"}, status_code=400)
+    return body
+
+
+def _hook_result(call: Callable[[], Any]) -> Response:
+    """Run a test hook: unknown record -> 404, refused by F&O rules -> 400, else the result as JSON."""
+    try:
+        result = call()
+    except KeyError as exc:
+        return JSONResponse({"error": str(exc.args[0])}, status_code=404)
+    except (ValueError, ArithmeticError) as exc:
+        return JSONResponse({"error": str(exc)}, status_code=400)
+    return Response(dumps(result), media_type="application/json")
 
 
 def _sort_key(value: Any) -> tuple:
