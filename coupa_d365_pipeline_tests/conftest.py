@@ -34,6 +34,10 @@ ALLOWED_SKIPS: dict[str, str] = {
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--fail-on-skip", action="store_true",
                      help="fail the run when a test skips for a reason not in conftest.ALLOWED_SKIPS (CI)")
+    parser.addoption("--clock-ahead-days", type=int, default=0, metavar="N",
+                     help="run the tests with the wall clock of this process N days ahead (time.time, "
+                          "datetime.now, date.today; monotonic time and sleeps untouched) — CI runs the suite "
+                          "once a year ahead to prove no test depends on today's date")
 
 
 class SkipPolicy:
@@ -67,6 +71,30 @@ class SkipPolicy:
 def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("--fail-on-skip"):
         config.pluginmanager.register(SkipPolicy(ALLOWED_SKIPS), "coupa-d365-skip-policy")
+    days = config.getoption("--clock-ahead-days")
+    if days:
+        import time_machine
+        from datetime import timedelta
+
+        traveller = time_machine.travel(datetime.now(timezone.utc) + timedelta(days=days), tick=True)
+        traveller.start()
+        config.stash[_CLOCK_TRAVELLER] = traveller
+
+
+_CLOCK_TRAVELLER = pytest.StashKey[object]()
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    days = config.getoption("--clock-ahead-days")
+    if days:
+        return f"clock: {days} days ahead, today is {date.today().isoformat()} for these tests"
+    return None
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    traveller = config.stash.get(_CLOCK_TRAVELLER, None)
+    if traveller is not None:
+        traveller.stop()  # type: ignore[attr-defined]
 
 
 @pytest.fixture(scope="session")
