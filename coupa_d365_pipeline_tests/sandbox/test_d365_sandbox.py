@@ -81,11 +81,12 @@ class Env:
         return self.http.delete(path, headers=self.headers())
 
 
-def start(**overrides: Any) -> tuple[Env, SandboxServer]:
+def start(clock: Any = None, **overrides: Any) -> tuple[Env, SandboxServer]:
+    """A D365 sandbox with this module's master data on a free loopback port (its URL is the token audience)."""
     sock = bind_socket()
     port = sock.getsockname()[1]
     config = D365SandboxConfig(environment_url=f"http://127.0.0.1:{port}", **overrides)
-    sandbox = D365Sandbox(config, master_data())
+    sandbox = D365Sandbox(config, master_data(), **({"clock": clock} if clock is not None else {}))
     server = SandboxServer(sandbox.app, sock=sock).start()
     return Env(sandbox, server), server
 

@@ -10,10 +10,8 @@ from typing import Any, Iterator
 import pytest
 
 from coupa_d365_pipeline.common.clock import SimulatedClock
-from coupa_d365_pipeline.sandbox.d365_app import D365Sandbox, D365SandboxConfig
 from coupa_d365_pipeline.sandbox.d365_schema import EMPTY_DATE
-from coupa_d365_pipeline.sandbox.server import SandboxServer, bind_socket
-from coupa_d365_pipeline_tests.sandbox.test_d365_sandbox import HEADER, Env, master_data
+from coupa_d365_pipeline_tests.sandbox.test_d365_sandbox import HEADER, Env, start
 
 NOW = datetime(2026, 11, 30, 9, 0, tzinfo=timezone.utc)
 
@@ -25,11 +23,7 @@ def clock() -> SimulatedClock:
 
 @pytest.fixture
 def env(clock: SimulatedClock) -> Iterator[Env]:
-    sock = bind_socket()
-    port = sock.getsockname()[1]
-    sandbox = D365Sandbox(D365SandboxConfig(environment_url=f"http://127.0.0.1:{port}"), master_data(), clock=clock)
-    server = SandboxServer(sandbox.app, sock=sock).start()
-    e = Env(sandbox, server)
+    e, server = start(clock=clock)
     try:
         yield e
     finally:
