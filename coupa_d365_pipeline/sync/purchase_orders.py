@@ -143,7 +143,7 @@ class PurchaseOrderSync(DocumentSync):
     def _missing(self, row: LedgerRow, po: dict[str, Any], key: dict[str, Any]) -> Outcome:
         reason = (f"the purchase order {key['PurchaseOrderNumber']} we booked in D365 {key['dataAreaId']} is gone; it "
                   "is not created again automatically — if it was deleted on purpose nothing is needed, otherwise "
-                  "delete the ledger row's booking by replaying the PO after checking D365")
+                  "create it again in D365 under the same number (later Coupa changes then apply to it)")
         self._alert_once(row, reason, po)
         self.s.ledger.update(row, self.s.run_id, release=True, state=MISSING_IN_D365, problem=None, reason=reason,
                              alerted_reason=reason)
