@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Mapping
 from urllib.parse import urlsplit
@@ -120,6 +120,22 @@ def parse_start_date(raw: str | None, problems: list[str] | None = None) -> date
     except ValueError:
         problems.append(f"SYNC_START_DATE={text!r} is not a date; use YYYY-MM-DD, e.g. 2026-01-01")
         return date.fromisoformat(DEFAULT_SYNC_START_DATE)
+
+
+def minutes_setting(name: str, default: timedelta, hint: str, env: Mapping[str, str] | None = None) -> timedelta:
+    """An optional whole number of minutes >= 0 from ``env`` (default: the process environment, read
+    when called); unset -> ``default``; anything else -> ConfigError naming the variable and ``hint``."""
+    raw = ((os.environ if env is None else env).get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        minutes = int(raw)
+    except ValueError:
+        minutes = -1
+    if minutes < 0:
+        raise ConfigError([f"{name}={raw!r} is not a whole number of minutes >= 0: {hint} (default "
+                           f"{int(default.total_seconds() // 60)}), or unset it"])
+    return timedelta(minutes=minutes)
 
 
 def _required(env: Mapping[str, str], name: str, problems: list[str]) -> str:

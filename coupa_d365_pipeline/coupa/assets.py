@@ -1,7 +1,6 @@
 """Coupa extraction assets: read documents and stage them in the sync database."""
 
 
-import os
 import time
 from collections import Counter
 from datetime import datetime, timedelta, timezone
@@ -10,7 +9,7 @@ import dagster as dg
 
 from ..partitions import daily_partitions
 from ..resources import CoupaResource, SyncStateResource
-from ..settings import ConfigError
+from ..settings import minutes_setting
 from ..state.store import normalize_timestamp
 
 
@@ -38,19 +37,8 @@ def supplier_overlap() -> timedelta:
     """How far before the watermark an incremental read starts (COUPA_SUPPLIER_OVERLAP_MINUTES, read
     at run start): a supplier saved in a long Coupa transaction carries an updated-at older than its
     commit. Staging compares content hashes, so the overlap re-reads cheaply and changes nothing."""
-    problems: list[str] = []
-    raw = os.environ.get("COUPA_SUPPLIER_OVERLAP_MINUTES", "")
-    minutes = DEFAULT_SUPPLIER_OVERLAP_MINUTES
-    if raw.strip():
-        try:
-            minutes = int(raw)
-            if minutes < 0:
-                raise ValueError
-        except ValueError:
-            problems.append(f"COUPA_SUPPLIER_OVERLAP_MINUTES={raw!r} must be a whole number of minutes >= 0")
-    if problems:
-        raise ConfigError(problems)
-    return timedelta(minutes=minutes)
+    return minutes_setting("COUPA_SUPPLIER_OVERLAP_MINUTES", timedelta(minutes=DEFAULT_SUPPLIER_OVERLAP_MINUTES),
+                           "the minutes an incremental supplier read starts before the watermark")
 
 
 @dg.asset(key=["coupa", "suppliers"], group_name="coupa", kinds={"coupa"},

@@ -34,11 +34,11 @@ Writing (``StatusWriter``), per Coupa invoice with waiting events, under the inv
 
 from __future__ import annotations
 
-import os
 from datetime import datetime, timedelta
 from typing import Any, Mapping
 
 from ..d365 import odata
+from ..settings import minutes_setting
 from ..state.ledger import (
     MISSING_IN_D365, POSTED as POSTED_STATE, VOID_BLOCKED, WRITING, WRITTEN, ClaimLostError, LedgerRow, NaturalKey,
 )
@@ -64,18 +64,8 @@ MOVES_TO_POSTED = (WRITTEN, MISSING_IN_D365, WRITING)
 
 def read_overlap(environ: Mapping[str, str] | None = None) -> timedelta:
     """How far before each watermark the readers start again (``STATUS_READ_OVERLAP_MINUTES``)."""
-    raw = ((os.environ if environ is None else environ).get(READ_OVERLAP_ENV) or "").strip()
-    if not raw:
-        return DEFAULT_READ_OVERLAP
-    try:
-        minutes = int(raw)
-    except ValueError:
-        minutes = -1
-    if minutes < 0:
-        raise ValueError(f"{READ_OVERLAP_ENV}={raw!r} is not a whole number of minutes >= 0: set it to at least "
-                         "the duration of the longest D365 posting batch (default "
-                         f"{int(DEFAULT_READ_OVERLAP.total_seconds() // 60)}), or unset it")
-    return timedelta(minutes=minutes)
+    return minutes_setting(READ_OVERLAP_ENV, DEFAULT_READ_OVERLAP,
+                           "set it to at least the duration of the longest D365 posting batch", environ)
 
 
 # ---------------------------------------------------------------------------------------------
