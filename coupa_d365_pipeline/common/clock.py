@@ -1,6 +1,6 @@
 """Injectable time: the connector and the sandboxes ask a clock, never the calendar directly.
 
-Production code uses :data:`SYSTEM_CLOCK`. Tests and the demo pass a :class:`SimulatedClock` that
+Production code uses :data:`SYSTEM_CLOCK`. Tests pass a :class:`SimulatedClock` that
 starts at a chosen instant and then runs at real speed (or stands still until advanced), so a
 test about "a document edited today" means the same thing next month or next year.
 """

@@ -24,7 +24,9 @@ import json
 import os
 import socket
 import threading
+import time
 import uuid
+import weakref
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from enum import StrEnum
@@ -127,10 +129,6 @@ sa.Index("ix_sync_audit_document", sync_audit.c.doc_type, sync_audit.c.coupa_id)
 
 class ClaimLostError(RuntimeError):
     """Another run took the document over (our lease expired or our run was declared ended)."""
-
-
-def utcnow() -> datetime:
-    return SYSTEM_CLOCK.now()
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -236,7 +234,6 @@ class _Heartbeat:
         self.ledger = ledger
         self.interval_s = interval_s
         self._lock = threading.Lock()
-        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
     def ensure_running(self) -> None:
@@ -247,8 +244,7 @@ class _Heartbeat:
 
     def _loop(self) -> None:
         while True:
-            self._wake.wait(self.interval_s)
-            self._wake.clear()
+            time.sleep(self.interval_s)
             with self._lock:
                 if not self.ledger.held_claims():
                     self._thread = None
@@ -272,7 +268,6 @@ class Ledger:
         self.host = identity or process_identity()
         self.pid = pid if pid is not None else os.getpid()
         self._held: dict[_Key, str] = {}          # (doc_type, coupa_id, scope) -> claim token
-        self._lost: set[_Key] = set()
         self._held_lock = threading.Lock()
         interval = heartbeat_s if heartbeat_s is not None else max(1.0, lease.total_seconds() / 6)
         self._heartbeat = _Heartbeat(self, interval)
@@ -403,7 +398,6 @@ class Ledger:
         with self._held_lock:
             if row.claim_token:
                 self._held[key] = row.claim_token
-            self._lost.discard(key)
         self._heartbeat.ensure_running()
 
     def _unhold(self, doc_type: str, coupa_id: int, scope: str) -> None:
@@ -427,9 +421,7 @@ class Ledger:
             if changed == 1:
                 renewed += 1
             else:
-                with self._held_lock:
-                    self._held.pop((doc_type, coupa_id, scope), None)
-                    self._lost.add((doc_type, coupa_id, scope))
+                self._unhold(doc_type, coupa_id, scope)
         return renewed
 
     def _holds(self, row: LedgerRow, run_id: str) -> Any:
@@ -465,6 +457,23 @@ class Ledger:
         assert updated is not None
         return updated
 
+    def record_problem(self, row: LedgerRow, run_id: str, problem: Problem, reason: str, *,
+                       coupa_hash: str | None = None, legal_entity: str | None = None, **fields: Any) -> LedgerRow:
+        """Record why this version of a document cannot be booked, and release the claim. A
+        never-booked document becomes quarantined/failed (with the hash and legal entity of this
+        version); a booked or half-written one keeps its state, D365 key and the hash of the version
+        that is booked — so the change is retried, a void still removes it and its status still
+        reaches Coupa — and only gets the ``problem``."""
+        if row.state in UNBOOKED_OPEN_STATES:
+            values: dict[str, Any] = {"state": DocState(problem.value), "problem": None}
+            if coupa_hash is not None:
+                values["coupa_hash"] = coupa_hash
+            if legal_entity is not None:
+                values["legal_entity"] = legal_entity
+        else:
+            values = {"problem": problem}
+        return self.update(row, run_id, release=True, reason=reason, attempts=row.attempts + 1, **values, **fields)
+
     def release(self, row: LedgerRow, run_id: str) -> None:
         with self.engine.begin() as conn:
             conn.execute(sync_ledger.update().where(self._holds(row, run_id)).values(
@@ -495,14 +504,13 @@ class Ledger:
             return int(conn.execute(query).scalar_one())
 
 
-_backfilled: set[str] = set()
+_backfilled: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 
 def _backfill_structured_keys(engine: Engine) -> None:
     """Databases from before the structured key hold ``natural_key`` as 'le|vendor|number'
     (invoices), 'le|number' (POs) or the account (vendors): copy it into the new columns once."""
-    marker = str(engine.url)
-    if marker in _backfilled:
+    if engine in _backfilled:
         return
     columns = {c["name"] for c in sa.inspect(engine).get_columns("sync_ledger")}
     if "natural_key" in columns:
@@ -524,4 +532,4 @@ def _backfill_structured_keys(engine: Engine) -> None:
                     values = {"vendor_account": str(natural)}
                 if values:
                     conn.execute(sync_ledger.update().where(sync_ledger.c.id == row_id).values(**values))
-    _backfilled.add(marker)
+    _backfilled.add(engine)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+import weakref
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -139,16 +141,27 @@ def _add_missing_columns(conn: sa.engine.Connection) -> None:
                     raise
 
 
+_ensured: weakref.WeakKeyDictionary[Engine, frozenset[str]] = weakref.WeakKeyDictionary()
+_ensured_lock = threading.Lock()
+
+
 def ensure_schema(engine: Engine) -> None:
     """Create the connector's tables when missing; safe when several step processes of the first
     run start at once (SQLite: IF NOT EXISTS under SQLite's write lock; PostgreSQL: additionally
     serialized by an advisory lock, because concurrent IF NOT EXISTS can still collide on the
-    catalog's unique indexes there)."""
+    catalog's unique indexes there). Done once per engine and set of tables: the store, the ledger
+    and the status events of one step share an engine, and each asks."""
+    tables = frozenset(metadata.tables)
+    with _ensured_lock:
+        if _ensured.get(engine) == tables:
+            return
     with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": SCHEMA_LOCK_ID})
         _create_missing(conn)
         _add_missing_columns(conn)
+    with _ensured_lock:
+        _ensured[engine] = tables
 
 
 class SyncStore:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from ..common.http import HTTPClientError
-from ..state.ledger import UNBOOKED_OPEN_STATES, ClaimLostError, DocState, LedgerRow, Problem
+from ..state.ledger import ClaimLostError, LedgerRow, Problem
 from ..state.store import payload_hash
 from .context import SyncServices, error_text, http_status
 from .report import Outcome, SyncReport
@@ -86,8 +86,7 @@ class DocumentSync:
             s.ledger.audit(run_id=run, doc_type=self.DOC, coupa_id=coupa_id, action="error",
                            http_status=http_status(exc), error=reason)
             try:
-                current = s.ledger.get(self.DOC, coupa_id) or row
-                self._record_problem(current, Problem.FAILED, reason)
+                s.ledger.record_problem(s.ledger.get(self.DOC, coupa_id) or row, run, Problem.FAILED, reason)
             except ClaimLostError as lost:
                 return Outcome(self.DOC, coupa_id, "busy", label, row.legal_entity, str(lost))
             return Outcome(self.DOC, coupa_id, "failed", label, row.legal_entity, reason)
@@ -113,23 +112,6 @@ class DocumentSync:
         return content_hash(document, ignore_custom_fields=self.s.mapping.coupa_custom_fields.values())
 
     # -- shared outcomes ---------------------------------------------------------------------
-    def _record_problem(self, row: LedgerRow, problem: Problem, reason: str, *, coupa_hash: str | None = None,
-                        legal_entity: str | None = None) -> LedgerRow:
-        """Record why this version cannot be booked and release the claim. A never-booked document
-        becomes quarantined/failed; a booked (or half-written) one keeps its state, D365 key and the
-        hash of the version that is booked — so the change is retried, a void still removes it and
-        its status still reaches Coupa."""
-        s, run = self.s, self.s.run_id
-        if row.state in UNBOOKED_OPEN_STATES:
-            fields: dict[str, Any] = {"state": DocState(problem.value), "problem": None}
-            if coupa_hash is not None:
-                fields["coupa_hash"] = coupa_hash
-            if legal_entity is not None:
-                fields["legal_entity"] = legal_entity
-        else:
-            fields = {"problem": problem}
-        return s.ledger.update(row, run, release=True, reason=reason, attempts=row.attempts + 1, **fields)
-
     def _quarantine(self, row: LedgerRow, document: dict[str, Any], reason: str, coupa_hash: str,
                     legal_entity: str | None = None) -> Outcome:
         s, run = self.s, self.s.run_id
@@ -137,8 +119,8 @@ class DocumentSync:
         s.ledger.audit(run_id=run, doc_type=self.DOC, coupa_id=coupa_id, action="quarantine", error=reason)
         self._alert_once(row, reason, document)
         current = s.ledger.get(self.DOC, coupa_id) or row
-        current = s.ledger.update(current, run, alerted_reason=reason)
-        self._record_problem(current, Problem.QUARANTINED, reason, coupa_hash=coupa_hash, legal_entity=legal_entity)
+        s.ledger.record_problem(current, run, Problem.QUARANTINED, reason, coupa_hash=coupa_hash,
+                                legal_entity=legal_entity, alerted_reason=reason)
         booked = " (the version booked in D365 stays as it is)" if current.is_booked else ""
         return Outcome(self.DOC, coupa_id, "quarantined", self.label(document), legal_entity or current.legal_entity,
                        reason + booked)
@@ -147,9 +129,8 @@ class DocumentSync:
         s, run = self.s, self.s.run_id
         coupa_id = int(document["id"])
         self._alert_once(row, reason, document)
-        current = s.ledger.get(self.DOC, coupa_id) or row
-        current = s.ledger.update(current, run, alerted_reason=reason)
-        self._record_problem(current, Problem.FAILED, reason)
+        s.ledger.record_problem(s.ledger.get(self.DOC, coupa_id) or row, run, Problem.FAILED, reason,
+                                alerted_reason=reason)
         return Outcome(self.DOC, coupa_id, "failed", self.label(document), le, reason)
 
     def _alert_once(self, row: LedgerRow, reason: str, document: dict[str, Any]) -> None:

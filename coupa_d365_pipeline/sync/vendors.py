@@ -8,7 +8,7 @@ from typing import Any
 
 from ..common.http import HTTPClientError
 from ..mapping.documents import Quarantine, map_vendor, vendor_changes
-from ..state.ledger import WRITTEN, ClaimLostError, DocState, LedgerRow, Problem
+from ..state.ledger import WRITTEN, ClaimLostError, Problem
 from ..state.store import payload_hash
 from .context import SyncServices, error_text, http_status
 from .report import Outcome
@@ -60,17 +60,6 @@ class VendorSync:
                 return row
             time.sleep(0.2)
 
-    def _record_problem(self, row: LedgerRow, problem: Problem, reason: str, *, legal_entity: str | None = None,
-                        coupa_hash: str | None = None) -> None:
-        """A vendor already in D365 stays WRITTEN (with the problem noted); a new one becomes quarantined/failed."""
-        fields: dict[str, Any] = {"problem": problem} if row.state == WRITTEN else {"state": DocState(problem.value)}
-        if row.state != WRITTEN:
-            if legal_entity is not None:
-                fields["legal_entity"] = legal_entity
-            if coupa_hash is not None:
-                fields["coupa_hash"] = coupa_hash
-        self.s.ledger.update(row, self.s.run_id, release=True, reason=reason, attempts=row.attempts + 1, **fields)
-
     def _ensure(self, supplier: dict[str, Any], legal_entity: str) -> Outcome:
         s, run = self.s, self.s.run_id
         supplier_id = int(supplier["id"])
@@ -86,7 +75,8 @@ class VendorSync:
             desired = map_vendor(supplier, legal_entity, s.mapping, s.master)
             if isinstance(desired, Quarantine):
                 reason = "; ".join(desired.reasons)
-                self._record_problem(row, Problem.QUARANTINED, reason, legal_entity=legal_entity, coupa_hash=coupa_hash)
+                s.ledger.record_problem(row, run, Problem.QUARANTINED, reason, legal_entity=legal_entity,
+                                        coupa_hash=coupa_hash)
                 s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=supplier_id, scope=legal_entity,
                                action="quarantine", error=reason)
                 return Outcome(DOC, supplier_id, "quarantined", name, legal_entity, reason)
@@ -120,7 +110,7 @@ class VendorSync:
             s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=supplier_id, scope=legal_entity, action="error",
                            entity="VendorsV2", http_status=http_status(exc), error=reason)
             try:
-                self._record_problem(s.ledger.get(DOC, supplier_id, legal_entity) or row, Problem.FAILED, reason)
+                s.ledger.record_problem(s.ledger.get(DOC, supplier_id, legal_entity) or row, run, Problem.FAILED, reason)
             except ClaimLostError as lost:
                 return Outcome(DOC, supplier_id, "busy", name, legal_entity, str(lost))
             return Outcome(DOC, supplier_id, "failed", name, legal_entity, reason)
