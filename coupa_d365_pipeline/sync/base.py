@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from ..common.http import HTTPClientError
-from ..state.ledger import ClaimLostError, LedgerRow, Problem
+from ..state.ledger import ClaimLostError, DocState, LedgerRow, Problem
 from ..state.store import payload_hash
 from .context import SyncServices, error_text, http_status
 from .report import Outcome, SyncReport
@@ -132,6 +132,15 @@ class DocumentSync:
         s.ledger.record_problem(s.ledger.get(self.DOC, coupa_id) or row, run, Problem.FAILED, reason,
                                 alerted_reason=reason)
         return Outcome(self.DOC, coupa_id, "failed", self.label(document), le, reason)
+
+    def _settle_with_alert(self, row: LedgerRow, document: dict[str, Any], state: DocState, reason: str,
+                           legal_entity: str | None, **fields: Any) -> Outcome:
+        """A state that needs people, not retries (changed or voided after posting, gone from D365,
+        change blocked): record it with its reason, tell Coupa once per reason, release the claim."""
+        self._alert_once(row, reason, document)
+        self.s.ledger.update(row, self.s.run_id, release=True, state=state, problem=None, reason=reason,
+                             alerted_reason=reason, **fields)
+        return Outcome(self.DOC, int(document["id"]), state.value, self.label(document), legal_entity, reason)
 
     def _alert_once(self, row: LedgerRow, reason: str, document: dict[str, Any]) -> None:
         if row.alerted_reason != reason:

@@ -150,11 +150,7 @@ class InvoiceSync(DocumentSync):
         if row.state != MISSING_IN_D365:
             s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=coupa_id, action="missing_in_d365", entity=HEADER_SET,
                            d365_key=key, error=reason)
-        self._alert_once(row, reason, invoice)
-        s.ledger.update(row, run, release=True, state=MISSING_IN_D365, problem=None, reason=reason,
-                        alerted_reason=reason)
-        return Outcome(DOC, coupa_id, "missing_in_d365", str(invoice.get("invoice-number") or ""),
-                       row.legal_entity, reason)
+        return self._settle_with_alert(row, invoice, MISSING_IN_D365, reason, row.legal_entity)
 
     @staticmethod
     def _posted_key(natural: NaturalKey, posted: dict[str, Any], ref: str | None) -> dict[str, Any]:
@@ -187,8 +183,7 @@ class InvoiceSync(DocumentSync):
             row = s.ledger.update(row, run, state=WRITTEN, d365_key={"dataAreaId": le, "HeaderReference": adopted})
             s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=coupa_id, action="adopt", entity=HEADER_SET,
                            d365_key=row.d365_key)
-            outcome = self._update_pending(row, invoice, mapped, coupa_hash, pending, adopted=True)
-            return outcome
+            return self._update_pending(row, invoice, mapped, coupa_hash, pending, adopted=True)
 
         key = {"dataAreaId": le, "HeaderReference": ref}
         header, lines = self._bodies(mapped, ref)
@@ -344,10 +339,7 @@ class InvoiceSync(DocumentSync):
         reason = ("Coupa changed the invoice after D365 posted it; posted invoices are never modified. "
                   "Correct it in D365 (credit note) if needed.")
         s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=coupa_id, action="changed_after_post", error=reason)
-        self._alert_once(row, reason, invoice)
-        s.ledger.update(row, run, release=True, state=CHANGED_AFTER_POST, problem=None, reason=reason,
-                        coupa_hash=coupa_hash, alerted_reason=reason)
-        return Outcome(DOC, coupa_id, "changed_after_post", str(invoice.get("invoice-number")), row.legal_entity, reason)
+        return self._settle_with_alert(row, invoice, CHANGED_AFTER_POST, reason, row.legal_entity, coupa_hash=coupa_hash)
 
     def _void(self, row: LedgerRow, invoice: dict[str, Any], coupa_hash: str) -> Outcome:
         s, run = self.s, self.s.run_id
@@ -388,11 +380,9 @@ class InvoiceSync(DocumentSync):
     def _void_blocked(self, row: LedgerRow, invoice: dict[str, Any], coupa_hash: str) -> Outcome:
         reason = ("voided in Coupa after D365 posted it; posted invoices are never modified — reverse it in "
                   "D365 with a credit note")
-        self._alert_once(row, reason, invoice)
-        self.s.ledger.update(row, self.s.run_id, release=True, state=VOID_BLOCKED, problem=None,
-                             coupa_hash=coupa_hash, reason=reason, alerted_reason=reason)
-        return Outcome(DOC, int(invoice["id"]), "void_blocked_posted", str(invoice.get("invoice-number") or ""),
-                       (row.d365_key or {}).get("dataAreaId") or row.legal_entity, reason)
+        return self._settle_with_alert(row, invoice, VOID_BLOCKED, reason,
+                                       (row.d365_key or {}).get("dataAreaId") or row.legal_entity,
+                                       coupa_hash=coupa_hash)
 
     def _quarantine(self, row: LedgerRow, document: dict[str, Any], reason: str, coupa_hash: str,
                     legal_entity: str | None = None) -> Outcome:

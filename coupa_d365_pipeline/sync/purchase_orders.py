@@ -144,10 +144,7 @@ class PurchaseOrderSync(DocumentSync):
         reason = (f"the purchase order {key['PurchaseOrderNumber']} we booked in D365 {key['dataAreaId']} is gone; it "
                   "is not created again automatically — if it was deleted on purpose nothing is needed, otherwise "
                   "create it again in D365 under the same number (later Coupa changes then apply to it)")
-        self._alert_once(row, reason, po)
-        self.s.ledger.update(row, self.s.run_id, release=True, state=MISSING_IN_D365, problem=None, reason=reason,
-                             alerted_reason=reason)
-        return Outcome(DOC, int(po["id"]), "missing_in_d365", self.label(po), key["dataAreaId"], reason)
+        return self._settle_with_alert(row, po, MISSING_IN_D365, reason, key["dataAreaId"])
 
     # -- create ------------------------------------------------------------------------------
     def _create(self, row: LedgerRow, po: dict[str, Any], mapped: MappedPurchaseOrder, key: dict[str, Any],
@@ -259,10 +256,8 @@ class PurchaseOrderSync(DocumentSync):
         changed = bool(header_changes) or applied > 0
         if blocked:
             reason = "change not applied where D365 no longer allows it: " + "; ".join(blocked)
-            self._alert_once(row, reason, po)
-            s.ledger.update(s.ledger.get(DOC, coupa_id) or row, run, release=True, state=CHANGE_BLOCKED, problem=None,
-                            reason=reason, alerted_reason=reason, coupa_hash=coupa_hash, d365_key=key)
-            return Outcome(DOC, coupa_id, "change_blocked", mapped.purchase_order_number, mapped.legal_entity, reason)
+            return self._settle_with_alert(s.ledger.get(DOC, coupa_id) or row, po, CHANGE_BLOCKED, reason,
+                                           mapped.legal_entity, coupa_hash=coupa_hash, d365_key=key)
         state = CLOSED if closed else WRITTEN
         row = s.ledger.update(row, run, state=state, coupa_hash=coupa_hash, d365_key=key, reason=None, problem=None,
                               coupa_notified=False, payload_hash=payload_hash([mapped.header, mapped.lines]))
