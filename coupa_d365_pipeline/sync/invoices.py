@@ -31,6 +31,7 @@ from ..state.store import payload_hash
 from .base import DocumentSync
 from .context import SyncServices, error_text
 from .report import Outcome
+from .settlements import posted_journal_rows
 from .vendors import VendorSync
 from .writer import InvoiceWriter, ODataBatchInvoiceWriter
 
@@ -234,9 +235,7 @@ class InvoiceSync(DocumentSync):
         return rows[0] if rows else None
 
     def _find_posted(self, natural: NaturalKey) -> dict[str, Any] | None:
-        rows = list(self.s.d365.query(POSTED_SET, legal_entity=natural.legal_entity, filter=odata.and_(
-            odata.eq("InvoiceId", natural.document_number), odata.eq("InvoiceAccount", natural.vendor_account)),
-            select=["InvoiceId", "InvoiceAccount", "LedgerVoucher", "InvoiceAmount"], top=1))
+        rows = posted_journal_rows(self.s.d365, natural, top=1)
         return rows[0] if rows else None
 
     def _find_posted_for_row(self, row: LedgerRow, mapped: MappedInvoice | None) -> tuple[NaturalKey, dict[str, Any]] | None:

@@ -121,6 +121,13 @@ class InvoiceSettlements:
         return [s for s in self.settlements if s.kind == kind]
 
 
+def posted_journal_rows(d365: Any, natural: NaturalKey, *, top: int | None = None) -> list[dict[str, Any]]:
+    """The posted invoice journal (VendInvoiceJour) rows of an invoice, by its natural key."""
+    return list(d365.query(JOURNAL_SET, legal_entity=natural.legal_entity, filter=odata.and_(
+        odata.eq("InvoiceId", natural.document_number), odata.eq("InvoiceAccount", natural.vendor_account)),
+        select=["InvoiceId", "InvoiceAccount", "LedgerVoucher", "InvoiceAmount"], top=top))
+
+
 class D365SettlementReader:
     """Reads an invoice's current settlement state: its VendTrans (natural key + voucher), their
     VendSettlement rows (``TransRecId``) and each row's offset VendTrans (``OffsetRecid``)."""
@@ -130,9 +137,7 @@ class D365SettlementReader:
         self._offsets: dict[tuple[str, int], dict[str, Any] | None] = {}
 
     def posted_voucher(self, natural: NaturalKey) -> str | None:
-        rows = list(self.d365.query(JOURNAL_SET, legal_entity=natural.legal_entity, filter=odata.and_(
-            odata.eq("InvoiceAccount", natural.vendor_account), odata.eq("InvoiceId", natural.document_number)),
-            select=["InvoiceId", "InvoiceAccount", "LedgerVoucher"]))
+        rows = posted_journal_rows(self.d365, natural)
         return text_of(rows[-1]["LedgerVoucher"]) if rows else None
 
     def current(self, natural: NaturalKey, voucher: str) -> InvoiceSettlements | None:
