@@ -23,8 +23,7 @@ from coupa_d365_pipeline.sync.purchase_orders import PurchaseOrderSync
 from coupa_d365_pipeline.sync.report import Outcome
 from coupa_d365_pipeline.sync.vendors import VendorSync
 from coupa_d365_pipeline_tests.conftest import make_coupa_client, make_d365_client
-
-CHARTS = {"US Manufacturing": "usmf", "DE Manufacturing": "demf", "UK Manufacturing": "gbsi"}
+from coupa_d365_pipeline_tests.flow.helpers import CHARTS
 
 
 @pytest.fixture
@@ -75,16 +74,6 @@ def mappable_invoice(sandboxes: RunningSandboxes, le: str = "usmf", skip: int = 
 def pending_headers(sandboxes: RunningSandboxes, **equals: Any) -> list[dict[str, Any]]:
     return [h for h in sandboxes.d365.state.records("VendorInvoiceHeaders")
             if all(str(h.get(k)).casefold() == str(v).casefold() for k, v in equals.items())]
-
-
-def d365_writes_since(sandboxes: RunningSandboxes, seq: int) -> list[Any]:
-    return [e for e in sandboxes.d365.log.snapshot()
-            if e.seq > seq and e.path.startswith("/data/") and e.method in ("POST", "PATCH", "PUT", "DELETE")]
-
-
-def last_seq(sandboxes: RunningSandboxes) -> int:
-    entries = sandboxes.d365.log.snapshot()
-    return entries[-1].seq if entries else 0
 
 
 def money(value: Any) -> Decimal:

@@ -7,7 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 from coupa_d365_pipeline.state.ledger import WRITTEN
-from coupa_d365_pipeline_tests.sync.conftest import CHARTS, as_run, d365_writes_since, last_seq, sync_po
+from coupa_d365_pipeline_tests.flow.helpers import CHARTS, d365_writes, last_seq
+from coupa_d365_pipeline_tests.sync.conftest import as_run, sync_po
 
 
 def issued_po(sandboxes, skip: int = 0, lines_at_least: int = 2) -> dict[str, Any]:
@@ -77,7 +78,7 @@ def test_native_d365_po_with_the_same_number_is_never_adopted_or_changed(service
 
     assert outcome.action == "quarantined", outcome
     assert "did not create" in outcome.detail and native_vendor in outcome.detail
-    assert [w for w in d365_writes_since(sandboxes, seq) if "PurchaseOrder" in w.path or "PurchaseOrder" in w.body] == []
+    assert [w for w in d365_writes(sandboxes, seq) if "PurchaseOrder" in w.path or "PurchaseOrder" in w.body] == []
     assert d365_lines(sandboxes, "usmf", po["po-number"]) == before
     [header] = [h for h in sandboxes.d365.state.records("PurchaseOrderHeadersV2")
                 if h["dataAreaId"] == "usmf" and h["PurchaseOrderNumber"] == po["po-number"]]
