@@ -227,7 +227,7 @@ class InvoiceSync(DocumentSync):
     def _find_pending(self, mapped: MappedInvoice) -> dict[str, Any] | None:
         rows = list(self.s.d365.query(HEADER_SET, legal_entity=mapped.legal_entity, filter=odata.and_(
             odata.eq("InvoiceNumber", mapped.invoice_number), odata.eq("InvoiceAccount", mapped.vendor_account)),
-            select=["HeaderReference", "InvoiceNumber", "InvoiceAccount", "ImportedAmount"]))
+            select=["HeaderReference", *HEADER_UPDATE_FIELDS]))   # every field an adoption compares
         if len(rows) > 1:
             self.s.logger.warning("D365 holds %d pending invoices %s for %s in %s; using %s", len(rows),
                                   mapped.invoice_number, mapped.vendor_account, mapped.legal_entity,

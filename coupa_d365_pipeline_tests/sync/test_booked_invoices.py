@@ -337,3 +337,24 @@ def test_invoice_posted_between_the_lookup_and_the_delete_is_void_blocked_not_vo
     assert outcome.action == "void_blocked_posted", outcome
     assert services.ledger.get("invoice", invoice["id"]).state == "void_blocked_posted"
     assert posted_journal(sandboxes, InvoiceId=invoice["invoice-number"])
+
+
+def test_adopting_a_pending_invoice_keyed_by_hand_patches_only_what_differs(services, sandboxes):
+    """AP keyed the header by hand with exactly what we would send: adopting it adds the lines and
+    PATCHes no header field (the lookup must read every field it compares)."""
+    from coupa_d365_pipeline.mapping.documents import map_invoice
+    from coupa_d365_pipeline.sync.vendors import VendorSync
+
+    invoice = mappable_invoice(sandboxes)
+    supplier = next(s for s in sandboxes.seed.coupa_suppliers if s["id"] == invoice["supplier"]["id"])
+    mapped = map_invoice(invoice, services.mapping, services.master, supplier=supplier)
+    assert VendorSync(services).ensure(supplier, mapped.legal_entity).action in ("created", "already_present")
+    sandboxes.d365.state.create("VendorInvoiceHeaders", dict(mapped.header, HeaderReference="AP-KEYED-1"))
+    seq = last_seq(sandboxes)
+
+    outcome = sync_invoice(services, invoice["id"])
+
+    assert outcome.action == "repaired" and "adopted existing AP-KEYED-1, 0 header fields" in outcome.detail
+    writes = d365_writes(sandboxes, seq)
+    assert [w for w in writes if w.method == "PATCH"] == []
+    assert sum(w.method == "POST" and w.path == "/data/VendorInvoiceLines" for w in writes) == len(invoice["invoice-lines"])
