@@ -177,9 +177,11 @@ class InvoiceSync(DocumentSync):
             self._notify_booked(row, invoice)
             return Outcome(DOC, coupa_id, "already_present", number, le, "already posted in D365")
 
+        # Our own HeaderReference needs no lookup here: an earlier write of ours that landed is either
+        # known to the ledger (reconciled above) or makes the create below answer "already exists".
         ref = header_reference(coupa_id)
-        pending = s.d365.get(HEADER_SET, {"dataAreaId": le, "HeaderReference": ref}) or self._find_pending(mapped)
-        if pending is not None:  # a previous attempt landed (crash, lost answer, or sequential write)
+        pending = self._find_pending(mapped)
+        if pending is not None:  # someone else's or an earlier sequential write with this natural key
             adopted = str(pending["HeaderReference"])
             row = s.ledger.update(row, run, state=WRITTEN, d365_key={"dataAreaId": le, "HeaderReference": adopted})
             s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=coupa_id, action="adopt", entity=HEADER_SET,
