@@ -25,6 +25,7 @@ from typing import Any
 
 from .config import MappingConfig
 from .dimensions import display_value, escape_segment
+from .limits import check_body
 from .master import D365MasterData
 
 __all__ = [
@@ -39,6 +40,21 @@ __all__ = [
 ]
 
 TOLERANCE = Decimal("0.01")
+# Sanity rules (issue 9): what no AP clerk would book is quarantined with the rule in the reason.
+# Amounts: |price|, |line total| or |gross total| of 10^12 or more in any currency is a typo or a
+# corrupted value (and beyond the precision JSON clients keep); quantities of 10^9 or more likewise.
+MAX_ABS_AMOUNT = Decimal(10) ** 12
+MAX_ABS_QUANTITY = Decimal(10) ** 9
+# Coupa line types whose quantity means something (amount lines carry a nominal quantity)
+AMOUNT_LINE_TYPES = frozenset({"InvoiceAmountLine", "OrderAmountLine"})
+INVOICE_SOURCES = {"InvoiceNumber": "invoice-number", "InvoiceAccount": "the supplier number",
+                   "Currency": "the currency", "LineDescription": "the line description",
+                   "ItemNumber": "the item number", "PurchaseOrder": "the PO number",
+                   "MainAccountDisplayValue": "the line account", "DimensionDisplayValue": "the line account"}
+VENDOR_SOURCES = {"VendorAccountNumber": "the supplier number", "VendorOrganizationName": "the supplier name",
+                  "VendorSearchName": "the supplier name", "AddressStreet": "the supplier's street",
+                  "AddressCity": "the supplier's city", "AddressZipCode": "the supplier's postal code",
+                  "AddressCountryRegionId": "the supplier's country"}
 NAME_MAX = 100
 SEARCH_NAME_MAX = 20
 
@@ -198,6 +214,9 @@ def map_vendor(supplier: dict, legal_entity: str, mapping: MappingConfig,
             body["DefaultPaymentTermsName"] = pt
     on_hold = _s(supplier.get("status")).lower() == "inactive" or supplier.get("on-hold") is True
     body["OnHoldStatus"] = "All" if on_hold else "No"
+    check_body(p, "VendorsV2", body, VENDOR_SOURCES, tag=who)
+    if p:
+        return p.quarantine()
     return body
 
 
@@ -219,14 +238,46 @@ def vendor_changes(current: dict, desired: dict) -> dict:
 
 
 def document_currency(document: dict, noun: str, master: D365MasterData, p: "_Problems") -> str:
-    """The document's Coupa currency code, checked against D365 Currencies (invoices and POs)."""
-    currency = _name(document.get("currency"), "code").upper()
-    if not currency:
+    """The document's Coupa currency code, checked against D365 Currencies (invoices and POs).
+
+    Coupa sends ``{"code": "USD", ...}``; a bare code (``"USD"``) is read as that code — it says
+    the same thing and is checked against D365 like any other. Any other shape is quarantined."""
+    raw = document.get("currency")
+    currency = (_s(raw) if isinstance(raw, str) else _name(raw, "code")).upper()
+    if not currency and raw not in (None, "", {}):
+        p.add("currency_unknown", f"{noun} currency {str(raw)[:40]!r} is not a Coupa currency (an object with a "
+              "code such as USD); fix the currency in Coupa")
+    elif not currency:
         p.add("currency_unknown", f"{noun} has no currency; set it in Coupa")
     elif not master.has_currency(currency):
         p.add("currency_unknown", f"currency {currency} does not exist in D365 (Currencies); "
               f"add it in D365 or fix the {noun} currency in Coupa")
     return currency
+
+def is_credit_note(invoice: dict) -> bool:
+    """Coupa marks a credit note with ``is-credit-note`` and document type "Credit Note"."""
+    return invoice.get("is-credit-note") is True or _s(invoice.get("document-type")).casefold() == "credit note"
+
+
+def line_sane(p: "_Problems", tag: str, qty: Decimal, price: Decimal, total: Decimal, *, quantity_line: bool,
+              credit: bool | None) -> None:
+    """The sanity rules for one line's numbers (``credit`` None: a purchase order)."""
+    for name, value in (("price", price), ("total", total)):
+        if abs(value) >= MAX_ABS_AMOUNT:
+            p.add("absurd_amount", f"{tag}: {name} {value} is beyond any plausible amount (rule: |amount| < "
+                  f"{MAX_ABS_AMOUNT}); fix the line in Coupa")
+    if abs(qty) >= MAX_ABS_QUANTITY:
+        p.add("absurd_quantity", f"{tag}: quantity {qty} is beyond any plausible quantity (rule: |quantity| < "
+              f"{MAX_ABS_QUANTITY}); fix the line in Coupa")
+    if qty < 0 and credit is False:
+        p.add("negative_quantity", f"{tag}: quantity {qty} on an invoice that is not a credit note; correct the "
+              "quantity in Coupa or issue a credit note")
+    elif qty < 0 and credit is None:
+        p.add("negative_quantity", f"{tag}: quantity {qty} on a purchase order; order a positive quantity in Coupa")
+    if qty == 0 and quantity_line:
+        p.add("zero_quantity", f"{tag}: quantity 0 on a quantity line books nothing (rule: a quantity line "
+              "needs a quantity); correct the quantity in Coupa or remove the line")
+
 
 def line_accounting(account: dict, tag: str, le: str | None, le_ok: bool, mapping: MappingConfig,
                     master: D365MasterData, p: "_Problems") -> tuple[str, list[str]]:
@@ -290,6 +341,7 @@ def map_invoice(invoice: dict, mapping: MappingConfig, master: D365MasterData, *
     if inv_date is None:
         p.add("invalid_date", f"invoice-date {invoice.get('invoice-date')!r} is not a date; fix it in Coupa")
     currency = document_currency(invoice, "invoice", master, p)
+    credit = is_credit_note(invoice)
 
     # ---- lines
     raw_lines = invoice.get("invoice-lines") or []
@@ -322,6 +374,8 @@ def map_invoice(invoice: dict, mapping: MappingConfig, master: D365MasterData, *
             if abs(qty * price - total) > TOLERANCE:
                 p.add("invalid_amounts", f"{tag}: quantity {qty} × price {price} = {qty * price} but the line total "
                       f"is {total} (differs by more than {TOLERANCE}); fix the line amounts in Coupa")
+            line_sane(p, tag, qty, price, total, quantity_line=ln.get("type") not in AMOUNT_LINE_TYPES,
+                      credit=credit)
             line_sum += total
 
         account = ln.get("account") if isinstance(ln.get("account"), dict) else {}
@@ -361,6 +415,7 @@ def map_invoice(invoice: dict, mapping: MappingConfig, master: D365MasterData, *
         po_line = _s(ln.get("order-line-num"))
         if po_number and po_line:
             po_lines[idx] = (po_number, po_line)
+        check_body(p, "VendorInvoiceLines", body, INVOICE_SOURCES, tag=tag)
         lines.append(body)
 
     gross = _dec(invoice.get("gross-total"))
@@ -369,6 +424,11 @@ def map_invoice(invoice: dict, mapping: MappingConfig, master: D365MasterData, *
     elif raw_lines and sum_ok and abs(gross - line_sum) > TOLERANCE:
         p.add("invalid_amounts", f"gross-total {gross} differs from the sum of line totals {line_sum} by more than "
               f"{TOLERANCE}; fix the invoice amounts in Coupa")
+    elif abs(gross) >= MAX_ABS_AMOUNT:
+        p.add("absurd_amount", f"gross-total {gross} is beyond any plausible invoice (rule: |amount| < "
+              f"{MAX_ABS_AMOUNT}); fix the invoice amounts in Coupa")
+    check_body(p, "VendorInvoiceHeaders", {"InvoiceNumber": number, "InvoiceAccount": vendor or "",
+                                           "Currency": currency}, INVOICE_SOURCES)
 
     if p:
         return p.quarantine()

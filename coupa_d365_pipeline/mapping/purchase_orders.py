@@ -37,9 +37,11 @@ from typing import Any
 from .config import MappingConfig
 from .dimensions import display_value, escape_segment
 from .documents import (
-    TOLERANCE, Quarantine, _cmp, _dec, _invoice_date, _name, _Problems, _s, document_currency, line_accounting,
+    AMOUNT_LINE_TYPES, TOLERANCE, Quarantine, _cmp, _dec, _invoice_date, _name, _Problems, _s, document_currency,
+    line_accounting, line_sane,
     vendor_account_for,
 )
+from .limits import check_body
 from .master import D365MasterData
 
 __all__ = [
@@ -175,6 +177,12 @@ def _line_number(value: Any) -> int | None:
     return n if n > 0 else None
 
 
+PO_SOURCES = {"PurchaseOrderNumber": "po-number", "OrderVendorAccountNumber": "the supplier number",
+              "CurrencyCode": "the currency", "LineDescription": "the line description",
+              "ItemNumber": "the item number", "MainAccountIdDisplayValue": "the line account",
+              "DefaultLedgerDimensionDisplayValue": "the line account"}
+
+
 def map_purchase_order(po: dict, mapping: MappingConfig, master: D365MasterData, *,
                        supplier: dict | None = None) -> MappedPurchaseOrder | Quarantine:
     """PurchaseOrderHeadersV2/PurchaseOrderLinesV2 bodies for a Coupa PO, or a Quarantine."""
@@ -234,6 +242,7 @@ def map_purchase_order(po: dict, mapping: MappingConfig, master: D365MasterData,
             if abs(qty * price - total) > TOLERANCE:
                 p.add("invalid_amounts", f"{tag}: quantity {qty} × price {price} = {qty * price} but the line total "
                       f"is {total} (differs by more than {TOLERANCE}); fix the line amounts in Coupa")
+            line_sane(p, tag, qty, price, total, quantity_line=ln.get("type") not in AMOUNT_LINE_TYPES, credit=None)
 
         need_by_raw = ln.get("need-by-date")
         need_by = _invoice_date(need_by_raw) if _s(need_by_raw) else None
@@ -287,7 +296,11 @@ def map_purchase_order(po: dict, mapping: MappingConfig, master: D365MasterData,
                     body["ProcurementProductCategoryName"] = cat[0]
         body["MainAccountIdDisplayValue"] = escape_segment(main, delim)
         body["DefaultLedgerDimensionDisplayValue"] = display_value(seg_values, delim)
+        check_body(p, "PurchaseOrderLinesV2", {k: v for k, v in body.items() if k != "PurchaseOrderNumber"},
+                   PO_SOURCES, tag=tag)
         lines.append(body)
+    check_body(p, "PurchaseOrderHeadersV2", {"PurchaseOrderNumber": number, "OrderVendorAccountNumber": vendor or "",
+                                             "CurrencyCode": currency}, PO_SOURCES)
 
     if p:
         return p.quarantine()
