@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from .odata import jsonable
+from .odata import dumps
 
 CRLF = "\r\n"
 
@@ -61,7 +61,7 @@ def encode_batch(base_url: str, changesets: list[Changeset]) -> tuple[str, bytes
                       "OData-Version: 4.0", "OData-MaxVersion: 4.0",
                       "Content-Type: application/json;odata.metadata=minimal;charset=UTF-8",
                       "Accept: application/json;odata.metadata=minimal", ""]
-            lines.append(json.dumps(jsonable(op.body), separators=(",", ":")) if op.body is not None else "")
+            lines.append(dumps(op.body).decode("utf-8") if op.body is not None else "")
         lines.append(f"--{cs_boundary}--")
     lines.append(f"--{batch_boundary}--")
     lines.append("")

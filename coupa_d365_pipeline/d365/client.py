@@ -139,8 +139,8 @@ class D365Client:
                     "Authorization": f"Bearer {self.auth.token()}"}
                 if json is not None:
                     all_headers.setdefault("Content-Type", "application/json;odata.metadata=minimal")
-                return self.http.build_request(method, url, params=params, json=json, content=content,
-                                               headers=all_headers)
+                body = odata.dumps(json) if json is not None else content   # exact decimals, never floats
+                return self.http.build_request(method, url, params=params, content=body, headers=all_headers)
 
             response = self.sender.send(build, idempotent=idempotent, is_retryable_response=_is_transient)
             if response.status_code == 401 and auth_attempt == 1:
@@ -218,7 +218,7 @@ class D365Client:
         self._check_record(entity_set, record)
         for attempt in (1, 2, 3):
             try:
-                response = self._send("POST", self._url(entity_set), json=odata.jsonable(dict(record)), idempotent=False)
+                response = self._send("POST", self._url(entity_set), json=dict(record), idempotent=False)
             except AmbiguousWriteError as exc:
                 if verify is None:
                     raise
@@ -237,7 +237,7 @@ class D365Client:
         self._check_key(entity_set, key)
         self._check_record(entity_set, changes, require_company=False)
         response = self._send("PATCH", self._url(entity_set + odata.key_predicate(key)),
-                              params={"cross-company": "true"}, json=odata.jsonable(dict(changes)), idempotent=True)
+                              params={"cross-company": "true"}, json=dict(changes), idempotent=True)
         self._raise_for(response, f"PATCH {entity_set}")
 
     def delete(self, entity_set: str, key: Mapping[str, Any]) -> bool:

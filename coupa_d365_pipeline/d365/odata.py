@@ -6,6 +6,8 @@ Every value that reaches a URL goes through :func:`literal`, so a Coupa value co
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from decimal import Decimal
@@ -75,9 +77,8 @@ def _field(name: str) -> str:
 
 
 def jsonable(value: Any) -> Any:
-    """Make a D365 body JSON-serializable: Decimal -> number, datetime/date -> Edm.DateTimeOffset text."""
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() and abs(value) < 2**53 else float(value)
+    """Make a D365 body JSON-ready: datetime/date -> Edm.DateTimeOffset text; Decimals stay
+    Decimals (serialize with :func:`dumps`, which writes their exact digits — never a float)."""
     if isinstance(value, dict):
         return {k: jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -85,3 +86,40 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, (datetime, date)):
         return literal(value)
     return value
+
+
+def _decimal_text(value: Decimal) -> str:
+    if not value.is_finite():
+        raise ValueError(f"{value} is not a finite number; D365 Edm.Decimal cannot hold it")
+    return format(value, "f")
+
+
+def _encode(value: Any, out: list[str]) -> None:
+    if isinstance(value, dict):
+        out.append("{")
+        for index, (key, item) in enumerate(value.items()):
+            out.append(("," if index else "") + json.dumps(str(key)) + ":")
+            _encode(item, out)
+        out.append("}")
+    elif isinstance(value, (list, tuple)):
+        out.append("[")
+        for index, item in enumerate(value):
+            if index:
+                out.append(",")
+            _encode(item, out)
+        out.append("]")
+    elif isinstance(value, Decimal):
+        out.append(_decimal_text(value))
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{value} is not a finite number; D365 Edm.Decimal cannot hold it")
+    else:
+        out.append(json.dumps(value))
+
+
+def dumps(value: Any) -> bytes:
+    """Compact JSON of a D365 body with every Decimal written as its exact digits
+    (``12345678901234567.89`` stays that, ``0.1`` stays ``0.1``): F&O reads Edm.Decimal from the
+    JSON number text, so nothing is lost on the way as it would be through a float."""
+    out: list[str] = []
+    _encode(jsonable(value), out)
+    return "".join(out).encode("utf-8")

@@ -140,6 +140,7 @@ from .d365_schema import (
     D365Schema,
     EntitySchema,
     ValueConversionError,
+    check_text,
     load_schema,
     normalize_datetime,
 )
@@ -517,6 +518,8 @@ class D365State:
                 raise _bad_request(sch.unknown_property_message(k))
             try:
                 out[k] = sch.coerce(k, v)
+                if isinstance(out[k], str):
+                    check_text(sch.name, k, out[k])
             except ValueConversionError as exc:
                 raise _bad_request(str(exc)) from None
         return out

@@ -197,6 +197,36 @@ class PropertyDef:
         return value
 
 
+# String sizes of the standard F&O EDTs behind the text fields the connector writes. The schema file
+# carries no MaxLength (see the README next to it). The sandbox keeps its own copy of this table so it
+# stays independent of connector code (mapping/limits.py holds the connector's). How real F&O answers
+# an over-long value through OData (refusal or silent truncation) is UNCONFIRMED; the sandbox refuses,
+# so a connector that sends one is caught.
+STRING_MAX_LENGTH: dict[str, dict[str, int]] = {
+    "VendorInvoiceHeaders": {"InvoiceNumber": 20, "InvoiceAccount": 20, "Currency": 3},
+    "VendorInvoiceLines": {"ItemNumber": 20, "Currency": 3, "PurchaseOrder": 20},
+    "VendorsV2": {"VendorAccountNumber": 20, "VendorOrganizationName": 100, "AddressCity": 60,
+                  "AddressZipCode": 10, "AddressStreet": 250, "CurrencyCode": 3},
+    "PurchaseOrderHeadersV2": {"PurchaseOrderNumber": 20, "OrderVendorAccountNumber": 20,
+                               "InvoiceVendorAccountNumber": 20, "CurrencyCode": 3},
+    "PurchaseOrderLinesV2": {"PurchaseOrderNumber": 20, "ItemNumber": 20},
+}
+_NUL_OR_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def check_text(entity_set: str, name: str, value: str) -> None:
+    """Refuse text a field cannot hold: longer than its EDT, or with a control character other
+    than tab/line breaks (NUL among them)."""
+    bad = _NUL_OR_CONTROL.search(value)
+    if bad:
+        raise ValueConversionError(f"The value for property '{name}' contains the control character "
+                                   f"U+{ord(bad.group()):04X}, which the field cannot hold.")
+    limit = STRING_MAX_LENGTH.get(entity_set, {}).get(name)
+    if limit is not None and len(value) > limit:
+        raise ValueConversionError(f"The value for property '{name}' is too long: {len(value)} characters, "
+                                   f"the field holds at most {limit}.")
+
+
 def _singular(name: str) -> str:
     if name.endswith("ies"):
         return name[:-3] + "y"

@@ -43,3 +43,11 @@ def test_parse_batch_response_reads_every_part():
     assert parts[1].body == {"dataAreaId": "usmf", "K": "1"}
     assert parts[1].headers["location"].endswith("K='1')")
     assert parts[2].body is None and parts[2].ok and not parts[0].ok
+
+
+def test_encode_batch_sends_decimals_exactly():
+    from decimal import Decimal
+    cs = Changeset([BatchOperation("POST", "VendorInvoiceLines", {"Amount": Decimal("12345678901234567.89"),
+                                                                  "UnitPrice": Decimal("0.1")})])
+    _, body = encode_batch("https://env.example", [cs])
+    assert b'{"Amount":12345678901234567.89,"UnitPrice":0.1}' in body

@@ -58,3 +58,14 @@ def test_schema_is_served_from_the_package_copy_of_entities_json():
     assert not entity_set("MainAccounts").company_scoped
     with pytest.raises(KeyError, match="case-sensitive"):
         entity_set("vendorinvoicelines")
+
+
+def test_dumps_renders_decimals_with_their_exact_digits():
+    from decimal import Decimal as D
+    body = {"a": D("12345678901234567.89"), "b": D("0.1"), "c": D("1E+2"), "d": [D("-0.30")], "e": "x\u0000y"}
+    text = odata.dumps(body).decode()
+    assert text == '{"a":12345678901234567.89,"b":0.1,"c":100,"d":[-0.30],"e":"x\\u0000y"}'
+    assert json.loads(text, parse_float=D) == {"a": D("12345678901234567.89"), "b": D("0.1"), "c": 100,
+                                               "d": [D("-0.30")], "e": "x\u0000y"}
+    with pytest.raises(ValueError, match="not a finite number"):
+        odata.dumps({"a": D("NaN")})
