@@ -38,7 +38,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from ..common.clock import SYSTEM_CLOCK, Clock
-from .store import ensure_schema, metadata
+from .store import db_text, ensure_schema, metadata
 
 
 class DocState(StrEnum):
@@ -434,7 +434,8 @@ class Ledger:
 
     def update(self, row: LedgerRow, run_id: str, *, release: bool = False, **fields: Any) -> LedgerRow:
         """Change fields of a claimed row (optionally releasing the claim) — only while we hold it."""
-        values: dict[str, Any] = {k: (v.value if isinstance(v, StrEnum) else v) for k, v in fields.items()}
+        values: dict[str, Any] = {k: (v.value if isinstance(v, StrEnum) else db_text(v) if isinstance(v, str) else v)
+                                  for k, v in fields.items()}
         if "d365_key" in values and values["d365_key"] is not None and not isinstance(values["d365_key"], str):
             values["d365_key"] = json.dumps(values["d365_key"], sort_keys=True)
         if "natural_key" in values:
@@ -488,7 +489,7 @@ class Ledger:
             conn.execute(sync_audit.insert().values(
                 at=self.now(), run_id=run_id, doc_type=doc_type, coupa_id=int(coupa_id), scope=scope, action=action,
                 entity=entity, d365_key=json.dumps(d365_key, sort_keys=True) if d365_key is not None else None,
-                http_status=http_status, error=(error or None) and error[:4000], payload_sha256=payload_sha256))
+                http_status=http_status, error=(error or None) and db_text(error, 4000), payload_sha256=payload_sha256))
 
     def history(self, doc_type: str, coupa_id: int) -> list[dict[str, Any]]:
         query = (sa.select(sync_audit).where((sync_audit.c.doc_type == doc_type) & (sync_audit.c.coupa_id == int(coupa_id)))

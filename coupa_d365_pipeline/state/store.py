@@ -10,7 +10,7 @@ import hashlib
 import json
 import threading
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
@@ -50,11 +50,20 @@ watermarks = sa.Table(
 )
 
 
+@dataclass(frozen=True)
+class Rejected:
+    """A record staging could not store, and why (it is reported, never stops the others)."""
+
+    coupa_id: Any
+    reason: str
+
+
 @dataclass
 class StageResult:
     new: int = 0
     changed: int = 0
     unchanged: int = 0
+    rejected: list[Rejected] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -69,14 +78,40 @@ def payload_hash(payload: Any) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
 
 
+def coupa_id_of(value: Any) -> int | None:
+    """A Coupa record id as an int — Coupa ids are whole numbers (JSON integers; digits as text are
+    accepted) — or None for anything else (``"abc"``, ``True``, ``1.5``, missing)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value > 0 else None
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        return int(value.strip()) or None
+    return None
+
+
+def id_problem(value: Any) -> str:
+    return "the document has no id" if value is None else f"the id {str(value)[:40]!r} is not a Coupa id (a whole number)"
+
+
+def db_text(value: Any, limit: int | None = None) -> str | None:
+    """Text safe for any column: NUL (which PostgreSQL text cannot hold) written as ``\\x00``,
+    cut to the column's size."""
+    if value is None:
+        return None
+    text = str(value).replace("\x00", "\\x00")
+    return text[:limit] if limit is not None else text
+
+
 def normalize_timestamp(value: Any) -> str:
-    """Coupa timestamps carry offsets (``-08:00``); store them as sortable UTC text ``...Z``."""
+    """Coupa timestamps carry offsets (``-08:00``); store them as sortable UTC text ``...Z``
+    (anything unparseable is kept as text, NUL-free and within the column)."""
     if not value:
         return ""
     try:
         parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     except ValueError:
-        return str(value)
+        return db_text(value, 40) or ""
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
     return parsed.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -190,19 +225,30 @@ class SyncStore:
             conn.execute(statement)
 
     def stage(self, doc_type: str, records: Iterable[dict[str, Any]], run_id: str | None = None) -> StageResult:
-        """Upsert the latest Coupa JSON per document; safe when several runs stage the same records."""
+        """Upsert the latest Coupa JSON per document; safe when several runs stage the same records.
+
+        Whatever a record holds is stored: the JSON text escapes NUL (``\\u0000``) and round-trips;
+        the status and updated-at columns get NUL-free text within their size. A record without a
+        usable Coupa id cannot be keyed: it is listed in ``rejected`` with the reason, and the
+        others are staged."""
         result = StageResult()
         insert = self._insert_ignoring_conflicts()
         with self.engine.begin() as conn:
             for record in records:
+                raw_id = record.get("id") if isinstance(record, dict) else None
+                coupa_id = coupa_id_of(raw_id)
+                if coupa_id is None:
+                    result.rejected.append(Rejected(raw_id, id_problem(raw_id)))
+                    continue
                 digest = payload_hash(record)
-                key = (staged_documents.c.doc_type == doc_type) & (staged_documents.c.coupa_id == int(record["id"]))
-                values = {"status": record.get("status"), "coupa_updated_at": normalize_timestamp(record.get("updated-at")),
+                key = (staged_documents.c.doc_type == doc_type) & (staged_documents.c.coupa_id == coupa_id)
+                values = {"status": db_text(record.get("status"), 64),
+                          "coupa_updated_at": normalize_timestamp(record.get("updated-at")),
                           "payload_sha256": digest, "payload": json.dumps(record, default=str),
                           "fetched_at": _now(), "run_id": run_id}
                 existing = conn.execute(sa.select(staged_documents.c.payload_sha256).where(key)).scalar_one_or_none()
                 if existing is None:
-                    inserted = conn.execute(insert.values(doc_type=doc_type, coupa_id=int(record["id"]), **values))
+                    inserted = conn.execute(insert.values(doc_type=doc_type, coupa_id=coupa_id, **values))
                     if inserted.rowcount == 1:
                         result.new += 1
                         continue

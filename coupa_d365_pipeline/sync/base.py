@@ -8,7 +8,7 @@ from typing import Any, Iterable
 
 from ..common.http import HTTPClientError
 from ..state.ledger import ClaimLostError, DocState, LedgerRow, Problem
-from ..state.store import payload_hash
+from ..state.store import coupa_id_of, id_problem, payload_hash
 from .context import SyncServices, error_text, http_status
 from .report import Outcome, SyncReport
 from .vendors import VendorSync
@@ -44,6 +44,14 @@ def content_hash(document: Any, ignore_custom_fields: Iterable[str] = ()) -> str
     return payload_hash(stripped)
 
 
+class UnbookableDocument(Exception):
+    """The document cannot be booked as Coupa sent it; ``reason`` says what to fix in Coupa."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class DocumentSync:
     DOC = "document"
     NUMBER_FIELD = "id"
@@ -57,9 +65,11 @@ class DocumentSync:
         report = report or SyncReport()
         seen: set[int] = set()
         for document in documents:
-            if int(document["id"]) in seen:
+            coupa_id = coupa_id_of(document.get("id")) if isinstance(document, dict) else None
+            if coupa_id is not None and coupa_id in seen:
                 continue
-            seen.add(int(document["id"]))
+            if coupa_id is not None:
+                seen.add(coupa_id)
             report.add(self.sync(document))
         return report
 
@@ -67,13 +77,21 @@ class DocumentSync:
         """One document, isolated: whatever goes wrong with it is recorded on its ledger row (a
         booked document keeps its booked state) and never stops the documents after it."""
         s, run = self.s, self.s.run_id
-        coupa_id = int(document["id"])
+        raw_id = document.get("id") if isinstance(document, dict) else None
+        coupa_id = coupa_id_of(raw_id)
+        if coupa_id is None:   # no ledger row can hold it: reported as failed, never stops the others
+            label = str(document.get(self.NUMBER_FIELD) or "") if isinstance(document, dict) else ""
+            reason = f"{id_problem(raw_id)}; it cannot be tracked or booked — look at the Coupa {self.DOC} itself"
+            s.logger.error("%s %s: %s", self.DOC, label or "?", reason)
+            return Outcome(self.DOC, 0, "failed", label, None, reason)
         label = self.label(document)
         row = s.ledger.claim(self.DOC, coupa_id, run)
         if row is None:
             return Outcome(self.DOC, coupa_id, "busy", label, None, "another run holds this document; it will be retried")
         try:
             return self._sync_claimed(row, document)
+        except UnbookableDocument as exc:
+            return self._quarantine(row, document, exc.reason, self.content_hash(document))
         except ClaimLostError as exc:
             s.logger.warning("%s %s (%s): %s", self.DOC, coupa_id, label, exc)
             return Outcome(self.DOC, coupa_id, "busy", label, row.legal_entity, str(exc))
@@ -102,9 +120,13 @@ class DocumentSync:
 
     def _supplier(self, document: dict[str, Any]) -> dict[str, Any] | None:
         supplier_ref = document.get("supplier") or {}
-        if supplier_ref.get("id") is None:
+        if not isinstance(supplier_ref, dict) or supplier_ref.get("id") is None:
             return None
-        return self.s.supplier(int(supplier_ref["id"]))
+        supplier_id = coupa_id_of(supplier_ref["id"])
+        if supplier_id is None:
+            raise UnbookableDocument(f"supplier id {str(supplier_ref['id'])[:40]!r} is not a Coupa supplier id (a "
+                                     f"whole number); select the supplier again on the {self.DOC} in Coupa")
+        return self.s.supplier(supplier_id)
 
     def content_hash(self, document: dict[str, Any]) -> str:
         """What counts as a business change: the document without the fields the connector itself

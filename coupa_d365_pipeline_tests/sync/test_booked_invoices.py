@@ -164,7 +164,7 @@ def test_interrupted_write_that_landed_and_was_posted_is_recognised_by_its_store
     crashed = services.ledger.claim("invoice", invoice["id"], "run-crashed")
     services.ledger.update(crashed, "run-crashed", release=True, state="writing", coupa_hash=None)
     sandboxes.d365.state.post_invoice(header["dataAreaId"], header["HeaderReference"])
-    sandboxes.coupa.state.touch("invoices", invoice["id"], **{"invoice-number": "RENUMBERED-AFTER-CRASH"})
+    sandboxes.coupa.state.touch("invoices", invoice["id"], **{"invoice-number": "RENUMBERED-POSTCRASH"})
     pending_before = len(sandboxes.d365.state.records("VendorInvoiceHeaders"))
     outcome = sync_invoice(as_run(services, "run-2"), invoice["id"])
     assert outcome.action == "changed_after_post", outcome
@@ -215,9 +215,11 @@ def test_an_unexpected_error_in_one_invoice_fails_only_that_invoice(services, sa
     documents = [services.coupa.get("invoices", i["id"]) for i in good]
     report = InvoiceSync(services).sync_many(documents)
     actions = {o.coupa_id: o.action for o in report.outcomes}
-    assert actions == {good[0]["id"]: "created", broken["id"]: "failed", good[2]["id"]: "created"}
+    # issue 9: a supplier id that is not a number is the document's own defect -> quarantined with a reason
+    assert actions == {good[0]["id"]: "created", broken["id"]: "quarantined", good[2]["id"]: "created"}
     failed = services.ledger.get("invoice", broken["id"])
-    assert failed.state == "failed" and "abc" in failed.reason and failed.claimed_by is None
+    assert failed.state == "quarantined" and "supplier id 'abc' is not a Coupa supplier id" in failed.reason
+    assert failed.claimed_by is None
 
 
 # -- defect 6: the connector's own writes to Coupa never look like a business change -------------
