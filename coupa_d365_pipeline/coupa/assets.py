@@ -17,6 +17,20 @@ def _iso(dt: datetime) -> str:
     return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _currency_code(record: dict) -> str:
+    """The currency code for the metadata table, whatever shape Coupa's field has: the mapping
+    decides what can be booked; counting must never fail the staging of a window."""
+    currency = record.get("currency")
+    if isinstance(currency, dict):
+        return str(currency.get("code"))
+    return str(currency)[:20]
+
+
+def _rejected_md(rejected: list) -> str:
+    rows = "\n".join(f"| {str(r.coupa_id)[:40].replace('|', '/')} | {r.reason.replace('|', '/')} |" for r in rejected[:50])
+    return f"| Coupa id | why it was not staged |\n|---|---|\n{rows}" if rows else "None."
+
+
 def _md_counts(title: str, counts: Counter) -> str:
     rows = "\n".join(f"| {k} | {v} |" for k, v in sorted(counts.items(), key=lambda kv: str(kv[0])))
     return f"| {title} | count |\n|---|---|\n{rows}" if rows else f"No {title.lower()} values."
@@ -56,6 +70,8 @@ def coupa_suppliers(context: dg.AssetExecutionContext, config: SupplierReadConfi
     requests_before = coupa.client.request_count
     records = list(coupa.client.iter_records("suppliers", filters))
     staged = store.stage("supplier", records, run_id=context.run.run_id)
+    for rejected in staged.rejected:
+        context.log.error("suppliers: a record was not staged: %s", rejected.reason)
     newest = max((normalize_timestamp(r.get("updated-at")) for r in records), default="")
     if newest and (watermark is None or newest > normalize_timestamp(watermark)):
         store.set_watermark(SUPPLIER_WATERMARK, newest)
@@ -79,13 +95,16 @@ def _stage_window(context: dg.AssetExecutionContext, coupa: CoupaResource, sync_
     records = list(coupa.client.iter_records(resource, filters))
     staged = sync_state.store.stage(doc_type, records, run_id=context.run.run_id)
     by_status = Counter(str(r.get("status")) for r in records)
-    currencies = Counter(str((r.get("currency") or {}).get("code")) for r in records)
+    currencies = Counter(_currency_code(r) for r in records)
     context.log.info("%s %s..%s: %d read (%d new, %d changed)", resource, _iso(window.start), _iso(window.end),
                      len(records), staged.new, staged.changed)
+    for rejected in staged.rejected:
+        context.log.error("%s: a record was not staged: %s", resource, rejected.reason)
     return dg.MaterializeResult(metadata={
         "window_start": _iso(window.start), "window_end": _iso(window.end),
         "partitions": len(context.partition_keys),
         "fetched": len(records), "new": staged.new, "changed": staged.changed, "unchanged": staged.unchanged,
+        "rejected": len(staged.rejected), "rejected_records": dg.MetadataValue.md(_rejected_md(staged.rejected)),
         "coupa_requests": coupa.client.request_count - requests_before,
         "duration_s": round(time.monotonic() - started, 3),
         "by_status": dg.MetadataValue.md(_md_counts("Status", by_status)),
