@@ -167,9 +167,18 @@ class D365Client:
     # -- reads -----------------------------------------------------------------------------
     def query(self, entity_set: str, *, legal_entity: str | None = None, filter: str | None = None,
               select: Sequence[str] | None = None, top: int | None = None,
-              orderby: str | None = None) -> Iterator[dict[str, Any]]:
-        """Yield rows of ``entity_set`` (cross-company, scoped to ``legal_entity``), following nextLink."""
+              orderby: str | None = None, exact: Mapping[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+        """Yield rows of ``entity_set`` (cross-company, scoped to ``legal_entity``), following nextLink.
+
+        ``exact`` (field -> value) selects rows whose fields *equal* the values. F&O reads ``*`` in an
+        ``eq`` literal as a wildcard (no escape exists), so those ``eq`` clauses are only a superset on
+        the server; rows are kept here if they really equal the values (case-insensitively, as F&O's
+        collation compares), and ``top`` counts kept rows only."""
         schema = schema_for(entity_set)
+        if exact:
+            filter = odata.and_(odata.all_eq(exact), filter)
+            if select:
+                select = [*select, *(name for name in exact if name not in select)]
         if schema.company_scoped:
             if not legal_entity:
                 raise ValueError(f"{entity_set} is company-scoped: pass legal_entity (dataAreaId)")
@@ -182,7 +191,8 @@ class D365Client:
             if unknown:
                 raise ValueError(f"{entity_set} has no properties {unknown}")
             params["$select"] = ",".join(select)
-        if top is not None:
+        wildcard = bool(exact) and any(odata.WILDCARD in str(v) for v in (exact or {}).values())
+        if top is not None and not wildcard:  # a server-side $top would count rows the wildcard matched
             params["$top"] = int(top)
         if orderby:
             params["$orderby"] = orderby
@@ -193,6 +203,8 @@ class D365Client:
             self._raise_for(response, f"GET {entity_set}")
             payload = response.json()
             for row in payload.get("value", []):
+                if exact and not odata.equal(row, exact):
+                    continue
                 yield row
                 if remaining is not None:
                     remaining -= 1

@@ -2,6 +2,13 @@
 
 Every value that reaches a URL goes through :func:`literal`, so a Coupa value containing ``'``
 (``O'NEIL-2026-001``) is quoted by doubling and can neither break nor inject into ``$filter``.
+
+Quoting is not enough for equality: F&O reads ``*`` inside an ``eq`` string literal as a wildcard
+(``eq '*text*'``) and there is no documented escape for it, and F&O compares strings with its SQL
+Server collation (case-insensitive). A lookup by a user-controlled value is therefore a *superset*
+query — :func:`all_eq` — whose rows are kept only if they really equal the value — :func:`exactly`,
+with the same case-insensitive comparison as F&O (:func:`fold`). A key predicate in the URL
+(:func:`key_predicate`) is an exact lookup and needs no post-filter.
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ import math
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from decimal import Decimal
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 from urllib.parse import quote
 
 ENUM_NAMESPACE = "Microsoft.Dynamics.DataEntities"
@@ -47,6 +54,42 @@ def literal(value: Any) -> str:
 
 def eq(field: str, value: Any) -> str:
     return f"{_field(field)} eq {literal(value)}"
+
+
+WILDCARD = "*"
+
+
+def fold(value: Any) -> str:
+    """A string as F&O's case-insensitive collation compares it (``None`` -> ``""``)."""
+    return "" if value is None else str(value).casefold()
+
+
+def all_eq(fields: Mapping[str, Any]) -> str:
+    """``A eq 'x' and B eq 'y'``: a superset query when a value holds ``*`` — post-filter with :func:`exactly`."""
+    if not fields:
+        raise ValueError("all_eq needs at least one field")
+    return and_(*(eq(name, value) for name, value in fields.items()))
+
+
+def equal(row: Mapping[str, Any], fields: Mapping[str, Any]) -> bool:
+    """Does ``row`` equal every wanted value, as F&O compares (strings case-insensitively, never as a pattern)?"""
+    for name, wanted in fields.items():
+        value = row.get(name)
+        if isinstance(wanted, str) or isinstance(value, str):
+            if fold(value) != fold(wanted):
+                return False
+        elif value != wanted:
+            try:
+                if Decimal(str(value)) != Decimal(str(wanted)):
+                    return False
+            except (ArithmeticError, ValueError):
+                return False
+    return True
+
+
+def exactly(rows: Iterable[Mapping[str, Any]], fields: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The rows of an :func:`all_eq` query that really equal ``fields`` (drops what a ``*`` matched)."""
+    return [dict(row) for row in rows if equal(row, fields)]
 
 
 def compare(field: str, op: str, value: Any) -> str:

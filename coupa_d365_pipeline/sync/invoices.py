@@ -6,8 +6,9 @@ Per invoice (``InvoiceSync.sync``):
 3. map it (pure function); unmappable -> quarantined with the reasons, Coupa alerted once per reason;
 4. make sure the vendor exists in the invoice's legal entity;
 5. look the natural key up in D365 — pending ``VendorInvoiceHeaders`` (InvoiceNumber +
-   InvoiceAccount) and posted ``VendInvoiceJourBiEntities`` (InvoiceId + InvoiceAccount): found ->
-   adopt it (completing missing lines of a half-written invoice) instead of creating a second one;
+   InvoiceAccount) and posted ``VendInvoiceJourBiEntities`` (InvoiceId + InvoiceAccount): found and
+   ours (``sync/adoption.py``) -> adopt it (completing missing lines of a half-written invoice)
+   instead of creating a second one; found and not ours -> quarantined as a duplicate invoice number;
 6. record the HeaderReference we are about to use, then write header + lines in one changeset;
    an ambiguous failure (timeout, dropped connection) is settled by the same lookup;
 7. tell Coupa (export flag + Success history record with the HeaderReference).
@@ -22,12 +23,13 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from ..common.http import AmbiguousWriteError
-from ..d365 import odata
 from ..mapping.documents import MappedInvoice, Quarantine, legal_entity_for, map_invoice
 from ..state.ledger import (
-    CHANGED_AFTER_POST, MISSING_IN_D365, POSTED, VOID_BLOCKED, VOIDED, WRITING, WRITTEN, LedgerRow, NaturalKey,
+    BOOKED_STATES, CHANGED_AFTER_POST, MISSING_IN_D365, POSTED, VOID_BLOCKED, VOIDED, WRITING, WRITTEN, LedgerRow,
+    NaturalKey,
 )
 from ..state.store import payload_hash
+from .adoption import Verdict, judge
 from .base import DocumentSync
 from .context import SyncServices, error_text
 from .report import Outcome
@@ -170,6 +172,9 @@ class InvoiceSync(DocumentSync):
 
         posted = self._find_posted(natural)
         if posted is not None:
+            verdict = self._judge(row, mapped, coupa_id, posted, posted=True)
+            if not verdict.adoptable:
+                return self._duplicate(row, invoice, verdict, coupa_hash, le)
             s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=coupa_id, action="found_posted", entity=POSTED_SET,
                            d365_key={"dataAreaId": le, "InvoiceId": number})
             row = s.ledger.update(row, run, state=POSTED, coupa_hash=coupa_hash, reason=None, problem=None,
@@ -180,8 +185,10 @@ class InvoiceSync(DocumentSync):
         # Our own HeaderReference needs no lookup here: an earlier write of ours that landed is either
         # known to the ledger (reconciled above) or makes the create below answer "already exists".
         ref = header_reference(coupa_id)
-        pending = self._find_pending(mapped)
-        if pending is not None:  # someone else's or an earlier sequential write with this natural key
+        pending, verdict = self._find_pending(row, mapped, coupa_id)
+        if verdict is not None and not verdict.adoptable:
+            return self._duplicate(row, invoice, verdict, coupa_hash, le)
+        if pending is not None:  # an earlier write of ours, or keyed by hand exactly as we would send it
             adopted = str(pending["HeaderReference"])
             row = s.ledger.update(row, run, state=WRITTEN, d365_key={"dataAreaId": le, "HeaderReference": adopted})
             s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=coupa_id, action="adopt", entity=HEADER_SET,
@@ -226,15 +233,38 @@ class InvoiceSync(DocumentSync):
         return header, lines
 
     # -- lookups -----------------------------------------------------------------------------
-    def _find_pending(self, mapped: MappedInvoice) -> dict[str, Any] | None:
-        rows = list(self.s.d365.query(HEADER_SET, legal_entity=mapped.legal_entity, filter=odata.and_(
-            odata.eq("InvoiceNumber", mapped.invoice_number), odata.eq("InvoiceAccount", mapped.vendor_account)),
+    def _find_pending(self, row: LedgerRow, mapped: MappedInvoice, coupa_id: int
+                      ) -> tuple[dict[str, Any] | None, Verdict | None]:
+        """The pending header to adopt, and the verdict on it — or, when none is ours, the verdict
+        on the first one found (a duplicate invoice number)."""
+        rows = list(self.s.d365.query(HEADER_SET, legal_entity=mapped.legal_entity, exact={
+            "InvoiceNumber": mapped.invoice_number, "InvoiceAccount": mapped.vendor_account},
             select=["HeaderReference", *HEADER_UPDATE_FIELDS]))   # every field an adoption compares
+        if not rows:
+            return None, None
+        judged = sorted(((r, self._judge(row, mapped, coupa_id, r, posted=False)) for r in rows),
+                        key=lambda pair: (not pair[1].adoptable, pair[1].adoption != "ours"))
         if len(rows) > 1:
-            self.s.logger.warning("D365 holds %d pending invoices %s for %s in %s; using %s", len(rows),
+            self.s.logger.warning("D365 holds %d pending invoices %s for %s in %s; judged %s", len(rows),
                                   mapped.invoice_number, mapped.vendor_account, mapped.legal_entity,
-                                  rows[0]["HeaderReference"])
-        return rows[0] if rows else None
+                                  [(r["HeaderReference"], v.adoption.value) for r, v in judged])
+        found, verdict = judged[0]
+        return (found if verdict.adoptable else None), verdict
+
+    def _judge(self, row: LedgerRow, mapped: MappedInvoice, coupa_id: int, record: dict[str, Any], *,
+               posted: bool) -> Verdict:
+        """Ours or a duplicate invoice number? The ledger is read only when D365 holds a record."""
+        natural = NaturalKey(mapped.legal_entity, mapped.vendor_account, mapped.invoice_number).folded()
+        booked_for = [r.coupa_id for r in self.s.ledger.rows(DOC, (*BOOKED_STATES, WRITING))
+                      if r.coupa_id != coupa_id and r.natural_key is not None and r.natural_key.folded() == natural]
+        ours = [header_reference(coupa_id), str((row.d365_key or {}).get("HeaderReference") or "")]
+        return judge(record, mapped, coupa_id, posted=posted, our_references=ours, booked_for=booked_for)
+
+    def _duplicate(self, row: LedgerRow, invoice: dict[str, Any], verdict: Verdict, coupa_hash: str,
+                   le: str) -> Outcome:
+        self.s.ledger.audit(run_id=self.s.run_id, doc_type=DOC, coupa_id=int(invoice["id"]),
+                            action="duplicate_invoice_number", entity=HEADER_SET, error=verdict.reason)
+        return self._quarantine(row, invoice, verdict.reason, coupa_hash, legal_entity=le)
 
     def _find_posted(self, natural: NaturalKey) -> dict[str, Any] | None:
         rows = posted_journal_rows(self.s.d365, natural, top=1)
@@ -254,7 +284,7 @@ class InvoiceSync(DocumentSync):
         return None
 
     def _current_lines(self, le: str, ref: str) -> list[dict[str, Any]]:
-        return list(self.s.d365.query(LINE_SET, legal_entity=le, filter=odata.eq("HeaderReference", ref),
+        return list(self.s.d365.query(LINE_SET, legal_entity=le, exact={"HeaderReference": ref},
                                       select=["HeaderReference", "InvoiceLineNumber", *LINE_COMPARE_FIELDS]))
 
     def _link_purchase_orders(self, mapped: MappedInvoice) -> None:

@@ -21,7 +21,6 @@ from decimal import Decimal
 from typing import Any
 
 from ..common.http import AmbiguousWriteError
-from ..d365 import odata
 from ..d365.batch import BatchOperation, Changeset
 from ..mapping.purchase_orders import (
     PO_LINE_RECEIPT_LOCKED_FIELDS, MappedPurchaseOrder, Quarantine, legal_entity_for_po, map_purchase_order,
@@ -128,13 +127,24 @@ class PurchaseOrderSync(DocumentSync):
     @staticmethod
     def _ours(current: dict[str, Any], mapped: MappedPurchaseOrder) -> bool:
         """A D365 PO with our number is ours only if it carries our marks: the Coupa PO number as
-        VendorOrderReference and the same vendor. Anything else is a native D365 PO: never touched."""
-        return (str(current.get("VendorOrderReference") or "").strip().casefold()
-                == mapped.purchase_order_number.strip().casefold()
+        VendorOrderReference and the same vendor. Anything else is a native D365 PO: never touched.
+        F&O finds ``po-1`` under the key ``PO-1`` (case-insensitive collation), so the number, the
+        reference and the key must match exactly — case included."""
+        number = mapped.purchase_order_number.strip()
+        return (str(current.get("VendorOrderReference") or "").strip() == number
+                and str(current.get("PurchaseOrderNumber") or number).strip() == number
                 and str(current.get("OrderVendorAccountNumber") or "").casefold() == mapped.vendor_account.casefold())
 
     @staticmethod
     def _not_ours_reason(current: dict[str, Any], mapped: MappedPurchaseOrder) -> str:
+        found = str(current.get("PurchaseOrderNumber") or "").strip()
+        if found and found != mapped.purchase_order_number.strip():
+            return (f"D365 {mapped.legal_entity} already has a purchase order {found} (vendor "
+                    f"{current.get('OrderVendorAccountNumber') or '-'}, vendor reference "
+                    f"{current.get('VendorOrderReference') or '-'}); its number differs from "
+                    f"{mapped.purchase_order_number} only in case, which D365 treats as the same number, so this PO "
+                    "cannot be booked under it and the D365 PO is left untouched. Give the Coupa PO a number that is "
+                    "free in D365 and re-issue it")
         return (f"D365 {mapped.legal_entity} already has a purchase order {mapped.purchase_order_number} that this "
                 f"connector did not create (vendor {current.get('OrderVendorAccountNumber') or '-'}, vendor reference "
                 f"{current.get('VendorOrderReference') or '-'}); it is left untouched. Give the Coupa PO a number that "
@@ -188,13 +198,13 @@ class PurchaseOrderSync(DocumentSync):
     # -- read D365 state ---------------------------------------------------------------------
     def _lines(self, key: dict[str, Any]) -> dict[int, dict[str, Any]]:
         rows = self.s.d365.query(LINE_SET, legal_entity=key["dataAreaId"],
-                                 filter=odata.eq("PurchaseOrderNumber", key["PurchaseOrderNumber"]))
+                                 exact={"PurchaseOrderNumber": key["PurchaseOrderNumber"]})
         return {int(r["LineNumber"]): r for r in rows}
 
     def _received(self, key: dict[str, Any]) -> dict[int, Decimal]:
         received: dict[int, Decimal] = {}
         for r in self.s.d365.query(RECEIPT_SET, legal_entity=key["dataAreaId"],
-                                   filter=odata.eq("PurchaseOrderNumber", key["PurchaseOrderNumber"]),
+                                   exact={"PurchaseOrderNumber": key["PurchaseOrderNumber"]},
                                    select=["PurchaseOrderLineNumber", "ReceivedPurchaseQuantity"]):
             line = int(r["PurchaseOrderLineNumber"])
             received[line] = received.get(line, Decimal(0)) + Decimal(str(r["ReceivedPurchaseQuantity"] or 0))

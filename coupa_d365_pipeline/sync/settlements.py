@@ -123,9 +123,9 @@ class InvoiceSettlements:
 
 def posted_journal_rows(d365: Any, natural: NaturalKey, *, top: int | None = None) -> list[dict[str, Any]]:
     """The posted invoice journal (VendInvoiceJour) rows of an invoice, by its natural key."""
-    return list(d365.query(JOURNAL_SET, legal_entity=natural.legal_entity, filter=odata.and_(
-        odata.eq("InvoiceId", natural.document_number), odata.eq("InvoiceAccount", natural.vendor_account)),
-        select=["InvoiceId", "InvoiceAccount", "LedgerVoucher", "InvoiceAmount"], top=top))
+    return list(d365.query(JOURNAL_SET, legal_entity=natural.legal_entity, exact={
+        "InvoiceId": natural.document_number, "InvoiceAccount": natural.vendor_account},
+        select=["InvoiceId", "InvoiceAccount", "LedgerVoucher", "InvoiceAmount", "CurrencyCode"], top=top))
 
 
 class D365SettlementReader:
@@ -142,9 +142,8 @@ class D365SettlementReader:
 
     def current(self, natural: NaturalKey, voucher: str) -> InvoiceSettlements | None:
         le = natural.legal_entity
-        trans = [r for r in self.d365.query(TRANS_SET, legal_entity=le, filter=odata.and_(
-            odata.eq("AccountNum", natural.vendor_account), odata.eq("Invoice", natural.document_number),
-            odata.eq("Voucher", voucher)), select=["SourceKey", "Voucher", "TransType", "AmountCur",
+        trans = [r for r in self.d365.query(TRANS_SET, legal_entity=le, exact={
+            "AccountNum": natural.vendor_account, "Invoice": natural.document_number, "Voucher": voucher}, select=["SourceKey", "Voucher", "TransType", "AmountCur",
                                                     "SettleAmountCur", "SysModifiedDateTime"])
                  if r.get("TransType") != "Payment"]
         if not trans:

@@ -92,6 +92,25 @@ def test_literal_with_quote_round_trips_and_cannot_inject(sandboxes, d365_client
     assert injected == []
 
 
+def test_exact_lookup_drops_what_a_wildcard_matched_and_counts_top_after_the_filter(sandboxes, d365_client):
+    """Issue 9: F&O reads ``*`` in an eq literal as a wildcard; ``query(exact=...)`` returns only equal rows."""
+    vendor = existing_vendor(sandboxes)
+    for number in ("WILD-1", "WILD-2", "WILD*", "wild-3"):
+        d365_client.create("VendorInvoiceHeaders", header_body(vendor, number))
+    account = vendor["VendorAccountNumber"]
+
+    def numbers(value, **kwargs):
+        return sorted(r["InvoiceNumber"] for r in d365_client.query(
+            "VendorInvoiceHeaders", legal_entity="usmf", exact={"InvoiceNumber": value, "InvoiceAccount": account},
+            select=["HeaderReference"], **kwargs))
+
+    assert numbers("WILD*") == ["WILD*"]
+    assert numbers("WILD*", top=1) == ["WILD*"]       # a server-side $top=1 could have returned WILD-1
+    assert numbers("Wild-3") == ["wild-3"]            # F&O's collation: case-insensitive
+    assert numbers("*") == []
+    assert numbers("WILD-%") == [] and numbers("WILD-_") == []
+
+
 def test_unknown_property_rejected_by_client_and_by_sandbox_like_d365(sandboxes, d365_client):
     vendor = existing_vendor(sandboxes)
     with pytest.raises(ValueError, match="has no properties \\['VendorName2'\\]"):

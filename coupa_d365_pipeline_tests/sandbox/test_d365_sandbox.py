@@ -717,3 +717,28 @@ def test_concurrent_changesets_are_atomic(env: Env) -> None:
     assert headers == {f"CONC-{i}" for i in range(0, 16, 2)}
     lines = env.sb.state.records("VendorInvoiceLines")
     assert len(lines) == 16 and {ln["HeaderReference"] for ln in lines} == headers
+
+
+def test_string_eq_is_a_wildcard_and_case_insensitive_but_key_lookups_are_exact(env: Env) -> None:
+    """Issue 9: F&O reads ``*`` inside an ``eq`` literal as a wildcard and compares strings with a
+    case-insensitive collation; a key predicate in the URL is an exact (case-insensitive) lookup.
+    The connector's natural-key lookups rely on the sandbox behaving like that."""
+    def accounts(flt: str) -> list[str]:
+        resp = env.get("/data/VendorsV2", **{"$filter": flt, "cross-company": "true"})
+        assert resp.status_code == 200, resp.text
+        return sorted(v["VendorAccountNumber"] for v in resp.json()["value"])
+
+    assert accounts("dataAreaId eq 'usmf' and VendorAccountNumber eq '*'") == ["US-101", "US-102"]
+    assert accounts("VendorAccountNumber eq 'US*'") == ["US-101", "US-102"]
+    assert accounts("VendorAccountNumber eq 'us-101'") == ["US-101"]
+    # SQL LIKE characters are not wildcards in an OData literal
+    assert accounts("VendorAccountNumber eq 'US-10%'") == []
+    assert accounts("VendorAccountNumber eq 'US-10_'") == []
+    def by_key(account: str, company: str = "usmf") -> httpx.Response:
+        return env.get(f"/data/VendorsV2(dataAreaId='{company}',VendorAccountNumber='{account}')",
+                       **{"cross-company": "true"})
+
+    assert by_key("US-101").status_code == 200
+    assert by_key("*").status_code == 404 and by_key("US*").status_code == 404
+    one = by_key("us-101", "USMF")
+    assert one.status_code == 200 and one.json()["VendorAccountNumber"] == "US-101"

@@ -69,3 +69,22 @@ def test_dumps_renders_decimals_with_their_exact_digits():
                                                "d": [D("-0.30")], "e": "x\u0000y"}
     with pytest.raises(ValueError, match="not a finite number"):
         odata.dumps({"a": D("NaN")})
+
+
+# -- issue 9: F&O reads `*` in an eq literal as a wildcard and compares case-insensitively ----------
+def test_all_eq_is_a_superset_query_and_exactly_keeps_only_equal_rows():
+    """There is no documented escape for ``*`` in F&O OData: ``eq '*'`` matches every row. The
+    lookup keeps the quoted eq (the narrowest superset) and the rows are post-filtered."""
+    assert odata.all_eq({"InvoiceNumber": "INV*", "InvoiceAccount": "V-1"}) == \
+        "InvoiceNumber eq 'INV*' and InvoiceAccount eq 'V-1'"
+    rows = [{"InvoiceNumber": "INV-1", "InvoiceAccount": "V-1"}, {"InvoiceNumber": "*", "InvoiceAccount": "V-1"},
+            {"InvoiceNumber": "inv*", "InvoiceAccount": "v-1"}, {"InvoiceNumber": "%", "InvoiceAccount": "V-1"},
+            {"InvoiceNumber": "_", "InvoiceAccount": "V-1"}, {"InvoiceNumber": None, "InvoiceAccount": "V-1"}]
+    assert odata.exactly(rows, {"InvoiceNumber": "*", "InvoiceAccount": "V-1"}) == [rows[1]]
+    # the collation is case-insensitive: a number differing only in case is the same key to F&O
+    assert odata.exactly(rows, {"InvoiceNumber": "INV*", "InvoiceAccount": "V-1"}) == [rows[2]]
+    assert odata.exactly(rows, {"InvoiceNumber": "%"}) == [rows[3]]
+    assert odata.exactly(rows, {"InvoiceNumber": "_"}) == [rows[4]]
+    assert odata.exactly(rows, {"InvoiceNumber": "INV-"}) == []
+    assert odata.exactly([{"LineNumber": 1}, {"LineNumber": "2"}], {"LineNumber": 2}) == [{"LineNumber": "2"}]
+    assert odata.fold("ÄBc") == odata.fold("äbC") and odata.fold(None) == ""
