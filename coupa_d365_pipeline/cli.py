@@ -31,7 +31,8 @@ def _ping(args: argparse.Namespace) -> int:
             with CoupaClient(coupa_settings.base_url, coupa_settings.client_id,
                              coupa_settings.client_secret.get_secret_value(), scopes=coupa_settings.scopes,
                              api_version=coupa_settings.api_version, timeout_s=args.timeout,
-                             token_warmup_s=float(os.environ.get("COUPA_TOKEN_WARMUP_SECONDS", "5"))) as coupa:
+                             max_requests_per_second=coupa_settings.max_requests_per_second,
+                             token_warmup_s=coupa_settings.token_warmup_s) as coupa:
                 facts = coupa.ping()
             results.append(("coupa", True, f"token ok, suppliers readable, X-COUPA-API-VERSION={facts['api_version']}"))
         except Exception as exc:  # report every failure kind the same way
