@@ -20,6 +20,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 
+from ..common.files import create_private_file, make_private_dirs
 from .database_url import connect_error, missing_driver, parse_url, unwritable_sqlite
 
 metadata = sa.MetaData()
@@ -91,8 +92,9 @@ def make_engine(database_url: str) -> Engine:
     if url.get_backend_name() == "sqlite":
         path = url.database
         if path and path != ":memory:" and not path.startswith("file:"):
-            try:
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            try:   # owner-only: the ledger and staged documents are business data
+                make_private_dirs(Path(path).parent)
+                create_private_file(Path(path))
             except OSError as exc:
                 raise unwritable_sqlite(url, path, exc) from None
         engine = _create_engine(url, connect_args={"timeout": 30})
