@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import logging
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -109,9 +108,6 @@ def exposure_warning(host: str) -> str | None:
 
 def start_sandboxes(options: SandboxOptions | None = None, seed: SeedData | None = None) -> RunningSandboxes:
     options = options or SandboxOptions()
-    warning = exposure_warning(options.host)
-    if warning:
-        logging.getLogger("coupa_d365_pipeline.sandbox").warning("%s", warning)
     seed = seed or generate_seed(options.seed)
     coupa = CoupaSandbox(CoupaSandboxConfig(clients={COUPA_CLIENT_ID: COUPA_CLIENT_SECRET},
                                             token_lifetime_s=options.coupa_token_lifetime_s,
