@@ -31,7 +31,8 @@ def _ping(args: argparse.Namespace) -> int:
             with CoupaClient(coupa_settings.base_url, coupa_settings.client_id,
                              coupa_settings.client_secret.get_secret_value(), scopes=coupa_settings.scopes,
                              api_version=coupa_settings.api_version, timeout_s=args.timeout,
-                             token_warmup_s=float(os.environ.get("COUPA_TOKEN_WARMUP_SECONDS", "5"))) as coupa:
+                             max_requests_per_second=coupa_settings.max_requests_per_second,
+                             token_warmup_s=coupa_settings.token_warmup_s) as coupa:
                 facts = coupa.ping()
             results.append(("coupa", True, f"token ok, suppliers readable, X-COUPA-API-VERSION={facts['api_version']}"))
         except Exception as exc:  # report every failure kind the same way
@@ -75,13 +76,16 @@ def _sandbox_options(args: argparse.Namespace):
 
 def _sandbox(args: argparse.Namespace) -> int:
     """Run both emulators in the foreground until interrupted."""
-    from .sandbox.launch import iter_env_lines, start_sandboxes
+    from .sandbox import launch
 
-    sandboxes = start_sandboxes(_sandbox_options(args))
+    warning = launch.exposure_warning(args.host)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
+    sandboxes = launch.start_sandboxes(_sandbox_options(args))
     env = sandboxes.env()
-    lines = list(iter_env_lines(env))
+    lines = list(launch.iter_env_lines(env))
     if args.env_file:
-        Path(args.env_file).write_text("\n".join(lines) + "\n")
+        launch.write_env_file(args.env_file, lines)
     print(f"Coupa sandbox: {sandboxes.coupa_url}   D365 sandbox: {sandboxes.d365_url}")
     print(f"seed {args.seed}: {len(sandboxes.seed.coupa_suppliers)} suppliers, "
           f"{len(sandboxes.seed.coupa_purchase_orders)} POs, {len(sandboxes.seed.coupa_invoices)} invoices")
@@ -99,7 +103,11 @@ def _sandbox(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
+    from .sandbox.launch import exposure_warning
 
+    warning = exposure_warning(args.host)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     return run_demo(_sandbox_options(args), dagster_home=Path(args.dagster_home), state_dir=Path(args.state_dir))
 
 
@@ -121,7 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     ping.set_defaults(func=_ping)
 
     def sandbox_flags(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+        p.add_argument("--host", default="127.0.0.1",
+                       help="interface to bind (default 127.0.0.1, this machine only; anything else is reachable "
+                            "from the network and prints a warning)")
         p.add_argument("--invoices", type=int, default=500, help="seed size: approved invoices to generate (default 500)")
         p.add_argument("--seed", type=int, default=42, help="random seed for data and faults (default 42)")
         p.add_argument("--start-date", default="2026-11-01", help="first day of the seed's updated-at range")
@@ -137,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--coupa-port", type=int, default=8701, help="Coupa sandbox port (default 8701)")
     sandbox.add_argument("--d365-port", type=int, default=8702, help="D365 sandbox port (default 8702)")
     sandbox.add_argument("--env-file", default=".sandbox.env",
-                         help="write 'export VAR=value' lines for the connector here (default .sandbox.env)")
+                         help="write 'export VAR=value' lines for the connector here, mode 0600 "
+                              "(default .sandbox.env, git-ignored)")
     sandbox.set_defaults(func=_sandbox)
 
     demo = sub.add_parser("demo", help="start both sandboxes, materialize every asset on a local Dagster "

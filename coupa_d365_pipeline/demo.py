@@ -23,11 +23,14 @@ concurrency:
 
 
 def prepare_dagster_home(path: Path) -> Path:
+    """DAGSTER_HOME for local work: created 0700 (run history, logs and event data stay private)."""
+    from .common.files import make_private_dirs, write_private_file
+
     path = path.resolve()
-    path.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(path)
     config = path / "dagster.yaml"
     if not config.exists():
-        config.write_text(LOCAL_INSTANCE_YAML)
+        write_private_file(config, LOCAL_INSTANCE_YAML)
     return path
 
 
@@ -69,11 +72,12 @@ def simulate_accounts_payable(sandboxes: Any, database_url: str, count: int = 20
 
 
 def run_demo(options: Any, dagster_home: Path, state_dir: Path) -> int:
+    from .common.files import make_private_dirs
     from .sandbox.launch import start_sandboxes
 
     started = time.monotonic()
     home = prepare_dagster_home(dagster_home)
-    state_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(state_dir)
     sync_db = (state_dir / "demo-sync.db").resolve()
     sync_db.unlink(missing_ok=True)
     with start_sandboxes(options) as sandboxes:

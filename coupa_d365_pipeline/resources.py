@@ -12,8 +12,9 @@ from .common.redact import install_log_redaction, redacting
 from .coupa.client import CoupaClient
 from .d365.client import D365Client
 from .settings import (
-    DEFAULT_COUPA_API_VERSION, DEFAULT_COUPA_SCOPES, DEFAULT_D365_AUTHORITY_URL, DEFAULT_SYNC_DATABASE_URL,
-    ConfigError, normalize_base_url, normalize_d365_base_url,
+    DEFAULT_COUPA_API_VERSION, DEFAULT_COUPA_MAX_REQUESTS_PER_SECOND, DEFAULT_COUPA_SCOPES,
+    DEFAULT_COUPA_TOKEN_WARMUP_SECONDS, DEFAULT_D365_AUTHORITY_URL, DEFAULT_SYNC_DATABASE_URL, ConfigError,
+    normalize_base_url, normalize_d365_base_url, number_setting,
 )
 from .state.store import SyncStore
 
@@ -66,6 +67,11 @@ class CoupaResource(_ClientResource):
         base_url = normalize_base_url(self.base_url, "COUPA_BASE_URL", problems)
         if not self.client_id or not self.client_secret:
             problems.append("COUPA_CLIENT_ID and COUPA_CLIENT_SECRET must both be set")
+        rate = number_setting("COUPA_MAX_REQUESTS_PER_SECOND", optional_setting(
+            self.max_requests_per_second, "COUPA_MAX_REQUESTS_PER_SECOND", None),
+            DEFAULT_COUPA_MAX_REQUESTS_PER_SECOND, problems)
+        warmup = number_setting("COUPA_TOKEN_WARMUP_SECONDS", optional_setting(
+            self.token_warmup_s, "COUPA_TOKEN_WARMUP_SECONDS", None), DEFAULT_COUPA_TOKEN_WARMUP_SECONDS, problems)
         if problems:
             raise ConfigError(problems)
         return CoupaClient(
@@ -73,9 +79,7 @@ class CoupaResource(_ClientResource):
             scopes=optional_setting(self.scopes, "COUPA_SCOPES", DEFAULT_COUPA_SCOPES),
             api_version=optional_setting(self.api_version, "COUPA_API_VERSION", DEFAULT_COUPA_API_VERSION),
             timeout_s=self.timeout_s,
-            max_requests_per_second=float(optional_setting(self.max_requests_per_second,
-                                                           "COUPA_MAX_REQUESTS_PER_SECOND", 20.0)),
-            token_warmup_s=float(optional_setting(self.token_warmup_s, "COUPA_TOKEN_WARMUP_SECONDS", 5.0)),
+            max_requests_per_second=rate, token_warmup_s=warmup,
             logger=logger)
 
     @property

@@ -7,6 +7,7 @@ Secret values are held as ``SecretStr`` and never appear in messages.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from datetime import date, timedelta
@@ -25,6 +26,8 @@ DEFAULT_D365_AUTHORITY_URL = "https://login.microsoftonline.com"
 DEFAULT_SYNC_DATABASE_URL = "sqlite:///.sync_state/sync.db"
 DEFAULT_SYNC_START_DATE = "2026-11-01"
 DEFAULT_WEBHOOK_STAGING_DIR = ".sync_state/webhooks"
+DEFAULT_COUPA_MAX_REQUESTS_PER_SECOND = 20.0
+DEFAULT_COUPA_TOKEN_WARMUP_SECONDS = 5.0
 
 # name -> (required, description shown in errors and --help)
 ENV_VARS: dict[str, tuple[bool, str]] = {
@@ -58,7 +61,10 @@ class ConfigError(ValueError):
 
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
-        super().__init__("invalid configuration:\n  - " + "\n  - ".join(problems))
+        if len(problems) == 1:   # one problem: one line (logs, Dagster run failures, CLI)
+            super().__init__(f"invalid configuration: {problems[0]}")
+        else:
+            super().__init__("invalid configuration:\n  - " + "\n  - ".join(problems))
 
 
 class CoupaSettings(BaseModel):
@@ -67,6 +73,8 @@ class CoupaSettings(BaseModel):
     client_secret: SecretStr
     scopes: str = DEFAULT_COUPA_SCOPES
     api_version: str = DEFAULT_COUPA_API_VERSION
+    max_requests_per_second: float = DEFAULT_COUPA_MAX_REQUESTS_PER_SECOND
+    token_warmup_s: float = DEFAULT_COUPA_TOKEN_WARMUP_SECONDS
 
 
 class D365Settings(BaseModel):
@@ -138,6 +146,32 @@ def minutes_setting(name: str, default: timedelta, hint: str, env: Mapping[str, 
     return timedelta(minutes=minutes)
 
 
+# name -> (unit, whether 0 is allowed, example/fix hint); shared by the CLI settings and the Dagster resources
+NUMBER_SETTINGS: dict[str, tuple[str, bool, str]] = {
+    "COUPA_MAX_REQUESTS_PER_SECOND": ("requests per second", False, "e.g. 20 (Coupa allows 25/s)"),
+    "COUPA_TOKEN_WARMUP_SECONDS": ("seconds", True, "e.g. 5 (Coupa asks to wait 5 s before using a new token)"),
+}
+
+
+def number_setting(name: str, raw: object, default: float, problems: list[str]) -> float:
+    """An optional number from the environment (``raw``: its text, None/empty: ``default``). Anything
+    that is not a finite number in range adds one line to ``problems`` naming the variable and the fix."""
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return default
+    unit, zero_ok, hint = NUMBER_SETTINGS[name]
+    try:
+        value = float(raw.strip() if isinstance(raw, str) else raw)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        value = math.nan
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
+        bound = ">= 0" if zero_ok else "> 0"
+        shown = raw.strip() if isinstance(raw, str) else raw
+        problems.append(f"{name}={shown!r} is not a number of {unit} {bound}: set it to a number, {hint}, "
+                        f"or unset it for the default {default:g}")
+        return default
+    return value
+
+
 def _required(env: Mapping[str, str], name: str, problems: list[str]) -> str:
     value = (env.get(name) or "").strip()
     if not value:
@@ -153,6 +187,10 @@ def load_coupa_settings(env: Mapping[str, str], problems: list[str]) -> CoupaSet
         client_secret=SecretStr(_required(env, "COUPA_CLIENT_SECRET", problems)),
         scopes=" ".join((env.get("COUPA_SCOPES") or DEFAULT_COUPA_SCOPES).replace(",", " ").split()),
         api_version=(env.get("COUPA_API_VERSION") or DEFAULT_COUPA_API_VERSION).strip(),
+        max_requests_per_second=number_setting("COUPA_MAX_REQUESTS_PER_SECOND", env.get("COUPA_MAX_REQUESTS_PER_SECOND"),
+                                               DEFAULT_COUPA_MAX_REQUESTS_PER_SECOND, problems),
+        token_warmup_s=number_setting("COUPA_TOKEN_WARMUP_SECONDS", env.get("COUPA_TOKEN_WARMUP_SECONDS"),
+                                      DEFAULT_COUPA_TOKEN_WARMUP_SECONDS, problems),
     )
 
 

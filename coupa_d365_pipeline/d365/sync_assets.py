@@ -1,7 +1,7 @@
 """Vendors and vendor invoices written to D365, their checks, and the replay job."""
 
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import dagster as dg
@@ -11,7 +11,7 @@ from ..mapping.documents import legal_entity_for
 from ..mapping.purchase_orders import legal_entity_for_po
 from ..partitions import daily_partitions
 from ..resources import CoupaResource, D365Resource, MappingResource, SyncStateResource
-from ..state.ledger import PROBLEM_STATES, WRITING, Ledger, LedgerRow
+from ..state.ledger import Ledger
 from ..sync.base import DocumentSync
 from ..sync.invoices import InvoiceSync
 from ..sync.purchase_orders import PurchaseOrderSync
@@ -111,36 +111,51 @@ def d365_vendor_invoices(context: dg.AssetExecutionContext, coupa: CoupaResource
     return _sync_window(context, services, "invoice", InvoiceSync(services), started)
 
 
+def _age(age: timedelta) -> str:
+    minutes = int(age.total_seconds() // 60)
+    return f"{minutes // 1440}d {minutes % 1440 // 60}h" if minutes >= 1440 else f"{minutes // 60}h {minutes % 60}m"
+
+
 def _stuck_check(ledger: Ledger, doc_type: str, what: str) -> dg.AssetCheckResult:
-    rows: list[LedgerRow] = ledger.needing_attention(doc_type)
-    table = "| Coupa id | scope | state | latest version | reason | since |\n|---|---|---|---|---|---|\n" + "\n".join(
-        f"| {r.coupa_id} | {r.scope or r.legal_entity or ''} | {r.state} | {r.problem or ''} "
-        f"| {(r.reason or '').replace('|', '/')[:300]} | {r.updated_at:%Y-%m-%d %H:%M} |" for r in rows[:200])
+    """Every unfinished row with its reason and age. ERROR when a person is needed or D365's state is
+    unknown (quarantined, failed, interrupted write, missing/changed/void after posting); WARN when
+    the only thing left is telling Coupa about a booking D365 already holds (the next run does it)."""
+    items = ledger.unfinished(doc_type)
+    table = ("| Coupa id | scope | state | reason | age | since |\n|---|---|---|---|---|---|\n" + "\n".join(
+        f"| {i.row.coupa_id} | {i.row.scope or i.row.legal_entity or ''} | {i.kind} "
+        f"| {i.reason.replace('|', '/').replace(chr(10), ' ')[:300]} | {_age(i.age)} "
+        f"| {i.row.updated_at:%Y-%m-%d %H:%M} |" for i in items[:200])
+        + (f"\n| … | {len(items) - 200} more | | | | |" if len(items) > 200 else ""))
     by_state: dict[str, int] = {}
-    for r in rows:
-        label = f"{r.state} ({r.problem} latest version)" if r.problem else r.state
-        by_state[label] = by_state.get(label, 0) + 1
+    for i in items:
+        by_state[i.kind] = by_state.get(i.kind, 0) + 1
+    errors = any(i.severity == "error" for i in items)
+    oldest = max((i.age for i in items), default=None)
     return dg.AssetCheckResult(
-        passed=not rows,
-        description=None if not rows else f"{len(rows)} {what} need attention: " +
+        passed=not items,
+        severity=dg.AssetCheckSeverity.ERROR if errors else dg.AssetCheckSeverity.WARN,
+        description=None if not items else f"{len(items)} {what} need attention: " +
         ", ".join(f"{n} {s}" for s, n in sorted(by_state.items())),
-        metadata={"stuck": len(rows), "by_state": dg.MetadataValue.json(by_state),
-                  "details": dg.MetadataValue.md(table if rows else "Nothing stuck.")})
+        metadata={"stuck": len(items), "by_state": dg.MetadataValue.json(by_state),
+                  "oldest_age_s": int(oldest.total_seconds()) if oldest is not None else 0,
+                  "details": dg.MetadataValue.md(table if items else "Nothing stuck.")})
 
 
-@dg.asset_check(asset=d365_vendor_invoices, description="No invoice is quarantined, failed, or changed/voided "
-                                                        "in Coupa after D365 posted it.")
+@dg.asset_check(asset=d365_vendor_invoices, description="No invoice is quarantined, failed, left "
+                                                        "half-written, booked but not yet told to Coupa, or "
+                                                        "changed/voided in Coupa after D365 posted it.")
 def vendor_invoices_not_stuck(sync_state: SyncStateResource) -> dg.AssetCheckResult:
     return _stuck_check(Ledger(sync_state.store.engine), "invoice", "invoices")
 
 
-@dg.asset_check(asset=d365_purchase_orders, description="No purchase order is quarantined, failed, or has a change "
-                                                         "D365 no longer allows (received lines).")
+@dg.asset_check(asset=d365_purchase_orders, description="No purchase order is quarantined, failed, left "
+                                                         "half-written, booked but not yet told to Coupa, or has a "
+                                                         "change D365 no longer allows (received lines).")
 def purchase_orders_not_stuck(sync_state: SyncStateResource) -> dg.AssetCheckResult:
     return _stuck_check(Ledger(sync_state.store.engine), "purchase_order", "purchase orders")
 
 
-@dg.asset_check(asset=d365_vendors, description="No vendor is quarantined or failed.")
+@dg.asset_check(asset=d365_vendors, description="No vendor is quarantined, failed or left half-written.")
 def vendors_not_stuck(sync_state: SyncStateResource) -> dg.AssetCheckResult:
     return _stuck_check(Ledger(sync_state.store.engine), "vendor", "vendors")
 
@@ -149,7 +164,8 @@ class ReplayConfig(dg.Config):
     """Which invoices to re-drive through the normal path (same dedupe as every run)."""
 
     coupa_ids: list[int] = []
-    failed_since: str | None = None     # ISO timestamp: every invoice quarantined/failed/stuck since then
+    failed_since: str | None = None     # ISO timestamp: every invoice quarantined/failed/stuck or booked but not
+                                        # yet told to Coupa since then
     refetch_from_coupa: bool = True     # read the current version from Coupa first
     rebook_missing: bool = False        # book again invoices whose pending D365 invoice vanished (missing_in_d365)
 
@@ -165,8 +181,7 @@ def replay_invoices(context: dg.OpExecutionContext, config: ReplayConfig, coupa:
     if config.failed_since:
         since = datetime.fromisoformat(config.failed_since.replace("Z", "+00:00"))
         since = since if since.tzinfo else since.replace(tzinfo=timezone.utc)
-        ids |= {r.coupa_id for r in services.ledger.rows("invoice", (*PROBLEM_STATES, WRITING), since=since,
-                                                          with_problem=True)}
+        ids |= {r.coupa_id for r in services.ledger.replay_candidates("invoice", since=since)}
     if not ids:
         raise dg.Failure("nothing to replay: give coupa_ids or failed_since")
     invoices = []

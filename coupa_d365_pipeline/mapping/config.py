@@ -310,6 +310,10 @@ def load_mapping(path: str | Path | None = None) -> MappingConfig:
                            "or copy coupa_d365_pipeline/examples/mapping.yaml") from None
     except OSError as exc:
         raise MappingError(f"{p}: cannot read the mapping file ({exc})") from None
+    except UnicodeDecodeError as exc:
+        line = p.read_bytes()[:exc.start].count(b"\n") + 1
+        raise MappingError(f"{p}: the mapping file (COUPA_D365_MAPPING_FILE) is not UTF-8 text (byte "
+                           f"0x{exc.object[exc.start]:02x} on line {line}); save it as UTF-8") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

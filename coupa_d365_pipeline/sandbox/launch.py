@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from datetime import date
+from pathlib import Path
 from typing import Callable, Iterator
 
 from ..common.clock import SYSTEM_CLOCK
+from ..common.files import write_private_file
 
 from .coupa_app import CoupaSandbox, CoupaSandboxConfig
 from .d365_app import D365Sandbox, D365SandboxConfig
@@ -85,6 +88,24 @@ class RunningSandboxes:
         self.stop()
 
 
+def is_loopback(host: str) -> bool:
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def exposure_warning(host: str) -> str | None:
+    """The warning to show when the sandboxes listen beyond this machine; None on loopback."""
+    if is_loopback(host):
+        return None
+    return (f"WARNING: the sandboxes listen on {host}, reachable from other machines; they serve fake "
+            "credentials (client secrets printed below) and test hooks under /_sandbox/ that change their data. "
+            "Bind to 127.0.0.1 (the default; drop --host) unless you mean it.")
+
+
 def start_sandboxes(options: SandboxOptions | None = None, seed: SeedData | None = None) -> RunningSandboxes:
     options = options or SandboxOptions()
     seed = seed or generate_seed(options.seed)
@@ -103,6 +124,11 @@ def start_sandboxes(options: SandboxOptions | None = None, seed: SeedData | None
     d365_server = SandboxServer(d365.app, host=options.host, sock=d365_socket).start()
     return RunningSandboxes(seed, coupa, d365, coupa_server, d365_server, options.seed.start_date,
                             clock=options.clock)
+
+
+def write_env_file(path: str | Path, lines: list[str]) -> None:
+    """The sandbox environment (it holds client secrets): 0600, written atomically."""
+    write_private_file(Path(path), "\n".join(lines) + "\n")
 
 
 def iter_env_lines(env: dict[str, str]) -> Iterator[str]:

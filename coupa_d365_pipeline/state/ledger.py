@@ -76,6 +76,18 @@ OPEN_STATES = (NEW, WRITING, QUARANTINED, FAILED)
 BOOKED_STATES = (WRITTEN, POSTED, VOID_BLOCKED, CHANGED_AFTER_POST, MISSING_IN_D365, CLOSED, CANCELLED,
                  CHANGE_BLOCKED)
 PROBLEM_STATES = (QUARANTINED, FAILED, VOID_BLOCKED, CHANGED_AFTER_POST, CHANGE_BLOCKED, MISSING_IN_D365)
+# states in which Coupa is told (export flag + Success record); ``coupa_notified`` false there means
+# D365 holds the document but Coupa does not know yet. Vendors are never notified.
+NOTIFIED_STATES: dict[str, tuple[DocState, ...]] = {"invoice": (WRITTEN, POSTED),
+                                                    "purchase_order": (WRITTEN, CLOSED, CANCELLED)}
+_STATE_REASONS = {
+    WRITING.value: "a write to D365 was started and not finished; it may or may not have landed — the next run "
+                   "looks it up in D365 and settles it",
+    VOID_BLOCKED.value: "voided in Coupa after D365 posted it",
+    CHANGED_AFTER_POST.value: "changed in Coupa after D365 posted it",
+    MISSING_IN_D365.value: "booked, then gone from D365 without being posted",
+    CHANGE_BLOCKED.value: "changed in Coupa in a way D365 no longer allows",
+}
 
 sync_ledger = sa.Table(
     "sync_ledger", metadata,
@@ -162,6 +174,17 @@ class NaturalKey:
 
     def folded(self) -> tuple[str, str, str]:
         return self.legal_entity.casefold(), self.vendor_account.casefold(), self.document_number.casefold()
+
+
+@dataclass(frozen=True)
+class Unfinished:
+    """One row a ``*_not_stuck`` check reports: what kind of unfinished, why, since when."""
+
+    row: LedgerRow
+    kind: str            # state, "<state> (latest version <problem>)", "writing" or "not_notified"
+    reason: str
+    age: timedelta
+    severity: str        # "error": needs a person or an unknown D365 state; "warn": heals on the next run
 
 
 @dataclass
@@ -315,17 +338,67 @@ class Ledger:
         with self.engine.connect() as conn:
             return [LedgerRow.from_mapping(r) for r in conn.execute(query).mappings()]
 
+    def _not_notified(self, doc_type: str) -> Any:
+        """WHERE clause: booked in a state Coupa is told about, but Coupa was not told (yet)."""
+        c = sync_ledger.c
+        states = [s.value for s in NOTIFIED_STATES.get(doc_type, ())]
+        return (c.state.in_(states) & c.coupa_notified.is_(False)) if states else sa.false()
+
+    def unfinished(self, doc_type: str) -> list[Unfinished]:
+        """What the stuck checks list, each with reason and age: problem states, booked documents whose
+        latest version failed, interrupted writes, and bookings Coupa was never told about. A row a
+        live run holds (claim not stale: the heartbeat renews it, the lease is the grace period) is
+        in progress, not stuck."""
+        c = sync_ledger.c
+        condition = (c.state.in_([s.value for s in (*PROBLEM_STATES, WRITING)]) | c.problem.is_not(None)
+                     | self._not_notified(doc_type))
+        query = sa.select(sync_ledger).where((c.doc_type == doc_type) & condition).order_by(c.coupa_id, c.scope)
+        with self.engine.connect() as conn:
+            rows = [LedgerRow.from_mapping(r) for r in conn.execute(query).mappings()]
+        now, found = self.now(), []
+        notified_states = NOTIFIED_STATES.get(doc_type, ())
+        for row in rows:
+            if row.claimed_by is not None and not self._stale(row):
+                continue
+            age = now - row.updated_at if row.updated_at else timedelta(0)
+            if row.problem:
+                kind, reason, severity = f"{row.state} (latest version {row.problem})", row.reason or "", "error"
+            elif row.state in (*PROBLEM_STATES, WRITING):
+                kind, severity = row.state, "error"
+                reason = row.reason or _STATE_REASONS.get(row.state, "")
+            elif row.state in notified_states and not row.coupa_notified:
+                kind, severity = "not_notified", "warn"
+                reason = (f"{row.state} in D365, but Coupa was not told yet (export flag / integration history); "
+                          "the next run of any partition tells it")
+            else:
+                continue
+            found.append(Unfinished(row, kind, reason, age, severity))
+        return found
+
     def needing_attention(self, doc_type: str) -> list[LedgerRow]:
-        """What the stuck checks list: problem states, and booked documents whose latest version failed."""
-        return self.rows(doc_type, PROBLEM_STATES, with_problem=True)
+        """The rows of :meth:`unfinished`."""
+        return [item.row for item in self.unfinished(doc_type)]
+
+    def replay_candidates(self, doc_type: str, *, since: datetime) -> list[LedgerRow]:
+        """Everything unfinished touched since ``since`` (the replay job's ``failed_since``): problem
+        states, failed latest versions, interrupted writes and bookings Coupa was never told about."""
+        c = sync_ledger.c
+        condition = (c.state.in_([s.value for s in (*PROBLEM_STATES, WRITING)]) | c.problem.is_not(None)
+                     | self._not_notified(doc_type))
+        query = (sa.select(sync_ledger).where((c.doc_type == doc_type) & condition & (c.updated_at >= since))
+                 .order_by(c.coupa_id, c.scope))
+        with self.engine.connect() as conn:
+            return [LedgerRow.from_mapping(r) for r in conn.execute(query).mappings()]
 
     def retry_candidates(self, doc_type: str, *, exclude: Iterable[int] = (), limit: int = 500) -> list[LedgerRow]:
         """Documents a run should try again besides its own window: never-booked failures and
-        quarantines, interrupted writes, and booked documents whose latest version failed. Least
+        quarantines, interrupted writes, booked documents whose latest version failed, and bookings
+        Coupa was never told about (an export-flag PUT that failed in an older partition). Least
         recently tried first, so a fixed-size batch rotates through all of them."""
         excluded = {int(i) for i in exclude}
         c = sync_ledger.c
-        retryable = c.state.in_([QUARANTINED.value, FAILED.value, WRITING.value]) | c.problem.is_not(None)
+        retryable = (c.state.in_([QUARANTINED.value, FAILED.value, WRITING.value]) | c.problem.is_not(None)
+                     | self._not_notified(doc_type))
         query = (sa.select(sync_ledger).where((c.doc_type == doc_type) & retryable)
                  .order_by(c.updated_at, c.coupa_id).limit(limit + len(excluded)))
         with self.engine.connect() as conn:

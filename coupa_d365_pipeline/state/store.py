@@ -20,6 +20,9 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 
+from ..common.files import create_private_file, make_private_dirs
+from .database_url import connect_error, missing_driver, parse_url, unwritable_sqlite
+
 metadata = sa.MetaData()
 
 staged_documents = sa.Table(
@@ -118,11 +121,18 @@ def normalize_timestamp(value: Any) -> str:
 
 
 def make_engine(database_url: str) -> Engine:
-    if database_url.startswith("sqlite:///"):
-        path = database_url.removeprefix("sqlite:///")
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(database_url, connect_args={"timeout": 30})
+    """An engine for SYNC_DATABASE_URL; a URL that cannot work (unparseable, driver not installed,
+    SQLite directory not creatable) raises ConfigError naming the variable and the fix."""
+    url = parse_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        path = url.database
+        if path and path != ":memory:" and not path.startswith("file:"):
+            try:   # owner-only: the ledger and staged documents are business data
+                make_private_dirs(Path(path).parent)
+                create_private_file(Path(path))
+            except OSError as exc:
+                raise unwritable_sqlite(url, path, exc) from None
+        engine = _create_engine(url, connect_args={"timeout": 30})
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -134,7 +144,16 @@ def make_engine(database_url: str) -> Engine:
             cursor.close()
 
         return engine
-    return sa.create_engine(database_url, pool_pre_ping=True)
+    connect_args = {"connect_timeout": 15} if url.drivername in ("postgresql", "postgresql+psycopg2") and \
+        "connect_timeout" not in url.query else {}
+    return _create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+
+
+def _create_engine(url: sa.engine.URL, **kwargs: Any) -> Engine:
+    try:
+        return sa.create_engine(url, **kwargs)
+    except (ImportError, sa.exc.NoSuchModuleError) as exc:
+        raise missing_driver(url, exc) from None
 
 
 SCHEMA_LOCK_ID = 4_365_001  # PostgreSQL advisory lock: processes starting together create tables one at a time
@@ -190,7 +209,11 @@ def ensure_schema(engine: Engine) -> None:
     with _ensured_lock:
         if _ensured.get(engine) == tables:
             return
-    with engine.begin() as conn:
+    try:
+        connection = engine.connect()
+    except sa.exc.DBAPIError as exc:   # the first connection of a process: explain, never show the password
+        raise connect_error(engine.url, exc) from None
+    with connection as conn, conn.begin():
         if engine.dialect.name == "postgresql":
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": SCHEMA_LOCK_ID})
         _create_missing(conn)

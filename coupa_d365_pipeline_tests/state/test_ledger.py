@@ -182,7 +182,7 @@ def test_retry_candidates_include_booked_documents_with_a_problem_and_skip_the_w
     for coupa_id, state, problem in ((1, WRITTEN, Problem.FAILED), (2, WRITTEN, None), (3, QUARANTINED, None)):
         row = ledger.claim("invoice", coupa_id, "run-0")
         assert row is not None
-        ledger.update(row, "run-0", release=True, state=state, problem=problem)
+        ledger.update(row, "run-0", release=True, state=state, problem=problem, coupa_notified=state == WRITTEN)
     assert [r.coupa_id for r in ledger.retry_candidates("invoice")] == [1, 3]
     assert [r.coupa_id for r in ledger.retry_candidates("invoice", exclude={1})] == [3]
     assert [r.coupa_id for r in ledger.needing_attention("invoice")] == [1, 3]
