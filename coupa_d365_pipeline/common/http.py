@@ -77,6 +77,12 @@ class UnexpectedWriteAnswerError(UnexpectedAnswerError, AmbiguousWriteError):
     """A write answered with something unreadable: the server may have applied it (settle by lookup)."""
 
 
+def is_system_failure(exc: BaseException) -> bool:
+    """The system failed to give a usable answer (retries exhausted, unreadable answer, outage): not
+    the document's fault — never a reason to alert Coupa users about the document."""
+    return isinstance(exc, (RetriesExhaustedError, UnexpectedAnswerError, SystemUnavailableError))
+
+
 def describe_unexpected(system: str, method: str, path: str, response: httpx.Response, problem: str, hint: str,
                         *, show_body: bool = True) -> str:
     """``Coupa GET /api/invoices answered HTTP 200 with text/html, not JSON (first bytes: '<html>…'); hint``.
