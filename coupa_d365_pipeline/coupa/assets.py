@@ -11,6 +11,7 @@ from ..partitions import daily_partitions
 from ..resources import CoupaResource, SyncStateResource
 from ..settings import minutes_setting
 from ..state.store import normalize_timestamp
+from ..outages import fail_run_on_outage
 
 
 def _iso(dt: datetime) -> str:
@@ -58,6 +59,7 @@ def supplier_overlap() -> timedelta:
 @dg.asset(key=["coupa", "suppliers"], group_name="coupa", kinds={"coupa"},
           description="Coupa suppliers, read incrementally on updated-at (stored watermark, re-read with an "
                       "overlap) and staged; run config full_refresh reads all of them (nightly schedule).")
+@fail_run_on_outage
 def coupa_suppliers(context: dg.AssetExecutionContext, config: SupplierReadConfig, coupa: CoupaResource,
                     sync_state: SyncStateResource) -> dg.MaterializeResult:
     started = time.monotonic()
@@ -115,6 +117,7 @@ def _stage_window(context: dg.AssetExecutionContext, coupa: CoupaResource, sync_
 @dg.asset(key=["coupa", "invoices"], group_name="coupa", kinds={"coupa"}, partitions_def=daily_partitions,
           backfill_policy=dg.BackfillPolicy.single_run(),
           description="Approved and voided Coupa invoices whose updated-at falls in the partition window (UTC).")
+@fail_run_on_outage
 def coupa_invoices(context: dg.AssetExecutionContext, coupa: CoupaResource,
                    sync_state: SyncStateResource) -> dg.MaterializeResult:
     return _stage_window(context, coupa, sync_state, "invoices", "invoice", "approved,voided")
@@ -123,6 +126,7 @@ def coupa_invoices(context: dg.AssetExecutionContext, coupa: CoupaResource,
 @dg.asset(key=["coupa", "purchase_orders"], group_name="coupa", kinds={"coupa"}, partitions_def=daily_partitions,
           backfill_policy=dg.BackfillPolicy.single_run(),
           description="Issued, closed and cancelled Coupa purchase orders updated in the partition window (UTC).")
+@fail_run_on_outage
 def coupa_purchase_orders(context: dg.AssetExecutionContext, coupa: CoupaResource,
                           sync_state: SyncStateResource) -> dg.MaterializeResult:
     return _stage_window(context, coupa, sync_state, "purchase_orders", "purchase_order", "issued,closed,cancelled")

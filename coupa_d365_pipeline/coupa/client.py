@@ -22,11 +22,12 @@ from typing import Any, Callable, Iterator, Mapping
 
 import httpx
 
-from ..common.http import HTTPClientError, RateLimiter, RetryingSender, RetryPolicy
+from ..common.http import HTTPClientError, RateLimiter, RetryingSender, RetryPolicy, SystemUnavailableError
 from ..common.redact import register_secret
 from ..settings import DEFAULT_COUPA_API_VERSION, DEFAULT_COUPA_SCOPES
 
 PAGE_SIZE = 50
+API_HINT = "check COUPA_BASE_URL points at the Coupa API host (not a login, SSO or proxy page)"
 RESOURCES = ("invoices", "purchase_orders", "suppliers", "integration_history_records")
 
 
@@ -37,8 +38,13 @@ class CoupaError(HTTPClientError):
         self.errors = errors
 
 
-class CoupaAuthError(CoupaError):
-    """The token endpoint refused our credentials or scopes."""
+class CoupaAuthError(CoupaError, SystemUnavailableError):
+    """The token endpoint refused our credentials or scopes, or Coupa refused a fresh token: no
+    document can be synced, so the run stops (a :class:`SystemUnavailableError`)."""
+
+    def __init__(self, message: str, status: int | None = None, errors: Any = None) -> None:
+        super().__init__(message, status=status, errors=errors)
+        self.system = "Coupa"
 
 
 class CoupaClient:
@@ -123,7 +129,7 @@ class CoupaClient:
         headers = {"Accept": "application/json", "X-COUPA-API-VERSION": self.api_version}
         url = f"{self.base_url}/oauth2/token"
         response = self.sender.send(lambda: self.http.build_request("POST", url, data=form, headers=headers),
-                                    idempotent=True)
+                                    idempotent=True, expect_json=True, show_body=False, hint=API_HINT)
         if response.status_code != 200:
             error = _json_or_none(response) or {}
             code = error.get("error") if isinstance(error, dict) else None
@@ -156,12 +162,15 @@ class CoupaClient:
                 headers = self._headers() | {"Authorization": f"Bearer {self._access_token()}"}
                 return self.http.build_request(method, url, params=params, json=json, headers=headers)
 
-            response = self.sender.send(build, idempotent=idempotent)
+            response = self.sender.send(build, idempotent=idempotent, expect_json=True, hint=API_HINT)
             if response.status_code == 401 and auth_attempt == 1:
                 self.logger.info("Coupa: 401 on %s %s; renewing the token and retrying once", method, path)
                 self.invalidate_token()
                 continue
             break
+        if response.status_code == 401:
+            raise CoupaAuthError(f"Coupa {method} {path} answered HTTP 401 with a freshly minted token; check that "
+                                 "the OAuth client (COUPA_CLIENT_ID) is active and granted COUPA_SCOPES", status=401)
         if response.status_code >= 400:
             body = _json_or_none(response)
             errors = body.get("errors") if isinstance(body, dict) else None

@@ -12,13 +12,15 @@ import threading
 import time
 from typing import Callable
 
-from ..common.http import HTTPClientError, RetryingSender
+from ..common.http import RetryingSender, SystemUnavailableError
 from ..common.redact import register_secret
 
 
-class EntraAuthError(HTTPClientError):
+class EntraAuthError(SystemUnavailableError):
+    """Entra refused the token request: no D365 call can succeed, so the run stops."""
+
     def __init__(self, message: str, status: int | None = None, error: str | None = None) -> None:
-        super().__init__(message)
+        super().__init__(message, system="D365")
         self.status = status
         self.error = error
 
@@ -67,7 +69,8 @@ class EntraTokenProvider:
         response = self.sender.send(
             lambda: self.sender.http.build_request("POST", self.token_url, data=form,
                                                    headers={"Accept": "application/json"}),
-            idempotent=True)
+            idempotent=True, expect_json=True, show_body=False,
+            hint="check D365_AUTHORITY_URL and D365_TENANT_ID point at the Entra token endpoint")
         try:
             payload = response.json()
         except ValueError:

@@ -22,7 +22,10 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import httpx
 
-from ..common.http import AmbiguousWriteError, HTTPClientError, RetryingSender, RetryPolicy
+from ..common.http import (
+    AmbiguousWriteError, HTTPClientError, RetryingSender, RetryPolicy, SystemUnavailableError,
+    UnexpectedWriteAnswerError, describe_unexpected,
+)
 from . import odata
 from .auth import EntraTokenProvider
 from .batch import BatchPartResult, Changeset, encode_batch, parse_batch_response
@@ -34,6 +37,7 @@ ODATA_HEADERS = {
     "OData-MaxVersion": "4.0",
 }
 BUSINESS_ERROR_TYPES = ("AxODataWriteException", "ODataException", "AxODataDeleteException")
+API_HINT = "check D365_BASE_URL is the F&O environment root (not a login or proxy page)"
 
 
 class D365Error(HTTPClientError):
@@ -55,6 +59,14 @@ class D365Error(HTTPClientError):
     @property
     def is_not_found(self) -> bool:
         return self.status == 404
+
+
+class D365AuthError(D365Error, SystemUnavailableError):
+    """F&O refused a freshly minted token: no call can succeed, so the run stops."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, status=401, detail=message)
+        self.system = "D365"
 
 
 def error_detail(response: httpx.Response) -> tuple[str, str]:
@@ -132,7 +144,7 @@ class D365Client:
     # -- transport -------------------------------------------------------------------------
     def _send(self, method: str, url: str, *, params: Mapping[str, Any] | None = None, json: Any = None,
               content: bytes | None = None, headers: Mapping[str, str] | None = None,
-              idempotent: bool | None = None) -> httpx.Response:
+              idempotent: bool | None = None, expect_json: bool = True) -> httpx.Response:
         for auth_attempt in (1, 2):
             def build() -> httpx.Request:
                 all_headers = dict(ODATA_HEADERS) | dict(headers or {}) | {
@@ -142,13 +154,18 @@ class D365Client:
                 body = odata.dumps(json) if json is not None else content   # exact decimals, never floats
                 return self.http.build_request(method, url, params=params, content=body, headers=all_headers)
 
-            response = self.sender.send(build, idempotent=idempotent, is_retryable_response=_is_transient)
+            response = self.sender.send(build, idempotent=idempotent, is_retryable_response=_is_transient,
+                                        expect_json=expect_json, hint=API_HINT)
             if response.status_code == 401 and auth_attempt == 1:
                 self.logger.info("D365: 401 on %s %s; renewing the Entra token and retrying once",
                                  method, httpx.URL(url).path)
                 self.auth.invalidate()
                 continue
-            return response
+            break
+        if response.status_code == 401:
+            raise D365AuthError(f"D365 {method} {httpx.URL(url).path} answered HTTP 401 with a freshly minted token; "
+                                "check that the Entra app (D365_CLIENT_ID) is registered in F&O (System administration "
+                                "> Setup > Microsoft Entra applications) and enabled")
         return response
 
     def _raise_for(self, response: httpx.Response, what: str) -> None:
@@ -271,17 +288,27 @@ class D365Client:
                 if op.method == "POST" and op.body is not None:
                     self._check_record(entity, op.body)
         content_type, body = encode_batch(self.base_url, list(changesets))
-        response = self._send("POST", self._url("$batch"), content=body, idempotent=False,
+        response = self._send("POST", self._url("$batch"), content=body, idempotent=False, expect_json=False,
                               headers={"Content-Type": content_type, "Accept": "multipart/mixed"})
         self._raise_for(response, "POST $batch")
-        parts = parse_batch_response(response.headers.get("content-type", ""), response.content)
+        try:
+            parts = parse_batch_response(response.headers.get("content-type", ""), response.content)
+        except ValueError:
+            parts = []
         by_id = {p.content_id: p for p in parts}
         results: list[ChangesetResult] = []
         for changeset in changesets:
             mine = [by_id[op.content_id] for op in changeset.operations if op.content_id in by_id]
             failed = [p for p in mine if not p.ok]
             if len(mine) < len(changeset.operations) and not failed:
-                failed = [BatchPartResult("", 500, {}, {"error": {"message": "changeset answer missing"}})]
+                # no rejection in the answer, and no complete answer either: D365 may have applied it
+                # (the answer was lost or cut short after the commit) — only a lookup can tell
+                path = httpx.URL(self._url("$batch")).path
+                raise UnexpectedWriteAnswerError(describe_unexpected(
+                    "D365", "POST", path, response,
+                    f"not a complete $batch answer ({len(mine)} of {len(changeset.operations)} parts of a changeset)",
+                    "D365 may have applied the changeset: look it up before sending it again"),
+                    system="D365", method="POST", path=path, status=response.status_code)
             error = None
             if failed:
                 part = failed[0]

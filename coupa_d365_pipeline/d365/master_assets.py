@@ -7,11 +7,13 @@ import dagster as dg
 from ..mapping.master import D365MasterData
 from ..resources import D365Resource, MappingResource, SyncStateResource
 from .services import MASTER_SNAPSHOT, read_master_rows
+from ..outages import fail_run_on_outage
 
 
 @dg.asset(key=["d365", "master_data"], group_name="d365", kinds={"d365"},
           description="Legal entities, main accounts per legal entity, dimension values, released products, "
                       "vendor groups, payment terms and procurement categories, snapshotted for mapping.")
+@fail_run_on_outage
 def d365_master_data(context: dg.AssetExecutionContext, d365: D365Resource, sync_state: SyncStateResource,
                      mapping: MappingResource) -> dg.MaterializeResult:
     started = time.monotonic()

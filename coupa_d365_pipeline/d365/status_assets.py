@@ -6,15 +6,17 @@ import dagster as dg
 
 from ..resources import CoupaResource, D365Resource, MappingResource, SyncStateResource
 from ..state.status import StatusEvents
-from ..sync.status import StatusReader, StatusWriter
+from ..sync.status import STATUS_DOC, StatusReader, StatusWriter
 from .services import build_services
 from .sync_assets import d365_vendor_invoices
+from ..outages import fail_if_all_failed_by_system, fail_run_on_outage
 
 
 @dg.asset(key=["d365", "invoice_status"], group_name="d365", kinds={"d365"}, deps=[d365_vendor_invoices],
           description="For invoices we booked: posted in D365 (VendInvoiceJourBiEntities), new settlements "
                       "(VendSettlementBiEntities) and changed invoice VendTrans (reversed settlements); "
                       "incremental with an overlap (STATUS_READ_OVERLAP_MINUTES).")
+@fail_run_on_outage
 def d365_invoice_status(context: dg.AssetExecutionContext, coupa: CoupaResource, d365: D365Resource,
                         sync_state: SyncStateResource, mapping: MappingResource) -> dg.MaterializeResult:
     started = time.monotonic()
@@ -31,6 +33,7 @@ def d365_invoice_status(context: dg.AssetExecutionContext, coupa: CoupaResource,
           description="Per invoice, under its ledger claim: D365 posting (history record with invoice number and "
                       "voucher) and payments reconciled with the invoice's current D365 settlements (each payment "
                       "once, by settlement id; reversals offset; paid = fully settled now) back to Coupa.")
+@fail_run_on_outage
 def coupa_invoice_status(context: dg.AssetExecutionContext, coupa: CoupaResource, d365: D365Resource,
                          sync_state: SyncStateResource, mapping: MappingResource) -> dg.MaterializeResult:
     started = time.monotonic()
@@ -38,6 +41,7 @@ def coupa_invoice_status(context: dg.AssetExecutionContext, coupa: CoupaResource
     before = services.coupa.request_count
     events = StatusEvents(services.store.engine)
     report = StatusWriter(services, events).write()
+    fail_if_all_failed_by_system(report, STATUS_DOC)
     counts = report.counts()
     return dg.MaterializeResult(metadata={
         "invoices_updated": int(counts.get("updated", 0)), "unchanged": int(counts.get("already_present", 0)),

@@ -19,6 +19,7 @@ from ..sync.report import SyncReport
 from ..sync.vendors import VendorSync
 from .master_assets import d365_gl_mapping, d365_master_data
 from .services import build_services
+from ..outages import fail_if_all_failed_by_system, fail_run_on_outage
 
 RETRY_LIMIT = 500  # quarantined/failed invoices re-tried per run (they succeed once the mapping is fixed)
 
@@ -45,6 +46,7 @@ def _metadata(report: SyncReport, doc_type: str, before: tuple[int, int], servic
           deps=[coupa_suppliers, d365_gl_mapping, d365_master_data], pool="d365_writes",
           description="Coupa suppliers as D365 VendorsV2 in every legal entity they are used in: created when "
                       "missing (read cross-company first), changed fields updated, never created twice.")
+@fail_run_on_outage
 def d365_vendors(context: dg.AssetExecutionContext, coupa: CoupaResource, d365: D365Resource,
                  sync_state: SyncStateResource, mapping: MappingResource) -> dg.MaterializeResult:
     started = time.monotonic()
@@ -66,6 +68,7 @@ def d365_vendors(context: dg.AssetExecutionContext, coupa: CoupaResource, d365: 
     for supplier in store.documents("supplier"):
         for le in sorted(used.get(int(supplier["id"]), set())):
             report.add(vendors.ensure(supplier, le))
+    fail_if_all_failed_by_system(report, "vendor")
     return dg.MaterializeResult(metadata=_metadata(
         report, "vendor", before, services, started, existing_vendors_read=dg.MetadataValue.json(prefetched),
         suppliers_in_use=len(used)))
@@ -82,6 +85,7 @@ def _sync_window(context: dg.AssetExecutionContext, services: Any, doc_type: str
     retries = list(services.store.documents_by_id(doc_type, retry_ids).values())
     report = syncer.sync_many([*documents, *retries])
     context.log.info("%s %s..%s: %s", doc_type, _utc(window.start), _utc(window.end), dict(report.counts(doc_type)))
+    fail_if_all_failed_by_system(report, doc_type)
     return dg.MaterializeResult(metadata=_metadata(
         report, doc_type, before, services, started, window_start=_utc(window.start), window_end=_utc(window.end),
         partitions=len(context.partition_keys), retried_from_earlier_runs=len(retries), route="odata"))
@@ -92,6 +96,7 @@ def _sync_window(context: dg.AssetExecutionContext, services: Any, doc_type: str
           deps=[coupa_purchase_orders, d365_vendors, d365_gl_mapping],
           description="Issued Coupa POs as D365 PurchaseOrderHeadersV2 + PurchaseOrderLinesV2 (D365 number = Coupa "
                       "po-number), kept in step where D365 still allows it; cancelled POs cancel unreceived lines.")
+@fail_run_on_outage
 def d365_purchase_orders(context: dg.AssetExecutionContext, coupa: CoupaResource, d365: D365Resource,
                          sync_state: SyncStateResource, mapping: MappingResource) -> dg.MaterializeResult:
     started = time.monotonic()
@@ -104,6 +109,7 @@ def d365_purchase_orders(context: dg.AssetExecutionContext, coupa: CoupaResource
           deps=[coupa_invoices, d365_vendors, d365_gl_mapping, d365_purchase_orders],
           description="Approved Coupa invoices as D365 pending vendor invoices (header + lines in one changeset), "
                       "exactly once; voided ones removed while still pending; unmappable ones quarantined.")
+@fail_run_on_outage
 def d365_vendor_invoices(context: dg.AssetExecutionContext, coupa: CoupaResource, d365: D365Resource,
                          sync_state: SyncStateResource, mapping: MappingResource) -> dg.MaterializeResult:
     started = time.monotonic()
@@ -172,6 +178,7 @@ class ReplayConfig(dg.Config):
 
 @dg.op(description="Re-drive invoices by Coupa id, or everything that failed since a time, through the same "
                    "sync path (ledger claims, natural-key lookup) as the scheduled runs.")
+@fail_run_on_outage
 def replay_invoices(context: dg.OpExecutionContext, config: ReplayConfig, coupa: CoupaResource, d365: D365Resource,
                     sync_state: SyncStateResource, mapping: MappingResource) -> dg.Output:
     started = time.monotonic()
@@ -194,6 +201,7 @@ def replay_invoices(context: dg.OpExecutionContext, config: ReplayConfig, coupa:
         if invoice is not None:
             invoices.append(invoice)
     report = InvoiceSync(services, rebook_missing=config.rebook_missing).sync_many(invoices)
+    fail_if_all_failed_by_system(report, "invoice")
     metadata = _metadata(report, "invoice", before, services, started, requested=len(ids))
     context.log.info("replayed %d invoices: %s", len(invoices), dict(report.counts("invoice")))
     return dg.Output(dict(report.counts("invoice")), metadata=metadata)

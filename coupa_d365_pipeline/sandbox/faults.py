@@ -15,7 +15,8 @@ Faults come from two sources:
   must act while a write is under way, e.g. kill the client, then let the write land.
 
 Every logged request says which fault it got in ``LoggedRequest.injected`` (``"429"``, ``"5xx"``,
-``"drop_before"``, ``"drop_after"``, ``"latency"`` for a scripted delay, ``"hold"``; None when the
+``"drop_before"``, ``"drop_after"``, ``"latency"`` for a scripted delay, ``"hold"``, the broken
+answers ``"html"``, ``"empty"``, ``"html_after"``, ``"empty_after"``, ``"truncated"``; None when the
 request was not faulted — a config-wide latency is not a fault), so a test can prove its faults fired.
 ``Retry-After`` is sent as delta-seconds or, with ``retry_after_format="http-date"``, as an HTTP-date
 computed from ``FaultInjector.clock``.
@@ -32,7 +33,15 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Literal, TypeVar
 
-FaultKind = Literal["429", "5xx", "drop_before", "drop_after", "latency", "hold"]
+FaultKind = Literal["429", "5xx", "drop_before", "drop_after", "latency", "hold",
+                    "html", "empty", "html_after", "empty_after", "truncated"]
+# Broken 200 answers: "html"/"empty" come from something in front of the app (a proxy or login page;
+# the app never runs), "html_after"/"empty_after"/"truncated" replace or cut the app's answer after it
+# ran (the write happened, the client gets no usable answer). "truncated" keeps the app's status and
+# content type and sends the first half of its body with a matching Content-Length, so it reaches the
+# client as a complete but unparseable message, not as a transport error.
+BROKEN_ANSWERS = frozenset({"html", "empty", "html_after", "empty_after", "truncated"})
+HTML_PAGE = b"<html><head><title>Sign in</title></head><body>Please sign in to continue.</body></html>"
 RetryAfterFormat = Literal["seconds", "http-date"]
 CONTROL_PREFIX = "/_sandbox/"
 T = TypeVar("T")
@@ -48,6 +57,7 @@ class FaultConfig:
     retry_after_format: RetryAfterFormat = "seconds"
     rate_5xx: float = 0.0
     status_5xx: int = 503
+    retry_after_on_5xx: bool = False   # 5xx answers carry Retry-After: retry_after_s (as a load balancer may)
     rate_drop: float = 0.0
     latency_ms: float = 0.0
     latency_jitter_ms: float = 0.0
@@ -68,6 +78,7 @@ class ScriptedFault:
     after: int = 0                      # let this many matching requests through before firing
     retry_after_format: RetryAfterFormat = "seconds"
     max_hold_s: float = 300.0           # a "hold" releases itself after this long (a safety net)
+    retry_after_on_5xx: bool = False    # a "5xx" answer carries Retry-After: retry_after_s
     _released: threading.Event = field(default_factory=threading.Event, init=False, repr=False, compare=False)
 
     def release(self) -> None:
@@ -90,6 +101,7 @@ class FaultDecision:
     delay_ms: float = 0.0
     retry_after_format: RetryAfterFormat = "seconds"
     hold: ScriptedFault | None = None
+    retry_after_on_5xx: bool = False
 
 
 class FaultInjector:
@@ -144,7 +156,8 @@ class FaultInjector:
                     if fault.times == 0:
                         self._scripted.remove(fault)
                     decision = FaultDecision(fault.kind, fault.retry_after_s, fault.status, fault.delay_ms,
-                                             fault.retry_after_format, fault if fault.kind == "hold" else None)
+                                             fault.retry_after_format, fault if fault.kind == "hold" else None,
+                                             fault.retry_after_on_5xx)
                     return (fault.delay_ms if fault.kind == "latency" else 0.0), decision
             cfg = self.config
             latency = cfg.latency_ms
@@ -156,7 +169,8 @@ class FaultInjector:
                                               retry_after_format=cfg.retry_after_format)
             roll -= cfg.rate_429
             if roll < cfg.rate_5xx:
-                return latency, FaultDecision("5xx", status=cfg.status_5xx)
+                return latency, FaultDecision("5xx", status=cfg.status_5xx, retry_after_s=cfg.retry_after_s,
+                                              retry_after_on_5xx=cfg.retry_after_on_5xx)
             roll -= cfg.rate_5xx
             if roll < cfg.rate_drop:
                 return latency, FaultDecision("drop_after")
@@ -287,8 +301,19 @@ class FaultMiddleware:
             return
         if answer_fault and answer_fault.kind == "5xx":
             self.log.set_status(entry, answer_fault.status)
+            extra = [(b"retry-after", self._retry_after(answer_fault).encode())] if answer_fault.retry_after_on_5xx \
+                else []
             await _send_simple(send, answer_fault.status, b"<html><body>Service Unavailable</body></html>",
-                               [(b"content-type", b"text/html")])
+                               [(b"content-type", b"text/html"), *extra])
+            return
+        if answer_fault and answer_fault.kind in ("html", "empty"):   # answered in front of the app
+            self.log.set_status(entry, 200)
+            html = answer_fault.kind == "html"
+            await _send_simple(send, 200, HTML_PAGE if html else b"",
+                               [(b"content-type", b"text/html; charset=utf-8" if html else b"application/json")])
+            return
+        if answer_fault and answer_fault.kind in BROKEN_ANSWERS:
+            await self._run_and_break(scope, replay_receive, send, entry, answer_fault.kind)
             return
         if answer_fault and answer_fault.kind == "drop_before":
             self.log.set_status(entry, -1)
@@ -308,6 +333,30 @@ class FaultMiddleware:
         await self.app(scope, replay_receive, capture_send)
         if drop_after:
             await _abort(send)
+
+    async def _run_and_break(self, scope: dict, receive: Any, send: Any, entry: LoggedRequest, kind: str) -> None:
+        """Run the app (its write happens), then answer 200 with its answer replaced or cut short."""
+        start: dict = {}
+        chunks: list[bytes] = []
+
+        async def capture(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+            elif message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+
+        await self.app(scope, receive, capture)
+        status = int(start.get("status", 200))
+        body = b"".join(chunks)
+        self.log.set_status(entry, status if kind == "truncated" else 200, fault=f"{kind}(status={status})")
+        content_type = next((v for k, v in start.get("headers", []) if k.lower() == b"content-type"),
+                            b"application/json")
+        if kind == "truncated":
+            await _send_simple(send, status, body[: len(body) // 2], [(b"content-type", content_type)])
+        elif kind == "html_after":
+            await _send_simple(send, 200, HTML_PAGE, [(b"content-type", b"text/html; charset=utf-8")])
+        else:
+            await _send_simple(send, 200, b"", [(b"content-type", content_type)])
 
     def _retry_after(self, fault: FaultDecision) -> str:
         if fault.retry_after_format == "http-date":

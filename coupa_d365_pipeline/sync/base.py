@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from ..common.http import HTTPClientError
+from ..common.http import HTTPClientError, SystemUnavailableError, is_system_failure
 from ..state.ledger import ClaimLostError, DocState, LedgerRow, Problem
 from ..state.store import coupa_id_of, id_problem, payload_hash
 from .context import SyncServices, error_text, http_status
@@ -62,6 +62,8 @@ class DocumentSync:
 
     # -- entry points ------------------------------------------------------------------------
     def sync_many(self, documents: Iterable[dict[str, Any]], report: SyncReport | None = None) -> SyncReport:
+        """Sync each document; stops at a :class:`SystemUnavailableError` (which carries the partial
+        report as ``report``): the documents not reached keep their state for the next run."""
         report = report or SyncReport()
         seen: set[int] = set()
         for document in documents:
@@ -70,7 +72,11 @@ class DocumentSync:
                 continue
             if coupa_id is not None:
                 seen.add(coupa_id)
-            report.add(self.sync(document))
+            try:
+                report.add(self.sync(document))
+            except SystemUnavailableError as exc:
+                exc.report = report  # type: ignore[attr-defined]
+                raise
         return report
 
     def sync(self, document: dict[str, Any]) -> Outcome:
@@ -95,6 +101,12 @@ class DocumentSync:
         except ClaimLostError as exc:
             s.logger.warning("%s %s (%s): %s", self.DOC, coupa_id, label, exc)
             return Outcome(self.DOC, coupa_id, "busy", label, row.legal_entity, str(exc))
+        except SystemUnavailableError as exc:
+            # not this document's fault: it keeps its state (no failed mark, no Coupa alert) and the run stops
+            s.ledger.release(row, run)
+            s.ledger.audit(run_id=run, doc_type=self.DOC, coupa_id=coupa_id, action="stopped_system_unavailable",
+                           error=error_text(exc))
+            raise
         except Exception as exc:  # noqa: BLE001 - one document's trouble must not stop the others
             reason = error_text(exc)
             if not isinstance(exc, HTTPClientError):
@@ -111,6 +123,13 @@ class DocumentSync:
         except BaseException:
             s.ledger.release(row, run)
             raise
+
+    def _raise_system_failure_of_vendor(self, supplier: dict[str, Any], legal_entity: str) -> None:
+        """A vendor D365 failed to answer for is no reason to alert Coupa users about the document:
+        the document fails like any request that failed for good (and is retried next run)."""
+        error = self.vendors.errors.get((int(supplier["id"]), legal_entity))
+        if error is not None and is_system_failure(error):
+            raise error
 
     def _sync_claimed(self, row: LedgerRow, document: dict[str, Any]) -> Outcome:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -106,6 +106,7 @@ class InvoiceSync(DocumentSync):
             reason = f"vendor {mapped.vendor_account} in {mapped.legal_entity} is {vendor.action}: {vendor.detail}"
             if vendor.action == "quarantined":
                 return self._quarantine(row, invoice, reason, coupa_hash, legal_entity=mapped.legal_entity)
+            self._raise_system_failure_of_vendor(supplier, mapped.legal_entity)
             return self._fail(row, invoice, mapped.legal_entity, reason)
         self._link_purchase_orders(mapped)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from ..common.http import SystemUnavailableError
 from ..coupa.client import CoupaClient, CoupaError
 
 DOCUMENT_TYPES = {"invoice": "InvoiceHeader", "purchase_order": "OrderHeader"}
@@ -49,6 +50,8 @@ class CoupaNotifier:
             self.coupa.create_integration_history_record(
                 self._record(doc_type, coupa_id, "Error", code, reason, document_status), alert=True)
             return True
+        except SystemUnavailableError:   # Coupa down or refusing our credentials: the run stops
+            raise
         except CoupaError as exc:  # an alert that cannot be sent must not stop the sync
             self.logger.warning("could not create a Coupa alert for %s %s: %s", doc_type, coupa_id, exc)
             return False

@@ -117,6 +117,7 @@ class PurchaseOrderSync(DocumentSync):
                 reason = f"vendor {mapped.vendor_account} in {mapped.legal_entity} is {vendor.action}: {vendor.detail}"
                 if vendor.action == "quarantined":
                     return self._quarantine(row, po, reason, coupa_hash, mapped.legal_entity)
+                self._raise_system_failure_of_vendor(supplier, mapped.legal_entity)
                 return self._fail(row, po, mapped.legal_entity, reason)
             return self._create(row, po, mapped, key, coupa_hash)
         if status == "cancelled":

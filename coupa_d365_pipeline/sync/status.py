@@ -37,6 +37,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any, Mapping
 
+from ..common.http import SystemUnavailableError
 from ..d365 import odata
 from ..settings import minutes_setting
 from ..state.ledger import (
@@ -235,6 +236,8 @@ class StatusWriter:
             return self._write_claimed(row, events)
         except ClaimLostError as exc:
             return Outcome(STATUS_DOC, coupa_id, "busy", number, le, f"{exc}; the next status run finishes it")
+        except SystemUnavailableError:   # not this invoice's fault: its events wait for the next run
+            raise
         except Exception as exc:  # noqa: BLE001 - one invoice's trouble must not stop the others; the
             # outcome, the audit row and the waiting events (invoice_status_delivered) make it visible
             reason = error_text(exc)

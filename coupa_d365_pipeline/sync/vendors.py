@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ..common.http import HTTPClientError
+from ..common.http import HTTPClientError, SystemUnavailableError, is_system_failure
 from ..mapping.documents import Quarantine, map_vendor, vendor_changes
 from ..state.ledger import WRITTEN, ClaimLostError, Problem
 from ..state.store import payload_hash
@@ -25,6 +25,7 @@ class VendorSync:
         self.claim_wait_s = claim_wait_s
         self._existing: dict[tuple[str, str], dict[str, Any] | None] = {}
         self._done: dict[tuple[int, str], Outcome] = {}
+        self.errors: dict[tuple[int, str], HTTPClientError] = {}   # why a vendor failed (last ensure)
 
     def prefetch(self, legal_entity: str) -> int:
         """Read every vendor of a legal entity once (cross-company, paged) instead of one GET each."""
@@ -48,7 +49,9 @@ class VendorSync:
         if memo is not None:
             return memo
         outcome = self._ensure(supplier, legal_entity)
-        if outcome.action not in ("busy",):
+        error = self.errors.get((supplier_id, legal_entity)) if outcome.action == "failed" else None
+        if outcome.action not in ("busy",) and not (error is not None and is_system_failure(error)):
+            # a vendor D365 failed to answer for is tried again by the next document that needs it
             self._done[(supplier_id, legal_entity)] = outcome
         return outcome
 
@@ -105,7 +108,11 @@ class VendorSync:
                             reason=None, problem=None, attempts=row.attempts + 1)
             return Outcome(DOC, supplier_id, action, name, legal_entity,
                            f"changed: {', '.join(sorted(sent))}" if action == "updated" and sent else "")
+        except SystemUnavailableError:
+            s.ledger.release(row, run)
+            raise
         except HTTPClientError as exc:
+            self.errors[(supplier_id, legal_entity)] = exc
             reason = error_text(exc)
             s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=supplier_id, scope=legal_entity, action="error",
                            entity="VendorsV2", http_status=http_status(exc), error=reason)

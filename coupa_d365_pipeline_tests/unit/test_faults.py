@@ -67,3 +67,13 @@ def test_request_log_wait_for_returns_the_predicate_value_or_times_out():
     assert log.next_seq() == 4  # sequence numbers keep counting across clear()
     with pytest.raises(TimeoutError):
         log.wait_for(lambda entries: entries, timeout_s=0.01)
+
+
+def test_broken_answer_kinds_are_scripted_like_the_others():
+    injector = FaultInjector()
+    for kind in ("html", "empty", "html_after", "empty_after", "truncated"):
+        injector.script(ScriptedFault(kind=kind, method="GET"))
+        assert injector.decide("GET", "/api/invoices")[1].kind == kind
+    injector.configure(FaultConfig(rate_5xx=1.0, retry_after_on_5xx=True, retry_after_s=0))
+    decision = injector.decide("GET", "/data/VendorsV2")[1]
+    assert decision.kind == "5xx" and decision.retry_after_on_5xx and decision.retry_after_s == 0
