@@ -76,12 +76,15 @@ def d365_vendors(context: dg.AssetExecutionContext, coupa: CoupaResource, d365: 
 
 def _sync_window(context: dg.AssetExecutionContext, services: Any, doc_type: str, syncer: DocumentSync,
                  started: float) -> dg.MaterializeResult:
-    """Sync the staged documents of the partition window, plus earlier quarantined/failed ones."""
+    """Sync the staged documents of the partition window, plus earlier unfinished ones (quarantined,
+    failed, interrupted, not yet told to Coupa) and staged ones no run has tried yet."""
     before = _requests(services)
     window = context.partition_time_window
     documents = services.store.documents_updated_between(doc_type, _utc(window.start), _utc(window.end))
     in_window = {int(d["id"]) for d in documents}
     retry_ids = [r.coupa_id for r in services.ledger.retry_candidates(doc_type, exclude=in_window, limit=RETRY_LIMIT)]
+    # staged but never synced: left behind by a run an outage stopped, whatever partition it covered
+    retry_ids += services.ledger.never_tried(doc_type, exclude=in_window | set(retry_ids), limit=RETRY_LIMIT)
     retries = list(services.store.documents_by_id(doc_type, retry_ids).values())
     report = syncer.sync_many([*documents, *retries])
     context.log.info("%s %s..%s: %s", doc_type, _utc(window.start), _utc(window.end), dict(report.counts(doc_type)))

@@ -405,6 +405,23 @@ class Ledger:
             rows = [LedgerRow.from_mapping(r) for r in conn.execute(query).mappings()]
         return [r for r in rows if r.coupa_id not in excluded][:limit]
 
+    def never_tried(self, doc_type: str, *, exclude: Iterable[int] = (), limit: int = 500) -> list[int]:
+        """Coupa ids staged but never synced (no ledger row, or one still ``new``): what a run stopped by
+        an outage (or a step that never ran) left behind. The next run of *any* partition picks them
+        up, so nobody has to re-run the failed partition; claims keep a concurrent run from doubling."""
+        from .store import staged_documents
+
+        excluded = {int(i) for i in exclude}
+        c, staged = sync_ledger.c, staged_documents.c
+        joined = staged_documents.outerjoin(sync_ledger, (c.doc_type == staged.doc_type)
+                                            & (c.coupa_id == staged.coupa_id) & (c.scope == ""))
+        query = (sa.select(staged.coupa_id).select_from(joined)
+                 .where((staged.doc_type == doc_type) & (c.coupa_id.is_(None) | (c.state == NEW.value)))
+                 .order_by(staged.coupa_id).limit(limit + len(excluded)))
+        with self.engine.connect() as conn:
+            ids = [int(i) for i in conn.execute(query).scalars()]
+        return [i for i in ids if i not in excluded][:limit]
+
     def booked_by_natural_key(self, doc_type: str, *, include_in_flight: bool = True
                               ) -> dict[tuple[str, str, str], LedgerRow]:
         """Booked documents (any booked state, with or without a problem) by their folded natural key;

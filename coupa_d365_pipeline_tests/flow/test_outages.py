@@ -6,7 +6,9 @@ import dagster as dg
 
 from coupa_d365_pipeline.sandbox.faults import FaultConfig
 from coupa_d365_pipeline_tests.flow.conftest import ledger
-from coupa_d365_pipeline_tests.flow.helpers import approved, d365_invoices, duplicates, run_documents, run_master
+from coupa_d365_pipeline_tests.flow.helpers import (
+    EDIT_DAY, approved, d365_invoices, duplicates, run_documents, run_master,
+)
 
 STORM = FaultConfig(rate_5xx=1.0, status_5xx=503, retry_after_on_5xx=True, retry_after_s=0)
 
@@ -72,3 +74,19 @@ def test_wrong_d365_secret_fails_the_run_with_one_message_and_marks_nothing(sand
     monkeypatch.setenv("D365_CLIENT_SECRET", sandbox_env["D365_CLIENT_SECRET"])
     assert run_documents(instance).success
     assert all_booked(sandboxes) and not duplicates(sandboxes)
+
+
+def test_documents_a_stopped_run_never_reached_are_booked_by_the_next_run_of_any_partition(sandbox_env, sandboxes,
+                                                                                          instance):
+    """The schedule's next run covers today's partition, not the failed one: what the outage left
+    untried (staged, never synced) must not wait for someone to re-run the failed partition."""
+    assert run_master(instance).success
+    sandboxes.d365.injector.configure(STORM)
+    assert not run_documents(instance).success
+    sandboxes.d365.injector.clear()
+
+    assert run_documents(instance, EDIT_DAY, EDIT_DAY).success     # a later partition, nothing updated in it
+    assert all_booked(sandboxes) and not duplicates(sandboxes)
+    book = ledger(sandbox_env)
+    assert book.rows("invoice", ["new", "failed", "writing"]) == []
+    assert book.rows("purchase_order", ["new", "failed", "writing"]) == []
