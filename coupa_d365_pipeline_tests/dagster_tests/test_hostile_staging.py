@@ -10,7 +10,7 @@ from coupa_d365_pipeline.state.store import SyncStore
 
 def test_invoices_with_odd_currencies_are_all_staged(sandbox_env, sandboxes):
     approved = [i for i in sandboxes.seed.coupa_invoices if i["status"] == "approved"][:4]
-    for invoice, currency in zip(approved, ["USD", 840, None, {"code": "EUR"}]):
+    for invoice, currency in zip(approved, ["USD", 840, None, {"code": "EUR"}], strict=True):
         touched = sandboxes.coupa.state.touch("invoices", invoice["id"], currency=currency)
     partition = touched["updated-at"][:10]       # the sandbox clock's day (conftest.TEST_NOW)
     with dg.instance_for_test() as instance:

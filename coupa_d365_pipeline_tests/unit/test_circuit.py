@@ -12,9 +12,9 @@ from coupa_d365_pipeline.common.http import (
 from coupa_d365_pipeline_tests.clients.fake_time import FakeClock
 
 
-def sender_for(handler, clock, policy=RetryPolicy(), **kwargs):
+def sender_for(handler, clock, policy=None, **kwargs):
     http = httpx.Client(transport=httpx.MockTransport(handler))
-    return RetryingSender(http, policy, logging.getLogger("test"), "D365", sleep=clock.sleep, now=clock,
+    return RetryingSender(http, policy or RetryPolicy(), logging.getLogger("test"), "D365", sleep=clock.sleep, now=clock,
                           monotonic=clock, **kwargs)
 
 
