@@ -8,7 +8,7 @@ from typing import Any, Callable, TypeVar
 
 import dagster as dg
 
-from .common.http import SystemUnavailableError
+from .common.http import is_system_failure
 from .sync.report import SyncReport
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -23,13 +23,18 @@ def outage_failure(message: str, report: SyncReport | None = None) -> dg.Failure
 
 
 def fail_run_on_outage(fn: F) -> F:
-    """Decorate an asset/op body (under ``@dg.asset``): ``SystemUnavailableError`` -> ``dg.Failure``."""
+    """Decorate an asset/op body (under ``@dg.asset``): a system failure (``SystemUnavailableError``,
+    an unreadable answer, retries exhausted) -> ``dg.Failure`` with its one-line message."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except SystemUnavailableError as exc:
+        except Exception as exc:
+            # what reaches the step is never one document's trouble (the sync core isolates those):
+            # a system that is down, refuses us, or answers with something that is not its API
+            if not is_system_failure(exc):
+                raise
             raise outage_failure(str(exc), getattr(exc, "report", None)) from None
 
     return wrapper  # type: ignore[return-value]
