@@ -6,7 +6,11 @@ import yaml
 
 from coupa_d365_pipeline.d365.schema import entity_set
 from coupa_d365_pipeline.mapping.config import (
-    MappingConfig, MappingError, example_mapping_path, load_mapping, parse_mapping,
+    MappingConfig,
+    MappingError,
+    example_mapping_path,
+    load_mapping,
+    parse_mapping,
 )
 
 
@@ -217,7 +221,11 @@ def test_non_string_key_reported(example_data):
 def test_coupa_custom_fields_must_name_a_known_d365_value(tmp_path):
     import yaml
 
-    from coupa_d365_pipeline.mapping.config import MappingError, example_mapping_path, load_mapping
+    from coupa_d365_pipeline.mapping.config import (
+        MappingError,
+        example_mapping_path,
+        load_mapping,
+    )
 
     assert load_mapping(None).coupa_custom_fields == {"d365_voucher": "cf-erp-voucher"}
     data = yaml.safe_load(example_mapping_path().read_text())

@@ -1,6 +1,10 @@
 import pytest
 
-from coupa_d365_pipeline.mapping.dimensions import display_value, escape_segment, parse_display_value
+from coupa_d365_pipeline.mapping.dimensions import (
+    display_value,
+    escape_segment,
+    parse_display_value,
+)
 
 
 def test_escape_segment_backslash_escapes_delimiter():

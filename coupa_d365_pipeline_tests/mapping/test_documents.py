@@ -4,11 +4,17 @@ from decimal import Decimal
 import pytest
 
 from coupa_d365_pipeline.d365.schema import entity_set
-from coupa_d365_pipeline.mapping.config import load_mapping, parse_mapping
+from coupa_d365_pipeline.mapping.config import parse_mapping
 from coupa_d365_pipeline.mapping.dimensions import parse_display_value
 from coupa_d365_pipeline.mapping.documents import (
-    VENDOR_SYNC_FIELDS, MappedInvoice, Quarantine, legal_entity_for, map_invoice, map_vendor,
-    vendor_account_for, vendor_changes,
+    VENDOR_SYNC_FIELDS,
+    MappedInvoice,
+    Quarantine,
+    legal_entity_for,
+    map_invoice,
+    map_vendor,
+    vendor_account_for,
+    vendor_changes,
 )
 from coupa_d365_pipeline.mapping.master import ENTITY_SETS_AND_SELECT, D365MasterData
 from coupa_d365_pipeline.sandbox.seed import generate_seed
@@ -21,21 +27,6 @@ CAUSES = {
     "supplier_number_null": ("supplier_number_null", "has no supplier number"),
     "item_not_released": ("item_not_released", "M-9999 is not released in legal entity"),
 }
-
-
-@pytest.fixture(scope="module")
-def seed():
-    return generate_seed()
-
-
-@pytest.fixture(scope="module")
-def mapping():
-    return load_mapping()
-
-
-@pytest.fixture(scope="module")
-def master(seed):
-    return D365MasterData.from_rows(seed.d365)
 
 
 @pytest.fixture(scope="module")

@@ -9,26 +9,16 @@ from decimal import Decimal
 
 import pytest
 
-from coupa_d365_pipeline.mapping.config import load_mapping
-from coupa_d365_pipeline.mapping.documents import MappedInvoice, Quarantine, map_invoice, map_vendor
-from coupa_d365_pipeline.mapping.master import D365MasterData
-from coupa_d365_pipeline.mapping.purchase_orders import MappedPurchaseOrder, map_purchase_order
-from coupa_d365_pipeline.sandbox.seed import generate_seed
-
-
-@pytest.fixture(scope="module")
-def seed():
-    return generate_seed()
-
-
-@pytest.fixture(scope="module")
-def mapping():
-    return load_mapping(None)
-
-
-@pytest.fixture(scope="module")
-def master(seed):
-    return D365MasterData.from_rows(seed.d365)
+from coupa_d365_pipeline.mapping.documents import (
+    MappedInvoice,
+    Quarantine,
+    map_invoice,
+    map_vendor,
+)
+from coupa_d365_pipeline.mapping.purchase_orders import (
+    MappedPurchaseOrder,
+    map_purchase_order,
+)
 
 
 @pytest.fixture

@@ -4,15 +4,18 @@ from decimal import Decimal
 import pytest
 
 from coupa_d365_pipeline.d365.schema import entity_set
-from coupa_d365_pipeline.mapping.config import load_mapping, parse_mapping
+from coupa_d365_pipeline.mapping.config import parse_mapping
 from coupa_d365_pipeline.mapping.dimensions import parse_display_value
 from coupa_d365_pipeline.mapping.documents import Quarantine
 from coupa_d365_pipeline.mapping.master import ENTITY_SETS_AND_SELECT, D365MasterData
 from coupa_d365_pipeline.mapping.purchase_orders import (
-    PO_LINE_RECEIPT_LOCKED_FIELDS, PO_LINE_UPDATE_FIELDS, MappedPurchaseOrder, legal_entity_for_po,
-    map_purchase_order, po_line_changes,
+    PO_LINE_RECEIPT_LOCKED_FIELDS,
+    PO_LINE_UPDATE_FIELDS,
+    MappedPurchaseOrder,
+    legal_entity_for_po,
+    map_purchase_order,
+    po_line_changes,
 )
-from coupa_d365_pipeline.sandbox.seed import generate_seed
 
 HEADER_FIELDS = {
     "dataAreaId", "PurchaseOrderNumber", "OrderVendorAccountNumber", "InvoiceVendorAccountNumber", "CurrencyCode",
@@ -24,21 +27,6 @@ LINE_FIELDS = {
     "PurchaseUnitSymbol", "PurchasePrice", "LineAmount", "RequestedDeliveryDate", "ItemNumber",
     "ProcurementProductCategoryName", "MainAccountIdDisplayValue", "DefaultLedgerDimensionDisplayValue",
 }
-
-
-@pytest.fixture(scope="module")
-def seed():
-    return generate_seed()
-
-
-@pytest.fixture(scope="module")
-def mapping():
-    return load_mapping(None)
-
-
-@pytest.fixture(scope="module")
-def master(seed):
-    return D365MasterData.from_rows(seed.d365)
 
 
 @pytest.fixture(scope="module")

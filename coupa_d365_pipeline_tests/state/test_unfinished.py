@@ -3,30 +3,21 @@ every unfinished row, not only quarantined/failed ones (on a real database, inje
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
-import pytest
-
-from coupa_d365_pipeline.common.clock import SimulatedClock
 from coupa_d365_pipeline.state.ledger import (
-    CANCELLED, CLOSED, FAILED, POSTED, QUARANTINED, VOIDED, WRITING, WRITTEN, Ledger, Problem,
+    CANCELLED,
+    CLOSED,
+    FAILED,
+    POSTED,
+    QUARANTINED,
+    VOIDED,
+    WRITING,
+    WRITTEN,
+    Ledger,
+    Problem,
 )
-from coupa_d365_pipeline.state.store import make_engine
-
-T0 = datetime(2026, 11, 20, 8, 0, tzinfo=timezone.utc)
-IDENTITY = "worker-1|pid:[4026531836]|0a1b2c3d"
-
-
-@pytest.fixture
-def engine(tmp_path):
-    engine = make_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def clock() -> SimulatedClock:
-    return SimulatedClock(T0, running=False)
+from coupa_d365_pipeline_tests.state.conftest import IDENTITY, T0
 
 
 def ledger_for(engine, clock) -> Ledger:
