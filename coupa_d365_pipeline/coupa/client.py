@@ -1,7 +1,9 @@
 """Coupa Core REST API client (plain Python; no Dagster imports).
 
 - OAuth2 client credentials against ``/oauth2/token``; the token is cached, renewed before it
-  expires (at 5/6 of its lifetime — 20 h for Coupa's 24 h tokens) and re-minted once on a 401.
+  expires (at 5/6 of its lifetime — 20 h for Coupa's 24 h tokens), first used >= 5 s after it was
+  minted and re-minted once on a 401 — all by :class:`common.oauth.TokenHolder`, which the D365
+  client shares; this module only says how Coupa is asked and what its refusals mean.
 - Every request carries ``Accept``/``Content-Type: application/json`` and the pinned
   ``X-COUPA-API-VERSION`` header.
 - Lists are paged 50 at a time in ``id`` order with an ``id[gt]`` cursor and ``offset=0``: a page
@@ -23,7 +25,7 @@ from typing import Any, Callable, Iterator, Mapping
 import httpx
 
 from ..common.http import HTTPClientError, RateLimiter, RetryingSender, RetryPolicy, SystemUnavailableError
-from ..common.redact import register_secret
+from ..common.oauth import TokenEndpoint, TokenHolder, renew_at_five_sixths
 from ..settings import DEFAULT_COUPA_API_VERSION, DEFAULT_COUPA_SCOPES
 
 PAGE_SIZE = 50
@@ -47,6 +49,30 @@ class CoupaAuthError(CoupaError, SystemUnavailableError):
         self.system = "Coupa"
 
 
+def coupa_endpoint(base_url: str, client_id: str, client_secret: str, scopes: str, api_version: str,
+                   warmup_s: float) -> TokenEndpoint:
+    """The client-credentials request to ``<base_url>/oauth2/token`` for ``scopes``."""
+
+    def refused(status: int, payload: Mapping[str, Any]) -> CoupaAuthError:
+        if status == 200:
+            return CoupaAuthError("Coupa token response has no access_token")
+        code = payload.get("error")
+        hint = {
+            "invalid_client": "check COUPA_CLIENT_ID and COUPA_CLIENT_SECRET",
+            "invalid_scope": f"the OAuth client is not granted these scopes; check COUPA_SCOPES ({scopes})",
+            "unauthorized_client": "enable the client credentials grant on the Coupa OAuth client",
+        }.get(code or "", "check the Coupa OAuth client setup")
+        return CoupaAuthError(f"Coupa token request failed: HTTP {status} {code or 'error'}; {hint}", status=status)
+
+    return TokenEndpoint(
+        system="Coupa", url=f"{base_url}/oauth2/token",
+        form={"grant_type": "client_credentials", "client_id": client_id, "client_secret": client_secret,
+              "scope": scopes},
+        headers={"Accept": "application/json", "X-COUPA-API-VERSION": api_version},
+        refused=refused, hint=API_HINT, renew_after=renew_at_five_sixths, default_lifetime_s=86399.0,
+        warmup_s=warmup_s)
+
+
 class CoupaClient:
     def __init__(
         self,
@@ -68,25 +94,20 @@ class CoupaClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.client_id = client_id
-        self._client_secret = client_secret
-        register_secret(client_secret)
         self.scopes = " ".join(scopes.split())
         self.api_version = api_version
         self.token_warmup_s = token_warmup_s
         self.logger = logger or logging.getLogger("coupa_d365_pipeline.coupa")
         self._owns_http = http is None
         self.http = http or httpx.Client(timeout=httpx.Timeout(timeout_s, connect=10.0))
-        self._sleep = sleep
-        self._clock = clock
         # capacity 1: calls are spaced evenly, so no 1-second window ever holds more than
         # max_requests_per_second of them
         limiter = rate_limiter or RateLimiter(max_requests_per_second, burst=1)
         self.sender = RetryingSender(self.http, retry_policy or RetryPolicy(), self.logger, "Coupa",
                                      rate_limiter=limiter, sleep=sleep, now=clock)
-        self._token: str | None = None
-        self._token_renew_at = 0.0
-        self._token_minted_at = 0.0
-        self.tokens_minted = 0
+        self.auth = TokenHolder(coupa_endpoint(self.base_url, client_id, client_secret, self.scopes, api_version,
+                                               token_warmup_s), self.sender, logger=self.logger, clock=clock,
+                                sleep=sleep)
 
     # -- lifecycle -------------------------------------------------------------------------
     def close(self) -> None:
@@ -111,66 +132,29 @@ class CoupaClient:
         return {"Accept": "application/json", "Content-Type": "application/json",
                 "X-COUPA-API-VERSION": self.api_version}
 
+    @property
+    def tokens_minted(self) -> int:
+        return self.auth.tokens_minted
+
     def invalidate_token(self) -> None:
-        self._token = None
-
-    def _access_token(self) -> str:
-        if self._token is None or self._clock() >= self._token_renew_at:
-            self._mint_token()
-        age = self._clock() - self._token_minted_at
-        if age < self.token_warmup_s:  # Coupa: leave >= 5 s between minting and first use
-            self._sleep(self.token_warmup_s - age)
-        assert self._token is not None
-        return self._token
-
-    def _mint_token(self) -> None:
-        form = {"grant_type": "client_credentials", "client_id": self.client_id,
-                "client_secret": self._client_secret, "scope": self.scopes}
-        headers = {"Accept": "application/json", "X-COUPA-API-VERSION": self.api_version}
-        url = f"{self.base_url}/oauth2/token"
-        response = self.sender.send(lambda: self.http.build_request("POST", url, data=form, headers=headers),
-                                    idempotent=True, expect_json=True, show_body=False, hint=API_HINT)
-        if response.status_code != 200:
-            error = _json_or_none(response) or {}
-            code = error.get("error") if isinstance(error, dict) else None
-            hint = {
-                "invalid_client": "check COUPA_CLIENT_ID and COUPA_CLIENT_SECRET",
-                "invalid_scope": f"the OAuth client is not granted these scopes; check COUPA_SCOPES ({self.scopes})",
-                "unauthorized_client": "enable the client credentials grant on the Coupa OAuth client",
-            }.get(code or "", "check the Coupa OAuth client setup")
-            raise CoupaAuthError(f"Coupa token request failed: HTTP {response.status_code} "
-                                 f"{code or 'error'}; {hint}", status=response.status_code)
-        payload = response.json()
-        token = payload.get("access_token")
-        if not token:
-            raise CoupaAuthError("Coupa token response has no access_token")
-        lifetime = float(payload.get("expires_in") or 86399)
-        register_secret(token)
-        self._token = token
-        self._token_minted_at = self._clock()
-        self._token_renew_at = self._token_minted_at + min(lifetime * 5 / 6, max(lifetime - 60, 1.0))
-        self.tokens_minted += 1
-        self.logger.info("Coupa: minted an access token (expires in %.0f s)", lifetime)
+        self.auth.invalidate()
 
     # -- requests --------------------------------------------------------------------------
     def request(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
                 json: Any = None, idempotent: bool | None = None) -> httpx.Response:
         """Send one API request (auth, headers, retries); raise CoupaError on a non-2xx answer."""
         url = f"{self.base_url}{path}"
-        for auth_attempt in (1, 2):
-            def build() -> httpx.Request:
-                headers = self._headers() | {"Authorization": f"Bearer {self._access_token()}"}
-                return self.http.build_request(method, url, params=params, json=json, headers=headers)
 
-            response = self.sender.send(build, idempotent=idempotent, expect_json=True, hint=API_HINT)
-            if response.status_code == 401 and auth_attempt == 1:
-                self.logger.info("Coupa: 401 on %s %s; renewing the token and retrying once", method, path)
-                self.invalidate_token()
-                continue
-            break
-        if response.status_code == 401:
-            raise CoupaAuthError(f"Coupa {method} {path} answered HTTP 401 with a freshly minted token; check that "
-                                 "the OAuth client (COUPA_CLIENT_ID) is active and granted COUPA_SCOPES", status=401)
+        def build(token: str) -> httpx.Request:
+            headers = self._headers() | {"Authorization": f"Bearer {token}"}
+            return self.http.build_request(method, url, params=params, json=json, headers=headers)
+
+        def rejected() -> CoupaAuthError:
+            return CoupaAuthError(f"Coupa {method} {path} answered HTTP 401 with a freshly minted token; check that "
+                                  "the OAuth client (COUPA_CLIENT_ID) is active and granted COUPA_SCOPES", status=401)
+
+        response = self.auth.send(build, what=f"{method} {path}", rejected=rejected, idempotent=idempotent,
+                                  expect_json=True, hint=API_HINT)
         if response.status_code >= 400:
             body = _json_or_none(response)
             errors = body.get("errors") if isinstance(body, dict) else None
@@ -211,7 +195,7 @@ class CoupaClient:
                 offset_mode = True
                 offset = len(seen)
                 continue
-            for record, record_id in zip(page, ids):
+            for record, record_id in zip(page, ids, strict=True):
                 if record_id in seen:
                     continue
                 seen.add(record_id)
@@ -245,8 +229,8 @@ class CoupaClient:
 
     def ping(self) -> dict[str, Any]:
         """Token plus one cheap read; returns facts for the operator."""
-        self.invalidate_token()
-        self._access_token()
+        self.auth.invalidate()
+        self.auth.token()
         page = self.request("GET", "/api/suppliers", params={"limit": 1, "order_by": "id", "dir": "asc"}).json()
         return {"token": "ok", "suppliers_readable": isinstance(page, list), "api_version": self.api_version}
 

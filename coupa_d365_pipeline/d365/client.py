@@ -5,7 +5,8 @@ Rules this client enforces for every call:
   in ``$filter`` (or in the key) — never the token user's default company by accident;
 - writes carry ``dataAreaId`` in the body (company-scoped sets) and only real property names
   (checked against the F&O schema before sending);
-- a 401 drops the Entra token, fetches a new one and retries the call once;
+- a 401 drops the Entra token, fetches a new one and retries the call once
+  (:meth:`common.oauth.TokenHolder.send`, the same code the Coupa client uses);
 - 429 waits exactly ``Retry-After`` seconds (see :mod:`common.http`), and the wait is logged;
 - PATCH/DELETE/GET are retried on transient failures; a POST is retried only after a lookup
   (``verify``) proves the first attempt did not land — D365 OData has no idempotency key;
@@ -23,8 +24,13 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import httpx
 
 from ..common.http import (
-    AmbiguousWriteError, HTTPClientError, RetryingSender, RetryPolicy, SystemUnavailableError,
-    UnexpectedWriteAnswerError, describe_unexpected,
+    AmbiguousWriteError,
+    HTTPClientError,
+    RetryingSender,
+    RetryPolicy,
+    SystemUnavailableError,
+    UnexpectedWriteAnswerError,
+    describe_unexpected,
 )
 from . import odata
 from .auth import EntraTokenProvider
@@ -122,7 +128,7 @@ class D365Client:
                                      sleep=sleep or time.sleep, now=clock)
         self.auth = EntraTokenProvider(authority_url=authority_url, tenant_id=tenant_id, client_id=client_id,
                                        client_secret=client_secret, resource=self.base_url, sender=self.sender,
-                                       logger=self.logger, clock=clock)
+                                       logger=self.logger, clock=clock, sleep=sleep or time.sleep)
 
     def close(self) -> None:
         if self._owns_http:
@@ -145,28 +151,22 @@ class D365Client:
     def _send(self, method: str, url: str, *, params: Mapping[str, Any] | None = None, json: Any = None,
               content: bytes | None = None, headers: Mapping[str, str] | None = None,
               idempotent: bool | None = None, expect_json: bool = True) -> httpx.Response:
-        for auth_attempt in (1, 2):
-            def build() -> httpx.Request:
-                all_headers = dict(ODATA_HEADERS) | dict(headers or {}) | {
-                    "Authorization": f"Bearer {self.auth.token()}"}
-                if json is not None:
-                    all_headers.setdefault("Content-Type", "application/json;odata.metadata=minimal")
-                body = odata.dumps(json) if json is not None else content   # exact decimals, never floats
-                return self.http.build_request(method, url, params=params, content=body, headers=all_headers)
+        path = httpx.URL(url).path
 
-            response = self.sender.send(build, idempotent=idempotent, is_retryable_response=_is_transient,
-                                        expect_json=expect_json, hint=API_HINT)
-            if response.status_code == 401 and auth_attempt == 1:
-                self.logger.info("D365: 401 on %s %s; renewing the Entra token and retrying once",
-                                 method, httpx.URL(url).path)
-                self.auth.invalidate()
-                continue
-            break
-        if response.status_code == 401:
-            raise D365AuthError(f"D365 {method} {httpx.URL(url).path} answered HTTP 401 with a freshly minted token; "
-                                "check that the Entra app (D365_CLIENT_ID) is registered in F&O (System administration "
-                                "> Setup > Microsoft Entra applications) and enabled")
-        return response
+        def build(token: str) -> httpx.Request:
+            all_headers = dict(ODATA_HEADERS) | dict(headers or {}) | {"Authorization": f"Bearer {token}"}
+            if json is not None:
+                all_headers.setdefault("Content-Type", "application/json;odata.metadata=minimal")
+            body = odata.dumps(json) if json is not None else content   # exact decimals, never floats
+            return self.http.build_request(method, url, params=params, content=body, headers=all_headers)
+
+        def rejected() -> D365AuthError:
+            return D365AuthError(f"D365 {method} {path} answered HTTP 401 with a freshly minted token; check that "
+                                 "the Entra app (D365_CLIENT_ID) is registered in F&O (System administration > "
+                                 "Setup > Microsoft Entra applications) and enabled")
+
+        return self.auth.send(build, what=f"{method} {path}", rejected=rejected, idempotent=idempotent,
+                              is_retryable_response=_is_transient, expect_json=expect_json, hint=API_HINT)
 
     def _raise_for(self, response: httpx.Response, what: str) -> None:
         if response.status_code < 400:
