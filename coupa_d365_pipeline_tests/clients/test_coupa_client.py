@@ -1,5 +1,7 @@
 """CoupaClient against the Coupa sandbox over real HTTP."""
 
+from datetime import datetime
+from itertools import pairwise
 from urllib.parse import parse_qs
 
 import httpx
@@ -7,7 +9,6 @@ import pytest
 
 from coupa_d365_pipeline.common.http import RateLimiter
 from coupa_d365_pipeline.coupa.client import CoupaAuthError, CoupaClient, CoupaError
-from coupa_d365_pipeline.coupa.models import Invoice, Supplier
 from coupa_d365_pipeline.sandbox.faults import ScriptedFault
 from coupa_d365_pipeline_tests.clients.fake_time import FakeClock
 from coupa_d365_pipeline_tests.conftest import make_coupa_client
@@ -21,13 +22,12 @@ def bearer(entry) -> str:
     return entry.headers["authorization"].removeprefix("Bearer ")
 
 
-def test_reads_every_invoice_once_and_parses_models(sandboxes, coupa_client):
+def test_reads_every_invoice_once_with_its_lines_and_zoned_timestamps(sandboxes, coupa_client):
     invoices = list(coupa_client.iter_records("invoices"))
     assert [i["id"] for i in invoices] == sorted(r["id"] for r in sandboxes.seed.coupa_invoices)
-    parsed = [Invoice.model_validate(i) for i in invoices]
-    assert any(p.invoice_lines and p.invoice_lines[0].account for p in parsed)
-    assert all(p.updated_at.tzinfo is not None for p in parsed)
-    suppliers = [Supplier.model_validate(s) for s in coupa_client.iter_records("suppliers")]
+    assert any(i["invoice-lines"] and i["invoice-lines"][0].get("account") for i in invoices)
+    assert all(datetime.fromisoformat(i["updated-at"]).tzinfo is not None for i in invoices)
+    suppliers = list(coupa_client.iter_records("suppliers"))
     assert len(suppliers) == len(sandboxes.seed.coupa_suppliers)
     # 50 per page, id cursor, offset 0
     gets = [e for e in api_entries(sandboxes) if e.path == "/api/invoices"]
@@ -208,7 +208,7 @@ def test_every_request_goes_through_the_rate_limiter_spaced_evenly(sandboxes):
             client.request("GET", "/api/suppliers", params={"limit": 1})
     http.close()
     assert len(sent_at) == len(api_entries(sandboxes)) == 47  # token + ping read + 45 reads
-    assert all(later - earlier == pytest.approx(0.05) for earlier, later in zip(sent_at, sent_at[1:]))
+    assert all(later - earlier == pytest.approx(0.05) for earlier, later in pairwise(sent_at))
     assert all(sent_at[i + 20] - sent_at[i] >= 1.0 - 1e-9 for i in range(len(sent_at) - 20))  # <= 20 per second
     with make_coupa_client(sandboxes) as default:  # the production default: 20/s, no burst
         assert (default.sender.rate_limiter.rate, default.sender.rate_limiter.capacity) == (20.0, 1.0)
