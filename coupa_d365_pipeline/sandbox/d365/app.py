@@ -134,8 +134,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .control import control_routes
-from .d365_schema import (
+from ..control import control_routes
+from ..faults import FaultConfig, FaultInjector, FaultMiddleware, RequestLog
+from .odata_filter import ODataFilterError, parse_filter
+from .schema import (
     EMPTY_DATE,
     D365Schema,
     EntitySchema,
@@ -144,8 +146,6 @@ from .d365_schema import (
     load_schema,
     normalize_datetime,
 )
-from .faults import FaultConfig, FaultInjector, FaultMiddleware, RequestLog
-from .odata_filter import ODataFilterError, parse_filter
 
 ODATA_EXCEPTION = "Microsoft.OData.ODataException"
 WRITE_EXCEPTION = "Microsoft.Dynamics.Platform.Integration.Services.OData.AxODataWriteException"

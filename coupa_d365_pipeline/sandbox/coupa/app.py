@@ -56,9 +56,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .control import control_routes
-from .faults import FaultConfig, FaultInjector, FaultMiddleware, RequestLog
-from .seed import SeedData
+from ..control import control_routes
+from ..faults import FaultConfig, FaultInjector, FaultMiddleware, RequestLog
+from ..seed import SeedData
 
 __all__ = ["CoupaSandboxConfig", "CoupaState", "CoupaSandbox", "create_coupa_app", "KNOWN_SCOPES",
            "RESOURCES", "ApiError"]
@@ -880,7 +880,7 @@ def _fmt_dt(value: Any) -> str | None:
 
 
 def create_coupa_app(config: CoupaSandboxConfig | None = None, seed: SeedData | None = None) -> Any:
-    """ASGI app for ``uvicorn coupa_d365_pipeline.sandbox.coupa_app:create_coupa_app --factory``."""
+    """ASGI app for ``uvicorn coupa_d365_pipeline.sandbox.coupa:create_coupa_app --factory``."""
     if seed is None:
         from .seed import generate_seed
         seed = generate_seed()
