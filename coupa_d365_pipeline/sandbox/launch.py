@@ -10,7 +10,6 @@ from typing import Callable, Iterator
 
 from ..common.clock import SYSTEM_CLOCK
 from ..common.files import write_private_file
-
 from .coupa import CoupaSandbox, CoupaSandboxConfig
 from .d365 import D365Sandbox, D365SandboxConfig
 from .faults import FaultConfig
