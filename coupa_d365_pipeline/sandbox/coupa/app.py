@@ -92,7 +92,7 @@ class CoupaSandbox:
         self.state = CoupaState(seed, clock=clock)
         self.log = RequestLog()
         self.injector = FaultInjector(self.config.fault, clock=clock)
-        self.tokens = CoupaTokens(self.config, clock)
+        self.tokens = CoupaTokens(self.config, clock, mint=lambda client_id, scopes: self.issue_token(client_id, scopes))
         self.starlette = Starlette(routes=self._routes())
         self.app = FaultMiddleware(self.starlette, self.injector, self.log)
 

@@ -44,8 +44,12 @@ def _b64(data: bytes) -> str:
 class CoupaTokens:
     """The token endpoint and token registry of one Coupa sandbox."""
 
-    def __init__(self, config: CoupaSandboxConfig, clock: Callable[[], float]) -> None:
+    def __init__(self, config: CoupaSandboxConfig, clock: Callable[[], float],
+                 mint: Callable[[str, frozenset[str]], tuple[str, _Token]] | None = None) -> None:
         self.config = config
+        # what the token endpoint calls to issue a token; the sandbox routes it through its own issue_token
+        # so a test can wrap that one method to see every token issued
+        self.mint = mint or self.issue_token
         self.clock = clock
         self._tokens: dict[str, _Token] = {}
         self._tokens_lock = threading.Lock()
@@ -115,7 +119,7 @@ class CoupaTokens:
             return JSONResponse({"error": "invalid_scope",
                                  "error_description": f"Unknown scope(s): {' '.join(unknown)}"}, status_code=400)
         scopes = frozenset(requested) if requested else KNOWN_SCOPES
-        token, tok = self.issue_token(str(client_id), scopes)
+        token, tok = self.mint(str(client_id), scopes)
         return JSONResponse({"access_token": token, "token_type": "bearer",
                              "expires_in": self.config.token_lifetime_s, "scope": " ".join(sorted(scopes))},
                             headers={"Cache-Control": "no-store"})

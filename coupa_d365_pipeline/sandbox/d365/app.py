@@ -108,7 +108,8 @@ class D365Sandbox:
                                number_sequences=config.number_sequences, clock=clock)
         self.log = RequestLog()
         self.injector = FaultInjector(config.fault, clock=clock)
-        self.tokens = EntraTokens(config, clock, self.state.now)
+        self.tokens = EntraTokens(config, clock, self.state.now,
+                                  mint=lambda client_id, audience: self.issue_token(client_id, audience))
         self._budget: deque[float] = deque()
         self._budget_lock = threading.Lock()
         self.throttled_count = 0

@@ -31,8 +31,12 @@ GRAPH_RESOURCE = "https://graph.microsoft.com"
 class EntraTokens:
     """The token endpoint and the token registry of one D365 sandbox."""
 
-    def __init__(self, config: D365SandboxConfig, clock: Callable[[], float], now: Callable[[], datetime]) -> None:
+    def __init__(self, config: D365SandboxConfig, clock: Callable[[], float], now: Callable[[], datetime],
+                 mint: Callable[[str, str], tuple[str, int]] | None = None) -> None:
         self.config = config
+        # what the token endpoint calls to issue a token; the sandbox routes it through its own issue_token
+        # so a test can wrap that one method to see every token issued
+        self.mint = mint or self.issue_token
         self.clock = clock
         self.now = now
         self.env_url = config.environment_url.rstrip("/")
@@ -130,7 +134,7 @@ class EntraTokens:
                                      "Invalid client secret provided. Ensure the secret being sent in the request is "
                                      f"the client secret value, not the client secret ID, for a secret added to app "
                                      f"'{client_id}'.")
-        token, lifetime = self.issue_token(client_id, audience)
+        token, lifetime = self.mint(client_id, audience)
         body: dict[str, Any] = {"token_type": "Bearer", "expires_in": lifetime, "ext_expires_in": lifetime,
                                 "access_token": token}
         if version == 1:
