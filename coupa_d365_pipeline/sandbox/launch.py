@@ -10,9 +10,8 @@ from typing import Callable, Iterator
 
 from ..common.clock import SYSTEM_CLOCK
 from ..common.files import write_private_file
-
-from .coupa_app import CoupaSandbox, CoupaSandboxConfig
-from .d365_app import D365Sandbox, D365SandboxConfig
+from .coupa import CoupaSandbox, CoupaSandboxConfig
+from .d365 import D365Sandbox, D365SandboxConfig
 from .faults import FaultConfig
 from .seed import SeedConfig, SeedData, generate_seed
 from .server import SandboxServer, bind_socket

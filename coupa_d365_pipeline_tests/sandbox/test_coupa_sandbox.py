@@ -9,7 +9,7 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
-from coupa_d365_pipeline.sandbox.coupa_app import CoupaSandbox, CoupaSandboxConfig
+from coupa_d365_pipeline.sandbox.coupa import CoupaSandbox, CoupaSandboxConfig
 from coupa_d365_pipeline.sandbox.faults import ScriptedFault
 from coupa_d365_pipeline.sandbox.seed import generate_seed
 from coupa_d365_pipeline.sandbox.server import SandboxServer

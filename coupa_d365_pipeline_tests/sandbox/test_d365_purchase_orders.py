@@ -11,7 +11,7 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
-from coupa_d365_pipeline.sandbox.d365_app import D365Sandbox, D365SandboxConfig, D365State
+from coupa_d365_pipeline.sandbox.d365 import D365Sandbox, D365SandboxConfig, D365State
 from coupa_d365_pipeline.sandbox.server import SandboxServer, bind_socket
 
 TENANT = "contoso-tenant"

@@ -10,7 +10,7 @@ from typing import Any, Iterator
 import pytest
 
 from coupa_d365_pipeline.common.clock import SimulatedClock
-from coupa_d365_pipeline.sandbox.d365_schema import EMPTY_DATE
+from coupa_d365_pipeline.sandbox.d365.schema import EMPTY_DATE
 from coupa_d365_pipeline_tests.sandbox.test_d365_sandbox import HEADER, Env, start
 
 NOW = datetime(2026, 11, 30, 9, 0, tzinfo=timezone.utc)

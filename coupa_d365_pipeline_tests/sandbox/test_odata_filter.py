@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import pytest
 
-from coupa_d365_pipeline.sandbox.odata_filter import ODataFilterError, parse_filter, tokenize
+from coupa_d365_pipeline.sandbox.d365.odata_filter import ODataFilterError, parse_filter, tokenize
 
 PROPS = {
     "Name": "Edm.String",

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Callable, Mapping, Sequence
 
-from .d365_schema import NAMESPACE, parse_datetime
+from .schema import NAMESPACE, parse_datetime
 
 
 class ODataFilterError(ValueError):

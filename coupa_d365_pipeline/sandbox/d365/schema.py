@@ -26,7 +26,7 @@ NAMESPACE = "Microsoft.Dynamics.DataEntities."
 EMPTY_DATE = "1900-01-01T12:00:00Z"
 ZERO_GUID = "00000000-0000-0000-0000-000000000000"
 # One copy of the real F&O schema serves the client (coupa_d365_pipeline/d365/entities.json) and the sandbox.
-SCHEMA_FILE = Path(__file__).resolve().parent.parent / "d365" / "entities.json"
+SCHEMA_FILE = Path(__file__).resolve().parents[2] / "d365" / "entities.json"
 
 _INT_RANGES = {"Edm.Int32": (-(2**31), 2**31 - 1), "Edm.Int64": (-(2**63), 2**63 - 1)}
 _DT_RE = re.compile(

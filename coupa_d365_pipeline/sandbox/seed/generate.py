@@ -1,10 +1,11 @@
-"""Deterministic seed data for the Coupa and D365 sandboxes (no Dagster imports).
+"""Deterministic seed data for the Coupa and D365 sandboxes: the generator (no Dagster imports).
 
 The customer is "Contoso Manufacturing": plants in three D365 legal entities (``usmf`` USD,
 ``demf`` EUR, ``gbsi`` GBP) plus a Coupa chart of accounts "CA Plant" (CAD) that has no D365
 legal entity. ``generate_seed`` returns Coupa suppliers, purchase orders and invoices (JSON
 shaped like Coupa's R39 API: hyphenated keys, decimals as strings like Rails' BigDecimal) and the
-D365 master data the connector needs (exact property names from ``d365/entities.json``).
+D365 master data the connector needs (exact property names from ``d365/entities.json``; built in
+:mod:`.d365_master` from the catalogue in :mod:`.catalogue`).
 
 Coupa money/quantity fields are decimal strings ("989.00", "-12.30"); line ``total`` =
 quantity*price rounded half-up to 2 dp; header ``gross-total`` = sum of line totals; account
@@ -29,7 +30,35 @@ import random
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 
-__all__ = ["SeedConfig", "SeedData", "generate_seed", "LEGAL_ENTITIES", "fmt_cents"]
+from .catalogue import (
+    _CITIES,
+    _NAME_A,
+    _NAME_B,
+    _NAME_C,
+    BUSINESS_UNITS,
+    CA_PLANT,
+    COMMON_MAIN_ACCOUNTS,
+    COST_CENTERS,
+    COUNTRY_NAMES,
+    CURRENCIES,
+    DEPARTMENTS,
+    FREE_TEXT,
+    INVALID_MAIN_ACCOUNT,
+    ITEMS,
+    LEGAL_ENTITIES,
+    MAIN_ACCOUNTS,
+    MAPPED,
+    PAYMENT_TERMS,
+    RELEASED_ITEMS,
+    UNRELEASED_ITEM,
+    UOMS,
+    USMF_ONLY_MAIN_ACCOUNT,
+    _mul_round,
+    fmt_cents,
+)
+from .d365_master import _d365_master_data
+
+__all__ = ["SeedConfig", "SeedData", "generate_seed"]
 
 
 @dataclass(frozen=True)
@@ -48,108 +77,6 @@ class SeedData:
     d365: dict[str, list[dict]]
     legal_entities: dict[str, str]
     expectations: dict = field(default_factory=dict)
-
-
-# (Coupa account-type id, Coupa account-type name, D365 dataAreaId or None, currency, country, tax rate %)
-LEGAL_ENTITIES: list[tuple[int, str, str | None, str, str, int]] = [
-    (1, "US Manufacturing", "usmf", "USD", "US", 0),
-    (2, "DE Manufacturing", "demf", "EUR", "DE", 19),
-    (3, "UK Manufacturing", "gbsi", "GBP", "GB", 20),
-    (4, "CA Plant", None, "CAD", "CA", 5),
-]
-MAPPED = [le for le in LEGAL_ENTITIES if le[2]]
-CA_PLANT = LEGAL_ENTITIES[3]
-
-CURRENCIES = {  # code -> (coupa id, name, symbol)
-    "USD": (1, "US Dollar", "$"),
-    "EUR": (2, "Euro", "€"),
-    "GBP": (3, "Pound Sterling", "£"),
-    "CAD": (4, "Canadian Dollar", "$"),
-    "MXN": (5, "Mexican Peso", "$"),
-}
-COUNTRY_NAMES = {"US": "United States", "DE": "Germany", "GB": "United Kingdom", "CA": "Canada"}
-
-PAYMENT_TERMS = [(1, "Net30", 30), (2, "Net45", 45), (3, "Net60", 60)]
-
-# main account id -> (name, D365 MainAccountType)
-MAIN_ACCOUNTS = {
-    "600150": ("Office supplies", "Expense"),
-    "601200": ("Raw materials", "Expense"),
-    "605140": ("Repairs and maintenance", "Expense"),
-    "618900": ("Freight and transport", "Expense"),
-    "140200": ("Inventory received not invoiced", "BalanceSheet"),
-    "602300": ("Tooling (US only)", "Expense"),
-}
-USMF_ONLY_MAIN_ACCOUNT = "602300"
-INVALID_MAIN_ACCOUNT = "699999"
-COMMON_MAIN_ACCOUNTS = ["600150", "601200", "605140", "618900", "140200"]
-BUSINESS_UNITS = ["001", "002", "003", "004"]
-COST_CENTERS = ["007", "011", "022", "CC-10"]
-DEPARTMENTS = ["022", "023", "024", ""]
-
-UOMS = {  # code -> (description, D365 UnitClass, decimals)
-    "ea": ("Each", "Quantity", 0),
-    "pcs": ("Pieces", "Quantity", 0),
-    "kg": ("Kilogram", "Mass", 2),
-    "h": ("Hour", "Time", 2),
-    "m": ("Meter", "Length", 2),
-}
-COMMODITIES = ["Office Supplies", "MRO", "Freight", "Raw Materials", "IT Services", "Professional Services"]
-
-# catalogue items: (coupa id, item-number, name, uom, D365 ProductType, commodity)
-ITEMS = [
-    (101, "M-1000", "Hex bolt M8x40", "pcs", "Item", "MRO"),
-    (102, "M-1001", "Hex nut M8", "pcs", "Item", "MRO"),
-    (103, "M-1002", "Steel sheet 2mm", "kg", "Item", "Raw Materials"),
-    (104, "M-1003", "Aluminium bar 20mm", "m", "Item", "Raw Materials"),
-    (105, "M-1004", "Hydraulic oil HLP46", "kg", "Item", "MRO"),
-    (106, "M-1005", "Safety gloves", "ea", "Item", "MRO"),
-    (107, "M-1006", "Copy paper A4", "ea", "Item", "Office Supplies"),
-    (108, "M-1007", "Toner cartridge", "ea", "Item", "Office Supplies"),
-    (109, "M-1008", "Bearing 6204", "pcs", "Item", "MRO"),
-    (110, "M-1009", "Copper wire 1.5mm", "m", "Item", "Raw Materials"),
-    (111, "S-2000", "Machine maintenance", "h", "Service", "Professional Services"),
-    (112, "S-2001", "Calibration service", "h", "Service", "Professional Services"),
-    (113, "S-2002", "Pallet freight", "ea", "Service", "Freight"),
-    (114, "M-9999", "Prototype fixture (not released)", "ea", "Item", "MRO"),
-]
-UNRELEASED_ITEM = "M-9999"
-RELEASED_ITEMS = [it for it in ITEMS if it[1] != UNRELEASED_ITEM]
-
-FREE_TEXT = [
-    ("Consulting services", "Professional Services", "h"),
-    ("Inbound freight", "Freight", "ea"),
-    ("Cleaning supplies", "Office Supplies", "ea"),
-    ("Software subscription", "IT Services", "ea"),
-    ("Scrap metal removal", "MRO", "ea"),
-    ("Welding gas refill", "MRO", "kg"),
-    ("Cable trays", "Raw Materials", "m"),
-]
-
-_NAME_A = ["Acme", "Northwind", "Fabrikam", "Litware", "Adatum", "Tailspin", "Proseware", "Wingtip",
-           "Lamna", "Alpine", "Bluebird", "Coho", "Contour", "Fourth Coffee", "Humongous", "Lucerne",
-           "Margie", "Nod", "Relecloud", "Southridge", "Trey", "VanArsdel", "Woodgrove", "Wide World"]
-_NAME_B = ["Industrial Supply", "Metals", "Logistics", "Tooling", "Components", "Services", "Fasteners",
-           "Hydraulics", "Office Products", "Engineering"]
-_NAME_C = {"US": "Inc.", "DE": "GmbH", "GB": "Ltd", "CA": "Corp."}
-_CITIES = {"US": ("Chicago", "IL", "60601"), "DE": ("Stuttgart", "BW", "70173"),
-           "GB": ("Birmingham", "", "B1 1AA"), "CA": ("Toronto", "ON", "M5H 2N2")}
-
-
-def fmt_cents(c: int) -> str:
-    """Integer cents -> Coupa decimal string ("-12.30")."""
-    sign = "-" if c < 0 else ""
-    c = abs(c)
-    return f"{sign}{c // 100}.{c % 100:02d}"
-
-
-def _mul_round(qty_h: int, price_c: int) -> int:
-    """(quantity in hundredths) * (price in cents) -> cents, rounded half away from zero."""
-    p = qty_h * price_c
-    q, r = divmod(abs(p), 100)
-    if r >= 50:
-        q += 1
-    return q if p >= 0 else -q
 
 
 class _Clock:
@@ -590,57 +517,3 @@ def _generate(config: SeedConfig) -> SeedData:
         "counts": {"suppliers": len(suppliers), "purchase_orders": len(pos), "invoices": len(invoices)},
     }
     return SeedData(suppliers, pos, invoices, d365, legal_entities, expectations)
-
-
-def _d365_master_data(existing: list[dict], sup_le: dict[int, tuple]) -> dict[str, list[dict]]:
-    les = [le[2] for le in MAPPED]
-    d: dict[str, list[dict]] = {}
-    d["LegalEntities"] = [{"LegalEntityId": le[2], "Name": f"Contoso {le[1]}", "AddressCountryRegionId":
-                           {"US": "USA", "DE": "DEU", "GB": "GBR"}[le[4]]} for le in MAPPED]
-    d["Currencies"] = [{"CurrencyCode": c, "Name": v[1], "Symbol": v[2]} for c, v in CURRENCIES.items()]
-    d["ChartOfAccounts"] = [{"ChartOfAccounts": "Shared", "Description": "Contoso shared chart of accounts"}]
-    d["MainAccounts"] = [{"ChartOfAccounts": "Shared", "MainAccountId": mid, "Name": name, "MainAccountType": typ}
-                         for mid, (name, typ) in MAIN_ACCOUNTS.items()]
-    d["MainAccountLegalEntities"] = [
-        {"MainAccountId": mid, "ChartOfAccounts": "Shared", "LegalEntityId": le, "IsSuspended": "No"}
-        for mid in MAIN_ACCOUNTS for le in les if mid != USMF_ONLY_MAIN_ACCOUNT or le == "usmf"]
-    d["DimensionAttributes"] = [{"DimensionName": n, "ReportColumnName": n} for n in
-                                ("BusinessUnit", "CostCenter", "Department")]
-    fdv = []
-    for dim, values in (("BusinessUnit", BUSINESS_UNITS), ("CostCenter", COST_CENTERS),
-                        ("Department", [v for v in DEPARTMENTS if v])):
-        for v in values:
-            fdv.append({"FinancialDimension": dim, "LegalEntityId": "", "DimensionValue": v,
-                        "Description": f"{dim} {v}", "IsSuspended": "No"})
-    d["FinancialDimensionValues"] = fdv
-    d["DimensionIntegrationFormats"] = [
-        {"DimensionFormatName": "BusinessUnit-CostCenter-Department", "DimensionFormatType": "DefaultAccount",
-         "FinancialDimensionFormat": "BusinessUnit-CostCenter-Department", "IsActive": "Yes"},
-        {"DimensionFormatName": "MainAccount-BusinessUnit-CostCenter-Department",
-         "DimensionFormatType": "AccountStructure",
-         "FinancialDimensionFormat": "MainAccount-BusinessUnit-CostCenter-Department", "IsActive": "Yes"},
-    ]
-    d["ReleasedProductsV2"] = [
-        {"dataAreaId": le, "ItemNumber": it[1], "ProductNumber": it[1], "SearchName": it[2][:20],
-         "ProductType": it[4], "ProductSubType": "Product", "PurchaseUnitSymbol": it[3],
-         "InventoryUnitSymbol": it[3]}
-        for le in les for it in RELEASED_ITEMS]
-    d["UnitsOfMeasure"] = [{"UnitSymbol": u, "UnitDescription": v[0], "UnitClass": v[1], "DecimalPrecision": v[2]}
-                           for u, v in UOMS.items()]
-    d["ProcurementProductCategories"] = [{"CategoryName": c, "CategoryHierarchyName": "Procurement",
-                                          "CategoryCode": c.upper().replace(" ", "_")} for c in COMMODITIES]
-    d["VendorGroups"] = [{"dataAreaId": le, "VendorGroupId": g, "Description": desc}
-                         for le in les for g, desc in (("10", "Domestic vendors"), ("20", "Foreign vendors"),
-                                                       ("30", "Intercompany / other"))]
-    d["PaymentTerms"] = [{"dataAreaId": le, "Name": code, "Description": f"Net {days} days", "NumberOfDays": days,
-                          "PaymentMethodType": "Net"} for le in les for _, code, days in PAYMENT_TERMS]
-    d["VendorPaymentMethods"] = [
-        {"dataAreaId": le, "Name": name, "Description": desc, "PaymentType": ptype, "AccountType": "Bank"}
-        for le in les for name, desc, ptype in (("CHECK", "Check", "Check"),
-                                                ("ELECTRONIC", "Electronic payment", "ElectronicPayment"))]
-    d["VendorsV2"] = [
-        {"dataAreaId": sup_le[s["id"]][2], "VendorAccountNumber": s["number"],
-         "VendorOrganizationName": s["name"], "VendorGroupId": "10", "CurrencyCode": sup_le[s["id"]][3],
-         "DefaultPaymentTermsName": s["payment-term"]["code"], "OnHoldStatus": "No"}
-        for s in existing]
-    return d
