@@ -372,11 +372,10 @@ class RetryingSender:
             if problem is not None:
                 message = describe_unexpected(self.system, request.method, request.url.path, response, problem,
                                               hint, show_body=show_body)
-                details = dict(system=self.system, method=request.method, path=request.url.path,
-                               status=response.status_code)
+                system, method, path, status = self.system, request.method, request.url.path, response.status_code
                 if not safe:
                     raise UnexpectedWriteAnswerError(message + "; the write may or may not have been applied",
-                                                     **details)
-                raise _Retryable(message, status=response.status_code,
-                                 unexpected=UnexpectedAnswerError(message, **details))
+                                                     system=system, method=method, path=path, status=status)
+                raise _Retryable(message, status=status, unexpected=UnexpectedAnswerError(
+                    message, system=system, method=method, path=path, status=status))
         return response

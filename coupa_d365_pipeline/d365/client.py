@@ -200,7 +200,8 @@ class D365Client:
             if not legal_entity:
                 raise ValueError(f"{entity_set} is company-scoped: pass legal_entity (dataAreaId)")
             filter = odata.and_(odata.eq("dataAreaId", legal_entity.lower()), filter)
-        params: dict[str, Any] = {"cross-company": "true"}
+        params: dict[str, Any] | None = {"cross-company": "true"}
+        assert params is not None
         if filter:
             params["$filter"] = filter
         if select:

@@ -32,7 +32,7 @@ class EntitySetSchema:
 
 @lru_cache(maxsize=1)
 def _raw() -> dict[str, Any]:
-    return json.loads(resources.files(__package__).joinpath("entities.json").read_text("utf-8"))
+    return json.loads(resources.files(__package__ or "coupa_d365_pipeline.d365").joinpath("entities.json").read_text("utf-8"))
 
 
 @lru_cache(maxsize=None)

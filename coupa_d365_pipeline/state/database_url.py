@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 import sqlalchemy as sa
+import sqlalchemy.exc as sa_exc
 from sqlalchemy.engine import URL
 
 from ..settings import ConfigError
@@ -25,7 +26,7 @@ def redact_url(url: str | URL) -> str:
 def parse_url(raw: str) -> URL:
     try:
         return sa.engine.make_url(raw)
-    except (sa.exc.ArgumentError, ValueError):
+    except (sa_exc.ArgumentError, ValueError):
         raise ConfigError([f"{NAME}={redact_url(raw)!r} is not a database URL; set it to a SQLAlchemy URL, "
                            f"{EXAMPLES}"]) from None
 

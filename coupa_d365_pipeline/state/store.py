@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import sqlalchemy as sa
+import sqlalchemy.exc as sa_exc
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
@@ -152,7 +153,7 @@ def make_engine(database_url: str) -> Engine:
 def _create_engine(url: sa.engine.URL, **kwargs: Any) -> Engine:
     try:
         return sa.create_engine(url, **kwargs)
-    except (ImportError, sa.exc.NoSuchModuleError) as exc:
+    except (ImportError, sa_exc.NoSuchModuleError) as exc:
         raise missing_driver(url, exc) from None
 
 
@@ -211,7 +212,7 @@ def ensure_schema(engine: Engine) -> None:
             return
     try:
         connection = engine.connect()
-    except sa.exc.DBAPIError as exc:   # the first connection of a process: explain, never show the password
+    except sa_exc.DBAPIError as exc:   # the first connection of a process: explain, never show the password
         raise connect_error(engine.url, exc) from None
     with connection as conn, conn.begin():
         if engine.dialect.name == "postgresql":

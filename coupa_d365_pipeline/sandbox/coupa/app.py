@@ -333,7 +333,7 @@ class CoupaSandbox:
                 errors["document-id"] = ["is not a number"]
             else:
                 target = {"InvoiceHeader": "invoices", "OrderHeader": "purchase_orders",
-                          "Supplier": "suppliers"}.get(dtype)
+                          "Supplier": "suppliers"}.get(str(dtype))
                 if target and self.state.get(target, doc_id) is None:
                     errors["document-id"] = [f"{dtype} {doc_id} can't be found"]
         cat = body.get("contact-alert-type")

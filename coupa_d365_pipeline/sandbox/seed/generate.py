@@ -184,7 +184,7 @@ def _generate(config: SeedConfig) -> SeedData:
     def random_account(le, main: str | None = None) -> dict:
         if main is None:
             pool = COMMON_MAIN_ACCOUNTS + ([USMF_ONLY_MAIN_ACCOUNT] if le[2] == "usmf" else [])
-            main = rng.choice(pool)
+            main = str(rng.choice(pool))
         return account(le, main, rng.choice(BUSINESS_UNITS), rng.choice(COST_CENTERS), rng.choice(DEPARTMENTS))
 
     # ---------------------------------------------------------------- suppliers
@@ -495,7 +495,7 @@ def _generate(config: SeedConfig) -> SeedData:
 
     existing_vendor_suppliers = [s for s in normal_suppliers[:4]]
     d365 = _d365_master_data(existing_vendor_suppliers, sup_le)
-    legal_entities = {le[1]: le[2] for le in MAPPED}
+    legal_entities = {le[1]: str(le[2]) for le in MAPPED}
     special_numbers = {inv["id"]: inv["invoice-number"] for inv in invoices
                        if "'" in inv["invoice-number"] or "-" in inv["invoice-number"]}
     expectations = {
