@@ -36,7 +36,7 @@ from typing import Any
 
 from .config import MappingConfig
 from .dimensions import display_value, escape_segment
-from .documents import (
+from .invoices import (
     AMOUNT_LINE_TYPES, TOLERANCE, Quarantine, _cmp, _dec, _invoice_date, _name, _Problems, _s, document_currency,
     line_accounting, line_sane,
     vendor_account_for,
@@ -45,7 +45,7 @@ from .limits import check_body
 from .master import D365MasterData
 
 __all__ = [
-    "Quarantine",  # re-exported from .documents
+    "Quarantine",  # re-exported from .invoices
     "MappedPurchaseOrder",
     "PO_LINE_UPDATE_FIELDS",
     "PO_LINE_RECEIPT_LOCKED_FIELDS",

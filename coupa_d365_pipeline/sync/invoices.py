@@ -23,7 +23,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from ..common.http import AmbiguousWriteError
-from ..mapping.documents import MappedInvoice, Quarantine, legal_entity_for, map_invoice
+from ..mapping.invoices import MappedInvoice, Quarantine, legal_entity_for, map_invoice
 from ..state.ledger import (
     BOOKED_STATES, CHANGED_AFTER_POST, MISSING_IN_D365, POSTED, VOID_BLOCKED, VOIDED, WRITING, WRITTEN, LedgerRow,
     NaturalKey,

@@ -6,7 +6,7 @@ import pytest
 from coupa_d365_pipeline.d365.schema import entity_set
 from coupa_d365_pipeline.mapping.config import parse_mapping
 from coupa_d365_pipeline.mapping.dimensions import parse_display_value
-from coupa_d365_pipeline.mapping.documents import (
+from coupa_d365_pipeline.mapping.invoices import (
     VENDOR_SYNC_FIELDS,
     MappedInvoice,
     Quarantine,

@@ -9,7 +9,7 @@ from decimal import Decimal
 
 import pytest
 
-from coupa_d365_pipeline.mapping.documents import (
+from coupa_d365_pipeline.mapping.invoices import (
     MappedInvoice,
     Quarantine,
     map_invoice,

@@ -6,7 +6,7 @@ import pytest
 from coupa_d365_pipeline.d365.schema import entity_set
 from coupa_d365_pipeline.mapping.config import parse_mapping
 from coupa_d365_pipeline.mapping.dimensions import parse_display_value
-from coupa_d365_pipeline.mapping.documents import Quarantine
+from coupa_d365_pipeline.mapping.invoices import Quarantine
 from coupa_d365_pipeline.mapping.master import ENTITY_SETS_AND_SELECT, D365MasterData
 from coupa_d365_pipeline.mapping.purchase_orders import (
     PO_LINE_RECEIPT_LOCKED_FIELDS,

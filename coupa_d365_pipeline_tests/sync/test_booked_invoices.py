@@ -344,7 +344,7 @@ def test_invoice_posted_between_the_lookup_and_the_delete_is_void_blocked_not_vo
 def test_adopting_a_pending_invoice_keyed_by_hand_patches_only_what_differs(services, sandboxes):
     """AP keyed the header by hand with exactly what we would send: adopting it adds the lines and
     PATCHes no header field (the lookup must read every field it compares)."""
-    from coupa_d365_pipeline.mapping.documents import map_invoice
+    from coupa_d365_pipeline.mapping.invoices import map_invoice
     from coupa_d365_pipeline.sync.vendors import VendorSync
 
     invoice = mappable_invoice(sandboxes)
