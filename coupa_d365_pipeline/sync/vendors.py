@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from ..common.http import HTTPClientError, SystemUnavailableError, is_system_failure
-from ..mapping.invoices import Quarantine, map_vendor, vendor_changes
+from ..mapping.vendors import Quarantine, map_vendor, vendor_changes
 from ..state.ledger import WRITTEN, ClaimLostError, Problem
 from ..state.store import payload_hash
 from .context import SyncServices, error_text, http_status
