@@ -300,10 +300,10 @@ class _RacingWriter:
 
 def test_duplicate_key_answer_adopts_our_own_header_and_completes_it(services, sandboxes):
     from coupa_d365_pipeline.sync.invoices import InvoiceSync
-    from coupa_d365_pipeline.sync.writer import ODataBatchInvoiceWriter
+    from coupa_d365_pipeline.sync.writer import ODataBatchWriter
 
     invoice = mappable_invoice(sandboxes)
-    writer = _RacingWriter(ODataBatchInvoiceWriter(services.d365), sandboxes)
+    writer = _RacingWriter(ODataBatchWriter(services.d365, "VendorInvoiceHeaders", "VendorInvoiceLines"), sandboxes)
     outcome = InvoiceSync(services, writer=writer).sync(services.coupa.get("invoices", invoice["id"]))
 
     assert outcome.action == "repaired" and "adopted existing COUPA-" in outcome.detail
