@@ -7,7 +7,7 @@ from typing import Any
 import dagster as dg
 
 from ..coupa.assets import coupa_invoices, coupa_purchase_orders, coupa_suppliers
-from ..mapping.documents import legal_entity_for
+from ..mapping.invoices import legal_entity_for
 from ..mapping.purchase_orders import legal_entity_for_po
 from ..partitions import daily_partitions
 from ..resources import CoupaResource, D365Resource, MappingResource, SyncStateResource

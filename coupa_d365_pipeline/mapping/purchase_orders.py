@@ -1,8 +1,8 @@
 """Pure functions mapping Coupa purchase orders (raw OrderHeader JSON) to D365 F&O PO entity bodies.
 
 Targets are ``PurchaseOrderHeadersV2`` and ``PurchaseOrderLinesV2``. The rules are those of the
-invoice mapping in :mod:`.documents` (same helpers, same quarantine codes where the cause is the
-same): a PO that cannot be booked becomes a :class:`~.documents.Quarantine` listing *every*
+invoice mapping in :mod:`.invoices` (same helpers from :mod:`.fields`, same quarantine codes where the
+cause is the same): a PO that cannot be booked becomes a :class:`~.fields.Quarantine` listing *every*
 problem, each saying what to fix; money and quantities are :class:`~decimal.Decimal`.
 
 Choices documented here:
@@ -36,16 +36,26 @@ from typing import Any
 
 from .config import MappingConfig
 from .dimensions import display_value, escape_segment
-from .documents import (
-    AMOUNT_LINE_TYPES, TOLERANCE, Quarantine, _cmp, _dec, _invoice_date, _name, _Problems, _s, document_currency,
-    line_accounting, line_sane,
-    vendor_account_for,
+from .fields import (
+    AMOUNT_LINE_TYPES,
+    TOLERANCE,
+    Problems,
+    Quarantine,
+    changed_fields,
+    decimal_of,
+    document_currency,
+    line_accounting,
+    line_sane,
+    name_of,
+    noon_utc_date,
+    text_of,
 )
 from .limits import check_body
 from .master import D365MasterData
+from .vendors import vendor_account_for
 
 __all__ = [
-    "Quarantine",  # re-exported from .documents
+    "Quarantine",  # re-exported from .fields
     "MappedPurchaseOrder",
     "PO_LINE_UPDATE_FIELDS",
     "PO_LINE_RECEIPT_LOCKED_FIELDS",
@@ -79,9 +89,6 @@ PO_LINE_RECEIPT_LOCKED_FIELDS: tuple[str, ...] = (
     "ProcurementProductCategoryName",
 )
 
-_NUMBER_FIELDS = frozenset({"OrderedPurchaseQuantity", "PurchasePrice", "LineAmount"})
-_DATE_FIELDS = frozenset({"RequestedDeliveryDate"})
-
 
 @dataclass
 class MappedPurchaseOrder:
@@ -100,9 +107,9 @@ def _line_charts(po: dict) -> list[tuple[str, str]]:
         if not isinstance(ln, dict):
             continue
         account = ln.get("account") if isinstance(ln.get("account"), dict) else {}
-        chart = _name(account.get("account-type"))
+        chart = name_of(account.get("account-type"))
         if chart:
-            out.append((_s(ln.get("line-num")) or f"#{idx + 1}", chart))
+            out.append((text_of(ln.get("line-num")) or f"#{idx + 1}", chart))
     return out
 
 
@@ -111,7 +118,7 @@ def _resolve_legal_entity(po: dict, mapping: MappingConfig) -> tuple[str | None,
     charts = _line_charts(po)
     header_chart = ""
     if not charts:
-        header_chart = _name(po.get("account-type"))
+        header_chart = name_of(po.get("account-type"))
         return mapping.legal_entity(header_chart), [], header_chart
     les = {mapping.legal_entity(c) for _, c in charts}
     if len(les) != 1 or None in les:
@@ -132,7 +139,7 @@ def _lines_text(labels: list[str]) -> str:
     return ("line " if len(labels) == 1 else "lines ") + ", ".join(labels)
 
 
-def _legal_entity_problems(p: _Problems, po: dict, mapping: MappingConfig, master: D365MasterData) -> str | None:
+def _legal_entity_problems(p: Problems, po: dict, mapping: MappingConfig, master: D365MasterData) -> str | None:
     le, charts, header_chart = _resolve_legal_entity(po, mapping)
     if le is None:
         if not charts:
@@ -170,7 +177,7 @@ def _line_number(value: Any) -> int | None:
         return None
     if isinstance(value, int):
         return value if value > 0 else None
-    text = _s(value)
+    text = text_of(value)
     if not (text.isascii() and text.isdigit()):
         return None
     n = int(text)
@@ -186,7 +193,7 @@ PO_SOURCES = {"PurchaseOrderNumber": "po-number", "OrderVendorAccountNumber": "t
 def map_purchase_order(po: dict, mapping: MappingConfig, master: D365MasterData, *,
                        supplier: dict | None = None) -> MappedPurchaseOrder | Quarantine:
     """PurchaseOrderHeadersV2/PurchaseOrderLinesV2 bodies for a Coupa PO, or a Quarantine."""
-    p = _Problems()
+    p = Problems()
     dims = mapping.dimensions
     delim = dims.delimiter
 
@@ -198,7 +205,7 @@ def map_purchase_order(po: dict, mapping: MappingConfig, master: D365MasterData,
     sup = supplier if supplier is not None else (po.get("supplier") or {})
     sup = sup if isinstance(sup, dict) else {}
     vendor = vendor_account_for(sup, mapping)
-    who = f"supplier {sup.get('id')} ({_s(sup.get('name'))})"
+    who = f"supplier {sup.get('id')} ({text_of(sup.get('name'))})"
     if not vendor:
         if mapping.vendor_account.source == "supplier_number":
             p.add("supplier_number_null", f"{who} has no supplier number, so there is no D365 vendor account; "
@@ -207,7 +214,7 @@ def map_purchase_order(po: dict, mapping: MappingConfig, master: D365MasterData,
             p.add("no_vendor_account", f"{who} has no id; cannot derive a vendor account")
 
     # ---- header fields
-    number = _s(po.get("po-number"))
+    number = text_of(po.get("po-number"))
     if not number:
         p.add("po_number_missing", "purchase order has no po-number; it is the D365 PurchaseOrderNumber, "
               "so the order cannot be booked without it")
@@ -233,7 +240,7 @@ def map_purchase_order(po: dict, mapping: MappingConfig, master: D365MasterData,
         else:
             seen_numbers.add(line_no)
 
-        qty, price, total = _dec(ln.get("quantity")), _dec(ln.get("price")), _dec(ln.get("total"))
+        qty, price, total = decimal_of(ln.get("quantity")), decimal_of(ln.get("price")), decimal_of(ln.get("total"))
         bad = [f"{k} {ln.get(k)!r}" for k, v in (("quantity", qty), ("price", price), ("total", total)) if v is None]
         if bad:
             p.add("invalid_amounts", f"{tag}: {', '.join(bad)} is not a number; fix the line in Coupa")
@@ -245,12 +252,12 @@ def map_purchase_order(po: dict, mapping: MappingConfig, master: D365MasterData,
             line_sane(p, tag, qty, price, total, quantity_line=ln.get("type") not in AMOUNT_LINE_TYPES, credit=None)
 
         need_by_raw = ln.get("need-by-date")
-        need_by = _invoice_date(need_by_raw) if _s(need_by_raw) else None
-        if _s(need_by_raw) and need_by is None:
+        need_by = noon_utc_date(need_by_raw) if text_of(need_by_raw) else None
+        if text_of(need_by_raw) and need_by is None:
             p.add("invalid_date", f"{tag}: need-by-date {need_by_raw!r} is not a date; fix it in Coupa")
         line_dates.append(need_by)
 
-        uom = _name(ln.get("uom"), "code")
+        uom = name_of(ln.get("uom"), "code")
         unit = master.unit_symbol(uom) if uom else None
         if not uom:
             p.add("unit_unknown", f"{tag}: the line has no unit of measure (uom); set it in Coupa")
@@ -265,14 +272,14 @@ def map_purchase_order(po: dict, mapping: MappingConfig, master: D365MasterData,
             "dataAreaId": le,
             "PurchaseOrderNumber": number,
             "LineNumber": line_no,
-            "LineDescription": _s(ln.get("description")),
+            "LineDescription": text_of(ln.get("description")),
             "OrderedPurchaseQuantity": qty,
             "PurchaseUnitSymbol": unit,
             "PurchasePrice": price,
             "LineAmount": total,
         }
         item = ln.get("item") if isinstance(ln.get("item"), dict) else None
-        coupa_item = _s(item.get("item-number")) if item else ""
+        coupa_item = text_of(item.get("item-number")) if item else ""
         if coupa_item:
             d365_item = mapping.item_number(coupa_item)
             if le_ok and not master.item_released(le, d365_item):
@@ -280,7 +287,7 @@ def map_purchase_order(po: dict, mapping: MappingConfig, master: D365MasterData,
                       "(D365 ReleasedProductsV2); release the product in D365 or map it under items")
             body["ItemNumber"] = d365_item
         else:
-            commodity = _name(ln.get("commodity"))
+            commodity = name_of(ln.get("commodity"))
             if not commodity:
                 p.add("category_unknown", f"{tag}: the line has neither an item nor a commodity; set the commodity "
                       "in Coupa (it becomes the D365 procurement category)")
@@ -308,7 +315,7 @@ def map_purchase_order(po: dict, mapping: MappingConfig, master: D365MasterData,
 
     dated = [d for d in line_dates if d]
     header_date = min(dated) if dated else None  # same format throughout, so string order is date order
-    for body, d in zip(lines, line_dates):
+    for body, d in zip(lines, line_dates, strict=True):
         if d or header_date:
             body["RequestedDeliveryDate"] = d or header_date
 
@@ -319,13 +326,13 @@ def map_purchase_order(po: dict, mapping: MappingConfig, master: D365MasterData,
         "InvoiceVendorAccountNumber": vendor,
         "CurrencyCode": currency,
     }
-    pt_code = _name(po.get("payment-term"), "code")
+    pt_code = name_of(po.get("payment-term"), "code")
     if pt_code:
         pt = mapping.payment_terms_name(pt_code)
         if master.has_payment_terms(le, pt):
             header["PaymentTermsName"] = pt
     header["VendorOrderReference"] = number
-    name = _s(sup.get("name")) or _s(sup.get("display-name"))
+    name = text_of(sup.get("name")) or text_of(sup.get("display-name"))
     if name:
         header["PurchaseOrderName"] = name[:PO_NAME_MAX]
     if header_date:
@@ -338,23 +345,11 @@ def map_purchase_order(po: dict, mapping: MappingConfig, master: D365MasterData,
 
 
 # ---------------------------------------------------------------------------- updates
-def _same(field: str, current: Any, desired: Any) -> bool:
-    if field in _NUMBER_FIELDS:
-        a, b = _dec(current), _dec(desired)
-        if a is not None and b is not None:
-            return a == b
-    elif field in _DATE_FIELDS:
-        a, b = _s(current)[:10], _s(desired)[:10]
-        return a == b
-    return _cmp(current) == _cmp(desired)
-
-
 def po_line_changes(current: dict, desired: dict) -> dict:
     """The PO_LINE_UPDATE_FIELDS of ``desired`` that really differ from ``current`` (the D365 line).
 
-    Numbers compare as Decimals ("5.00" == 5), dates by their YYYY-MM-DD part, strings
-    case/whitespace-insensitively (None == ""). Fields absent from ``desired`` are not compared
-    (D365 fills e.g. the category of item lines itself).
+    Compared by :func:`~.fields.same_value`, folded: numbers as Decimals ("5.00" == 5), dates by
+    their YYYY-MM-DD part, text case/whitespace-insensitively (None == ""). Fields absent from
+    ``desired`` are not compared (D365 fills e.g. the category of item lines itself).
     """
-    return {f: desired[f] for f in PO_LINE_UPDATE_FIELDS
-            if f in desired and not _same(f, current.get(f), desired[f])}
+    return changed_fields(current, desired, PO_LINE_UPDATE_FIELDS, fold=True)

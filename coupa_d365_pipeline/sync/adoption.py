@@ -22,7 +22,7 @@ from enum import StrEnum
 from typing import Any, Iterable, Mapping
 
 from ..d365.odata import fold
-from ..mapping.documents import MappedInvoice
+from ..mapping.invoices import MappedInvoice
 
 OUR_REFERENCE = re.compile(r"^COUPA-(\d+)$", re.IGNORECASE)
 

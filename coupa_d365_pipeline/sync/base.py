@@ -1,17 +1,29 @@
 """What every document sync shares: claim the ledger row, run the document's flow, turn client
-errors into a recorded failure, quarantine with reasons, alert Coupa once per reason, and tell
-Coupa when the document is booked (export flag + one Success history record)."""
+errors into a recorded failure, quarantine with reasons, alert Coupa once per reason, make sure
+the vendor exists, create header + lines together (an ambiguous outcome settled by lookup), write
+the audit trail, and tell Coupa when the document is booked (export flag + one Success history
+record). Invoices (``sync/invoices.py``) and purchase orders (``sync/purchase_orders.py``) add
+only what differs between them. No Dagster import."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Iterable
 
-from ..common.http import HTTPClientError, SystemUnavailableError, is_system_failure
+from ..common.http import (
+    AmbiguousWriteError,
+    HTTPClientError,
+    SystemUnavailableError,
+    is_system_failure,
+)
+from ..d365.client import D365Error
 from ..state.ledger import ClaimLostError, DocState, LedgerRow, Problem
 from ..state.store import coupa_id_of, id_problem, payload_hash
 from .context import SyncServices, error_text, http_status
-from .report import Outcome, SyncReport
+from .report import Action, Outcome, SyncReport
 from .vendors import VendorSync
+from .writer import DocumentWriter
 
 # Fields that change without changing what is booked (our own export flag, payment status written
 # back, bookkeeping timestamps, Coupa-side receiving): excluded from change detection.
@@ -52,13 +64,36 @@ class UnbookableDocument(Exception):
         self.reason = reason
 
 
+class Created(StrEnum):
+    """How a create of header + lines ended (:meth:`DocumentSync._create_document`)."""
+
+    CREATED = "created"      # D365 answered: all of it was created
+    LANDED = "landed"        # the answer was lost, but the header is there under our key
+    EXISTS = "exists"        # D365 refused it as a duplicate: a record under our key exists
+    REJECTED = "rejected"    # D365 refused it for another reason; nothing was created
+
+
+@dataclass(frozen=True)
+class CreateAttempt:
+    result: Created
+    digest: str                              # payload_sha256 of [header, lines]
+    existing: dict[str, Any] | None = None   # the D365 header found under our key (LANDED, EXISTS)
+    error: D365Error | None = None           # why D365 refused (EXISTS, REJECTED)
+
+
 class DocumentSync:
     DOC = "document"
     NUMBER_FIELD = "id"
+    HEADER_SET = ""       # the D365 entity set of the document header (its key is chosen by us)
 
-    def __init__(self, services: SyncServices, vendors: VendorSync | None = None) -> None:
+    def __init__(self, services: SyncServices, vendors: VendorSync | None = None,
+                 writer: DocumentWriter | None = None) -> None:
         self.s = services
         self.vendors = vendors or VendorSync(services)
+        self.writer = writer or self._default_writer()
+
+    def _default_writer(self) -> DocumentWriter:  # pragma: no cover - abstract
+        raise NotImplementedError
 
     # -- entry points ------------------------------------------------------------------------
     def sync_many(self, documents: Iterable[dict[str, Any]], report: SyncReport | None = None) -> SyncReport:
@@ -89,23 +124,23 @@ class DocumentSync:
             label = str(document.get(self.NUMBER_FIELD) or "") if isinstance(document, dict) else ""
             reason = f"{id_problem(raw_id)}; it cannot be tracked or booked — look at the Coupa {self.DOC} itself"
             s.logger.error("%s %s: %s", self.DOC, label or "?", reason)
-            return Outcome(self.DOC, 0, "failed", label, None, reason)
+            return Outcome(self.DOC, 0, Action.FAILED, label, None, reason)
         label = self.label(document)
         row = s.ledger.claim(self.DOC, coupa_id, run)
         if row is None:
-            return Outcome(self.DOC, coupa_id, "busy", label, None, "another run holds this document; it will be retried")
+            return Outcome(self.DOC, coupa_id, Action.BUSY, label, None,
+                           "another run holds this document; it will be retried")
         try:
             return self._sync_claimed(row, document)
         except UnbookableDocument as exc:
             return self._quarantine(row, document, exc.reason, self.content_hash(document))
         except ClaimLostError as exc:
             s.logger.warning("%s %s (%s): %s", self.DOC, coupa_id, label, exc)
-            return Outcome(self.DOC, coupa_id, "busy", label, row.legal_entity, str(exc))
+            return Outcome(self.DOC, coupa_id, Action.BUSY, label, row.legal_entity, str(exc))
         except SystemUnavailableError as exc:
             # not this document's fault: it keeps its state (no failed mark, no Coupa alert) and the run stops
             s.ledger.release(row, run)
-            s.ledger.audit(run_id=run, doc_type=self.DOC, coupa_id=coupa_id, action="stopped_system_unavailable",
-                           error=error_text(exc))
+            self._audit(coupa_id, "stopped_system_unavailable", error=error_text(exc))
             raise
         except Exception as exc:  # noqa: BLE001 - one document's trouble must not stop the others
             reason = error_text(exc)
@@ -113,23 +148,61 @@ class DocumentSync:
                 s.logger.exception("%s %s (%s) failed unexpectedly", self.DOC, coupa_id, label)
             else:
                 s.logger.warning("%s %s (%s) failed: %s", self.DOC, coupa_id, label, reason)
-            s.ledger.audit(run_id=run, doc_type=self.DOC, coupa_id=coupa_id, action="error",
-                           http_status=http_status(exc), error=reason)
+            self._audit(coupa_id, "error", status=http_status(exc), error=reason)
             try:
                 s.ledger.record_problem(s.ledger.get(self.DOC, coupa_id) or row, run, Problem.FAILED, reason)
             except ClaimLostError as lost:
-                return Outcome(self.DOC, coupa_id, "busy", label, row.legal_entity, str(lost))
-            return Outcome(self.DOC, coupa_id, "failed", label, row.legal_entity, reason)
+                return Outcome(self.DOC, coupa_id, Action.BUSY, label, row.legal_entity, str(lost))
+            return Outcome(self.DOC, coupa_id, Action.FAILED, label, row.legal_entity, reason)
         except BaseException:
             s.ledger.release(row, run)
             raise
 
-    def _raise_system_failure_of_vendor(self, supplier: dict[str, Any], legal_entity: str) -> None:
-        """A vendor D365 failed to answer for is no reason to alert Coupa users about the document:
-        the document fails like any request that failed for good (and is retried next run)."""
+    def _ensure_vendor(self, row: LedgerRow, document: dict[str, Any], supplier: dict[str, Any], legal_entity: str,
+                       vendor_account: str, coupa_hash: str) -> Outcome | None:
+        """Make sure the document's vendor exists in ``legal_entity``; None when it does. Otherwise the
+        document's outcome: quarantined with the vendor's reason when the supplier cannot be mapped,
+        failed (Coupa alerted) when D365 refused the vendor or another run holds it — and when D365
+        failed to answer for the vendor, that error is raised: it is no reason to alert Coupa users
+        about the document, which fails like any request that failed for good (retried next run)."""
+        vendor = self.vendors.ensure(supplier, legal_entity)
+        if not vendor.action.needs_vendor_attention:
+            return None
+        reason = f"vendor {vendor_account} in {legal_entity} is {vendor.action}: {vendor.detail}"
+        if vendor.action == Action.QUARANTINED:
+            return self._quarantine(row, document, reason, coupa_hash, legal_entity=legal_entity)
         error = self.vendors.errors.get((int(supplier["id"]), legal_entity))
         if error is not None and is_system_failure(error):
             raise error
+        return self._fail(row, document, legal_entity, reason)
+
+    def _create_document(self, coupa_id: int, key: dict[str, Any], header: dict[str, Any],
+                         lines: list[dict[str, Any]]) -> CreateAttempt:
+        """Create header + lines through the writer (all or nothing) and settle what happened, with
+        the audit trail. An ambiguous outcome is looked up under ``key`` (our own key, recorded in the
+        ledger before this call): absent -> the :class:`AmbiguousWriteError` is raised (the document
+        fails and the next run tries again); present -> ``LANDED``. A duplicate-key refusal is looked
+        up the same way (``EXISTS``: an earlier or concurrent write of ours — or not ours: the caller
+        judges ``existing``)."""
+        header_set = self.HEADER_SET
+        digest = payload_hash([header, lines])
+        try:
+            result = self.writer.create(header, lines)
+        except AmbiguousWriteError as exc:
+            self._audit(coupa_id, "create_ambiguous", header_set, key, error=error_text(exc), payload_sha256=digest)
+            landed = self.s.d365.get(header_set, key)
+            if landed is None:
+                raise
+            return CreateAttempt(Created.LANDED, digest, existing=landed)
+        error = result.error
+        self._audit(coupa_id, "create", header_set, key, 201 if result.ok else result.status,
+                    error=None if result.ok else (error.detail if error else "unknown error"), payload_sha256=digest)
+        if result.ok:
+            return CreateAttempt(Created.CREATED, digest)
+        existing = self.s.d365.get(header_set, key) if error is not None and error.is_duplicate else None
+        if existing is not None:
+            return CreateAttempt(Created.EXISTS, digest, existing=existing, error=error)
+        return CreateAttempt(Created.REJECTED, digest, error=error)
 
     def _sync_claimed(self, row: LedgerRow, document: dict[str, Any]) -> Outcome:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -157,13 +230,13 @@ class DocumentSync:
                     legal_entity: str | None = None) -> Outcome:
         s, run = self.s, self.s.run_id
         coupa_id = int(document["id"])
-        s.ledger.audit(run_id=run, doc_type=self.DOC, coupa_id=coupa_id, action="quarantine", error=reason)
+        self._audit(coupa_id, "quarantine", error=reason)
         self._alert_once(row, reason, document)
         current = s.ledger.get(self.DOC, coupa_id) or row
         s.ledger.record_problem(current, run, Problem.QUARANTINED, reason, coupa_hash=coupa_hash,
                                 legal_entity=legal_entity, alerted_reason=reason)
         booked = " (the version booked in D365 stays as it is)" if current.is_booked else ""
-        return Outcome(self.DOC, coupa_id, "quarantined", self.label(document), legal_entity or current.legal_entity,
+        return Outcome(self.DOC, coupa_id, Action.QUARANTINED, self.label(document), legal_entity or current.legal_entity,
                        reason + booked)
 
     def _fail(self, row: LedgerRow, document: dict[str, Any], le: str | None, reason: str) -> Outcome:
@@ -172,7 +245,7 @@ class DocumentSync:
         self._alert_once(row, reason, document)
         s.ledger.record_problem(s.ledger.get(self.DOC, coupa_id) or row, run, Problem.FAILED, reason,
                                 alerted_reason=reason)
-        return Outcome(self.DOC, coupa_id, "failed", self.label(document), le, reason)
+        return Outcome(self.DOC, coupa_id, Action.FAILED, self.label(document), le, reason)
 
     def _settle_with_alert(self, row: LedgerRow, document: dict[str, Any], state: DocState, reason: str,
                            legal_entity: str | None, **fields: Any) -> Outcome:
@@ -194,7 +267,18 @@ class DocumentSync:
         coupa_id = int(document["id"])
         key = row.d365_key or {}
         tried_before = s.ledger.audit_count(doc_type=self.DOC, coupa_id=coupa_id, action="coupa_notify_started") > 0
-        s.ledger.audit(run_id=run, doc_type=self.DOC, coupa_id=coupa_id, action="coupa_notify_started", d365_key=key)
+        self._audit(coupa_id, "coupa_notify_started", key=key)
         s.notifier.success(self.DOC, coupa_id, message, document_status=document.get("status"), may_exist=tried_before)
-        s.ledger.audit(run_id=run, doc_type=self.DOC, coupa_id=coupa_id, action="coupa_notified", d365_key=key)
+        self._audit(coupa_id, "coupa_notified", key=key)
         return s.ledger.update(row, run, release=True, coupa_notified=True, **ledger_fields)
+
+    def _audit(self, coupa_id: int, action: str, entity: str | None = None, key: dict[str, Any] | None = None,
+               status: int | None = None, body: Any = None, *, error: str | None = None,
+               payload_sha256: str | None = None) -> None:
+        """One ``sync_audit`` row for this run and document type: what was done (``action``), to which
+        D365 ``entity`` and ``key``, the HTTP ``status``, the ``error``, and the hash of what was sent
+        (``body``, or ``payload_sha256`` when the caller has it already)."""
+        if payload_sha256 is None and body is not None:
+            payload_sha256 = payload_hash(body)
+        self.s.ledger.audit(run_id=self.s.run_id, doc_type=self.DOC, coupa_id=coupa_id, action=action, entity=entity,
+                            d365_key=key, http_status=status, error=error, payload_sha256=payload_sha256)

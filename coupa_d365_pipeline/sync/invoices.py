@@ -19,23 +19,31 @@ Posted invoices are never PATCHed or DELETEd: a Coupa change or void after posti
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
-from ..common.http import AmbiguousWriteError
-from ..mapping.documents import MappedInvoice, Quarantine, legal_entity_for, map_invoice
+from ..mapping.fields import changed_fields
+from ..mapping.invoices import MappedInvoice, Quarantine, legal_entity_for, map_invoice
 from ..state.ledger import (
-    BOOKED_STATES, CHANGED_AFTER_POST, MISSING_IN_D365, POSTED, VOID_BLOCKED, VOIDED, WRITING, WRITTEN, LedgerRow,
+    BOOKED_STATES,
+    CHANGED_AFTER_POST,
+    MISSING_IN_D365,
+    POSTED,
+    VOID_BLOCKED,
+    VOIDED,
+    WRITING,
+    WRITTEN,
+    LedgerRow,
     NaturalKey,
 )
 from ..state.store import payload_hash
 from .adoption import Verdict, judge
-from .base import DocumentSync
-from .context import SyncServices, error_text
-from .report import Outcome
+from .base import Created, DocumentSync
+from .context import SyncServices
+from .report import Action, Outcome
 from .settlements import posted_journal_rows
 from .vendors import VendorSync
-from .writer import InvoiceWriter, ODataBatchInvoiceWriter
+from .writer import DocumentWriter, ODataBatchWriter
 
 DOC = "invoice"
 HEADER_SET, LINE_SET, POSTED_SET = "VendorInvoiceHeaders", "VendorInvoiceLines", "VendInvoiceJourBiEntities"
@@ -52,25 +60,19 @@ def header_reference(coupa_id: int) -> str:
     return f"COUPA-{int(coupa_id)}"
 
 
-def _same(a: Any, b: Any) -> bool:
-    if a is None or a == "":
-        return b is None or b == ""
-    try:
-        return Decimal(str(a)) == Decimal(str(b))
-    except (InvalidOperation, ValueError):
-        return str(a).strip() == str(b).strip()
-
-
 class InvoiceSync(DocumentSync):
     DOC = DOC
     NUMBER_FIELD = "invoice-number"
+    HEADER_SET = HEADER_SET
 
     def __init__(self, services: SyncServices, vendors: VendorSync | None = None,
-                 writer: InvoiceWriter | None = None, *, rebook_missing: bool = False) -> None:
-        super().__init__(services, vendors)
+                 writer: DocumentWriter | None = None, *, rebook_missing: bool = False) -> None:
+        super().__init__(services, vendors, writer)
         self.rebook_missing = rebook_missing  # operator's explicit "book it again" for missing_in_d365
-        self.writer = writer or ODataBatchInvoiceWriter(services.d365)
         self._po_lines: dict[tuple[str, str, str], bool] = {}
+
+    def _default_writer(self) -> DocumentWriter:
+        return ODataBatchWriter(self.s.d365, HEADER_SET, LINE_SET)
 
     # -- the flow ----------------------------------------------------------------------------
     def _sync_claimed(self, row: LedgerRow, document: dict[str, Any]) -> Outcome:
@@ -84,13 +86,13 @@ class InvoiceSync(DocumentSync):
             return self._void(row, invoice, coupa_hash)
         if status != "approved":
             s.ledger.release(row, run)
-            return Outcome(DOC, coupa_id, "skipped", number, row.legal_entity, f"Coupa status {status}")
+            return Outcome(DOC, coupa_id, Action.SKIPPED, number, row.legal_entity, f"Coupa status {status}")
         if row.state in (WRITTEN, POSTED) and row.coupa_hash == coupa_hash and not row.problem:
             if not row.coupa_notified:
                 self._notify_booked(row, invoice)
             else:
                 s.ledger.release(row, run)
-            return Outcome(DOC, coupa_id, "already_present", number, row.legal_entity)
+            return Outcome(DOC, coupa_id, Action.ALREADY_PRESENT, number, row.legal_entity)
         if row.state in (POSTED, CHANGED_AFTER_POST, VOID_BLOCKED):
             return self._changed_after_post(row, invoice, coupa_hash)
         if row.state == MISSING_IN_D365 and not self.rebook_missing:
@@ -101,13 +103,9 @@ class InvoiceSync(DocumentSync):
         if isinstance(mapped, Quarantine):
             return self._quarantine(row, invoice, "; ".join(mapped.reasons), coupa_hash)
         assert supplier is not None  # map_invoice quarantines invoices without a usable supplier
-        vendor = self.vendors.ensure(supplier, mapped.legal_entity)
-        if vendor.action in ("quarantined", "failed", "busy"):
-            reason = f"vendor {mapped.vendor_account} in {mapped.legal_entity} is {vendor.action}: {vendor.detail}"
-            if vendor.action == "quarantined":
-                return self._quarantine(row, invoice, reason, coupa_hash, legal_entity=mapped.legal_entity)
-            self._raise_system_failure_of_vendor(supplier, mapped.legal_entity)
-            return self._fail(row, invoice, mapped.legal_entity, reason)
+        stopped = self._ensure_vendor(row, invoice, supplier, mapped.legal_entity, mapped.vendor_account, coupa_hash)
+        if stopped is not None:
+            return stopped
         self._link_purchase_orders(mapped)
 
         if row.d365_key and row.state in (WRITING, WRITTEN, MISSING_IN_D365):
@@ -129,11 +127,10 @@ class InvoiceSync(DocumentSync):
         if posted is not None:
             row = s.ledger.update(row, run, state=POSTED, problem=None, natural_key=posted[0],
                                   d365_key=self._posted_key(posted[0], posted[1], ref))
-            s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=int(invoice["id"]), action="found_posted",
-                           entity=POSTED_SET, d365_key=row.d365_key)
+            self._audit(int(invoice["id"]), "found_posted", POSTED_SET, row.d365_key)
             if row.coupa_hash == coupa_hash:   # the interrupted write landed and AP posted it since
                 self._notify_booked(row, invoice)
-                return Outcome(DOC, int(invoice["id"]), "already_present", mapped.invoice_number, row.legal_entity,
+                return Outcome(DOC, int(invoice["id"]), Action.ALREADY_PRESENT, mapped.invoice_number, row.legal_entity,
                                "already posted in D365")
             return self._changed_after_post(row, invoice, coupa_hash)
         if row.state == WRITING or self.rebook_missing:
@@ -142,7 +139,6 @@ class InvoiceSync(DocumentSync):
         return self._missing(row, invoice, coupa_hash)
 
     def _missing(self, row: LedgerRow, invoice: dict[str, Any], coupa_hash: str) -> Outcome:
-        s, run = self.s, self.s.run_id
         coupa_id = int(invoice["id"])
         key = row.d365_key or {}
         natural = row.natural_key
@@ -152,8 +148,7 @@ class InvoiceSync(DocumentSync):
                   "is needed, otherwise re-drive it with replay_invoices_job (coupa_ids: [" + str(coupa_id) +
                   "], rebook_missing: true)")
         if row.state != MISSING_IN_D365:
-            s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=coupa_id, action="missing_in_d365", entity=HEADER_SET,
-                           d365_key=key, error=reason)
+            self._audit(coupa_id, "missing_in_d365", HEADER_SET, key, error=reason)
         return self._settle_with_alert(row, invoice, MISSING_IN_D365, reason, row.legal_entity)
 
     @staticmethod
@@ -176,12 +171,11 @@ class InvoiceSync(DocumentSync):
             verdict = self._judge(row, mapped, coupa_id, posted, posted=True)
             if not verdict.adoptable:
                 return self._duplicate(row, invoice, verdict, coupa_hash, le)
-            s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=coupa_id, action="found_posted", entity=POSTED_SET,
-                           d365_key={"dataAreaId": le, "InvoiceId": number})
+            self._audit(coupa_id, "found_posted", POSTED_SET, {"dataAreaId": le, "InvoiceId": number})
             row = s.ledger.update(row, run, state=POSTED, coupa_hash=coupa_hash, reason=None, problem=None,
                                   d365_key=self._posted_key(natural, posted, None))
             self._notify_booked(row, invoice)
-            return Outcome(DOC, coupa_id, "already_present", number, le, "already posted in D365")
+            return Outcome(DOC, coupa_id, Action.ALREADY_PRESENT, number, le, "already posted in D365")
 
         # Our own HeaderReference needs no lookup here: an earlier write of ours that landed is either
         # known to the ledger (reconciled above) or makes the create below answer "already exists".
@@ -192,41 +186,27 @@ class InvoiceSync(DocumentSync):
         if pending is not None:  # an earlier write of ours, or keyed by hand exactly as we would send it
             adopted = str(pending["HeaderReference"])
             row = s.ledger.update(row, run, state=WRITTEN, d365_key={"dataAreaId": le, "HeaderReference": adopted})
-            s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=coupa_id, action="adopt", entity=HEADER_SET,
-                           d365_key=row.d365_key)
+            self._audit(coupa_id, "adopt", HEADER_SET, row.d365_key)
             return self._update_pending(row, invoice, mapped, coupa_hash, pending, adopted=True)
 
         key = {"dataAreaId": le, "HeaderReference": ref}
         header, lines = self._bodies(mapped, ref)
         row = s.ledger.update(row, run, state=WRITING, d365_key=key)  # intent first: a crash now is recoverable
-        digest = payload_hash([header, lines])
-        try:
-            result = self.writer.create(header, lines)
-        except AmbiguousWriteError as exc:
-            s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=coupa_id, action="create_ambiguous", entity=HEADER_SET,
-                           d365_key=key, error=error_text(exc), payload_sha256=digest)
-            if s.d365.get(HEADER_SET, key) is None:
-                raise
-            result = None
-        if result is not None and not result.ok:
-            error = result.error
-            s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=coupa_id, action="create", entity=HEADER_SET,
-                           d365_key=key, http_status=result.status, error=error.detail if error else None,
-                           payload_sha256=digest)
-            existing = s.d365.get(HEADER_SET, key) if error is not None and error.is_duplicate else None
-            if existing is None:
-                reason = f"D365 rejected the invoice: {error.detail if error else 'unknown error'}"
-                return self._fail(row, invoice, le, reason)
+        attempt = self._create_document(coupa_id, key, header, lines)
+        if attempt.result == Created.REJECTED:
+            error = attempt.error
+            return self._fail(row, invoice, le, f"D365 rejected the invoice: {error.detail if error else 'unknown error'}")
+        if attempt.result == Created.EXISTS:
             # our HeaderReference is already taken: an earlier or concurrent write of ours landed
             # (perhaps header only) — adopt it and bring it in line, never a second invoice
-            return self._update_pending(row, invoice, mapped, coupa_hash, existing, adopted=True)
-        else:
-            s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=coupa_id, action="create", entity=HEADER_SET,
-                           d365_key=key, http_status=201, payload_sha256=digest)
-        row = s.ledger.update(row, run, state=WRITTEN, coupa_hash=coupa_hash, payload_hash=digest, reason=None,
+            assert attempt.existing is not None
+            return self._update_pending(row, invoice, mapped, coupa_hash, attempt.existing, adopted=True)
+        if attempt.result == Created.LANDED:   # the changeset is all-or-nothing: the lines landed with it
+            self._audit(coupa_id, "create", HEADER_SET, key, 201, payload_sha256=attempt.digest)
+        row = s.ledger.update(row, run, state=WRITTEN, coupa_hash=coupa_hash, payload_hash=attempt.digest, reason=None,
                               problem=None, attempts=row.attempts + 1)
         self._notify_booked(row, invoice)
-        return Outcome(DOC, coupa_id, "created", number, le, ref)
+        return Outcome(DOC, coupa_id, Action.CREATED, number, le, ref)
 
     def _bodies(self, mapped: MappedInvoice, ref: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         header = dict(mapped.header, HeaderReference=ref)
@@ -263,8 +243,7 @@ class InvoiceSync(DocumentSync):
 
     def _duplicate(self, row: LedgerRow, invoice: dict[str, Any], verdict: Verdict, coupa_hash: str,
                    le: str) -> Outcome:
-        self.s.ledger.audit(run_id=self.s.run_id, doc_type=DOC, coupa_id=int(invoice["id"]),
-                            action="duplicate_invoice_number", entity=HEADER_SET, error=verdict.reason)
+        self._audit(int(invoice["id"]), "duplicate_invoice_number", HEADER_SET, error=verdict.reason)
         return self._quarantine(row, invoice, verdict.reason, coupa_hash, legal_entity=le)
 
     def _find_posted(self, natural: NaturalKey) -> dict[str, Any] | None:
@@ -316,7 +295,7 @@ class InvoiceSync(DocumentSync):
         le, ref = key["dataAreaId"], key["HeaderReference"]
         header, lines = self._bodies(mapped, ref)
         header_key = {"dataAreaId": le, "HeaderReference": ref}
-        header_changes = {f: header[f] for f in HEADER_UPDATE_FIELDS if f in header and not _same(header[f], current.get(f))}
+        header_changes = changed_fields(current, header, HEADER_UPDATE_FIELDS)
         if le.casefold() != mapped.legal_entity.casefold():
             reason = (f"Coupa moved the invoice to legal entity {mapped.legal_entity}, but it is booked as pending "
                       f"invoice {ref} in {le}; a pending invoice cannot change legal entity — delete it in D365 "
@@ -324,8 +303,7 @@ class InvoiceSync(DocumentSync):
             return self._fail(row, invoice, le, reason)
         if header_changes:
             s.d365.update(HEADER_SET, header_key, header_changes)
-            s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=coupa_id, action="update", entity=HEADER_SET,
-                           d365_key=header_key, http_status=204, payload_sha256=payload_hash(header_changes))
+            self._audit(coupa_id, "update", HEADER_SET, header_key, 204, header_changes)
             if "InvoiceNumber" in header_changes or "InvoiceAccount" in header_changes:
                 row = s.ledger.update(row, run, natural_key=NaturalKey(le, mapped.vendor_account, mapped.invoice_number))
         existing = {Decimal(str(l["InvoiceLineNumber"])): l for l in self._current_lines(le, ref)}
@@ -337,40 +315,38 @@ class InvoiceSync(DocumentSync):
                 s.d365.create(LINE_SET, line, verify=lambda k=line_key: s.d365.get(LINE_SET, k))
                 action, status, body = ("complete_line" if adopted else "create_line"), 201, line
             else:
-                diff = {f: line[f] for f in LINE_COMPARE_FIELDS if f in line and not _same(line[f], existing[number].get(f))}
+                diff = changed_fields(existing[number], line, LINE_COMPARE_FIELDS)
                 if not diff:
                     continue
                 s.d365.update(LINE_SET, line_key, diff)
                 action, status, body = "update_line", 204, diff
             changed += 1
-            s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=coupa_id, action=action, entity=LINE_SET,
-                           d365_key=line_key, http_status=status, payload_sha256=payload_hash(body))
+            self._audit(coupa_id, action, LINE_SET, line_key, status, body)
         for number, line in existing.items():
             if number not in wanted:
                 line_key = {"dataAreaId": le, "HeaderReference": ref, "InvoiceLineNumber": line["InvoiceLineNumber"]}
                 s.d365.delete(LINE_SET, line_key)
                 changed += 1
-                s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=coupa_id, action="delete_line", entity=LINE_SET,
-                               d365_key=line_key, http_status=204)
+                self._audit(coupa_id, "delete_line", LINE_SET, line_key, 204)
         row = s.ledger.update(row, run, state=WRITTEN, coupa_hash=coupa_hash, payload_hash=payload_hash([header, lines]),
                               reason=None, problem=None, coupa_notified=False,
                               natural_key=NaturalKey(le, mapped.vendor_account, mapped.invoice_number))
         self._notify_booked(row, invoice)
         if adopted:
-            return Outcome(DOC, coupa_id, "repaired" if header_changes or changed else "already_present",
+            return Outcome(DOC, coupa_id, Action.REPAIRED if header_changes or changed else Action.ALREADY_PRESENT,
                            mapped.invoice_number, le, f"adopted existing {ref}" + (
                                f", {len(header_changes)} header fields and {changed} lines brought in line"
                                if header_changes or changed else ""))
-        action = "updated" if header_changes or changed else "already_present"
-        return Outcome(DOC, coupa_id, action, mapped.invoice_number, le,
-                       f"{len(header_changes)} header fields, {changed} lines changed" if action == "updated" else "")
+        outcome = Action.UPDATED if header_changes or changed else Action.ALREADY_PRESENT
+        return Outcome(DOC, coupa_id, outcome, mapped.invoice_number, le,
+                       f"{len(header_changes)} header fields, {changed} lines changed" if outcome == Action.UPDATED
+                       else "")
 
     def _changed_after_post(self, row: LedgerRow, invoice: dict[str, Any], coupa_hash: str) -> Outcome:
-        s, run = self.s, self.s.run_id
         coupa_id = int(invoice["id"])
         reason = ("Coupa changed the invoice after D365 posted it; posted invoices are never modified. "
                   "Correct it in D365 (credit note) if needed.")
-        s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=coupa_id, action="changed_after_post", error=reason)
+        self._audit(coupa_id, "changed_after_post", error=reason)
         return self._settle_with_alert(row, invoice, CHANGED_AFTER_POST, reason, row.legal_entity, coupa_hash=coupa_hash)
 
     def _void(self, row: LedgerRow, invoice: dict[str, Any], coupa_hash: str) -> Outcome:
@@ -379,7 +355,7 @@ class InvoiceSync(DocumentSync):
         number = str(invoice.get("invoice-number") or "")
         if row.state in (VOIDED, VOID_BLOCKED) and row.coupa_hash == coupa_hash:
             s.ledger.release(row, run)
-            return Outcome(DOC, coupa_id, "already_present", number, row.legal_entity, row.state)
+            return Outcome(DOC, coupa_id, Action.ALREADY_PRESENT, number, row.legal_entity, row.state)
         key = dict(row.d365_key or {})
         le, ref = key.get("dataAreaId"), key.get("HeaderReference")
         # Posted first (a read, by the key the ledger booked it under): a posted invoice must never
@@ -390,13 +366,12 @@ class InvoiceSync(DocumentSync):
             return self._void_blocked(row, invoice, coupa_hash)
         if row.state in (WRITTEN, WRITING) and le and ref:
             if s.d365.delete(HEADER_SET, {"dataAreaId": le, "HeaderReference": ref}):
-                s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=coupa_id, action="delete", entity=HEADER_SET,
-                               d365_key=key, http_status=204)
+                self._audit(coupa_id, "delete", HEADER_SET, key, 204)
                 s.ledger.update(row, run, release=True, state=VOIDED, problem=None, coupa_hash=coupa_hash,
                                 reason="voided in Coupa; pending D365 invoice removed")
                 s.notifier.success(DOC, coupa_id, f"Voided in Coupa: pending D365 invoice {ref} ({le}) removed",
                                    code="D365-VOIDED", document_status="voided")
-                return Outcome(DOC, coupa_id, "voided", number, le, f"removed pending {ref}")
+                return Outcome(DOC, coupa_id, Action.VOIDED, number, le, f"removed pending {ref}")
             # 404: gone since our lookup — AP may have posted it in between; look again
             if self._find_posted_for_row(row, None) is not None:
                 return self._void_blocked(row, invoice, coupa_hash)
@@ -407,7 +382,7 @@ class InvoiceSync(DocumentSync):
         s.notifier.success(DOC, coupa_id, ("Voided in Coupa; the pending D365 invoice was already gone" if gone else
                                            "Voided in Coupa before it was booked in D365; nothing to remove"),
                            code="D365-VOIDED", document_status="voided")
-        return Outcome(DOC, coupa_id, "voided", number, row.legal_entity, "already gone" if gone else "never booked")
+        return Outcome(DOC, coupa_id, Action.VOIDED, number, row.legal_entity, "already gone" if gone else "never booked")
 
     def _void_blocked(self, row: LedgerRow, invoice: dict[str, Any], coupa_hash: str) -> Outcome:
         reason = ("voided in Coupa after D365 posted it; posted invoices are never modified — reverse it in "

@@ -5,7 +5,8 @@ Number policy: the D365 ``PurchaseOrderNumber`` *is* the Coupa ``po-number`` (al
 twice even without the ledger; the ledger adds claims, change detection and the audit trail.
 
 Per PO:
-- issued, not in D365 -> header + lines in one ``$batch`` changeset;
+- issued, not in D365 -> header + lines in one ``$batch`` changeset (``sync/writer.py``, shared with
+  invoices); an ambiguous outcome is settled by looking the PO up under its number;
 - issued, in D365, changed in Coupa -> changed fields PATCHed, new lines added, removed lines
   deleted — only on lines with nothing received or invoiced (D365 product receipts and line status
   are read first). A change D365 no longer allows is recorded (``change_blocked``) and reported to
@@ -20,19 +21,33 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from ..common.http import AmbiguousWriteError
-from ..d365.batch import BatchOperation, Changeset
+from ..mapping.fields import changed_fields
 from ..mapping.purchase_orders import (
-    PO_LINE_RECEIPT_LOCKED_FIELDS, MappedPurchaseOrder, Quarantine, legal_entity_for_po, map_purchase_order,
+    PO_LINE_RECEIPT_LOCKED_FIELDS,
+    MappedPurchaseOrder,
+    Quarantine,
+    legal_entity_for_po,
+    map_purchase_order,
     po_line_changes,
 )
 from ..state.ledger import (
-    CANCELLED, CHANGE_BLOCKED, CLOSED, FAILED, MISSING_IN_D365, NEW, QUARANTINED, WRITING, WRITTEN, LedgerRow,
+    CANCELLED,
+    CHANGE_BLOCKED,
+    CLOSED,
+    FAILED,
+    MISSING_IN_D365,
+    NEW,
+    QUARANTINED,
+    WRITING,
+    WRITTEN,
+    DocState,
+    LedgerRow,
     NaturalKey,
 )
 from ..state.store import payload_hash
-from .base import DocumentSync
-from .report import Outcome
+from .base import Created, DocumentSync
+from .report import Action, Outcome
+from .writer import DocumentWriter, ODataBatchWriter
 
 DOC = "purchase_order"
 HEADER_SET, LINE_SET, RECEIPT_SET = "PurchaseOrderHeadersV2", "PurchaseOrderLinesV2", "ProductReceiptLinesV2"
@@ -47,18 +62,13 @@ OWNED_STATES = (WRITTEN, CLOSED, CANCELLED, CHANGE_BLOCKED, MISSING_IN_D365)
 CANCELLED_STATUS = "Canceled"
 
 
-def _same(a: Any, b: Any) -> bool:
-    if (a in (None, "")) or (b in (None, "")):
-        return (a in (None, "")) == (b in (None, ""))
-    try:
-        return Decimal(str(a)) == Decimal(str(b))
-    except Exception:  # noqa: BLE001 - not numbers: compare as text (dates by day)
-        return str(a)[:10] == str(b)[:10] if "T" in str(a) or "T" in str(b) else str(a).strip() == str(b).strip()
-
-
 class PurchaseOrderSync(DocumentSync):
     DOC = DOC
     NUMBER_FIELD = "po-number"
+    HEADER_SET = HEADER_SET
+
+    def _default_writer(self) -> DocumentWriter:
+        return ODataBatchWriter(self.s.d365, HEADER_SET, LINE_SET)
 
     def _sync_claimed(self, row: LedgerRow, document: dict[str, Any]) -> Outcome:
         po = document
@@ -68,13 +78,13 @@ class PurchaseOrderSync(DocumentSync):
         coupa_hash = self.content_hash(po)
         if status not in ("issued", "closed", "cancelled"):
             s.ledger.release(row, run)
-            return Outcome(DOC, coupa_id, "skipped", number, row.legal_entity, f"Coupa status {status}")
+            return Outcome(DOC, coupa_id, Action.SKIPPED, number, row.legal_entity, f"Coupa status {status}")
         if row.coupa_hash == coupa_hash and row.state in (WRITTEN, CLOSED, CANCELLED) and not row.problem:
             if not row.coupa_notified:
                 self._notify(row, po, self._message(row, status))
             else:
                 s.ledger.release(row, run)
-            return Outcome(DOC, coupa_id, "already_present", number, row.legal_entity)
+            return Outcome(DOC, coupa_id, Action.ALREADY_PRESENT, number, row.legal_entity)
         booked = dict(row.d365_key) if row.d365_key and row.state in KEYED_STATES else None
         owned = booked is not None and row.state in OWNED_STATES
         if status == "cancelled" and owned and booked is not None:
@@ -112,13 +122,9 @@ class PurchaseOrderSync(DocumentSync):
                 return self._record(row, po, CANCELLED if status == "cancelled" else CLOSED, coupa_hash,
                                     f"{status} in Coupa before it was booked in D365", notify=True)
             assert supplier is not None
-            vendor = self.vendors.ensure(supplier, mapped.legal_entity)
-            if vendor.action in ("quarantined", "failed", "busy"):
-                reason = f"vendor {mapped.vendor_account} in {mapped.legal_entity} is {vendor.action}: {vendor.detail}"
-                if vendor.action == "quarantined":
-                    return self._quarantine(row, po, reason, coupa_hash, mapped.legal_entity)
-                self._raise_system_failure_of_vendor(supplier, mapped.legal_entity)
-                return self._fail(row, po, mapped.legal_entity, reason)
+            stopped = self._ensure_vendor(row, po, supplier, mapped.legal_entity, mapped.vendor_account, coupa_hash)
+            if stopped is not None:
+                return stopped
             return self._create(row, po, mapped, key, coupa_hash)
         if status == "cancelled":
             return self._cancel(row, po, key, coupa_hash)
@@ -163,37 +169,22 @@ class PurchaseOrderSync(DocumentSync):
         s, run = self.s, self.s.run_id
         coupa_id = int(po["id"])
         row = s.ledger.update(row, run, state=WRITING, d365_key=key)  # intent first
-        operations = [BatchOperation("POST", HEADER_SET, mapped.header)]
-        operations += [BatchOperation("POST", LINE_SET, line) for line in mapped.lines]
-        digest = payload_hash([mapped.header, mapped.lines])
-        try:
-            result = s.d365.batch([Changeset(operations)])[0]
-        except AmbiguousWriteError as exc:
-            s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=coupa_id, action="create_ambiguous", entity=HEADER_SET,
-                           d365_key=key, error=str(exc), payload_sha256=digest)
-            landed = s.d365.get(HEADER_SET, key)
-            if landed is None:
-                raise
-            if not self._ours(landed, mapped):
-                return self._quarantine(row, po, self._not_ours_reason(landed, mapped), coupa_hash, mapped.legal_entity)
-            return self._update(row, po, mapped, key, coupa_hash, closed=False, adopted=True)
-        s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=coupa_id, action="create", entity=HEADER_SET, d365_key=key,
-                       http_status=201 if result.ok else (result.error.status if result.error else None),
-                       error=None if result.ok else (result.error.detail if result.error else "unknown"),
-                       payload_sha256=digest)
-        if not result.ok:
-            existing = s.d365.get(HEADER_SET, key) if result.error is not None and result.error.is_duplicate else None
-            if existing is not None:
-                if not self._ours(existing, mapped):
-                    return self._quarantine(row, po, self._not_ours_reason(existing, mapped), coupa_hash,
-                                            mapped.legal_entity)
-                return self._update(row, po, mapped, key, coupa_hash, closed=False, adopted=True)
+        attempt = self._create_document(coupa_id, key, mapped.header, mapped.lines)
+        if attempt.result == Created.REJECTED:
             return self._fail(row, po, mapped.legal_entity,
-                              f"D365 rejected the purchase order: {result.error.detail if result.error else '?'}")
-        row = s.ledger.update(row, run, state=WRITTEN, coupa_hash=coupa_hash, payload_hash=digest, reason=None,
+                              f"D365 rejected the purchase order: {attempt.error.detail if attempt.error else '?'}")
+        if attempt.result in (Created.LANDED, Created.EXISTS):
+            # a PO under our number: ours (an earlier or concurrent write landed) is brought in line;
+            # a native D365 PO is never touched
+            assert attempt.existing is not None
+            if not self._ours(attempt.existing, mapped):
+                return self._quarantine(row, po, self._not_ours_reason(attempt.existing, mapped), coupa_hash,
+                                        mapped.legal_entity)
+            return self._update(row, po, mapped, key, coupa_hash, closed=False, adopted=True)
+        row = s.ledger.update(row, run, state=WRITTEN, coupa_hash=coupa_hash, payload_hash=attempt.digest, reason=None,
                               attempts=row.attempts + 1)
         self._notify(row, po, self._message(row, "issued"))
-        return Outcome(DOC, coupa_id, "created", mapped.purchase_order_number, mapped.legal_entity,
+        return Outcome(DOC, coupa_id, Action.CREATED, mapped.purchase_order_number, mapped.legal_entity,
                        f"{len(mapped.lines)} lines")
 
     # -- read D365 state ---------------------------------------------------------------------
@@ -221,8 +212,7 @@ class PurchaseOrderSync(DocumentSync):
         s, run = self.s, self.s.run_id
         coupa_id = int(po["id"])
         current = s.d365.get(HEADER_SET, key) or {}
-        header_changes = {f: mapped.header[f] for f in HEADER_UPDATE_FIELDS
-                          if f in mapped.header and not _same(mapped.header[f], current.get(f))}
+        header_changes = changed_fields(current, mapped.header, HEADER_UPDATE_FIELDS)
         if header_changes:
             s.d365.update(HEADER_SET, key, header_changes)
             self._audit(coupa_id, "update", HEADER_SET, key, 204, header_changes)
@@ -273,7 +263,7 @@ class PurchaseOrderSync(DocumentSync):
         row = s.ledger.update(row, run, state=state, coupa_hash=coupa_hash, d365_key=key, reason=None, problem=None,
                               coupa_notified=False, payload_hash=payload_hash([mapped.header, mapped.lines]))
         self._notify(row, po, self._message(row, "closed" if closed else "issued"))
-        action = "updated" if changed else ("closed" if closed else "already_present")
+        action = Action.UPDATED if changed else (Action.CLOSED if closed else Action.ALREADY_PRESENT)
         detail = f"{len(header_changes)} header fields, {applied} line changes" if changed else \
             ("adopted the PO already in D365" if adopted else "")
         return Outcome(DOC, coupa_id, action, mapped.purchase_order_number, mapped.legal_entity, detail)
@@ -298,19 +288,19 @@ class PurchaseOrderSync(DocumentSync):
             f"; kept received {', '.join(kept)}" if kept else "")
         row = s.ledger.update(row, self.s.run_id, d365_key=key, problem=None)
         self._record(row, po, CANCELLED, coupa_hash, detail, notify=True)
-        return Outcome(DOC, coupa_id, "cancelled", str(key["PurchaseOrderNumber"]), str(key["dataAreaId"]), detail)
+        return Outcome(DOC, coupa_id, Action.CANCELLED, str(key["PurchaseOrderNumber"]), str(key["dataAreaId"]), detail)
 
-    def _record(self, row: LedgerRow, po: dict[str, Any], state: str, coupa_hash: str, reason: str,
+    def _record(self, row: LedgerRow, po: dict[str, Any], state: DocState, coupa_hash: str, reason: str,
                 notify: bool) -> Outcome:
         s, run = self.s, self.s.run_id
         row = s.ledger.update(row, run, state=state, problem=None, coupa_hash=coupa_hash, reason=reason,
                               coupa_notified=False)
-        s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=int(po["id"]), action=state, error=reason)
+        self._audit(int(po["id"]), state.value, error=reason)
         if notify:
-            self._notify(row, po, f"Purchase order {state} in Coupa: {reason}")
+            self._notify(row, po, f"Purchase order {state.value} in Coupa: {reason}")
         else:
             s.ledger.release(row, run)
-        return Outcome(DOC, int(po["id"]), str(state), self.label(po), row.legal_entity, reason)
+        return Outcome(DOC, int(po["id"]), Action(state.value), self.label(po), row.legal_entity, reason)
 
     def _message(self, row: LedgerRow, status: str) -> str:
         key = row.d365_key or {}
@@ -318,9 +308,3 @@ class PurchaseOrderSync(DocumentSync):
             return f"Purchase order {status} in Coupa; not booked in D365"
         return f"Booked in D365 {key.get('dataAreaId')} as purchase order {key.get('PurchaseOrderNumber')}" + (
             " (closed in Coupa)" if status == "closed" else "")
-
-    def _audit(self, coupa_id: int, action: str, entity: str, key: dict[str, Any], status: int | None,
-               body: Any) -> None:
-        self.s.ledger.audit(run_id=self.s.run_id, doc_type=DOC, coupa_id=coupa_id, action=action, entity=entity,
-                            d365_key=key, http_status=status,
-                            payload_sha256=payload_hash(body) if body is not None else None)

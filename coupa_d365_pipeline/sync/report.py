@@ -1,28 +1,69 @@
-"""Outcomes of syncing documents, summarised for materialization metadata."""
+"""Outcomes of syncing documents, summarised for materialization metadata.
+
+The outcome vocabulary is :class:`Action` (a ``StrEnum``: each member *is* its string, so metadata
+keys, ledger audit rows and tests read the same words as before)."""
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
+
+from ..common.markdown import table
 
 # error types (``sync.context.error_text`` prefixes) of a system that failed to answer: not a document's fault
 SYSTEM_FAILURES = ("RetriesExhaustedError", "UnexpectedAnswerError", "UnexpectedWriteAnswerError")
 
-# action -> counts as a "problem" row in the metadata table
-PROBLEM_ACTIONS = frozenset({"quarantined", "failed", "void_blocked_posted", "changed_after_post", "change_blocked",
-                             "busy"})
+
+class Action(StrEnum):
+    """What syncing one document did (or why it did nothing). Declaration order is the order of the
+    counts in the materialization metadata."""
+
+    CREATED = "created"
+    UPDATED = "updated"
+    ALREADY_PRESENT = "already_present"
+    REPAIRED = "repaired"                        # adopted a half-written / hand-keyed D365 record and completed it
+    QUARANTINED = "quarantined"
+    FAILED = "failed"
+    VOIDED = "voided"
+    VOID_BLOCKED = "void_blocked_posted"
+    CHANGED_AFTER_POST = "changed_after_post"
+    CANCELLED = "cancelled"
+    CLOSED = "closed"
+    CHANGE_BLOCKED = "change_blocked"
+    BUSY = "busy"                                # another run holds the document; it is retried
+    SKIPPED = "skipped"
+    MISSING_IN_D365 = "missing_in_d365"          # booked, then gone from D365 (not counted in the metadata)
+
+    @property
+    def is_problem(self) -> bool:
+        """Shown in the problems table of the metadata."""
+        return self in PROBLEM_ACTIONS
+
+    @property
+    def needs_vendor_attention(self) -> bool:
+        """A vendor in this state keeps a document that needs it from being booked."""
+        return self in (Action.QUARANTINED, Action.FAILED, Action.BUSY)
+
+
+PROBLEM_ACTIONS = frozenset({Action.QUARANTINED, Action.FAILED, Action.VOID_BLOCKED, Action.CHANGED_AFTER_POST,
+                             Action.CHANGE_BLOCKED, Action.BUSY})
+# the counts every document asset reports (missing_in_d365 is reported by the *_not_stuck checks instead)
+COUNTED_ACTIONS = tuple(a for a in Action if a is not Action.MISSING_IN_D365)
 
 
 @dataclass(frozen=True)
 class Outcome:
     doc_type: str
     coupa_id: int
-    action: str                 # created | updated | already_present | repaired | quarantined | failed | voided
-                                # | void_blocked_posted | changed_after_post | busy | skipped
+    action: Action
     document: str = ""          # human identifier (invoice number, supplier name)
     legal_entity: str | None = None
     detail: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "action", Action(self.action))   # a ledger DocState or a plain word is accepted
 
 
 @dataclass
@@ -37,33 +78,25 @@ class SyncReport:
         return Counter(o.action for o in self.outcomes if doc_type is None or o.doc_type == doc_type)
 
     def problems(self) -> list[Outcome]:
-        return [o for o in self.outcomes if o.action in PROBLEM_ACTIONS]
+        return [o for o in self.outcomes if o.action.is_problem]
 
     def all_failed_by_system(self, doc_type: str) -> str | None:
         """When every document of ``doc_type`` failed because a system failed to answer (the same error
         type each time), that is an outage, not bad documents: a one-line reason; else None."""
         mine = [o for o in self.outcomes if o.doc_type == doc_type]
         kinds = {o.detail.split(":", 1)[0] for o in mine}
-        if not mine or any(o.action != "failed" for o in mine) or len(kinds) != 1 or not kinds <= set(SYSTEM_FAILURES):
+        if not mine or any(o.action != Action.FAILED for o in mine) or len(kinds) != 1 \
+                or not kinds <= set(SYSTEM_FAILURES):
             return None
         last = mine[-1].detail.splitlines()[0] if mine[-1].detail else ""
         return (f"all {len(mine)} {doc_type} documents of this run failed with {kinds.pop()}; a system is not answering "
                 f"usably, the documents are retried by the next run. The last: {last}")
 
     def problems_markdown(self, limit: int = 200) -> str:
-        rows = self.problems()
-        if not rows:
-            return "No problems."
-        lines = ["| Coupa id | document | legal entity | state | reason |", "|---|---|---|---|---|"]
-        for o in rows[:limit]:
-            detail = o.detail.replace("|", "\\|").replace("\n", " ")
-            lines.append(f"| {o.coupa_id} | {o.document.replace('|', '/')} | {o.legal_entity or ''} | {o.action} | {detail} |")
-        if len(rows) > limit:
-            lines.append(f"| … | {len(rows) - limit} more | | | |")
-        return "\n".join(lines)
+        return table(("Coupa id", "document", "legal entity", "state", "reason"),
+                     ((o.coupa_id, o.document, o.legal_entity, o.action.value, o.detail) for o in self.problems()),
+                     limit=limit, empty="No problems.")
 
     def metadata_counts(self, doc_type: str) -> dict[str, Any]:
         counts = self.counts(doc_type)
-        return {name: int(counts.get(name, 0)) for name in (
-            "created", "updated", "already_present", "repaired", "quarantined", "failed", "voided",
-            "void_blocked_posted", "changed_after_post", "cancelled", "closed", "change_blocked", "busy", "skipped")}
+        return {action.value: int(counts.get(action, 0)) for action in COUNTED_ACTIONS}

@@ -45,7 +45,7 @@ from ..state.ledger import (
 )
 from ..state.status import LEGACY_PAYMENT, POSTED, SETTLEMENT, TRANS_CHANGED, StatusEvent, StatusEvents
 from .context import SyncServices, error_text
-from .report import Outcome, SyncReport
+from .report import Action, Outcome, SyncReport
 from .settlements import (
     JOURNAL_SET, SETTLEMENT_SET, TRANS_SET, CoupaPayment, D365SettlementReader, PaymentPlan, decimal_of,
     describe, instant_of, money_text, plan_payments, text_of,
@@ -230,19 +230,19 @@ class StatusWriter:
         le = events[0].legal_entity if events else None
         row = s.ledger.claim(DOC, coupa_id, run)
         if row is None:
-            return Outcome(STATUS_DOC, coupa_id, "busy", number, le,
+            return Outcome(STATUS_DOC, coupa_id, Action.BUSY, number, le,
                            "another run (document sync or status) holds this invoice; the next status run writes it")
         try:
             return self._write_claimed(row, events)
         except ClaimLostError as exc:
-            return Outcome(STATUS_DOC, coupa_id, "busy", number, le, f"{exc}; the next status run finishes it")
+            return Outcome(STATUS_DOC, coupa_id, Action.BUSY, number, le, f"{exc}; the next status run finishes it")
         except SystemUnavailableError:   # not this invoice's fault: its events wait for the next run
             raise
         except Exception as exc:  # noqa: BLE001 - one invoice's trouble must not stop the others; the
             # outcome, the audit row and the waiting events (invoice_status_delivered) make it visible
             reason = error_text(exc)
             s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=coupa_id, action="status_write_failed", error=reason)
-            return Outcome(STATUS_DOC, coupa_id, "failed", number, le, reason)
+            return Outcome(STATUS_DOC, coupa_id, Action.FAILED, number, le, reason)
         finally:
             s.ledger.release(row, run)   # no-op when the claim was lost
 
@@ -271,7 +271,7 @@ class StatusWriter:
                 actions.append(action)
             self.events.mark_pushed([e.id for e in settlement_events], run)
         natural = row.natural_key
-        return Outcome(STATUS_DOC, coupa_id, "updated" if actions else "already_present",
+        return Outcome(STATUS_DOC, coupa_id, Action.UPDATED if actions else Action.ALREADY_PRESENT,
                        natural.document_number if natural else (events[0].invoice_number if events else ""),
                        row.legal_entity, "; ".join(actions))
 

@@ -7,11 +7,11 @@ import time
 from typing import Any
 
 from ..common.http import HTTPClientError, SystemUnavailableError, is_system_failure
-from ..mapping.documents import Quarantine, map_vendor, vendor_changes
+from ..mapping.vendors import Quarantine, map_vendor, vendor_changes
 from ..state.ledger import WRITTEN, ClaimLostError, Problem
 from ..state.store import payload_hash
 from .context import SyncServices, error_text, http_status
-from .report import Outcome
+from .report import Action, Outcome
 
 DOC = "vendor"
 SELECT = ["dataAreaId", "VendorAccountNumber", "VendorOrganizationName", "AddressStreet", "AddressCity",
@@ -49,8 +49,8 @@ class VendorSync:
         if memo is not None:
             return memo
         outcome = self._ensure(supplier, legal_entity)
-        error = self.errors.get((supplier_id, legal_entity)) if outcome.action == "failed" else None
-        if outcome.action not in ("busy",) and not (error is not None and is_system_failure(error)):
+        error = self.errors.get((supplier_id, legal_entity)) if outcome.action == Action.FAILED else None
+        if outcome.action != Action.BUSY and not (error is not None and is_system_failure(error)):
             # a vendor D365 failed to answer for is tried again by the next document that needs it
             self._done[(supplier_id, legal_entity)] = outcome
         return outcome
@@ -69,12 +69,12 @@ class VendorSync:
         name = str(supplier.get("name") or supplier_id)
         row = self._claim(supplier_id, legal_entity)
         if row is None:
-            return Outcome(DOC, supplier_id, "busy", name, legal_entity, "another run is syncing this vendor")
+            return Outcome(DOC, supplier_id, Action.BUSY, name, legal_entity, "another run is syncing this vendor")
         coupa_hash = payload_hash({k: v for k, v in supplier.items() if k not in ("updated-at", "updated-by", "exported")})
         try:
             if row.state == WRITTEN and row.coupa_hash == coupa_hash and not row.problem:
                 s.ledger.release(row, run)
-                return Outcome(DOC, supplier_id, "already_present", name, legal_entity)
+                return Outcome(DOC, supplier_id, Action.ALREADY_PRESENT, name, legal_entity)
             desired = map_vendor(supplier, legal_entity, s.mapping, s.master)
             if isinstance(desired, Quarantine):
                 reason = "; ".join(desired.reasons)
@@ -82,7 +82,7 @@ class VendorSync:
                                         coupa_hash=coupa_hash)
                 s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=supplier_id, scope=legal_entity,
                                action="quarantine", error=reason)
-                return Outcome(DOC, supplier_id, "quarantined", name, legal_entity, reason)
+                return Outcome(DOC, supplier_id, Action.QUARANTINED, name, legal_entity, reason)
             account = str(desired["VendorAccountNumber"])
             key = {"dataAreaId": legal_entity, "VendorAccountNumber": account}
             s.ledger.update(row, run, legal_entity=legal_entity, vendor_account=account, d365_key=key)
@@ -91,23 +91,23 @@ class VendorSync:
             if current is None:
                 created = s.d365.create("VendorsV2", desired, verify=lambda: s.d365.get("VendorsV2", key))
                 self._existing[(legal_entity, account.lower())] = created
-                action, status, sent = "created", 201, desired
+                action, status, sent = Action.CREATED, 201, desired
             else:
                 changes = vendor_changes(current, desired)
                 if changes:
                     s.d365.update("VendorsV2", key, changes)
                     self._existing[(legal_entity, account.lower())] = {**current, **changes}
-                    action, status, sent = "updated", 204, changes
+                    action, status, sent = Action.UPDATED, 204, changes
                 else:
-                    action, status, sent = "already_present", None, None
+                    action, status, sent = Action.ALREADY_PRESENT, None, None
             if sent is not None:
                 s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=supplier_id, scope=legal_entity,
-                               action="create" if action == "created" else "update", entity="VendorsV2",
+                               action="create" if action == Action.CREATED else "update", entity="VendorsV2",
                                d365_key=key, http_status=status, payload_sha256=payload_hash(sent))
             s.ledger.update(row, run, release=True, state=WRITTEN, coupa_hash=coupa_hash, payload_hash=digest,
                             reason=None, problem=None, attempts=row.attempts + 1)
             return Outcome(DOC, supplier_id, action, name, legal_entity,
-                           f"changed: {', '.join(sorted(sent))}" if action == "updated" and sent else "")
+                           f"changed: {', '.join(sorted(sent))}" if action == Action.UPDATED and sent else "")
         except SystemUnavailableError:
             s.ledger.release(row, run)
             raise
@@ -119,10 +119,10 @@ class VendorSync:
             try:
                 s.ledger.record_problem(s.ledger.get(DOC, supplier_id, legal_entity) or row, run, Problem.FAILED, reason)
             except ClaimLostError as lost:
-                return Outcome(DOC, supplier_id, "busy", name, legal_entity, str(lost))
-            return Outcome(DOC, supplier_id, "failed", name, legal_entity, reason)
+                return Outcome(DOC, supplier_id, Action.BUSY, name, legal_entity, str(lost))
+            return Outcome(DOC, supplier_id, Action.FAILED, name, legal_entity, reason)
         except ClaimLostError as exc:
-            return Outcome(DOC, supplier_id, "busy", name, legal_entity, str(exc))
+            return Outcome(DOC, supplier_id, Action.BUSY, name, legal_entity, str(exc))
         except BaseException:
             s.ledger.release(row, run)
             raise

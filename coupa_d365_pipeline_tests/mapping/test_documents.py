@@ -6,17 +6,19 @@ import pytest
 from coupa_d365_pipeline.d365.schema import entity_set
 from coupa_d365_pipeline.mapping.config import parse_mapping
 from coupa_d365_pipeline.mapping.dimensions import parse_display_value
-from coupa_d365_pipeline.mapping.documents import (
-    VENDOR_SYNC_FIELDS,
+from coupa_d365_pipeline.mapping.fields import Quarantine
+from coupa_d365_pipeline.mapping.invoices import (
     MappedInvoice,
-    Quarantine,
     legal_entity_for,
     map_invoice,
+)
+from coupa_d365_pipeline.mapping.master import ENTITY_SETS_AND_SELECT, D365MasterData
+from coupa_d365_pipeline.mapping.vendors import (
+    VENDOR_SYNC_FIELDS,
     map_vendor,
     vendor_account_for,
     vendor_changes,
 )
-from coupa_d365_pipeline.mapping.master import ENTITY_SETS_AND_SELECT, D365MasterData
 from coupa_d365_pipeline.sandbox.seed import generate_seed
 
 # what each seed reason code must produce (quarantine code, words in the reason)
@@ -148,7 +150,7 @@ def test_line_items_and_categories(seed, results):
     for iid, r in results.items():
         if not isinstance(r, MappedInvoice):
             continue
-        for raw, ln in zip(by_id[iid]["invoice-lines"], r.lines):
+        for raw, ln in zip(by_id[iid]["invoice-lines"], r.lines, strict=True):
             if raw["item"]:
                 assert ln["ItemNumber"] == raw["item"]["item-number"]
                 seen_item = True

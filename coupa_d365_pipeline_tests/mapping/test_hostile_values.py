@@ -9,16 +9,13 @@ from decimal import Decimal
 
 import pytest
 
-from coupa_d365_pipeline.mapping.documents import (
-    MappedInvoice,
-    Quarantine,
-    map_invoice,
-    map_vendor,
-)
+from coupa_d365_pipeline.mapping.fields import Quarantine
+from coupa_d365_pipeline.mapping.invoices import MappedInvoice, map_invoice
 from coupa_d365_pipeline.mapping.purchase_orders import (
     MappedPurchaseOrder,
     map_purchase_order,
 )
+from coupa_d365_pipeline.mapping.vendors import map_vendor
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import pytest
 from coupa_d365_pipeline.d365.schema import entity_set
 from coupa_d365_pipeline.mapping.config import parse_mapping
 from coupa_d365_pipeline.mapping.dimensions import parse_display_value
-from coupa_d365_pipeline.mapping.documents import Quarantine
+from coupa_d365_pipeline.mapping.fields import Quarantine
 from coupa_d365_pipeline.mapping.master import ENTITY_SETS_AND_SELECT, D365MasterData
 from coupa_d365_pipeline.mapping.purchase_orders import (
     PO_LINE_RECEIPT_LOCKED_FIELDS,
@@ -101,7 +101,7 @@ def test_amounts_are_decimal_and_sum_to_po_total(seed, results):
         r = results[po["po-number"]]
         assert isinstance(r, MappedPurchaseOrder)
         assert sum(ln["LineAmount"] for ln in r.lines) == Decimal(po["total"])
-        for raw, ln in zip(po["order-lines"], r.lines):
+        for raw, ln in zip(po["order-lines"], r.lines, strict=True):
             for k in ("OrderedPurchaseQuantity", "PurchasePrice", "LineAmount"):
                 assert isinstance(ln[k], Decimal)
             assert ln["LineAmount"] == Decimal(raw["total"])
@@ -112,7 +112,7 @@ def test_item_lines_and_free_text_lines(seed, results):
     n_item = n_text = 0
     for po in seed.coupa_purchase_orders:
         r = results[po["po-number"]]
-        for raw, ln in zip(po["order-lines"], r.lines):
+        for raw, ln in zip(po["order-lines"], r.lines, strict=True):
             if raw["item"]:
                 assert ln["ItemNumber"] == raw["item"]["item-number"]
                 assert "ProcurementProductCategoryName" not in ln
@@ -143,7 +143,7 @@ def test_header_and_line_fields(seed, results, mapping):
     assert r.header == expected
     assert (r.legal_entity, r.vendor_account, r.purchase_order_number) == (le, po["supplier"]["number"],
                                                                            po["po-number"])
-    for raw, ln in zip(po["order-lines"], r.lines):
+    for raw, ln in zip(po["order-lines"], r.lines, strict=True):
         acct = raw["account"]
         assert ln["dataAreaId"] == le and ln["PurchaseOrderNumber"] == po["po-number"]
         assert ln["LineNumber"] == int(raw["line-num"])

@@ -300,10 +300,10 @@ class _RacingWriter:
 
 def test_duplicate_key_answer_adopts_our_own_header_and_completes_it(services, sandboxes):
     from coupa_d365_pipeline.sync.invoices import InvoiceSync
-    from coupa_d365_pipeline.sync.writer import ODataBatchInvoiceWriter
+    from coupa_d365_pipeline.sync.writer import ODataBatchWriter
 
     invoice = mappable_invoice(sandboxes)
-    writer = _RacingWriter(ODataBatchInvoiceWriter(services.d365), sandboxes)
+    writer = _RacingWriter(ODataBatchWriter(services.d365, "VendorInvoiceHeaders", "VendorInvoiceLines"), sandboxes)
     outcome = InvoiceSync(services, writer=writer).sync(services.coupa.get("invoices", invoice["id"]))
 
     assert outcome.action == "repaired" and "adopted existing COUPA-" in outcome.detail
@@ -344,7 +344,7 @@ def test_invoice_posted_between_the_lookup_and_the_delete_is_void_blocked_not_vo
 def test_adopting_a_pending_invoice_keyed_by_hand_patches_only_what_differs(services, sandboxes):
     """AP keyed the header by hand with exactly what we would send: adopting it adds the lines and
     PATCHes no header field (the lookup must read every field it compares)."""
-    from coupa_d365_pipeline.mapping.documents import map_invoice
+    from coupa_d365_pipeline.mapping.invoices import map_invoice
     from coupa_d365_pipeline.sync.vendors import VendorSync
 
     invoice = mappable_invoice(sandboxes)

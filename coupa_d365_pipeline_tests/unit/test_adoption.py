@@ -2,7 +2,7 @@
 
 from decimal import Decimal
 
-from coupa_d365_pipeline.mapping.documents import MappedInvoice
+from coupa_d365_pipeline.mapping.invoices import MappedInvoice
 from coupa_d365_pipeline.sync.adoption import Adoption, judge
 
 MAPPED = MappedInvoice(
