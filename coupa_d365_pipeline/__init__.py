@@ -1,24 +1,7 @@
-"""Coupa -> Dynamics 365 F&O connector (Dagster code location).
+"""Coupa -> Dynamics 365 F&O connector.
 
-``defs`` is loaded lazily so that the plain-Python clients and the sandboxes can be imported
-without importing Dagster (``dagster definitions validate -m coupa_d365_pipeline`` still finds it).
+The Dagster code location is ``coupa_d365_pipeline.definitions`` (workspace.yaml, ``[tool.dagster]``,
+``dagster ... -m coupa_d365_pipeline.definitions``); every Dagster definition lives in the ``defs``
+subpackage. Importing this package imports nothing else, so the plain-Python clients, the sync core
+and the sandboxes load without Dagster.
 """
-
-from typing import Any
-
-__all__ = ["defs"]
-
-
-def __getattr__(name: str) -> Any:
-    if name == "defs":
-        try:
-            from .definitions import defs
-        except AttributeError as exc:  # keep the real cause visible instead of "no attribute 'defs'"
-            raise ImportError(f"coupa_d365_pipeline.definitions failed to load: {exc}") from exc
-
-        return defs
-    raise AttributeError(name)
-
-
-def __dir__() -> list[str]:
-    return ["defs"]

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import dagster as dg
 
-from .coupa.assets import coupa_invoices, coupa_purchase_orders, coupa_suppliers
-from .d365.assets import d365_legal_entities, default_legal_entity_exists
-from .d365.master_assets import d365_gl_mapping, d365_master_data, gl_mapping_matches_d365
-from .d365.status_assets import coupa_invoice_status, d365_invoice_status, invoice_status_delivered
-from .d365.sync_assets import (
+from .defs.coupa_staging import coupa_invoices, coupa_purchase_orders, coupa_suppliers
+from .defs.legal_entities import d365_legal_entities, default_legal_entity_exists
+from .defs.master_data import d365_gl_mapping, d365_master_data, gl_mapping_matches_d365
+from .defs.invoice_status import coupa_invoice_status, d365_invoice_status, invoice_status_delivered
+from .defs.documents import (
     d365_purchase_orders, d365_vendor_invoices, d365_vendors, purchase_orders_not_stuck, replay_invoices_job,
     vendor_invoices_not_stuck, vendors_not_stuck,
 )
-from .schedules import build_schedules
-from .resources import CoupaResource, D365Resource, MappingResource, SyncStateResource
+from .defs.schedules import build_schedules
+from .defs.resources import CoupaResource, D365Resource, MappingResource, SyncStateResource
 
 
 def build_resources() -> dict[str, dg.ConfigurableResource]:

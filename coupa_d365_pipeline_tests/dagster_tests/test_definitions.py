@@ -2,12 +2,10 @@
 
 import dagster as dg
 
-from coupa_d365_pipeline import defs as package_defs
 from coupa_d365_pipeline.definitions import defs
 
 
-def test_defs_is_exposed_and_loadable():
-    assert package_defs is defs
+def test_defs_is_loadable():
     dg.Definitions.validate_loadable(defs)
     keys = {"/".join(k.path) for k in defs.resolve_asset_graph().get_all_asset_keys()}
     assert {"coupa/suppliers", "coupa/invoices", "coupa/purchase_orders", "d365/legal_entities"} <= keys

@@ -8,15 +8,15 @@ from typing import Any
 import dagster as dg
 from pydantic import PrivateAttr
 
-from .common.redact import install_log_redaction, redacting
-from .coupa.client import CoupaClient
-from .d365.client import D365Client
-from .settings import (
+from ..common.redact import install_log_redaction, redacting
+from ..coupa.client import CoupaClient
+from ..d365.client import D365Client
+from ..settings import (
     DEFAULT_COUPA_API_VERSION, DEFAULT_COUPA_MAX_REQUESTS_PER_SECOND, DEFAULT_COUPA_SCOPES,
     DEFAULT_COUPA_TOKEN_WARMUP_SECONDS, DEFAULT_D365_AUTHORITY_URL, DEFAULT_SYNC_DATABASE_URL, ConfigError,
     normalize_base_url, normalize_d365_base_url, number_setting,
 )
-from .state.store import SyncStore
+from ..state.store import SyncStore
 
 
 def optional_setting(configured: Any, env_name: str, default: Any) -> Any:
@@ -148,6 +148,6 @@ class MappingResource(dg.ConfigurableResource):
         return optional_setting(self.mapping_file, "COUPA_D365_MAPPING_FILE", None)
 
     def load(self):
-        from .mapping.config import load_mapping
+        from ..mapping.config import load_mapping
 
         return load_mapping(self.resolved_path)

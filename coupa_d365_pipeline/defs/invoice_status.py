@@ -4,12 +4,12 @@ import time
 
 import dagster as dg
 
-from ..resources import CoupaResource, D365Resource, MappingResource, SyncStateResource
+from .resources import CoupaResource, D365Resource, MappingResource, SyncStateResource
 from ..state.status import StatusEvents
 from ..sync.status import STATUS_DOC, StatusReader, StatusWriter
 from .services import build_services
-from .sync_assets import d365_vendor_invoices
-from ..outages import fail_if_all_failed_by_system, fail_run_on_outage
+from .documents import d365_vendor_invoices
+from .outages import fail_if_all_failed_by_system, fail_run_on_outage
 
 
 @dg.asset(key=["d365", "invoice_status"], group_name="d365", kinds={"d365"}, deps=[d365_vendor_invoices],

@@ -5,9 +5,9 @@ import time
 import dagster as dg
 
 from ..mapping.master import D365MasterData
-from ..resources import D365Resource, MappingResource, SyncStateResource
+from .resources import D365Resource, MappingResource, SyncStateResource
 from .services import MASTER_SNAPSHOT, read_master_rows
-from ..outages import fail_run_on_outage
+from .outages import fail_run_on_outage
 
 
 @dg.asset(key=["d365", "master_data"], group_name="d365", kinds={"d365"},

@@ -8,7 +8,7 @@ import dagster as dg
 
 from ..common.redact import redacting
 from ..mapping.master import ENTITY_SETS_AND_SELECT, D365MasterData
-from ..resources import CoupaResource, D365Resource, MappingResource, SyncStateResource
+from .resources import CoupaResource, D365Resource, MappingResource, SyncStateResource
 from ..state.ledger import Ledger
 from ..sync.context import SyncServices
 
@@ -17,7 +17,7 @@ MASTER_SNAPSHOT = "d365.master_data"
 
 def read_master_rows(d365_client: Any, legal_entities: list[str]) -> dict[str, list[dict[str, Any]]]:
     """Read the master data the mapping needs: shared sets once, company sets per legal entity."""
-    from .schema import entity_set
+    from ..d365.schema import entity_set
 
     rows: dict[str, list[dict[str, Any]]] = {}
     for name, select in ENTITY_SETS_AND_SELECT.items():

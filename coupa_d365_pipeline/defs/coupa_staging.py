@@ -7,11 +7,11 @@ from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 
-from ..partitions import daily_partitions
-from ..resources import CoupaResource, SyncStateResource
+from .partitions import daily_partitions
+from .resources import CoupaResource, SyncStateResource
 from ..settings import minutes_setting
 from ..state.store import normalize_timestamp
-from ..outages import fail_run_on_outage
+from .outages import fail_run_on_outage
 
 
 def _iso(dt: datetime) -> str:

@@ -5,7 +5,7 @@ import time
 
 import dagster as dg
 
-from ..resources import D365Resource
+from .resources import D365Resource
 
 
 @dg.asset(key=["d365", "legal_entities"], group_name="d365", kinds={"d365"},

@@ -6,20 +6,20 @@ from typing import Any
 
 import dagster as dg
 
-from ..coupa.assets import coupa_invoices, coupa_purchase_orders, coupa_suppliers
+from .coupa_staging import coupa_invoices, coupa_purchase_orders, coupa_suppliers
 from ..mapping.documents import legal_entity_for
 from ..mapping.purchase_orders import legal_entity_for_po
-from ..partitions import daily_partitions
-from ..resources import CoupaResource, D365Resource, MappingResource, SyncStateResource
+from .partitions import daily_partitions
+from .resources import CoupaResource, D365Resource, MappingResource, SyncStateResource
 from ..state.ledger import Ledger
 from ..sync.base import DocumentSync
 from ..sync.invoices import InvoiceSync
 from ..sync.purchase_orders import PurchaseOrderSync
 from ..sync.report import SyncReport
 from ..sync.vendors import VendorSync
-from .master_assets import d365_gl_mapping, d365_master_data
+from .master_data import d365_gl_mapping, d365_master_data
 from .services import build_services
-from ..outages import fail_if_all_failed_by_system, fail_run_on_outage
+from .outages import fail_if_all_failed_by_system, fail_run_on_outage
 
 RETRY_LIMIT = 500  # quarantined/failed invoices re-tried per run (they succeed once the mapping is fixed)
 

@@ -1,0 +1,2 @@
+"""Every Dagster definition of the connector, grouped by flow (the only package that imports Dagster,
+besides the CLI's demo)."""
