@@ -1,8 +1,13 @@
-"""Dagster resources: thin config + lifecycle shells around the plain-Python clients."""
+"""Dagster resources: thin config + lifecycle shells around the plain-Python clients and the store.
+
+One configuration path: each resource lays its explicit config over the environment *at run start*
+(:func:`settings.env_with`), validates it with the CLI's own ``load_*_settings`` and builds its client
+with the CLI's ``coupa_client`` / ``d365_client``; so both paths accept, default and reject the same
+values with the same one-line messages. Nothing is read from the environment at import time.
+"""
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import dagster as dg
@@ -12,20 +17,20 @@ from ..common.redact import install_log_redaction, redacting
 from ..coupa.client import CoupaClient
 from ..d365.client import D365Client
 from ..settings import (
-    DEFAULT_COUPA_API_VERSION, DEFAULT_COUPA_MAX_REQUESTS_PER_SECOND, DEFAULT_COUPA_SCOPES,
-    DEFAULT_COUPA_TOKEN_WARMUP_SECONDS, DEFAULT_D365_AUTHORITY_URL, DEFAULT_SYNC_DATABASE_URL, ConfigError,
-    normalize_base_url, normalize_d365_base_url, number_setting,
+    DEFAULT_COUPA_TIMEOUT_S,
+    DEFAULT_D365_TIMEOUT_S,
+    CoupaSettings,
+    D365Settings,
+    checked,
+    coupa_client,
+    d365_client,
+    env_with,
+    load_coupa_settings,
+    load_d365_settings,
+    mapping_file_path,
+    sync_database_url,
 )
 from ..state.store import SyncStore
-
-
-def optional_setting(configured: Any, env_name: str, default: Any) -> Any:
-    """Optional settings: explicit resource config wins, else the environment *at run start*, else the
-    default (read when the run starts, never when the code location is imported)."""
-    if configured not in (None, ""):
-        return configured
-    value = os.environ.get(env_name)
-    return value if value not in (None, "") else default
 
 
 class _ClientResource(dg.ConfigurableResource):
@@ -51,36 +56,28 @@ class _ClientResource(dg.ConfigurableResource):
 
 
 class CoupaResource(_ClientResource):
-    """Coupa Core API (OAuth client credentials). Configure through COUPA_* variables."""
+    """Coupa Core API (OAuth client credentials). Configure through COUPA_* variables; a field set
+    here wins over its variable (None: the variable, else the default in ``settings``)."""
 
     base_url: str
     client_id: str
     client_secret: str
-    scopes: str | None = None                      # default: COUPA_SCOPES, else the connector's scope list
-    api_version: str | None = None                 # default: COUPA_API_VERSION, else R39
-    timeout_s: float = 30.0
-    max_requests_per_second: float | None = None   # default: COUPA_MAX_REQUESTS_PER_SECOND, else 20
-    token_warmup_s: float | None = None            # default: COUPA_TOKEN_WARMUP_SECONDS, else 5
+    scopes: str | None = None                      # COUPA_SCOPES
+    api_version: str | None = None                 # COUPA_API_VERSION
+    timeout_s: float = DEFAULT_COUPA_TIMEOUT_S
+    max_requests_per_second: float | None = None   # COUPA_MAX_REQUESTS_PER_SECOND
+    token_warmup_s: float | None = None            # COUPA_TOKEN_WARMUP_SECONDS
 
-    def make_client(self, logger=None) -> CoupaClient:
-        problems: list[str] = []
-        base_url = normalize_base_url(self.base_url, "COUPA_BASE_URL", problems)
-        if not self.client_id or not self.client_secret:
-            problems.append("COUPA_CLIENT_ID and COUPA_CLIENT_SECRET must both be set")
-        rate = number_setting("COUPA_MAX_REQUESTS_PER_SECOND", optional_setting(
-            self.max_requests_per_second, "COUPA_MAX_REQUESTS_PER_SECOND", None),
-            DEFAULT_COUPA_MAX_REQUESTS_PER_SECOND, problems)
-        warmup = number_setting("COUPA_TOKEN_WARMUP_SECONDS", optional_setting(
-            self.token_warmup_s, "COUPA_TOKEN_WARMUP_SECONDS", None), DEFAULT_COUPA_TOKEN_WARMUP_SECONDS, problems)
-        if problems:
-            raise ConfigError(problems)
-        return CoupaClient(
-            base_url, self.client_id, self.client_secret,
-            scopes=optional_setting(self.scopes, "COUPA_SCOPES", DEFAULT_COUPA_SCOPES),
-            api_version=optional_setting(self.api_version, "COUPA_API_VERSION", DEFAULT_COUPA_API_VERSION),
-            timeout_s=self.timeout_s,
-            max_requests_per_second=rate, token_warmup_s=warmup,
-            logger=logger)
+    def client_settings(self) -> CoupaSettings:
+        env = env_with({"COUPA_BASE_URL": self.base_url, "COUPA_CLIENT_ID": self.client_id,
+                        "COUPA_CLIENT_SECRET": self.client_secret, "COUPA_SCOPES": self.scopes,
+                        "COUPA_API_VERSION": self.api_version,
+                        "COUPA_MAX_REQUESTS_PER_SECOND": self.max_requests_per_second,
+                        "COUPA_TOKEN_WARMUP_SECONDS": self.token_warmup_s})
+        return checked(load_coupa_settings, env).model_copy(update={"timeout_s": self.timeout_s})
+
+    def make_client(self, logger: Any = None) -> CoupaClient:
+        return coupa_client(self.client_settings(), logger=logger)
 
     @property
     def client(self) -> CoupaClient:
@@ -88,25 +85,26 @@ class CoupaResource(_ClientResource):
 
 
 class D365Resource(_ClientResource):
-    """Dynamics 365 F&O OData with Entra client credentials. Configure through D365_* variables."""
+    """Dynamics 365 F&O OData with Entra client credentials. Configure through D365_* variables; a
+    field set here wins over its variable."""
 
     base_url: str
     tenant_id: str
     client_id: str
     client_secret: str
-    authority_url: str | None = None               # default: D365_AUTHORITY_URL, else login.microsoftonline.com
+    authority_url: str | None = None               # D365_AUTHORITY_URL
     default_legal_entity: str
-    timeout_s: float = 60.0
+    timeout_s: float = DEFAULT_D365_TIMEOUT_S
 
-    def make_client(self, logger=None) -> D365Client:
-        problems: list[str] = []
-        base_url = normalize_d365_base_url(self.base_url, problems)
-        authority = normalize_base_url(optional_setting(self.authority_url, "D365_AUTHORITY_URL",
-                                                        DEFAULT_D365_AUTHORITY_URL), "D365_AUTHORITY_URL", problems)
-        if problems:
-            raise ConfigError(problems)
-        return D365Client(base_url, self.tenant_id, self.client_id, self.client_secret,
-                          authority_url=authority, timeout_s=self.timeout_s, logger=logger)
+    def client_settings(self) -> D365Settings:
+        env = env_with({"D365_BASE_URL": self.base_url, "D365_TENANT_ID": self.tenant_id,
+                        "D365_CLIENT_ID": self.client_id, "D365_CLIENT_SECRET": self.client_secret,
+                        "D365_AUTHORITY_URL": self.authority_url,
+                        "D365_DEFAULT_LEGAL_ENTITY": self.default_legal_entity})
+        return checked(load_d365_settings, env).model_copy(update={"timeout_s": self.timeout_s})
+
+    def make_client(self, logger: Any = None) -> D365Client:
+        return d365_client(self.client_settings(), logger=logger)
 
     @property
     def client(self) -> D365Client:
@@ -114,15 +112,15 @@ class D365Resource(_ClientResource):
 
 
 class SyncStateResource(dg.ConfigurableResource):
-    """The connector's own database (SYNC_DATABASE_URL): staged documents, watermarks, later the ledger."""
+    """The connector's own database (SYNC_DATABASE_URL): staged documents, watermarks, snapshots, ledger."""
 
-    database_url: str | None = None                # default: SYNC_DATABASE_URL, else a local SQLite file
+    database_url: str | None = None                # SYNC_DATABASE_URL
 
     _store: SyncStore | None = PrivateAttr(default=None)
 
     @property
     def resolved_url(self) -> str:
-        return optional_setting(self.database_url, "SYNC_DATABASE_URL", DEFAULT_SYNC_DATABASE_URL)
+        return sync_database_url(env_with({"SYNC_DATABASE_URL": self.database_url}))
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         self._store = SyncStore(self.resolved_url)
@@ -141,13 +139,38 @@ class SyncStateResource(dg.ConfigurableResource):
 class MappingResource(dg.ConfigurableResource):
     """The Coupa -> D365 mapping file (COUPA_D365_MAPPING_FILE; default: the bundled example)."""
 
-    mapping_file: str | None = None                # default: COUPA_D365_MAPPING_FILE, else the bundled example
+    mapping_file: str | None = None                # COUPA_D365_MAPPING_FILE
 
     @property
     def resolved_path(self) -> str | None:
-        return optional_setting(self.mapping_file, "COUPA_D365_MAPPING_FILE", None)
+        return mapping_file_path(env_with({"COUPA_D365_MAPPING_FILE": self.mapping_file}))
 
     def load(self):
         from ..mapping.config import load_mapping
 
         return load_mapping(self.resolved_path)
+
+
+def build_resources() -> dict[str, dg.ConfigurableResource]:
+    """Required values come from EnvVar (resolved at run start, shown by name in the UI); optional
+    ones (scopes, API version, authority, rate, database, mapping file) are read from the environment
+    by the resources when a run starts — nothing is read from the environment at import time."""
+    return {
+        "coupa": CoupaResource(
+            base_url=dg.EnvVar("COUPA_BASE_URL"),
+            client_id=dg.EnvVar("COUPA_CLIENT_ID"),
+            client_secret=dg.EnvVar("COUPA_CLIENT_SECRET"),
+        ),
+        "d365": D365Resource(
+            base_url=dg.EnvVar("D365_BASE_URL"),
+            tenant_id=dg.EnvVar("D365_TENANT_ID"),
+            client_id=dg.EnvVar("D365_CLIENT_ID"),
+            client_secret=dg.EnvVar("D365_CLIENT_SECRET"),
+            default_legal_entity=dg.EnvVar("D365_DEFAULT_LEGAL_ENTITY"),
+        ),
+        "sync_state": SyncStateResource(),
+        "mapping": MappingResource(),
+    }
+
+
+defs = dg.Definitions(resources=build_resources())

@@ -3,9 +3,9 @@
 import dagster as dg
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-from coupa_d365_pipeline.defs.coupa_staging import coupa_invoices, coupa_purchase_orders, coupa_suppliers
-from coupa_d365_pipeline.defs.legal_entities import d365_legal_entities, default_legal_entity_exists
-from coupa_d365_pipeline.definitions import build_resources
+from coupa_d365_pipeline.defs.documents import coupa_invoices, coupa_purchase_orders
+from coupa_d365_pipeline.defs.master_data import coupa_suppliers, d365_legal_entities, default_legal_entity_exists
+from coupa_d365_pipeline.defs.resources import build_resources
 from coupa_d365_pipeline.state.store import SyncStore
 
 
