@@ -70,3 +70,24 @@ def test_a_bad_value_is_one_line_naming_the_variable(resource, name):
     text = str(err.value)
     assert "\n" not in text and text.startswith(f"invalid configuration: {name}"), text
     assert "s3cret" not in text
+
+
+def test_defaults_still_spelled_outside_settings_agree_with_it():
+    """Client keyword defaults and the status overlap are still literals in their modules (outside this
+    change); until they import them from settings, they must at least agree with it."""
+    import inspect
+    from datetime import timedelta
+
+    from coupa_d365_pipeline import settings
+    from coupa_d365_pipeline.coupa.client import CoupaClient
+    from coupa_d365_pipeline.d365.client import D365Client
+    from coupa_d365_pipeline.sync import status
+
+    coupa = inspect.signature(CoupaClient).parameters
+    d365 = inspect.signature(D365Client).parameters
+    assert coupa["timeout_s"].default == settings.DEFAULT_COUPA_TIMEOUT_S
+    assert coupa["max_requests_per_second"].default == settings.DEFAULT_COUPA_MAX_REQUESTS_PER_SECOND
+    assert coupa["token_warmup_s"].default == settings.DEFAULT_COUPA_TOKEN_WARMUP_SECONDS
+    assert d365["timeout_s"].default == settings.DEFAULT_D365_TIMEOUT_S
+    assert d365["authority_url"].default == settings.DEFAULT_D365_AUTHORITY_URL
+    assert status.DEFAULT_READ_OVERLAP == timedelta(minutes=settings.DEFAULT_STATUS_READ_OVERLAP_MINUTES)
