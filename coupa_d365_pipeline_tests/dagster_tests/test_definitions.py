@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from coupa_d365_pipeline import code_location as package_defs
 from coupa_d365_pipeline.definitions import defs
 
 # Published names (UI, schedules, run history, dagster.yaml tag limits): renaming one is a breaking change.
@@ -28,7 +29,8 @@ SENSORS: set[str] = set()
 RESOURCES = {"coupa", "d365", "sync_state", "mapping"}
 
 
-def test_defs_is_loadable():
+def test_defs_is_exposed_and_loadable():
+    assert package_defs is defs
     dg.Definitions.validate_loadable(defs)
     keys = {"/".join(k.path) for k in defs.resolve_asset_graph().get_all_asset_keys()}
     assert {"coupa/suppliers", "coupa/invoices", "coupa/purchase_orders", "d365/legal_entities"} <= keys
