@@ -11,14 +11,21 @@ from datetime import date
 from pathlib import Path
 from typing import Sequence
 
-from .settings import ENV_VARS, ConfigError, load_coupa_settings, load_d365_settings
+from .settings import (
+    DEFAULT_PING_TIMEOUT_S,
+    DEFAULT_SYNC_START_DATE,
+    ENV_VARS,
+    ConfigError,
+    coupa_client,
+    d365_client,
+    load_coupa_settings,
+    load_d365_settings,
+)
 
 
 def _ping(args: argparse.Namespace) -> int:
     """Check each system with the configured credentials; print PASS/FAIL per system."""
     from .common.redact import install_log_redaction, redact
-    from .coupa.client import CoupaClient
-    from .d365.client import D365Client
 
     install_log_redaction()
     results: list[tuple[str, bool, str]] = []
@@ -28,11 +35,7 @@ def _ping(args: argparse.Namespace) -> int:
         results.append(("coupa", False, "; ".join(problems)))
     else:
         try:
-            with CoupaClient(coupa_settings.base_url, coupa_settings.client_id,
-                             coupa_settings.client_secret.get_secret_value(), scopes=coupa_settings.scopes,
-                             api_version=coupa_settings.api_version, timeout_s=args.timeout,
-                             max_requests_per_second=coupa_settings.max_requests_per_second,
-                             token_warmup_s=coupa_settings.token_warmup_s) as coupa:
+            with coupa_client(coupa_settings.model_copy(update={"timeout_s": args.timeout})) as coupa:
                 facts = coupa.ping()
             results.append(("coupa", True, f"token ok, suppliers readable, X-COUPA-API-VERSION={facts['api_version']}"))
         except Exception as exc:  # report every failure kind the same way
@@ -43,9 +46,7 @@ def _ping(args: argparse.Namespace) -> int:
         results.append(("d365", False, "; ".join(problems)))
     else:
         try:
-            with D365Client(d365_settings.base_url, d365_settings.tenant_id, d365_settings.client_id,
-                            d365_settings.client_secret.get_secret_value(),
-                            authority_url=d365_settings.authority_url, timeout_s=args.timeout) as d365:
+            with d365_client(d365_settings.model_copy(update={"timeout_s": args.timeout})) as d365:
                 facts = d365.ping(d365_settings.default_legal_entity)
             if facts["legal_entity_exists"]:
                 results.append(("d365", True, f"token ok, legal entity {facts['legal_entity']} "
@@ -125,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     ping = sub.add_parser("ping", help="check Coupa and D365 with the configured credentials (token + one read)")
-    ping.add_argument("--timeout", type=float, default=30.0, help="seconds per HTTP call (default 30)")
+    ping.add_argument("--timeout", type=float, default=DEFAULT_PING_TIMEOUT_S,
+                      help=f"seconds per HTTP call (default {DEFAULT_PING_TIMEOUT_S:g})")
     ping.set_defaults(func=_ping)
 
     def sandbox_flags(p: argparse.ArgumentParser) -> None:
@@ -134,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "from the network and prints a warning)")
         p.add_argument("--invoices", type=int, default=500, help="seed size: approved invoices to generate (default 500)")
         p.add_argument("--seed", type=int, default=42, help="random seed for data and faults (default 42)")
-        p.add_argument("--start-date", default="2026-11-01", help="first day of the seed's updated-at range")
+        p.add_argument("--start-date", default=DEFAULT_SYNC_START_DATE, help="first day of the seed's updated-at range")
         p.add_argument("--rate-429", type=float, default=0.0, help="share of API calls answered 429 (0..1)")
         p.add_argument("--retry-after", type=int, default=1, help="Retry-After seconds sent with injected 429s")
         p.add_argument("--rate-5xx", type=float, default=0.0, help="share of API calls answered 503 (0..1)")

@@ -93,7 +93,7 @@ def run_demo(options: Any, dagster_home: Path, state_dir: Path) -> int:
         from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
         from .definitions import defs
-        from .partitions import daily_partitions
+        from .defs.partitions import daily_partitions
 
         instance = dg.DagsterInstance.get()
         quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}  # the table below is the report

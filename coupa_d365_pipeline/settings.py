@@ -1,8 +1,14 @@
-"""The configuration contract: environment variable names, defaults and validation.
+"""The configuration contract: environment variable names, every default, and validation.
+
+One configuration path: the CLI (``load_settings``) and the Dagster resources (``defs/resources.py``,
+which lay their explicit config over the environment and call the same ``load_*_settings``) build
+their clients with :func:`coupa_client` / :func:`d365_client` from the same validated settings.
+Every default the connector uses (URLs, scopes, API version, timeouts, rates, overlaps, retry limit)
+is a ``DEFAULT_*`` constant here; nothing else spells one.
 
 Names are stable (outside tests and later issues rely on them). ``load_settings`` collects every
 problem at once and raises :class:`ConfigError` whose message names each variable and the fix.
-Secret values are held as ``SecretStr`` and never appear in messages.
+Secret values are held as ``SecretStr`` and never appear in messages. Plain Python: no Dagster.
 """
 
 from __future__ import annotations
@@ -12,10 +18,14 @@ import os
 import re
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, SecretStr
+
+if TYPE_CHECKING:  # the clients import their defaults from here: import them only when building one
+    from .coupa.client import CoupaClient
+    from .d365.client import D365Client
 
 DEFAULT_COUPA_SCOPES = (
     "core.invoice.read core.invoice.write core.purchase_order.read core.purchase_order.write "
@@ -28,6 +38,12 @@ DEFAULT_SYNC_START_DATE = "2026-11-01"
 DEFAULT_WEBHOOK_STAGING_DIR = ".sync_state/webhooks"
 DEFAULT_COUPA_MAX_REQUESTS_PER_SECOND = 20.0
 DEFAULT_COUPA_TOKEN_WARMUP_SECONDS = 5.0
+DEFAULT_COUPA_TIMEOUT_S = 30.0           # seconds per Coupa HTTP call (resource config timeout_s)
+DEFAULT_D365_TIMEOUT_S = 60.0            # seconds per D365 HTTP call (resource config timeout_s)
+DEFAULT_PING_TIMEOUT_S = 30.0            # `coupa-d365 ping --timeout`, both systems
+DEFAULT_COUPA_SUPPLIER_OVERLAP_MINUTES = 60
+DEFAULT_STATUS_READ_OVERLAP_MINUTES = 240
+DEFAULT_RETRY_LIMIT = 500                # unfinished documents of earlier runs re-tried per documents run
 
 # name -> (required, description shown in errors and --help)
 ENV_VARS: dict[str, tuple[bool, str]] = {
@@ -47,12 +63,15 @@ ENV_VARS: dict[str, tuple[bool, str]] = {
     "SYNC_START_DATE": (False, f"first daily partition, YYYY-MM-DD (default {DEFAULT_SYNC_START_DATE})"),
     "WEBHOOK_STAGING_DIR": (False, f"directory where signed webhooks are staged (default {DEFAULT_WEBHOOK_STAGING_DIR})"),
     "COUPA_D365_MAPPING_FILE": (False, "YAML mapping Coupa charts/suppliers/items to D365 (default: the bundled example)"),
-    "COUPA_MAX_REQUESTS_PER_SECOND": (False, "client-side Coupa rate limit (default 20; Coupa allows 25/s)"),
+    "COUPA_MAX_REQUESTS_PER_SECOND": (False, f"client-side Coupa rate limit (default "
+                                             f"{DEFAULT_COUPA_MAX_REQUESTS_PER_SECOND:g}; Coupa allows 25/s)"),
     "COUPA_SUPPLIER_OVERLAP_MINUTES": (False, "incremental supplier reads start this many minutes before the "
-                                              "watermark (default 60)"),
+                                              f"watermark (default {DEFAULT_COUPA_SUPPLIER_OVERLAP_MINUTES})"),
     "STATUS_READ_OVERLAP_MINUTES": (False, "D365 status reads start this many minutes before each watermark, "
-                                           "for postings committed late by long transactions (default 240)"),
-    "COUPA_TOKEN_WARMUP_SECONDS": (False, "wait between minting a Coupa token and first use (default 5, as Coupa asks)"),
+                                           "for postings committed late by long transactions "
+                                           f"(default {DEFAULT_STATUS_READ_OVERLAP_MINUTES})"),
+    "COUPA_TOKEN_WARMUP_SECONDS": (False, "wait between minting a Coupa token and first use "
+                                          f"(default {DEFAULT_COUPA_TOKEN_WARMUP_SECONDS:g}, as Coupa asks)"),
 }
 
 
@@ -75,6 +94,7 @@ class CoupaSettings(BaseModel):
     api_version: str = DEFAULT_COUPA_API_VERSION
     max_requests_per_second: float = DEFAULT_COUPA_MAX_REQUESTS_PER_SECOND
     token_warmup_s: float = DEFAULT_COUPA_TOKEN_WARMUP_SECONDS
+    timeout_s: float = DEFAULT_COUPA_TIMEOUT_S      # not an environment variable: resource config / ping flag
 
 
 class D365Settings(BaseModel):
@@ -84,6 +104,7 @@ class D365Settings(BaseModel):
     client_secret: SecretStr
     authority_url: str = DEFAULT_D365_AUTHORITY_URL
     default_legal_entity: str
+    timeout_s: float = DEFAULT_D365_TIMEOUT_S       # not an environment variable: resource config / ping flag
 
 
 class SyncSettings(BaseModel):
@@ -210,13 +231,23 @@ def load_d365_settings(env: Mapping[str, str], problems: list[str]) -> D365Setti
     )
 
 
+def sync_database_url(env: Mapping[str, str]) -> str:
+    """SYNC_DATABASE_URL, else the local SQLite default (the store validates it when it opens)."""
+    return env.get("SYNC_DATABASE_URL") or DEFAULT_SYNC_DATABASE_URL
+
+
+def mapping_file_path(env: Mapping[str, str]) -> str | None:
+    """COUPA_D365_MAPPING_FILE, else None (the bundled example)."""
+    return env.get("COUPA_D365_MAPPING_FILE") or None
+
+
 def load_sync_settings(env: Mapping[str, str], problems: list[str]) -> SyncSettings:
-    mapping = env.get("COUPA_D365_MAPPING_FILE")
+    mapping = mapping_file_path(env)
     if mapping and not Path(mapping).is_file():
         problems.append(f"COUPA_D365_MAPPING_FILE={mapping!r} does not exist; point it at your mapping YAML")
     secret = env.get("COUPA_WEBHOOK_SECRET")
     return SyncSettings(
-        database_url=env.get("SYNC_DATABASE_URL") or DEFAULT_SYNC_DATABASE_URL,
+        database_url=sync_database_url(env),
         start_date=parse_start_date(env.get("SYNC_START_DATE"), problems),
         webhook_staging_dir=Path(env.get("WEBHOOK_STAGING_DIR") or DEFAULT_WEBHOOK_STAGING_DIR),
         mapping_file=Path(mapping) if mapping else None,
@@ -233,3 +264,39 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if problems:
         raise ConfigError(problems)
     return settings
+
+
+def env_with(overrides: Mapping[str, object]) -> dict[str, str]:
+    """The process environment now, with every override that is set (not None/empty) laid on top as
+    text: how the Dagster resources give their explicit config to the ``load_*_settings`` above."""
+    env = dict(os.environ)
+    env.update({name: str(value) for name, value in overrides.items() if value is not None and value != ""})
+    return env
+
+
+def checked(load: Any, env: Mapping[str, str]) -> Any:
+    """``load(env, problems)``, raising ConfigError when it found any problem."""
+    problems: list[str] = []
+    settings = load(env, problems)
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
+def coupa_client(settings: CoupaSettings, logger: Any = None) -> CoupaClient:
+    """The Coupa client for validated settings (the CLI and the Dagster resource both build it here)."""
+    from .coupa.client import CoupaClient
+
+    return CoupaClient(settings.base_url, settings.client_id, settings.client_secret.get_secret_value(),
+                       scopes=settings.scopes, api_version=settings.api_version, timeout_s=settings.timeout_s,
+                       max_requests_per_second=settings.max_requests_per_second,
+                       token_warmup_s=settings.token_warmup_s, logger=logger)
+
+
+def d365_client(settings: D365Settings, logger: Any = None) -> D365Client:
+    """The D365 client for validated settings (the CLI and the Dagster resource both build it here)."""
+    from .d365.client import D365Client
+
+    return D365Client(settings.base_url, settings.tenant_id, settings.client_id,
+                      settings.client_secret.get_secret_value(), authority_url=settings.authority_url,
+                      timeout_s=settings.timeout_s, logger=logger)

@@ -1,9 +1,32 @@
-"""The code location loads, and its assets materialize against the sandboxes."""
+"""The code location loads, and every definition in it is there under its published name."""
 
 import dagster as dg
 
-from coupa_d365_pipeline import defs as package_defs
+from coupa_d365_pipeline import code_location as package_defs
 from coupa_d365_pipeline.definitions import defs
+
+# Published names (UI, schedules, run history, dagster.yaml tag limits): renaming one is a breaking change.
+ASSETS_AND_GROUPS = {
+    "coupa/suppliers": "coupa", "coupa/invoices": "coupa", "coupa/purchase_orders": "coupa",
+    "coupa/invoice_status": "coupa",
+    "d365/legal_entities": "d365", "d365/master_data": "d365", "d365/gl_mapping": "d365", "d365/vendors": "d365",
+    "d365/purchase_orders": "d365", "d365/vendor_invoices": "d365", "d365/invoice_status": "d365",
+}
+ASSET_CHECKS = {
+    "d365/legal_entities:default_legal_entity_exists", "d365/gl_mapping:gl_mapping_matches_d365",
+    "d365/vendors:vendors_not_stuck", "d365/purchase_orders:purchase_orders_not_stuck",
+    "d365/vendor_invoices:vendor_invoices_not_stuck", "coupa/invoice_status:invoice_status_delivered",
+}
+JOBS = {"master_data_job", "daily_documents_job", "invoice_status_job", "replay_invoices_job"}
+SCHEDULES = {  # name -> (job, cron, UTC)
+    "master_data_hourly": ("master_data_job", "5 * * * *"),
+    "master_data_nightly_full": ("master_data_job", "5 2 * * *"),
+    "documents_today": ("daily_documents_job", "15 * * * *"),
+    "documents_yesterday": ("daily_documents_job", "30 1 * * *"),
+    "invoice_status_every_30_minutes": ("invoice_status_job", "*/30 * * * *"),
+}
+SENSORS: set[str] = set()
+RESOURCES = {"coupa", "d365", "sync_state", "mapping"}
 
 
 def test_defs_is_exposed_and_loadable():
@@ -11,6 +34,29 @@ def test_defs_is_exposed_and_loadable():
     dg.Definitions.validate_loadable(defs)
     keys = {"/".join(k.path) for k in defs.resolve_asset_graph().get_all_asset_keys()}
     assert {"coupa/suppliers", "coupa/invoices", "coupa/purchase_orders", "d365/legal_entities"} <= keys
+
+
+def test_every_asset_check_job_schedule_and_sensor_is_there_by_name():
+    graph = defs.resolve_asset_graph()
+    assert {"/".join(k.path): graph.get(k).group_name for k in graph.get_all_asset_keys()} == ASSETS_AND_GROUPS
+    assert {f"{'/'.join(c.asset_key.path)}:{c.name}" for c in graph.asset_check_keys} == ASSET_CHECKS
+    assert {j.name for j in defs.resolve_all_job_defs() if not j.name.startswith("__")} == JOBS
+    assert {s.name: (s.job_name, s.cron_schedule) for s in defs.schedules} == SCHEDULES
+    assert all(s.execution_timezone == "UTC" for s in defs.schedules)
+    assert {s.name for s in defs.sensors or []} == SENSORS
+    assert set(defs.resources) == RESOURCES
+
+
+def test_each_job_runs_its_flow():
+    def selected(job: str) -> set[str]:
+        return {"/".join(k.path) for k in defs.resolve_job_def(job).asset_layer.selected_asset_keys}
+
+    assert selected("master_data_job") == {"coupa/suppliers", "d365/legal_entities", "d365/master_data",
+                                           "d365/gl_mapping", "d365/vendors"}
+    assert selected("daily_documents_job") == {"coupa/invoices", "coupa/purchase_orders", "d365/purchase_orders",
+                                               "d365/vendor_invoices"}
+    assert selected("invoice_status_job") == {"d365/invoice_status", "coupa/invoice_status"}
+    assert defs.resolve_job_def("invoice_status_job").run_tags["coupa_d365/flow"] == "invoice_status"
 
 
 def test_resources_are_configured_by_env_var_names_not_values():

@@ -3,8 +3,8 @@ shape) no longer fails coupa/invoices for the whole partition; every invoice of 
 
 import dagster as dg
 
-from coupa_d365_pipeline.coupa.assets import coupa_invoices
-from coupa_d365_pipeline.definitions import build_resources
+from coupa_d365_pipeline.defs.documents import coupa_invoices
+from coupa_d365_pipeline.defs.resources import build_resources
 from coupa_d365_pipeline.state.store import SyncStore
 
 

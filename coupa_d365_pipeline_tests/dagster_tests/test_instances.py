@@ -6,9 +6,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from coupa_d365_pipeline.coupa.assets import coupa_suppliers
-from coupa_d365_pipeline.d365.assets import d365_legal_entities
-from coupa_d365_pipeline.definitions import build_resources
+from coupa_d365_pipeline.defs.master_data import coupa_suppliers, d365_legal_entities
+from coupa_d365_pipeline.defs.resources import build_resources
 from coupa_d365_pipeline.demo import prepare_dagster_home
 
 REPO = Path(__file__).resolve().parents[2]

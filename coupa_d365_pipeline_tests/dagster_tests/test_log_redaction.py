@@ -8,7 +8,7 @@ import logging
 import dagster as dg
 
 from coupa_d365_pipeline.common.redact import RedactingLogger, install_log_redaction, register_secret
-from coupa_d365_pipeline.resources import CoupaResource, D365Resource
+from coupa_d365_pipeline.defs.resources import CoupaResource, D365Resource
 
 SECRET = "s3cr3t-value-that-must-never-be-logged"
 

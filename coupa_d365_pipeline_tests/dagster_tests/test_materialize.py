@@ -3,9 +3,9 @@
 import dagster as dg
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-from coupa_d365_pipeline.coupa.assets import coupa_invoices, coupa_purchase_orders, coupa_suppliers
-from coupa_d365_pipeline.d365.assets import d365_legal_entities, default_legal_entity_exists
-from coupa_d365_pipeline.definitions import build_resources
+from coupa_d365_pipeline.defs.documents import coupa_invoices, coupa_purchase_orders
+from coupa_d365_pipeline.defs.master_data import coupa_suppliers, d365_legal_entities, default_legal_entity_exists
+from coupa_d365_pipeline.defs.resources import build_resources
 from coupa_d365_pipeline.state.store import SyncStore
 
 
@@ -42,7 +42,7 @@ def test_wrong_default_legal_entity_fails_the_check(sandbox_env, monkeypatch):
 
 
 def test_daily_partitions_single_run_backfill_stages_each_invoice_once(sandbox_env, sandboxes):
-    from coupa_d365_pipeline.partitions import daily_partitions
+    from coupa_d365_pipeline.defs.partitions import daily_partitions
 
     start, end = "2026-11-01", "2026-11-06"
     assert daily_partitions.start.strftime("%Y-%m-%d") <= start

@@ -8,11 +8,10 @@ import logging
 import dagster as dg
 import pytest
 
-from coupa_d365_pipeline.coupa.assets import coupa_suppliers
 from coupa_d365_pipeline.coupa.client import CoupaClient
-from coupa_d365_pipeline.d365.assets import d365_legal_entities
 from coupa_d365_pipeline.d365.client import D365Client
-from coupa_d365_pipeline.definitions import build_resources
+from coupa_d365_pipeline.defs.master_data import coupa_suppliers, d365_legal_entities
+from coupa_d365_pipeline.defs.resources import build_resources
 from coupa_d365_pipeline.sandbox.faults import ScriptedFault
 from coupa_d365_pipeline_tests.conftest import make_coupa_client, make_d365_client
 

@@ -4,7 +4,7 @@ and picked up by the replay job's ``failed_since``."""
 
 import dagster as dg
 
-from coupa_d365_pipeline.d365.sync_assets import _stuck_check
+from coupa_d365_pipeline.defs.unfinished import stuck_check as _stuck_check
 from coupa_d365_pipeline.sandbox.faults import ScriptedFault
 from coupa_d365_pipeline.state.ledger import sync_ledger
 from coupa_d365_pipeline.state.store import normalize_timestamp

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from coupa_d365_pipeline.d365.services import read_master_rows
+from coupa_d365_pipeline.sync.master_data import read_master_rows
 from coupa_d365_pipeline.mapping.config import load_mapping
 from coupa_d365_pipeline.mapping.master import D365MasterData
 from coupa_d365_pipeline.sandbox.launch import RunningSandboxes

@@ -57,7 +57,7 @@ def test_every_sync_database_url_problem_names_the_variable_and_hides_the_passwo
 
 
 def test_the_dagster_resource_gives_the_same_database_message():
-    from coupa_d365_pipeline.resources import SyncStateResource
+    from coupa_d365_pipeline.defs.resources import SyncStateResource
 
     url = "mysql://sync:hunter2@db.example.com/sync"
     with pytest.raises(ConfigError) as direct:
@@ -72,7 +72,7 @@ def test_the_dagster_resource_gives_the_same_database_message():
                                          ("COUPA_TOKEN_WARMUP_SECONDS", "five"),
                                          ("COUPA_TOKEN_WARMUP_SECONDS", "nan")])
 def test_non_numeric_coupa_tuning_is_one_line_on_both_config_paths(monkeypatch, name, value):
-    from coupa_d365_pipeline.resources import CoupaResource
+    from coupa_d365_pipeline.defs.resources import CoupaResource
 
     with pytest.raises(ConfigError) as cli:
         load_settings(dict(GOOD, **{name: value}))

@@ -1,34 +1,21 @@
-"""Glue between Dagster runs and the plain-Python sync core (shared by assets, jobs and sensors)."""
+"""Glue between a Dagster run and the plain-Python sync core: the run's resources become one
+:class:`SyncServices` (master data from the stored snapshot, read once if missing)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import dagster as dg
 
 from ..common.redact import redacting
-from ..mapping.master import ENTITY_SETS_AND_SELECT, D365MasterData
-from ..resources import CoupaResource, D365Resource, MappingResource, SyncStateResource
+from ..mapping.master import D365MasterData
 from ..state.ledger import Ledger
 from ..sync.context import SyncServices
-
-MASTER_SNAPSHOT = "d365.master_data"
-
-
-def read_master_rows(d365_client: Any, legal_entities: list[str]) -> dict[str, list[dict[str, Any]]]:
-    """Read the master data the mapping needs: shared sets once, company sets per legal entity."""
-    from .schema import entity_set
-
-    rows: dict[str, list[dict[str, Any]]] = {}
-    for name, select in ENTITY_SETS_AND_SELECT.items():
-        if entity_set(name).company_scoped:
-            rows[name] = [r for le in legal_entities for r in d365_client.query(name, legal_entity=le, select=select)]
-        else:
-            rows[name] = list(d365_client.query(name, select=select))
-    return rows
+from ..sync.master_data import MASTER_SNAPSHOT, read_master_rows
+from .resources import CoupaResource, D365Resource, MappingResource, SyncStateResource
 
 
-def run_finished_checker(instance: dg.DagsterInstance):
+def run_finished_checker(instance: dg.DagsterInstance) -> Callable[[str], bool]:
     def is_finished(run_id: str) -> bool:
         run = instance.get_run_by_id(run_id)
         return run is not None and run.is_finished

@@ -8,8 +8,8 @@ from typing import Any, Callable, TypeVar
 
 import dagster as dg
 
-from .common.http import is_system_failure
-from .sync.report import SyncReport
+from ..common.http import is_system_failure
+from ..sync.report import SyncReport
 
 F = TypeVar("F", bound=Callable[..., Any])
 

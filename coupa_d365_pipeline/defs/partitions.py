@@ -6,7 +6,7 @@ import os
 
 import dagster as dg
 
-from .settings import ConfigError, parse_start_date
+from ..settings import ConfigError, parse_start_date
 
 
 def _start_date() -> str:
