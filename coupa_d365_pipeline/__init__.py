@@ -9,8 +9,6 @@ called ``defs`` here: that name is the subpackage.)
 
 from typing import Any
 
-__all__ = ["code_location"]
-
 
 def __getattr__(name: str) -> Any:
     if name == "code_location":

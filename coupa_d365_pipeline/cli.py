@@ -7,9 +7,9 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
-from typing import Sequence
 
 from .settings import (
     DEFAULT_PING_TIMEOUT_S,
@@ -49,11 +49,22 @@ def _ping(args: argparse.Namespace) -> int:
             with d365_client(d365_settings.model_copy(update={"timeout_s": args.timeout})) as d365:
                 facts = d365.ping(d365_settings.default_legal_entity)
             if facts["legal_entity_exists"]:
-                results.append(("d365", True, f"token ok, legal entity {facts['legal_entity']} "
-                                              f"({facts['legal_entity_name']}) exists"))
+                results.append(
+                    (
+                        "d365",
+                        True,
+                        f"token ok, legal entity {facts['legal_entity']} ({facts['legal_entity_name']}) exists",
+                    )
+                )
             else:
-                results.append(("d365", False, f"token ok, but legal entity {facts['legal_entity']!r} does not "
-                                               "exist; fix D365_DEFAULT_LEGAL_ENTITY"))
+                results.append(
+                    (
+                        "d365",
+                        False,
+                        f"token ok, but legal entity {facts['legal_entity']!r} does not "
+                        "exist; fix D365_DEFAULT_LEGAL_ENTITY",
+                    )
+                )
         except Exception as exc:
             results.append(("d365", False, redact(str(exc))))
     for system, ok, reason in results:
@@ -66,13 +77,22 @@ def _sandbox_options(args: argparse.Namespace):
     from .sandbox.launch import SandboxOptions
     from .sandbox.seed import SeedConfig
 
-    faults = FaultConfig(seed=args.seed, rate_429=args.rate_429, retry_after_s=args.retry_after,
-                         rate_5xx=args.rate_5xx, rate_drop=args.rate_drop, latency_ms=args.latency_ms)
-    return SandboxOptions(host=args.host, coupa_port=getattr(args, "coupa_port", 0),
-                          d365_port=getattr(args, "d365_port", 0),
-                          seed=SeedConfig(seed=args.seed, invoices=args.invoices,
-                                          start_date=date.fromisoformat(args.start_date)),
-                          coupa_faults=faults, d365_faults=faults)
+    faults = FaultConfig(
+        seed=args.seed,
+        rate_429=args.rate_429,
+        retry_after_s=args.retry_after,
+        rate_5xx=args.rate_5xx,
+        rate_drop=args.rate_drop,
+        latency_ms=args.latency_ms,
+    )
+    return SandboxOptions(
+        host=args.host,
+        coupa_port=getattr(args, "coupa_port", 0),
+        d365_port=getattr(args, "d365_port", 0),
+        seed=SeedConfig(seed=args.seed, invoices=args.invoices, start_date=date.fromisoformat(args.start_date)),
+        coupa_faults=faults,
+        d365_faults=faults,
+    )
 
 
 def _sandbox(args: argparse.Namespace) -> int:
@@ -88,8 +108,10 @@ def _sandbox(args: argparse.Namespace) -> int:
     if args.env_file:
         launch.write_env_file(args.env_file, lines)
     print(f"Coupa sandbox: {sandboxes.coupa_url}   D365 sandbox: {sandboxes.d365_url}")
-    print(f"seed {args.seed}: {len(sandboxes.seed.coupa_suppliers)} suppliers, "
-          f"{len(sandboxes.seed.coupa_purchase_orders)} POs, {len(sandboxes.seed.coupa_invoices)} invoices")
+    print(
+        f"seed {args.seed}: {len(sandboxes.seed.coupa_suppliers)} suppliers, "
+        f"{len(sandboxes.seed.coupa_purchase_orders)} POs, {len(sandboxes.seed.coupa_invoices)} invoices"
+    )
     print("Environment for the connector" + (f" (also written to {args.env_file})" if args.env_file else "") + ":")
     print("\n".join(lines), flush=True)
     stop = threading.Event()
@@ -120,43 +142,65 @@ def _env(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="coupa-d365", description=(
-        "Coupa -> Dynamics 365 F&O connector. Configuration comes from environment variables "
-        "(run 'coupa-d365 env' for the list)."))
+    parser = argparse.ArgumentParser(
+        prog="coupa-d365",
+        description=(
+            "Coupa -> Dynamics 365 F&O connector. Configuration comes from environment variables "
+            "(run 'coupa-d365 env' for the list)."
+        ),
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     ping = sub.add_parser("ping", help="check Coupa and D365 with the configured credentials (token + one read)")
-    ping.add_argument("--timeout", type=float, default=DEFAULT_PING_TIMEOUT_S,
-                      help=f"seconds per HTTP call (default {DEFAULT_PING_TIMEOUT_S:g})")
+    ping.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_PING_TIMEOUT_S,
+        help=f"seconds per HTTP call (default {DEFAULT_PING_TIMEOUT_S:g})",
+    )
     ping.set_defaults(func=_ping)
 
     def sandbox_flags(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--host", default="127.0.0.1",
-                       help="interface to bind (default 127.0.0.1, this machine only; anything else is reachable "
-                            "from the network and prints a warning)")
-        p.add_argument("--invoices", type=int, default=500, help="seed size: approved invoices to generate (default 500)")
+        p.add_argument(
+            "--host",
+            default="127.0.0.1",
+            help="interface to bind (default 127.0.0.1, this machine only; anything else is reachable "
+            "from the network and prints a warning)",
+        )
+        p.add_argument(
+            "--invoices", type=int, default=500, help="seed size: approved invoices to generate (default 500)"
+        )
         p.add_argument("--seed", type=int, default=42, help="random seed for data and faults (default 42)")
         p.add_argument("--start-date", default=DEFAULT_SYNC_START_DATE, help="first day of the seed's updated-at range")
         p.add_argument("--rate-429", type=float, default=0.0, help="share of API calls answered 429 (0..1)")
         p.add_argument("--retry-after", type=int, default=1, help="Retry-After seconds sent with injected 429s")
         p.add_argument("--rate-5xx", type=float, default=0.0, help="share of API calls answered 503 (0..1)")
-        p.add_argument("--rate-drop", type=float, default=0.0,
-                       help="share of API calls whose connection drops after the server processed them (0..1)")
+        p.add_argument(
+            "--rate-drop",
+            type=float,
+            default=0.0,
+            help="share of API calls whose connection drops after the server processed them (0..1)",
+        )
         p.add_argument("--latency-ms", type=float, default=0.0, help="latency added to every API call")
 
     sandbox = sub.add_parser("sandbox", help="run the Coupa and D365 emulators with seed data until Ctrl-C")
     sandbox_flags(sandbox)
     sandbox.add_argument("--coupa-port", type=int, default=8701, help="Coupa sandbox port (default 8701)")
     sandbox.add_argument("--d365-port", type=int, default=8702, help="D365 sandbox port (default 8702)")
-    sandbox.add_argument("--env-file", default=".sandbox.env",
-                         help="write 'export VAR=value' lines for the connector here, mode 0600 "
-                              "(default .sandbox.env, git-ignored)")
+    sandbox.add_argument(
+        "--env-file",
+        default=".sandbox.env",
+        help="write 'export VAR=value' lines for the connector here, mode 0600 (default .sandbox.env, git-ignored)",
+    )
     sandbox.set_defaults(func=_sandbox)
 
-    demo = sub.add_parser("demo", help="start both sandboxes, materialize every asset on a local Dagster "
-                                       "instance and print what moved")
+    demo = sub.add_parser(
+        "demo", help="start both sandboxes, materialize every asset on a local Dagster instance and print what moved"
+    )
     sandbox_flags(demo)
-    demo.add_argument("--dagster-home", default=".dagster_home", help="DAGSTER_HOME to use (SQLite; default .dagster_home)")
+    demo.add_argument(
+        "--dagster-home", default=".dagster_home", help="DAGSTER_HOME to use (SQLite; default .dagster_home)"
+    )
     demo.add_argument("--state-dir", default=".sync_state", help="where the demo's sync database lives")
     demo.set_defaults(func=_demo)
 

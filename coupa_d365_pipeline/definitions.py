@@ -9,10 +9,4 @@ import dagster as dg
 
 from .defs import documents, invoice_status, master_data, replay, resources
 
-defs = dg.Definitions.merge(
-    resources.defs,
-    master_data.defs,
-    documents.defs,
-    invoice_status.defs,
-    replay.defs,
-)
+defs = dg.Definitions.merge(resources.defs, master_data.defs, documents.defs, invoice_status.defs, replay.defs)

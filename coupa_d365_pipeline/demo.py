@@ -59,12 +59,23 @@ def simulate_accounts_payable(sandboxes: Any, database_url: str, count: int = 20
         amount = abs(Decimal(str(journal["InvoiceAmount"])))
         if n % 2 == 0 and amount > 0:
             first = (amount / 2).quantize(Decimal("0.01"))
-            sandboxes.d365.state.settle_invoice(key["dataAreaId"], journal["InvoiceId"], journal["InvoiceAccount"],
-                                                first, "2026-11-27T12:00:00Z", f"PAY-{n:04d}-A")
+            sandboxes.d365.state.settle_invoice(
+                key["dataAreaId"],
+                journal["InvoiceId"],
+                journal["InvoiceAccount"],
+                first,
+                "2026-11-27T12:00:00Z",
+                f"PAY-{n:04d}-A",
+            )
             if n % 4 == 0:
-                sandboxes.d365.state.settle_invoice(key["dataAreaId"], journal["InvoiceId"],
-                                                    journal["InvoiceAccount"], amount - first,
-                                                    "2026-11-28T12:00:00Z", f"PAY-{n:04d}-B")
+                sandboxes.d365.state.settle_invoice(
+                    key["dataAreaId"],
+                    journal["InvoiceId"],
+                    journal["InvoiceAccount"],
+                    amount - first,
+                    "2026-11-28T12:00:00Z",
+                    f"PAY-{n:04d}-B",
+                )
                 paid_full += 1
             else:
                 paid_part += 1
@@ -100,14 +111,21 @@ def run_demo(options: Any, dagster_home: Path, state_dir: Path) -> int:
         master = defs.resolve_job_def("master_data_job").execute_in_process(instance=instance, run_config=quiet)
         keys = daily_partitions.get_partition_keys(dynamic_partitions_store=instance)
         documents = defs.resolve_job_def("daily_documents_job").execute_in_process(
-            instance=instance, run_config=quiet,
-            tags={ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]})
+            instance=instance,
+            run_config=quiet,
+            tags={ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]},
+        )
         posted, payments = simulate_accounts_payable(sandboxes, os.environ["SYNC_DATABASE_URL"])
         status = defs.resolve_job_def("invoice_status_job").execute_in_process(instance=instance, run_config=quiet)
         meta = _materialized_metadata(master) | _materialized_metadata(documents) | _materialized_metadata(status)
-        checks = [(e.check_name, e.passed) for e in [*master.get_asset_check_evaluations(),
-                                                      *documents.get_asset_check_evaluations(),
-                                                      *status.get_asset_check_evaluations()]]
+        checks = [
+            (e.check_name, e.passed)
+            for e in [
+                *master.get_asset_check_evaluations(),
+                *documents.get_asset_check_evaluations(),
+                *status.get_asset_check_evaluations(),
+            ]
+        ]
         from .state.ledger import Ledger
         from .state.store import make_engine
 
@@ -125,20 +143,39 @@ def run_demo(options: Any, dagster_home: Path, state_dir: Path) -> int:
     d365_invoice_requests = booked.get("d365_requests", 0)
     rows = [
         ("Coupa suppliers -> staged", suppliers.get("fetched", 0), ""),
-        ("  -> D365 vendors written (VendorsV2)", vendor_states.get("written", 0),
-         f"in the legal entities they are used in; quarantined {vendor_states.get('quarantined', 0)}"),
-        ("Coupa invoices (approved/voided) -> staged", invoices.get("fetched", 0),
-         f"{len(keys)} daily partitions in one single-run backfill"),
-        ("  -> D365 pending vendor invoices created", booked.get("created", 0),
-         "header + lines in one $batch changeset each"),
-        ("  -> already in D365 (adopted, not duplicated)", booked.get("already_present", 0) + booked.get("repaired", 0), ""),
-        ("  -> quarantined (not written, reason in ledger)", booked.get("quarantined", 0),
-         "check vendor_invoices_not_stuck lists them"),
+        (
+            "  -> D365 vendors written (VendorsV2)",
+            vendor_states.get("written", 0),
+            f"in the legal entities they are used in; quarantined {vendor_states.get('quarantined', 0)}",
+        ),
+        (
+            "Coupa invoices (approved/voided) -> staged",
+            invoices.get("fetched", 0),
+            f"{len(keys)} daily partitions in one single-run backfill",
+        ),
+        (
+            "  -> D365 pending vendor invoices created",
+            booked.get("created", 0),
+            "header + lines in one $batch changeset each",
+        ),
+        (
+            "  -> already in D365 (adopted, not duplicated)",
+            booked.get("already_present", 0) + booked.get("repaired", 0),
+            "",
+        ),
+        (
+            "  -> quarantined (not written, reason in ledger)",
+            booked.get("quarantined", 0),
+            "check vendor_invoices_not_stuck lists them",
+        ),
         ("  -> voided in Coupa (removed / never booked)", booked.get("voided", 0), ""),
         ("  -> failed", booked.get("failed", 0), ""),
         ("AP user in D365 (simulated): invoices posted", posted, "and paid: " + payments),
-        ("  -> Coupa invoices updated with posted/paid status", status_meta.get("invoices_updated", 0),
-         "history record with voucher; payments, paid flag"),
+        (
+            "  -> Coupa invoices updated with posted/paid status",
+            status_meta.get("invoices_updated", 0),
+            "history record with voucher; payments, paid flag",
+        ),
         ("Coupa purchase orders (issued/closed/cancelled) -> staged", orders.get("fetched", 0), ""),
         ("  -> D365 purchase orders created", pos.get("created", 0), "PurchaseOrderHeadersV2 + PurchaseOrderLinesV2"),
         ("  -> closed / cancelled recorded", pos.get("closed", 0) + pos.get("cancelled", 0), ""),
@@ -153,13 +190,21 @@ def run_demo(options: Any, dagster_home: Path, state_dir: Path) -> int:
     for name, passed in checks:
         print(f"asset check {name}: {'PASSED' if passed else 'FAILED'}")
     processed = booked.get("processed", 0) or 1
-    print(f"\nD365 requests per processed invoice: {d365_invoice_requests / processed:.2f}; "
-          f"Coupa requests per processed invoice: {booked.get('coupa_requests', 0) / processed:.2f}")
-    print(f"\nruns: {master.run_id[:8]} (master data), {documents.run_id[:8]} (documents), "
-          f"{status.run_id[:8]} (status); "
-          f"HTTP calls: Coupa {coupa_calls}, D365 {d365_calls}; wall time {time.monotonic() - started:.1f} s")
-    print(f"Browse these runs in the UI: DAGSTER_HOME={home} .venv/bin/dagster dev  "
-          "(to launch new runs, start the sandboxes first: see README, 'Opening the UI')")
-    print("Quarantined invoices are expected with the seed: it contains unmappable ones on purpose "
-          "(unknown chart, missing main account, unreleased item, supplier without number).")
+    print(
+        f"\nD365 requests per processed invoice: {d365_invoice_requests / processed:.2f}; "
+        f"Coupa requests per processed invoice: {booked.get('coupa_requests', 0) / processed:.2f}"
+    )
+    print(
+        f"\nruns: {master.run_id[:8]} (master data), {documents.run_id[:8]} (documents), "
+        f"{status.run_id[:8]} (status); "
+        f"HTTP calls: Coupa {coupa_calls}, D365 {d365_calls}; wall time {time.monotonic() - started:.1f} s"
+    )
+    print(
+        f"Browse these runs in the UI: DAGSTER_HOME={home} .venv/bin/dagster dev  "
+        "(to launch new runs, start the sandboxes first: see README, 'Opening the UI')"
+    )
+    print(
+        "Quarantined invoices are expected with the seed: it contains unmappable ones on purpose "
+        "(unknown chart, missing main account, unreleased item, supplier without number)."
+    )
     return 0 if master.success and documents.success and status.success else 1

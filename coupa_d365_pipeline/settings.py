@@ -16,9 +16,10 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Mapping
 from datetime import date, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, SecretStr
@@ -38,12 +39,12 @@ DEFAULT_SYNC_START_DATE = "2026-11-01"
 DEFAULT_WEBHOOK_STAGING_DIR = ".sync_state/webhooks"
 DEFAULT_COUPA_MAX_REQUESTS_PER_SECOND = 20.0
 DEFAULT_COUPA_TOKEN_WARMUP_SECONDS = 5.0
-DEFAULT_COUPA_TIMEOUT_S = 30.0           # seconds per Coupa HTTP call (resource config timeout_s)
-DEFAULT_D365_TIMEOUT_S = 60.0            # seconds per D365 HTTP call (resource config timeout_s)
-DEFAULT_PING_TIMEOUT_S = 30.0            # `coupa-d365 ping --timeout`, both systems
+DEFAULT_COUPA_TIMEOUT_S = 30.0  # seconds per Coupa HTTP call (resource config timeout_s)
+DEFAULT_D365_TIMEOUT_S = 60.0  # seconds per D365 HTTP call (resource config timeout_s)
+DEFAULT_PING_TIMEOUT_S = 30.0  # `coupa-d365 ping --timeout`, both systems
 DEFAULT_COUPA_SUPPLIER_OVERLAP_MINUTES = 60
 DEFAULT_STATUS_READ_OVERLAP_MINUTES = 240
-DEFAULT_RETRY_LIMIT = 500                # unfinished documents of earlier runs re-tried per documents run
+DEFAULT_RETRY_LIMIT = 500  # unfinished documents of earlier runs re-tried per documents run
 
 # name -> (required, description shown in errors and --help)
 ENV_VARS: dict[str, tuple[bool, str]] = {
@@ -51,7 +52,10 @@ ENV_VARS: dict[str, tuple[bool, str]] = {
     "COUPA_CLIENT_ID": (True, "Coupa OAuth2/OIDC client identifier (Setup > Oauth2/OpenID Connect Clients)"),
     "COUPA_CLIENT_SECRET": (True, "Coupa OAuth client secret"),
     "COUPA_SCOPES": (False, "space-separated Coupa scopes (default: the scopes this connector needs)"),
-    "COUPA_API_VERSION": (False, f"value pinned in the X-COUPA-API-VERSION header (default {DEFAULT_COUPA_API_VERSION})"),
+    "COUPA_API_VERSION": (
+        False,
+        f"value pinned in the X-COUPA-API-VERSION header (default {DEFAULT_COUPA_API_VERSION})",
+    ),
     "COUPA_WEBHOOK_SECRET": (False, "shared secret for HMAC-signed webhooks (needed by the webhook receiver)"),
     "D365_BASE_URL": (True, "F&O environment URL without /data, e.g. https://contoso.operations.dynamics.com"),
     "D365_TENANT_ID": (True, "Microsoft Entra tenant id (GUID or domain)"),
@@ -61,17 +65,34 @@ ENV_VARS: dict[str, tuple[bool, str]] = {
     "D365_DEFAULT_LEGAL_ENTITY": (True, "dataAreaId used when the mapping names none, e.g. usmf"),
     "SYNC_DATABASE_URL": (False, f"SQLAlchemy URL of the connector's own state (default {DEFAULT_SYNC_DATABASE_URL})"),
     "SYNC_START_DATE": (False, f"first daily partition, YYYY-MM-DD (default {DEFAULT_SYNC_START_DATE})"),
-    "WEBHOOK_STAGING_DIR": (False, f"directory where signed webhooks are staged (default {DEFAULT_WEBHOOK_STAGING_DIR})"),
-    "COUPA_D365_MAPPING_FILE": (False, "YAML mapping Coupa charts/suppliers/items to D365 (default: the bundled example)"),
-    "COUPA_MAX_REQUESTS_PER_SECOND": (False, f"client-side Coupa rate limit (default "
-                                             f"{DEFAULT_COUPA_MAX_REQUESTS_PER_SECOND:g}; Coupa allows 25/s)"),
-    "COUPA_SUPPLIER_OVERLAP_MINUTES": (False, "incremental supplier reads start this many minutes before the "
-                                              f"watermark (default {DEFAULT_COUPA_SUPPLIER_OVERLAP_MINUTES})"),
-    "STATUS_READ_OVERLAP_MINUTES": (False, "D365 status reads start this many minutes before each watermark, "
-                                           "for postings committed late by long transactions "
-                                           f"(default {DEFAULT_STATUS_READ_OVERLAP_MINUTES})"),
-    "COUPA_TOKEN_WARMUP_SECONDS": (False, "wait between minting a Coupa token and first use "
-                                          f"(default {DEFAULT_COUPA_TOKEN_WARMUP_SECONDS:g}, as Coupa asks)"),
+    "WEBHOOK_STAGING_DIR": (
+        False,
+        f"directory where signed webhooks are staged (default {DEFAULT_WEBHOOK_STAGING_DIR})",
+    ),
+    "COUPA_D365_MAPPING_FILE": (
+        False,
+        "YAML mapping Coupa charts/suppliers/items to D365 (default: the bundled example)",
+    ),
+    "COUPA_MAX_REQUESTS_PER_SECOND": (
+        False,
+        f"client-side Coupa rate limit (default {DEFAULT_COUPA_MAX_REQUESTS_PER_SECOND:g}; Coupa allows 25/s)",
+    ),
+    "COUPA_SUPPLIER_OVERLAP_MINUTES": (
+        False,
+        "incremental supplier reads start this many minutes before the "
+        f"watermark (default {DEFAULT_COUPA_SUPPLIER_OVERLAP_MINUTES})",
+    ),
+    "STATUS_READ_OVERLAP_MINUTES": (
+        False,
+        "D365 status reads start this many minutes before each watermark, "
+        "for postings committed late by long transactions "
+        f"(default {DEFAULT_STATUS_READ_OVERLAP_MINUTES})",
+    ),
+    "COUPA_TOKEN_WARMUP_SECONDS": (
+        False,
+        "wait between minting a Coupa token and first use "
+        f"(default {DEFAULT_COUPA_TOKEN_WARMUP_SECONDS:g}, as Coupa asks)",
+    ),
 }
 
 
@@ -80,7 +101,7 @@ class ConfigError(ValueError):
 
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
-        if len(problems) == 1:   # one problem: one line (logs, Dagster run failures, CLI)
+        if len(problems) == 1:  # one problem: one line (logs, Dagster run failures, CLI)
             super().__init__(f"invalid configuration: {problems[0]}")
         else:
             super().__init__("invalid configuration:\n  - " + "\n  - ".join(problems))
@@ -94,7 +115,7 @@ class CoupaSettings(BaseModel):
     api_version: str = DEFAULT_COUPA_API_VERSION
     max_requests_per_second: float = DEFAULT_COUPA_MAX_REQUESTS_PER_SECOND
     token_warmup_s: float = DEFAULT_COUPA_TOKEN_WARMUP_SECONDS
-    timeout_s: float = DEFAULT_COUPA_TIMEOUT_S      # not an environment variable: resource config / ping flag
+    timeout_s: float = DEFAULT_COUPA_TIMEOUT_S  # not an environment variable: resource config / ping flag
 
 
 class D365Settings(BaseModel):
@@ -104,7 +125,7 @@ class D365Settings(BaseModel):
     client_secret: SecretStr
     authority_url: str = DEFAULT_D365_AUTHORITY_URL
     default_legal_entity: str
-    timeout_s: float = DEFAULT_D365_TIMEOUT_S       # not an environment variable: resource config / ping flag
+    timeout_s: float = DEFAULT_D365_TIMEOUT_S  # not an environment variable: resource config / ping flag
 
 
 class SyncSettings(BaseModel):
@@ -128,8 +149,10 @@ def normalize_base_url(value: str, name: str, problems: list[str], *, forbid_pat
         problems.append(f"{name}={value!r} is not an http(s) URL; expected e.g. {ENV_VARS[name][1].split('e.g. ')[-1]}")
         return value
     if forbid_path and parts.path not in ("", "/"):
-        problems.append(f"{name} must be the environment root without a path (got path {parts.path!r}); "
-                        "drop '/data' or anything after the host")
+        problems.append(
+            f"{name} must be the environment root without a path (got path {parts.path!r}); "
+            "drop '/data' or anything after the host"
+        )
     return value
 
 
@@ -162,8 +185,12 @@ def minutes_setting(name: str, default: timedelta, hint: str, env: Mapping[str, 
     except ValueError:
         minutes = -1
     if minutes < 0:
-        raise ConfigError([f"{name}={raw!r} is not a whole number of minutes >= 0: {hint} (default "
-                           f"{int(default.total_seconds() // 60)}), or unset it"])
+        raise ConfigError(
+            [
+                f"{name}={raw!r} is not a whole number of minutes >= 0: {hint} (default "
+                f"{int(default.total_seconds() // 60)}), or unset it"
+            ]
+        )
     return timedelta(minutes=minutes)
 
 
@@ -187,8 +214,10 @@ def number_setting(name: str, raw: object, default: float, problems: list[str]) 
     if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
         bound = ">= 0" if zero_ok else "> 0"
         shown = raw.strip() if isinstance(raw, str) else raw
-        problems.append(f"{name}={shown!r} is not a number of {unit} {bound}: set it to a number, {hint}, "
-                        f"or unset it for the default {default:g}")
+        problems.append(
+            f"{name}={shown!r} is not a number of {unit} {bound}: set it to a number, {hint}, "
+            f"or unset it for the default {default:g}"
+        )
         return default
     return value
 
@@ -208,10 +237,18 @@ def load_coupa_settings(env: Mapping[str, str], problems: list[str]) -> CoupaSet
         client_secret=SecretStr(_required(env, "COUPA_CLIENT_SECRET", problems)),
         scopes=" ".join((env.get("COUPA_SCOPES") or DEFAULT_COUPA_SCOPES).replace(",", " ").split()),
         api_version=(env.get("COUPA_API_VERSION") or DEFAULT_COUPA_API_VERSION).strip(),
-        max_requests_per_second=number_setting("COUPA_MAX_REQUESTS_PER_SECOND", env.get("COUPA_MAX_REQUESTS_PER_SECOND"),
-                                               DEFAULT_COUPA_MAX_REQUESTS_PER_SECOND, problems),
-        token_warmup_s=number_setting("COUPA_TOKEN_WARMUP_SECONDS", env.get("COUPA_TOKEN_WARMUP_SECONDS"),
-                                      DEFAULT_COUPA_TOKEN_WARMUP_SECONDS, problems),
+        max_requests_per_second=number_setting(
+            "COUPA_MAX_REQUESTS_PER_SECOND",
+            env.get("COUPA_MAX_REQUESTS_PER_SECOND"),
+            DEFAULT_COUPA_MAX_REQUESTS_PER_SECOND,
+            problems,
+        ),
+        token_warmup_s=number_setting(
+            "COUPA_TOKEN_WARMUP_SECONDS",
+            env.get("COUPA_TOKEN_WARMUP_SECONDS"),
+            DEFAULT_COUPA_TOKEN_WARMUP_SECONDS,
+            problems,
+        ),
     )
 
 
@@ -219,7 +256,9 @@ def load_d365_settings(env: Mapping[str, str], problems: list[str]) -> D365Setti
     base = _required(env, "D365_BASE_URL", problems)
     legal_entity = _required(env, "D365_DEFAULT_LEGAL_ENTITY", problems).lower()
     if legal_entity and not re.fullmatch(r"[a-z0-9]{1,4}", legal_entity):
-        problems.append(f"D365_DEFAULT_LEGAL_ENTITY={legal_entity!r} is not a dataAreaId (1-4 letters/digits, e.g. usmf)")
+        problems.append(
+            f"D365_DEFAULT_LEGAL_ENTITY={legal_entity!r} is not a dataAreaId (1-4 letters/digits, e.g. usmf)"
+        )
     authority = env.get("D365_AUTHORITY_URL") or DEFAULT_D365_AUTHORITY_URL
     return D365Settings(
         base_url=normalize_d365_base_url(base, problems) if base else "",
@@ -259,8 +298,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read and validate every variable; raise ConfigError listing all problems."""
     env = os.environ if env is None else env
     problems: list[str] = []
-    settings = Settings(coupa=load_coupa_settings(env, problems), d365=load_d365_settings(env, problems),
-                        sync=load_sync_settings(env, problems))
+    settings = Settings(
+        coupa=load_coupa_settings(env, problems),
+        d365=load_d365_settings(env, problems),
+        sync=load_sync_settings(env, problems),
+    )
     if problems:
         raise ConfigError(problems)
     return settings
@@ -287,16 +329,29 @@ def coupa_client(settings: CoupaSettings, logger: Any = None) -> CoupaClient:
     """The Coupa client for validated settings (the CLI and the Dagster resource both build it here)."""
     from .coupa.client import CoupaClient
 
-    return CoupaClient(settings.base_url, settings.client_id, settings.client_secret.get_secret_value(),
-                       scopes=settings.scopes, api_version=settings.api_version, timeout_s=settings.timeout_s,
-                       max_requests_per_second=settings.max_requests_per_second,
-                       token_warmup_s=settings.token_warmup_s, logger=logger)
+    return CoupaClient(
+        settings.base_url,
+        settings.client_id,
+        settings.client_secret.get_secret_value(),
+        scopes=settings.scopes,
+        api_version=settings.api_version,
+        timeout_s=settings.timeout_s,
+        max_requests_per_second=settings.max_requests_per_second,
+        token_warmup_s=settings.token_warmup_s,
+        logger=logger,
+    )
 
 
 def d365_client(settings: D365Settings, logger: Any = None) -> D365Client:
     """The D365 client for validated settings (the CLI and the Dagster resource both build it here)."""
     from .d365.client import D365Client
 
-    return D365Client(settings.base_url, settings.tenant_id, settings.client_id,
-                      settings.client_secret.get_secret_value(), authority_url=settings.authority_url,
-                      timeout_s=settings.timeout_s, logger=logger)
+    return D365Client(
+        settings.base_url,
+        settings.tenant_id,
+        settings.client_id,
+        settings.client_secret.get_secret_value(),
+        authority_url=settings.authority_url,
+        timeout_s=settings.timeout_s,
+        logger=logger,
+    )

@@ -5,8 +5,8 @@ from __future__ import annotations
 import copy
 import os
 import uuid
-from datetime import date, datetime, timezone
-from typing import Iterator
+from collections.abc import Iterator
+from datetime import UTC, date, datetime
 
 import pytest
 
@@ -19,7 +19,7 @@ from coupa_d365_pipeline.sandbox.seed import SeedConfig, SeedData, generate_seed
 TEST_SEED = SeedConfig(seed=7, invoices=120, start_date=date(2026, 11, 1), days=6)
 # The sandboxes' "now" in tests, whatever the calendar says: a document edited in a test is stamped
 # 2026-11-30 (after every seeded updated-at), so every test means the same thing on any date.
-TEST_NOW = datetime(2026, 11, 30, 9, 0, tzinfo=timezone.utc)
+TEST_NOW = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
 
 
 # -- pytest hooks/options: the CI skip policy -------------------------------------------------------
@@ -32,12 +32,20 @@ ALLOWED_SKIPS: dict[str, str] = {
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--fail-on-skip", action="store_true",
-                     help="fail the run when a test skips for a reason not in conftest.ALLOWED_SKIPS (CI)")
-    parser.addoption("--clock-ahead-days", type=int, default=0, metavar="N",
-                     help="run the tests with the wall clock of this process N days ahead (time.time, "
-                          "datetime.now, date.today; monotonic time and sleeps untouched) — CI runs the suite "
-                          "once a year ahead to prove no test depends on today's date")
+    parser.addoption(
+        "--fail-on-skip",
+        action="store_true",
+        help="fail the run when a test skips for a reason not in conftest.ALLOWED_SKIPS (CI)",
+    )
+    parser.addoption(
+        "--clock-ahead-days",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run the tests with the wall clock of this process N days ahead (time.time, "
+        "datetime.now, date.today; monotonic time and sleeps untouched) — CI runs the suite "
+        "once a year ahead to prove no test depends on today's date",
+    )
 
 
 class SkipPolicy:
@@ -73,10 +81,11 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(SkipPolicy(ALLOWED_SKIPS), "coupa-d365-skip-policy")
     days = config.getoption("--clock-ahead-days")
     if days:
-        import time_machine
         from datetime import timedelta
 
-        traveller = time_machine.travel(datetime.now(timezone.utc) + timedelta(days=days), tick=True)
+        import time_machine
+
+        traveller = time_machine.travel(datetime.now(UTC) + timedelta(days=days), tick=True)
         traveller.start()
         config.stash[_CLOCK_TRAVELLER] = traveller
 
@@ -124,8 +133,10 @@ def sandboxes(seed_data: SeedData, sandbox_options: SandboxOptions) -> Iterator[
 
 @pytest.fixture
 def sandbox_env(sandboxes: RunningSandboxes, tmp_path, monkeypatch) -> dict[str, str]:
-    env = sandboxes.env() | {"SYNC_DATABASE_URL": f"sqlite:///{tmp_path / 'sync.db'}",
-                             "COUPA_MAX_REQUESTS_PER_SECOND": "1000"}  # the sandbox has no rate limit
+    env = sandboxes.env() | {
+        "SYNC_DATABASE_URL": f"sqlite:///{tmp_path / 'sync.db'}",
+        "COUPA_MAX_REQUESTS_PER_SECOND": "1000",
+    }  # the sandbox has no rate limit
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return env
@@ -134,14 +145,25 @@ def sandbox_env(sandboxes: RunningSandboxes, tmp_path, monkeypatch) -> dict[str,
 def make_coupa_client(sandboxes: RunningSandboxes, **kwargs) -> CoupaClient:
     env = sandboxes.env()
     kwargs.setdefault("token_warmup_s", 0.0)
-    return CoupaClient(env["COUPA_BASE_URL"], env["COUPA_CLIENT_ID"], env["COUPA_CLIENT_SECRET"],
-                       api_version=env["COUPA_API_VERSION"], **kwargs)
+    return CoupaClient(
+        env["COUPA_BASE_URL"],
+        env["COUPA_CLIENT_ID"],
+        env["COUPA_CLIENT_SECRET"],
+        api_version=env["COUPA_API_VERSION"],
+        **kwargs,
+    )
 
 
 def make_d365_client(sandboxes: RunningSandboxes, **kwargs) -> D365Client:
     env = sandboxes.env()
-    return D365Client(env["D365_BASE_URL"], env["D365_TENANT_ID"], env["D365_CLIENT_ID"], env["D365_CLIENT_SECRET"],
-                      authority_url=env["D365_AUTHORITY_URL"], **kwargs)
+    return D365Client(
+        env["D365_BASE_URL"],
+        env["D365_TENANT_ID"],
+        env["D365_CLIENT_ID"],
+        env["D365_CLIENT_SECRET"],
+        authority_url=env["D365_AUTHORITY_URL"],
+        **kwargs,
+    )
 
 
 @pytest.fixture
@@ -165,6 +187,7 @@ def postgres_database():
     """A fresh database on the local PostgreSQL server (skips without one, except in CI)."""
     try:
         import psycopg2
+
         conn = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=3)
     except Exception as exc:  # noqa: BLE001 - any connection failure means "no server here"
         if in_ci():
@@ -181,5 +204,3 @@ def postgres_database():
             cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
             cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
         conn.close()
-
-

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 
@@ -25,7 +25,7 @@ class Clock(Protocol):
 
 class SystemClock:
     def now(self) -> datetime:
-        return datetime.now(timezone.utc)
+        return datetime.now(UTC)
 
     def time(self) -> float:
         return time.time()
@@ -41,7 +41,7 @@ SYSTEM_CLOCK = SystemClock()
 
 
 def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 class SimulatedClock:
@@ -53,7 +53,7 @@ class SimulatedClock:
     """
 
     def __init__(self, start: datetime, *, running: bool = True) -> None:
-        self._start = _aware(start).astimezone(timezone.utc)
+        self._start = _aware(start).astimezone(UTC)
         self._running = running
         self._origin = time.monotonic()
         self._offset = timedelta(0)

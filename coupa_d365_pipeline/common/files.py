@@ -24,7 +24,7 @@ def make_private_dirs(path: Path) -> None:
             directory.mkdir(mode=PRIVATE_DIR)
         except FileExistsError:
             continue
-        os.chmod(directory, PRIVATE_DIR)   # mkdir's mode is filtered by the umask only downwards; be exact
+        os.chmod(directory, PRIVATE_DIR)  # mkdir's mode is filtered by the umask only downwards; be exact
 
 
 def write_private_file(path: Path, text: str) -> None:
@@ -38,7 +38,7 @@ def write_private_file(path: Path, text: str) -> None:
         os.fchmod(fd, PRIVATE_FILE)
         data = text.encode()
         while data:
-            data = data[os.write(fd, data):]
+            data = data[os.write(fd, data) :]
         os.fsync(fd)
     except BaseException:
         os.close(fd)

@@ -29,8 +29,8 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import httpx
 import tenacity
@@ -83,8 +83,9 @@ def is_system_failure(exc: BaseException) -> bool:
     return isinstance(exc, (RetriesExhaustedError, UnexpectedAnswerError, SystemUnavailableError))
 
 
-def describe_unexpected(system: str, method: str, path: str, response: httpx.Response, problem: str, hint: str,
-                        *, show_body: bool = True) -> str:
+def describe_unexpected(
+    system: str, method: str, path: str, response: httpx.Response, problem: str, hint: str, *, show_body: bool = True
+) -> str:
     """``Coupa GET /api/invoices answered HTTP 200 with text/html, not JSON (first bytes: '<html>…'); hint``.
     ``path`` is the URL path only: the query (filters, ids) and bodies (secrets) never appear."""
     content_type = response.headers.get("content-type", "").split(";")[0].strip()
@@ -139,8 +140,10 @@ class CircuitBreaker:
                 return False
             self.failures += 1
             if self.failures >= self.threshold:
-                self.reason = (f"{self.system} is unavailable: {self.threshold} requests in a row failed; the last: "
-                               f"{reason}. The run stopped; documents keep their state and the next run retries them")
+                self.reason = (
+                    f"{self.system} is unavailable: {self.threshold} requests in a row failed; the last: "
+                    f"{reason}. The run stopped; documents keep their state and the next run retries them"
+                )
                 return True
             return False
 
@@ -150,13 +153,18 @@ class CircuitBreaker:
 
 
 class _Retryable(Exception):
-    def __init__(self, reason: str, retry_after_s: float | None = None, status: int | None = None,
-                 unexpected: UnexpectedAnswerError | None = None) -> None:
+    def __init__(
+        self,
+        reason: str,
+        retry_after_s: float | None = None,
+        status: int | None = None,
+        unexpected: UnexpectedAnswerError | None = None,
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retry_after_s = retry_after_s
         self.status = status
-        self.unexpected = unexpected     # a read answered with something that is not JSON
+        self.unexpected = unexpected  # a read answered with something that is not JSON
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -182,8 +190,8 @@ class RetryPolicy:
     max_attempts: int = 6
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
-    max_retry_after_s: float = 300.0   # a server asking for longer than this makes us give up
-    deadline_s: float | None = 150.0   # no new attempt starts this long after the first (None: no deadline)
+    max_retry_after_s: float = 300.0  # a server asking for longer than this makes us give up
+    deadline_s: float | None = 150.0  # no new attempt starts this long after the first (None: no deadline)
     unexpected_answer_attempts: int = 3  # a read answered with non-JSON is tried this often in all
 
 
@@ -192,9 +200,14 @@ class RateLimiter:
 
     ``monotonic`` and ``sleep`` are injectable together (a fake clock whose sleep advances it)."""
 
-    def __init__(self, rate_per_s: float, burst: int | None = None, *,
-                 monotonic: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        rate_per_s: float,
+        burst: int | None = None,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         if rate_per_s <= 0:
             raise ValueError("rate_per_s must be positive")
         self.rate = rate_per_s
@@ -244,10 +257,18 @@ class RetryingSender:
     exact waits without waiting. ``breaker`` (default: one per sender) stops a run against a system
     that is down."""
 
-    def __init__(self, http: httpx.Client, policy: RetryPolicy, logger: logging.Logger,
-                 system: str, rate_limiter: RateLimiter | None = None,
-                 sleep: Callable[[float], None] = time.sleep, now: Callable[[], float] = time.time,
-                 breaker: CircuitBreaker | None = None, monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        http: httpx.Client,
+        policy: RetryPolicy,
+        logger: logging.Logger,
+        system: str,
+        rate_limiter: RateLimiter | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        now: Callable[[], float] = time.time,
+        breaker: CircuitBreaker | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.http = http
         self.policy = policy
         self.logger = logger
@@ -261,9 +282,16 @@ class RetryingSender:
         self.retry_wait_s = 0.0
         self._count_lock = threading.Lock()
 
-    def send(self, build: Callable[[], httpx.Request], *, idempotent: bool | None = None,
-             is_retryable_response: Callable[[httpx.Response], bool] | None = None,
-             expect_json: bool = False, hint: str = "", show_body: bool = True) -> httpx.Response:
+    def send(
+        self,
+        build: Callable[[], httpx.Request],
+        *,
+        idempotent: bool | None = None,
+        is_retryable_response: Callable[[httpx.Response], bool] | None = None,
+        expect_json: bool = False,
+        hint: str = "",
+        show_body: bool = True,
+    ) -> httpx.Response:
         """Send with retries. ``build`` is called per attempt (fresh auth header each time).
 
         ``expect_json``: a 2xx/3xx answer must be JSON (``hint`` tells the operator what to check;
@@ -278,8 +306,14 @@ class RetryingSender:
             with self._count_lock:
                 self.retry_wait_s += wait
             reason = exc.reason if isinstance(exc, _Retryable) else repr(exc)
-            self.logger.warning("%s: %s; waiting %.2f s before attempt %d/%d", self.system, reason, wait,
-                                state.attempt_number + 1, policy.max_attempts)
+            self.logger.warning(
+                "%s: %s; waiting %.2f s before attempt %d/%d",
+                self.system,
+                reason,
+                wait,
+                state.attempt_number + 1,
+                policy.max_attempts,
+            )
 
         def stop(state: tenacity.RetryCallState) -> bool:
             exc = state.outcome.exception() if state.outcome else None
@@ -312,10 +346,12 @@ class RetryingSender:
                 raise exc.unexpected from None
             error = RetriesExhaustedError(
                 f"{self.system}: giving up after {attempts} attempts in {self.monotonic() - started:.0f} s: "
-                f"{exc.reason}", last_status=exc.status)
+                f"{exc.reason}",
+                last_status=exc.status,
+            )
             self._failed_for_good(str(error))
             raise error from None
-        except UnexpectedAnswerError as exc:    # a write's unreadable answer: one of them is no outage
+        except UnexpectedAnswerError as exc:  # a write's unreadable answer: one of them is no outage
             self.breaker.success()
             raise exc from None
         raise AssertionError("unreachable")  # pragma: no cover
@@ -325,9 +361,15 @@ class RetryingSender:
             self.logger.error("%s", self.breaker.reason)
         self.breaker.check()
 
-    def _attempt(self, build: Callable[[], httpx.Request], idempotent: bool | None,
-                 is_retryable_response: Callable[[httpx.Response], bool] | None, expect_json: bool = False,
-                 hint: str = "", show_body: bool = True) -> httpx.Response:
+    def _attempt(
+        self,
+        build: Callable[[], httpx.Request],
+        idempotent: bool | None,
+        is_retryable_response: Callable[[httpx.Response], bool] | None,
+        expect_json: bool = False,
+        hint: str = "",
+        show_body: bool = True,
+    ) -> httpx.Response:
         request = build()
         safe = idempotent if idempotent is not None else request.method in IDEMPOTENT_METHODS
         if self.rate_limiter is not None:
@@ -344,38 +386,57 @@ class RetryingSender:
                 raise _Retryable(f"{target} failed in transit ({type(exc).__name__})") from None
             raise AmbiguousWriteError(
                 f"{self.system}: {target} failed after it was sent ({type(exc).__name__}); "
-                "the server may or may not have applied it") from None
+                "the server may or may not have applied it"
+            ) from None
         if response.status_code == 429:
             retry_after = parse_retry_after(response.headers.get("retry-after"), now=self.now())
             if retry_after is not None and retry_after > self.policy.max_retry_after_s:
                 raise RetriesExhaustedError(
                     f"{self.system}: {target} throttled with Retry-After {retry_after:.0f} s, above the "
-                    f"{self.policy.max_retry_after_s:.0f} s limit", last_status=429)
+                    f"{self.policy.max_retry_after_s:.0f} s limit",
+                    last_status=429,
+                )
             response.read()
             response.close()
             shown = f"Retry-After {retry_after:g} s" if retry_after is not None else "no Retry-After"
             raise _Retryable(f"{target} throttled (429, {shown})", retry_after_s=retry_after, status=429)
-        retryable = (is_retryable_response(response) if is_retryable_response is not None
-                     else response.status_code in RETRYABLE_STATUS)
+        retryable = (
+            is_retryable_response(response)
+            if is_retryable_response is not None
+            else response.status_code in RETRYABLE_STATUS
+        )
         if retryable:
             response.read()
             response.close()
             if safe:
-                raise _Retryable(f"{target} answered HTTP {response.status_code}", status=response.status_code,
-                                 retry_after_s=parse_retry_after(response.headers.get("retry-after"), now=self.now()))
+                raise _Retryable(
+                    f"{target} answered HTTP {response.status_code}",
+                    status=response.status_code,
+                    retry_after_s=parse_retry_after(response.headers.get("retry-after"), now=self.now()),
+                )
             raise AmbiguousWriteError(
                 f"{self.system}: {target} answered HTTP {response.status_code}; the write may or may not "
-                "have been applied")
+                "have been applied"
+            )
         if expect_json and response.status_code < 400:
             response.read()
             problem = _json_problem(response)
             if problem is not None:
-                message = describe_unexpected(self.system, request.method, request.url.path, response, problem,
-                                              hint, show_body=show_body)
+                message = describe_unexpected(
+                    self.system, request.method, request.url.path, response, problem, hint, show_body=show_body
+                )
                 system, method, path, status = self.system, request.method, request.url.path, response.status_code
                 if not safe:
-                    raise UnexpectedWriteAnswerError(message + "; the write may or may not have been applied",
-                                                     system=system, method=method, path=path, status=status)
-                raise _Retryable(message, status=status, unexpected=UnexpectedAnswerError(
-                    message, system=system, method=method, path=path, status=status))
+                    raise UnexpectedWriteAnswerError(
+                        message + "; the write may or may not have been applied",
+                        system=system,
+                        method=method,
+                        path=path,
+                        status=status,
+                    )
+                raise _Retryable(
+                    message,
+                    status=status,
+                    unexpected=UnexpectedAnswerError(message, system=system, method=method, path=path, status=status),
+                )
         return response

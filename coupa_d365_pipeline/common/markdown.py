@@ -8,7 +8,8 @@ becomes one space (a table row is one line). Invariant: plain string work, no Da
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 __all__ = ["cell", "table"]
 
@@ -25,8 +26,9 @@ def cell(value: Any, max_chars: int | None = None) -> str:
     return text.replace("|", "\\|")
 
 
-def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], *, limit: int | None = None,
-          empty: str = "None.") -> str:
+def table(
+    headers: Sequence[str], rows: Iterable[Sequence[Any]], *, limit: int | None = None, empty: str = "None."
+) -> str:
     """A Markdown table of ``rows`` under ``headers``; ``empty`` when there are no rows. With
     ``limit``, the rows after the first ``limit`` become one ``| … | N more |`` row."""
     rows = list(rows)
@@ -37,5 +39,5 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], *, limit: int |
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in shown]
     if len(rows) > len(shown):
         more = ["…", f"{len(rows) - len(shown)} more"] + [""] * (len(headers) - 2)
-        lines.append("| " + " | ".join(more[:max(len(headers), 1)]) + " |")
+        lines.append("| " + " | ".join(more[: max(len(headers), 1)]) + " |")
     return "\n".join(lines)

@@ -23,8 +23,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import httpx
 
@@ -50,24 +51,31 @@ class TokenEndpoint:
     object of the answer, ``{}`` when there is none); it is also called with status 200 when the
     answer carries no ``access_token``. ``form`` holds the client secret and is kept out of ``repr``."""
 
-    system: str                                   # "Coupa" / "D365": the log prefix
+    system: str  # "Coupa" / "D365": the log prefix
     url: str
-    form: Mapping[str, str] = field(repr=False)   # grant_type, client_id, client_secret, scope
+    form: Mapping[str, str] = field(repr=False)  # grant_type, client_id, client_secret, scope
     refused: Callable[[int, Mapping[str, Any]], Exception] = field(repr=False)
     headers: Mapping[str, str] = field(default_factory=lambda: {"Accept": "application/json"})
-    hint: str = ""                                # what to check when the answer is not JSON
+    hint: str = ""  # what to check when the answer is not JSON
     renew_after: Callable[[float], float] = field(default=renew_at_five_sixths, repr=False)
-    default_lifetime_s: float = 3599.0            # when the answer has no expires_in
-    warmup_s: float = 0.0                         # wait this long between minting and first use
-    minted_what: str = "an access token"          # "minted <this> (expires in N s)"
-    renewing_what: str = "token"                  # "401 ...; renewing the <this> and retrying once"
+    default_lifetime_s: float = 3599.0  # when the answer has no expires_in
+    warmup_s: float = 0.0  # wait this long between minting and first use
+    minted_what: str = "an access token"  # "minted <this> (expires in N s)"
+    renewing_what: str = "token"  # "401 ...; renewing the <this> and retrying once"
 
 
 class TokenHolder:
     """Caches one client-credentials token for ``endpoint`` and sends requests with it."""
 
-    def __init__(self, endpoint: TokenEndpoint, sender: RetryingSender, *, logger: logging.Logger | None = None,
-                 clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        endpoint: TokenEndpoint,
+        sender: RetryingSender,
+        *,
+        logger: logging.Logger | None = None,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.endpoint = endpoint
         self.sender = sender
         self.logger = logger or sender.logger
@@ -104,9 +112,14 @@ class TokenHolder:
     def _mint(self) -> None:
         endpoint = self.endpoint
         response = self.sender.send(
-            lambda: self.sender.http.build_request("POST", endpoint.url, data=dict(endpoint.form),
-                                                   headers=dict(endpoint.headers)),
-            idempotent=True, expect_json=True, show_body=False, hint=endpoint.hint)
+            lambda: self.sender.http.build_request(
+                "POST", endpoint.url, data=dict(endpoint.form), headers=dict(endpoint.headers)
+            ),
+            idempotent=True,
+            expect_json=True,
+            show_body=False,
+            hint=endpoint.hint,
+        )
         payload = _json_object(response)
         token = payload.get("access_token")
         if response.status_code != 200 or not token:
@@ -119,8 +132,14 @@ class TokenHolder:
         self.tokens_minted += 1
         self.logger.info("%s: minted %s (expires in %.0f s)", endpoint.system, endpoint.minted_what, lifetime)
 
-    def send(self, build: Callable[[str], httpx.Request], *, what: str, rejected: Callable[[], Exception],
-             **send_options: Any) -> httpx.Response:
+    def send(
+        self,
+        build: Callable[[str], httpx.Request],
+        *,
+        what: str,
+        rejected: Callable[[], Exception],
+        **send_options: Any,
+    ) -> httpx.Response:
         """Send the request ``build(token)`` makes through the sender (``send_options`` go to
         :meth:`RetryingSender.send`). A 401 drops the token, mints a new one and resends once; a
         second 401 raises ``rejected()``. ``what`` (``"GET /api/x"``, no query) names it in the log."""
@@ -129,8 +148,12 @@ class TokenHolder:
             if response.status_code != 401:
                 return response
             if auth_attempt == 1:
-                self.logger.info("%s: 401 on %s; renewing the %s and retrying once", self.endpoint.system, what,
-                                 self.endpoint.renewing_what)
+                self.logger.info(
+                    "%s: 401 on %s; renewing the %s and retrying once",
+                    self.endpoint.system,
+                    what,
+                    self.endpoint.renewing_what,
+                )
                 self.invalidate()
         raise rejected()
 

@@ -54,8 +54,14 @@ def install_log_redaction(*loggers: logging.Logger) -> None:
     libraries' loggers, and all their handlers (idempotent). A filter on a logger only sees records
     created on that logger, so handlers get one too: records propagated from any child are cleaned
     on their way out."""
-    targets = [logging.getLogger(), logging.getLogger("coupa_d365_pipeline"), logging.getLogger("httpx"),
-               logging.getLogger("httpcore"), logging.getLogger("uvicorn"), *loggers]
+    targets = [
+        logging.getLogger(),
+        logging.getLogger("coupa_d365_pipeline"),
+        logging.getLogger("httpx"),
+        logging.getLogger("httpcore"),
+        logging.getLogger("uvicorn"),
+        *loggers,
+    ]
     for logger in targets:
         _with_filter(logger)
         for handler in logger.handlers:
@@ -81,8 +87,11 @@ class RedactingLogger(logging.LoggerAdapter):
         if exc_info:
             import traceback
 
-            error = exc_info if isinstance(exc_info, BaseException) else (
-                exc_info[1] if isinstance(exc_info, tuple) else sys.exc_info()[1])
+            error = (
+                exc_info
+                if isinstance(exc_info, BaseException)
+                else (exc_info[1] if isinstance(exc_info, tuple) else sys.exc_info()[1])
+            )
             if isinstance(error, BaseException):
                 text += "\n" + "".join(traceback.format_exception(error))
         kwargs.pop("stack_info", None)

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import httpx
 
@@ -49,8 +50,9 @@ class CoupaAuthError(CoupaError, SystemUnavailableError):
         self.system = "Coupa"
 
 
-def coupa_endpoint(base_url: str, client_id: str, client_secret: str, scopes: str, api_version: str,
-                   warmup_s: float) -> TokenEndpoint:
+def coupa_endpoint(
+    base_url: str, client_id: str, client_secret: str, scopes: str, api_version: str, warmup_s: float
+) -> TokenEndpoint:
     """The client-credentials request to ``<base_url>/oauth2/token`` for ``scopes``."""
 
     def refused(status: int, payload: Mapping[str, Any]) -> CoupaAuthError:
@@ -65,12 +67,21 @@ def coupa_endpoint(base_url: str, client_id: str, client_secret: str, scopes: st
         return CoupaAuthError(f"Coupa token request failed: HTTP {status} {code or 'error'}; {hint}", status=status)
 
     return TokenEndpoint(
-        system="Coupa", url=f"{base_url}/oauth2/token",
-        form={"grant_type": "client_credentials", "client_id": client_id, "client_secret": client_secret,
-              "scope": scopes},
+        system="Coupa",
+        url=f"{base_url}/oauth2/token",
+        form={
+            "grant_type": "client_credentials",
+            "client_id": client_id,
+            "client_secret": client_secret,
+            "scope": scopes,
+        },
         headers={"Accept": "application/json", "X-COUPA-API-VERSION": api_version},
-        refused=refused, hint=API_HINT, renew_after=renew_at_five_sixths, default_lifetime_s=86399.0,
-        warmup_s=warmup_s)
+        refused=refused,
+        hint=API_HINT,
+        renew_after=renew_at_five_sixths,
+        default_lifetime_s=86399.0,
+        warmup_s=warmup_s,
+    )
 
 
 class CoupaClient:
@@ -103,18 +114,23 @@ class CoupaClient:
         # capacity 1: calls are spaced evenly, so no 1-second window ever holds more than
         # max_requests_per_second of them
         limiter = rate_limiter or RateLimiter(max_requests_per_second, burst=1)
-        self.sender = RetryingSender(self.http, retry_policy or RetryPolicy(), self.logger, "Coupa",
-                                     rate_limiter=limiter, sleep=sleep, now=clock)
-        self.auth = TokenHolder(coupa_endpoint(self.base_url, client_id, client_secret, self.scopes, api_version,
-                                               token_warmup_s), self.sender, logger=self.logger, clock=clock,
-                                sleep=sleep)
+        self.sender = RetryingSender(
+            self.http, retry_policy or RetryPolicy(), self.logger, "Coupa", rate_limiter=limiter, sleep=sleep, now=clock
+        )
+        self.auth = TokenHolder(
+            coupa_endpoint(self.base_url, client_id, client_secret, self.scopes, api_version, token_warmup_s),
+            self.sender,
+            logger=self.logger,
+            clock=clock,
+            sleep=sleep,
+        )
 
     # -- lifecycle -------------------------------------------------------------------------
     def close(self) -> None:
         if self._owns_http:
             self.http.close()
 
-    def __enter__(self) -> "CoupaClient":
+    def __enter__(self) -> CoupaClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -129,8 +145,11 @@ class CoupaClient:
 
     # -- auth ------------------------------------------------------------------------------
     def _headers(self) -> dict[str, str]:
-        return {"Accept": "application/json", "Content-Type": "application/json",
-                "X-COUPA-API-VERSION": self.api_version}
+        return {
+            "Accept": "application/json",
+            "Content-Type": "application/json",
+            "X-COUPA-API-VERSION": self.api_version,
+        }
 
     @property
     def tokens_minted(self) -> int:
@@ -140,8 +159,15 @@ class CoupaClient:
         self.auth.invalidate()
 
     # -- requests --------------------------------------------------------------------------
-    def request(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
-                json: Any = None, idempotent: bool | None = None) -> httpx.Response:
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+        idempotent: bool | None = None,
+    ) -> httpx.Response:
         """Send one API request (auth, headers, retries); raise CoupaError on a non-2xx answer."""
         url = f"{self.base_url}{path}"
 
@@ -150,21 +176,29 @@ class CoupaClient:
             return self.http.build_request(method, url, params=params, json=json, headers=headers)
 
         def rejected() -> CoupaAuthError:
-            return CoupaAuthError(f"Coupa {method} {path} answered HTTP 401 with a freshly minted token; check that "
-                                  "the OAuth client (COUPA_CLIENT_ID) is active and granted COUPA_SCOPES", status=401)
+            return CoupaAuthError(
+                f"Coupa {method} {path} answered HTTP 401 with a freshly minted token; check that "
+                "the OAuth client (COUPA_CLIENT_ID) is active and granted COUPA_SCOPES",
+                status=401,
+            )
 
-        response = self.auth.send(build, what=f"{method} {path}", rejected=rejected, idempotent=idempotent,
-                                  expect_json=True, hint=API_HINT)
+        response = self.auth.send(
+            build, what=f"{method} {path}", rejected=rejected, idempotent=idempotent, expect_json=True, hint=API_HINT
+        )
         if response.status_code >= 400:
             body = _json_or_none(response)
             errors = body.get("errors") if isinstance(body, dict) else None
             detail = errors if errors is not None else response.text[:300]
-            raise CoupaError(f"Coupa {method} {path} failed: HTTP {response.status_code}: {detail}",
-                             status=response.status_code, errors=errors)
+            raise CoupaError(
+                f"Coupa {method} {path} failed: HTTP {response.status_code}: {detail}",
+                status=response.status_code,
+                errors=errors,
+            )
         return response
 
-    def iter_records(self, resource: str, filters: Mapping[str, Any] | None = None,
-                     page_size: int = PAGE_SIZE) -> Iterator[dict[str, Any]]:
+    def iter_records(
+        self, resource: str, filters: Mapping[str, Any] | None = None, page_size: int = PAGE_SIZE
+    ) -> Iterator[dict[str, Any]]:
         """Yield every record of ``resource`` matching ``filters`` exactly once, in id order."""
         if resource not in RESOURCES:
             raise ValueError(f"unknown Coupa resource {resource!r}; expected one of {RESOURCES}")
@@ -220,8 +254,7 @@ class CoupaClient:
         """``PUT /api/invoices/{id}`` with payment fields. Not idempotent when it adds payments:
         the caller must read the invoice's payments first (coupa-api.md §4.5)."""
         idempotent = "payments" not in changes
-        return self.request("PUT", f"/api/invoices/{int(invoice_id)}", json=dict(changes),
-                            idempotent=idempotent).json()
+        return self.request("PUT", f"/api/invoices/{int(invoice_id)}", json=dict(changes), idempotent=idempotent).json()
 
     def create_integration_history_record(self, record: Mapping[str, Any], *, alert: bool = False) -> dict[str, Any]:
         path = "/api/integration_history_records" + ("/create_alert" if alert else "")

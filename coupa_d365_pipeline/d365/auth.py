@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from ..common.http import RetryingSender, SystemUnavailableError
 from ..common.oauth import TokenEndpoint, TokenHolder, renew_two_minutes_early
@@ -41,32 +42,60 @@ def entra_refused(status: int, payload: Mapping[str, Any]) -> EntraAuthError:
     error = payload.get("error")
     description = str(payload.get("error_description", "")).split("\r\n")[0][:200]
     hint = _HINTS.get(error or "", "check the Entra app registration")
-    return EntraAuthError(f"Entra token request failed: HTTP {status} {error or ''} {description}; {hint}",
-                          status=status, error=error)
+    return EntraAuthError(
+        f"Entra token request failed: HTTP {status} {error or ''} {description}; {hint}", status=status, error=error
+    )
 
 
-def entra_endpoint(*, authority_url: str, tenant_id: str, client_id: str, client_secret: str,
-                   resource: str) -> TokenEndpoint:
+def entra_endpoint(
+    *, authority_url: str, tenant_id: str, client_id: str, client_secret: str, resource: str
+) -> TokenEndpoint:
     """The v2 token request for ``resource`` (the F&O environment root)."""
     scope = f"{resource.rstrip('/')}/.default"
     return TokenEndpoint(
-        system="D365", url=f"{authority_url.rstrip('/')}/{tenant_id}/oauth2/v2.0/token",
-        form={"grant_type": "client_credentials", "client_id": client_id, "client_secret": client_secret,
-              "scope": scope},
-        refused=entra_refused, hint=TOKEN_HINT, renew_after=renew_two_minutes_early, default_lifetime_s=3599.0,
-        minted_what=f"an Entra token for {scope}", renewing_what="Entra token")
+        system="D365",
+        url=f"{authority_url.rstrip('/')}/{tenant_id}/oauth2/v2.0/token",
+        form={
+            "grant_type": "client_credentials",
+            "client_id": client_id,
+            "client_secret": client_secret,
+            "scope": scope,
+        },
+        refused=entra_refused,
+        hint=TOKEN_HINT,
+        renew_after=renew_two_minutes_early,
+        default_lifetime_s=3599.0,
+        minted_what=f"an Entra token for {scope}",
+        renewing_what="Entra token",
+    )
 
 
 class EntraTokenProvider(TokenHolder):
     """The :class:`TokenHolder` for one F&O environment; ``clock`` (epoch seconds) decides renewal."""
 
-    def __init__(self, *, authority_url: str, tenant_id: str, client_id: str, client_secret: str,
-                 resource: str, sender: RetryingSender, logger: logging.Logger | None = None,
-                 clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep) -> None:
-        endpoint = entra_endpoint(authority_url=authority_url, tenant_id=tenant_id, client_id=client_id,
-                                  client_secret=client_secret, resource=resource)
-        super().__init__(endpoint, sender, logger=logger or logging.getLogger("coupa_d365_pipeline.d365"),
-                         clock=clock, sleep=sleep)
+    def __init__(
+        self,
+        *,
+        authority_url: str,
+        tenant_id: str,
+        client_id: str,
+        client_secret: str,
+        resource: str,
+        sender: RetryingSender,
+        logger: logging.Logger | None = None,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        endpoint = entra_endpoint(
+            authority_url=authority_url,
+            tenant_id=tenant_id,
+            client_id=client_id,
+            client_secret=client_secret,
+            resource=resource,
+        )
+        super().__init__(
+            endpoint, sender, logger=logger or logging.getLogger("coupa_d365_pipeline.d365"), clock=clock, sleep=sleep
+        )
         self.token_url = endpoint.url
         self.client_id = client_id
         self.scope = endpoint.form["scope"]

@@ -19,8 +19,8 @@ CRLF = "\r\n"
 
 @dataclass
 class BatchOperation:
-    method: str                    # POST | PATCH | DELETE | GET
-    path: str                      # relative to /data/, e.g. "VendorInvoiceHeaders" or "Set(key)"
+    method: str  # POST | PATCH | DELETE | GET
+    path: str  # relative to /data/, e.g. "VendorInvoiceHeaders" or "Set(key)"
     body: dict[str, Any] | None = None
     content_id: str = ""
 
@@ -55,12 +55,19 @@ def encode_batch(base_url: str, changesets: list[Changeset]) -> tuple[str, bytes
                 op.content_id = str(next_id)
             if op.content_id.isdigit():
                 next_id = max(next_id, int(op.content_id) + 1)
-            lines += [f"--{cs_boundary}", "Content-Type: application/http", "Content-Transfer-Encoding: binary",
-                      f"Content-ID: {op.content_id}", "",
-                      f"{op.method} {base_url.rstrip('/')}/data/{op.path} HTTP/1.1",
-                      "OData-Version: 4.0", "OData-MaxVersion: 4.0",
-                      "Content-Type: application/json;odata.metadata=minimal;charset=UTF-8",
-                      "Accept: application/json;odata.metadata=minimal", ""]
+            lines += [
+                f"--{cs_boundary}",
+                "Content-Type: application/http",
+                "Content-Transfer-Encoding: binary",
+                f"Content-ID: {op.content_id}",
+                "",
+                f"{op.method} {base_url.rstrip('/')}/data/{op.path} HTTP/1.1",
+                "OData-Version: 4.0",
+                "OData-MaxVersion: 4.0",
+                "Content-Type: application/json;odata.metadata=minimal;charset=UTF-8",
+                "Accept: application/json;odata.metadata=minimal",
+                "",
+            ]
             lines.append(dumps(op.body).decode("utf-8") if op.body is not None else "")
         lines.append(f"--{cs_boundary}--")
     lines.append(f"--{batch_boundary}--")

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import httpx
 
@@ -37,11 +38,7 @@ from .auth import EntraTokenProvider
 from .batch import BatchPartResult, Changeset, encode_batch, parse_batch_response
 from .schema import entity_set as schema_for
 
-ODATA_HEADERS = {
-    "Accept": "application/json;odata.metadata=minimal",
-    "OData-Version": "4.0",
-    "OData-MaxVersion": "4.0",
-}
+ODATA_HEADERS = {"Accept": "application/json;odata.metadata=minimal", "OData-Version": "4.0", "OData-MaxVersion": "4.0"}
 BUSINESS_ERROR_TYPES = ("AxODataWriteException", "ODataException", "AxODataDeleteException")
 API_HINT = "check D365_BASE_URL is the F&O environment root (not a login or proxy page)"
 
@@ -59,8 +56,9 @@ class D365Error(HTTPClientError):
 
     @property
     def is_validation(self) -> bool:
-        return any(t in self.detail for t in ("is not found in the related table", "validateField failed",
-                                               "must be filled in"))
+        return any(
+            t in self.detail for t in ("is not found in the related table", "validateField failed", "must be filled in")
+        )
 
     @property
     def is_not_found(self) -> bool:
@@ -124,17 +122,26 @@ class D365Client:
         self.logger = logger or logging.getLogger("coupa_d365_pipeline.d365")
         self._owns_http = http is None
         self.http = http or httpx.Client(timeout=httpx.Timeout(timeout_s, connect=10.0))
-        self.sender = RetryingSender(self.http, retry_policy or RetryPolicy(), self.logger, "D365",
-                                     sleep=sleep or time.sleep, now=clock)
-        self.auth = EntraTokenProvider(authority_url=authority_url, tenant_id=tenant_id, client_id=client_id,
-                                       client_secret=client_secret, resource=self.base_url, sender=self.sender,
-                                       logger=self.logger, clock=clock, sleep=sleep or time.sleep)
+        self.sender = RetryingSender(
+            self.http, retry_policy or RetryPolicy(), self.logger, "D365", sleep=sleep or time.sleep, now=clock
+        )
+        self.auth = EntraTokenProvider(
+            authority_url=authority_url,
+            tenant_id=tenant_id,
+            client_id=client_id,
+            client_secret=client_secret,
+            resource=self.base_url,
+            sender=self.sender,
+            logger=self.logger,
+            clock=clock,
+            sleep=sleep or time.sleep,
+        )
 
     def close(self) -> None:
         if self._owns_http:
             self.http.close()
 
-    def __enter__(self) -> "D365Client":
+    def __enter__(self) -> D365Client:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -148,43 +155,75 @@ class D365Client:
         return self.sender.request_count
 
     # -- transport -------------------------------------------------------------------------
-    def _send(self, method: str, url: str, *, params: Mapping[str, Any] | None = None, json: Any = None,
-              content: bytes | None = None, headers: Mapping[str, str] | None = None,
-              idempotent: bool | None = None, expect_json: bool = True) -> httpx.Response:
+    def _send(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+        content: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        idempotent: bool | None = None,
+        expect_json: bool = True,
+    ) -> httpx.Response:
         path = httpx.URL(url).path
 
         def build(token: str) -> httpx.Request:
             all_headers = dict(ODATA_HEADERS) | dict(headers or {}) | {"Authorization": f"Bearer {token}"}
             if json is not None:
                 all_headers.setdefault("Content-Type", "application/json;odata.metadata=minimal")
-            body = odata.dumps(json) if json is not None else content   # exact decimals, never floats
+            body = odata.dumps(json) if json is not None else content  # exact decimals, never floats
             return self.http.build_request(method, url, params=params, content=body, headers=all_headers)
 
         def rejected() -> D365AuthError:
-            return D365AuthError(f"D365 {method} {path} answered HTTP 401 with a freshly minted token; check that "
-                                 "the Entra app (D365_CLIENT_ID) is registered in F&O (System administration > "
-                                 "Setup > Microsoft Entra applications) and enabled")
+            return D365AuthError(
+                f"D365 {method} {path} answered HTTP 401 with a freshly minted token; check that "
+                "the Entra app (D365_CLIENT_ID) is registered in F&O (System administration > "
+                "Setup > Microsoft Entra applications) and enabled"
+            )
 
-        return self.auth.send(build, what=f"{method} {path}", rejected=rejected, idempotent=idempotent,
-                              is_retryable_response=_is_transient, expect_json=expect_json, hint=API_HINT)
+        return self.auth.send(
+            build,
+            what=f"{method} {path}",
+            rejected=rejected,
+            idempotent=idempotent,
+            is_retryable_response=_is_transient,
+            expect_json=expect_json,
+            hint=API_HINT,
+        )
 
     def _raise_for(self, response: httpx.Response, what: str) -> None:
         if response.status_code < 400:
             return
         detail, error_type = error_detail(response)
         if response.status_code == 401:
-            detail = "unauthorized: the token was rejected twice; check that the Entra app is registered in " \
-                     "F&O (System administration > Setup > Microsoft Entra applications)"
-        raise D365Error(f"D365 {what} failed: HTTP {response.status_code}: {detail}",
-                        status=response.status_code, detail=detail, error_type=error_type)
+            detail = (
+                "unauthorized: the token was rejected twice; check that the Entra app is registered in "
+                "F&O (System administration > Setup > Microsoft Entra applications)"
+            )
+        raise D365Error(
+            f"D365 {what} failed: HTTP {response.status_code}: {detail}",
+            status=response.status_code,
+            detail=detail,
+            error_type=error_type,
+        )
 
     def _url(self, path: str) -> str:
         return f"{self.base_url}/data/{path}"
 
     # -- reads -----------------------------------------------------------------------------
-    def query(self, entity_set: str, *, legal_entity: str | None = None, filter: str | None = None,
-              select: Sequence[str] | None = None, top: int | None = None,
-              orderby: str | None = None, exact: Mapping[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+    def query(
+        self,
+        entity_set: str,
+        *,
+        legal_entity: str | None = None,
+        filter: str | None = None,
+        select: Sequence[str] | None = None,
+        top: int | None = None,
+        orderby: str | None = None,
+        exact: Mapping[str, Any] | None = None,
+    ) -> Iterator[dict[str, Any]]:
         """Yield rows of ``entity_set`` (cross-company, scoped to ``legal_entity``), following nextLink.
 
         ``exact`` (field -> value) selects rows whose fields *equal* the values. F&O reads ``*`` in an
@@ -233,16 +272,16 @@ class D365Client:
 
     def get(self, entity_set: str, key: Mapping[str, Any]) -> dict[str, Any] | None:
         self._check_key(entity_set, key)
-        response = self._send("GET", self._url(entity_set + odata.key_predicate(key)),
-                              params={"cross-company": "true"})
+        response = self._send("GET", self._url(entity_set + odata.key_predicate(key)), params={"cross-company": "true"})
         if response.status_code == 404:
             return None
         self._raise_for(response, f"GET {entity_set}")
         return response.json()
 
     # -- writes ----------------------------------------------------------------------------
-    def create(self, entity_set: str, record: Mapping[str, Any], *,
-               verify: Callable[[], dict[str, Any] | None] | None = None) -> dict[str, Any]:
+    def create(
+        self, entity_set: str, record: Mapping[str, Any], *, verify: Callable[[], dict[str, Any] | None] | None = None
+    ) -> dict[str, Any]:
         """POST a new record. If the outcome is ambiguous (timeout, dropped connection, 5xx) and
         ``verify`` is given, look the record up: found -> return it; absent -> send again."""
         self._check_record(entity_set, record)
@@ -266,15 +305,24 @@ class D365Client:
         """PATCH (idempotent: sets fields to values)."""
         self._check_key(entity_set, key)
         self._check_record(entity_set, changes, require_company=False)
-        response = self._send("PATCH", self._url(entity_set + odata.key_predicate(key)),
-                              params={"cross-company": "true"}, json=dict(changes), idempotent=True)
+        response = self._send(
+            "PATCH",
+            self._url(entity_set + odata.key_predicate(key)),
+            params={"cross-company": "true"},
+            json=dict(changes),
+            idempotent=True,
+        )
         self._raise_for(response, f"PATCH {entity_set}")
 
     def delete(self, entity_set: str, key: Mapping[str, Any]) -> bool:
         """DELETE by key; returns False when the record was already gone."""
         self._check_key(entity_set, key)
-        response = self._send("DELETE", self._url(entity_set + odata.key_predicate(key)),
-                              params={"cross-company": "true"}, idempotent=True)
+        response = self._send(
+            "DELETE",
+            self._url(entity_set + odata.key_predicate(key)),
+            params={"cross-company": "true"},
+            idempotent=True,
+        )
         if response.status_code == 404:
             return False
         self._raise_for(response, f"DELETE {entity_set}")
@@ -289,8 +337,14 @@ class D365Client:
                 if op.method == "POST" and op.body is not None:
                     self._check_record(entity, op.body)
         content_type, body = encode_batch(self.base_url, list(changesets))
-        response = self._send("POST", self._url("$batch"), content=body, idempotent=False, expect_json=False,
-                              headers={"Content-Type": content_type, "Accept": "multipart/mixed"})
+        response = self._send(
+            "POST",
+            self._url("$batch"),
+            content=body,
+            idempotent=False,
+            expect_json=False,
+            headers={"Content-Type": content_type, "Accept": "multipart/mixed"},
+        )
         self._raise_for(response, "POST $batch")
         try:
             parts = parse_batch_response(response.headers.get("content-type", ""), response.content)
@@ -305,18 +359,29 @@ class D365Client:
                 # no rejection in the answer, and no complete answer either: D365 may have applied it
                 # (the answer was lost or cut short after the commit) — only a lookup can tell
                 path = httpx.URL(self._url("$batch")).path
-                raise UnexpectedWriteAnswerError(describe_unexpected(
-                    "D365", "POST", path, response,
-                    f"not a complete $batch answer ({len(mine)} of {len(changeset.operations)} parts of a changeset)",
-                    "D365 may have applied the changeset: look it up before sending it again"),
-                    system="D365", method="POST", path=path, status=response.status_code)
+                raise UnexpectedWriteAnswerError(
+                    describe_unexpected(
+                        "D365",
+                        "POST",
+                        path,
+                        response,
+                        f"not a complete $batch answer "
+                        f"({len(mine)} of {len(changeset.operations)} parts of a changeset)",
+                        "D365 may have applied the changeset: look it up before sending it again",
+                    ),
+                    system="D365",
+                    method="POST",
+                    path=path,
+                    status=response.status_code,
+                )
             error = None
             if failed:
                 part = failed[0]
                 inner = (part.body or {}).get("error", {}) if isinstance(part.body, dict) else {}
                 detail = str((inner.get("innererror") or {}).get("message") or inner.get("message") or part.body)
-                error = D365Error(f"D365 $batch changeset failed: HTTP {part.status}: {detail}",
-                                  status=part.status, detail=detail)
+                error = D365Error(
+                    f"D365 $batch changeset failed: HTTP {part.status}: {detail}", status=part.status, detail=detail
+                )
             results.append(ChangesetResult(ok=not failed, parts=mine, error=error))
         return results
 
@@ -338,10 +403,26 @@ class D365Client:
         """Fresh token + one cheap read: does the legal entity exist?"""
         self.auth.invalidate()
         self.auth.token()
-        rows = list(self.query("LegalEntities", filter=odata.eq("LegalEntityId", legal_entity.upper()),
-                               select=["LegalEntityId", "Name"], top=1))
+        rows = list(
+            self.query(
+                "LegalEntities",
+                filter=odata.eq("LegalEntityId", legal_entity.upper()),
+                select=["LegalEntityId", "Name"],
+                top=1,
+            )
+        )
         if not rows:
-            rows = list(self.query("LegalEntities", filter=odata.eq("LegalEntityId", legal_entity.lower()),
-                                   select=["LegalEntityId", "Name"], top=1))
-        return {"token": "ok", "legal_entity": legal_entity, "legal_entity_exists": bool(rows),
-                "legal_entity_name": rows[0].get("Name") if rows else None}
+            rows = list(
+                self.query(
+                    "LegalEntities",
+                    filter=odata.eq("LegalEntityId", legal_entity.lower()),
+                    select=["LegalEntityId", "Name"],
+                    top=1,
+                )
+            )
+        return {
+            "token": "ok",
+            "legal_entity": legal_entity,
+            "legal_entity_exists": bool(rows),
+            "legal_entity_name": rows[0].get("Name") if rows else None,
+        }

@@ -9,10 +9,11 @@ uses the same file to reject what real D365 rejects.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from importlib import resources
-from typing import Any, Mapping
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -32,17 +33,23 @@ class EntitySetSchema:
 
 @lru_cache(maxsize=1)
 def _raw() -> dict[str, Any]:
-    return json.loads(resources.files(__package__ or "coupa_d365_pipeline.d365").joinpath("entities.json").read_text("utf-8"))
+    return json.loads(
+        resources.files(__package__ or "coupa_d365_pipeline.d365").joinpath("entities.json").read_text("utf-8")
+    )
 
 
-@lru_cache(maxsize=None)
+@cache
 def entity_set(name: str) -> EntitySetSchema:
     sets = _raw()["entity_sets"]
     if name not in sets:
         raise KeyError(f"entity set {name!r} is not in the F&O schema file (names are case-sensitive)")
     raw = sets[name]
-    return EntitySetSchema(name=name, keys=tuple(raw["keys"]), properties=raw["properties"],
-                           enums={k: tuple(v) for k, v in raw.get("enums", {}).items()})
+    return EntitySetSchema(
+        name=name,
+        keys=tuple(raw["keys"]),
+        properties=raw["properties"],
+        enums={k: tuple(v) for k, v in raw.get("enums", {}).items()},
+    )
 
 
 def known_entity_sets() -> list[str]:

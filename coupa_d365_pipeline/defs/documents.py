@@ -2,7 +2,7 @@
 (purchase orders first, then vendor invoices), their "not stuck" checks, ``daily_documents_job`` and
 its two schedules (today every hour, yesterday every night)."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import dagster as dg
@@ -22,26 +22,39 @@ from .services import build_services
 from .unfinished import stuck_check
 
 
-@dg.asset(key=["coupa", "invoices"], group_name="coupa", kinds={"coupa"}, partitions_def=daily_partitions,
-          backfill_policy=dg.BackfillPolicy.single_run(),
-          description="Approved and voided Coupa invoices whose updated-at falls in the partition window (UTC).")
+@dg.asset(
+    key=["coupa", "invoices"],
+    group_name="coupa",
+    kinds={"coupa"},
+    partitions_def=daily_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    description="Approved and voided Coupa invoices whose updated-at falls in the partition window (UTC).",
+)
 @fail_run_on_outage
-def coupa_invoices(context: dg.AssetExecutionContext, coupa: CoupaResource,
-                   sync_state: SyncStateResource) -> dg.MaterializeResult:
+def coupa_invoices(
+    context: dg.AssetExecutionContext, coupa: CoupaResource, sync_state: SyncStateResource
+) -> dg.MaterializeResult:
     return stage_window(context, coupa, sync_state, "invoices", "invoice", "approved,voided")
 
 
-@dg.asset(key=["coupa", "purchase_orders"], group_name="coupa", kinds={"coupa"}, partitions_def=daily_partitions,
-          backfill_policy=dg.BackfillPolicy.single_run(),
-          description="Issued, closed and cancelled Coupa purchase orders updated in the partition window (UTC).")
+@dg.asset(
+    key=["coupa", "purchase_orders"],
+    group_name="coupa",
+    kinds={"coupa"},
+    partitions_def=daily_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    description="Issued, closed and cancelled Coupa purchase orders updated in the partition window (UTC).",
+)
 @fail_run_on_outage
-def coupa_purchase_orders(context: dg.AssetExecutionContext, coupa: CoupaResource,
-                          sync_state: SyncStateResource) -> dg.MaterializeResult:
+def coupa_purchase_orders(
+    context: dg.AssetExecutionContext, coupa: CoupaResource, sync_state: SyncStateResource
+) -> dg.MaterializeResult:
     return stage_window(context, coupa, sync_state, "purchase_orders", "purchase_order", "issued,closed,cancelled")
 
 
-def _sync_window(context: dg.AssetExecutionContext, services: Any, doc_type: str, syncer: DocumentSync,
-                 meter: StepMeter) -> dg.MaterializeResult:
+def _sync_window(
+    context: dg.AssetExecutionContext, services: Any, doc_type: str, syncer: DocumentSync, meter: StepMeter
+) -> dg.MaterializeResult:
     """Sync the staged documents of the partition window, plus earlier unfinished ones (quarantined,
     failed, interrupted, not yet told to Coupa) and staged ones no run has tried yet."""
     meter.count_requests(coupa=services.coupa, d365=services.d365)
@@ -49,74 +62,118 @@ def _sync_window(context: dg.AssetExecutionContext, services: Any, doc_type: str
     documents = services.store.documents_updated_between(doc_type, iso(window.start), iso(window.end))
     in_window = {int(d["id"]) for d in documents}
     # unfinished documents of earlier runs (they succeed once the mapping is fixed), at most DEFAULT_RETRY_LIMIT
-    retry_ids = [r.coupa_id for r in
-                 services.ledger.retry_candidates(doc_type, exclude=in_window, limit=DEFAULT_RETRY_LIMIT)]
+    retry_ids = [
+        r.coupa_id for r in services.ledger.retry_candidates(doc_type, exclude=in_window, limit=DEFAULT_RETRY_LIMIT)
+    ]
     # staged but never synced: left behind by a run an outage stopped, whatever partition it covered
     retry_ids += services.ledger.never_tried(doc_type, exclude=in_window | set(retry_ids), limit=DEFAULT_RETRY_LIMIT)
     retries = list(services.store.documents_by_id(doc_type, retry_ids).values())
     report = syncer.sync_many([*documents, *retries])
     context.log.info("%s %s..%s: %s", doc_type, iso(window.start), iso(window.end), dict(report.counts(doc_type)))
     fail_if_all_failed_by_system(report, doc_type)
-    return dg.MaterializeResult(metadata=sync_metadata(
-        report, doc_type, meter, window_start=iso(window.start), window_end=iso(window.end),
-        partitions=len(context.partition_keys), retried_from_earlier_runs=len(retries), route="odata"))
+    return dg.MaterializeResult(
+        metadata=sync_metadata(
+            report,
+            doc_type,
+            meter,
+            window_start=iso(window.start),
+            window_end=iso(window.end),
+            partitions=len(context.partition_keys),
+            retried_from_earlier_runs=len(retries),
+            route="odata",
+        )
+    )
 
 
-@dg.asset(key=["d365", "purchase_orders"], group_name="d365", kinds={"d365"}, partitions_def=daily_partitions,
-          backfill_policy=dg.BackfillPolicy.single_run(), pool="d365_writes",
-          deps=[coupa_purchase_orders, d365_vendors, d365_gl_mapping],
-          description="Issued Coupa POs as D365 PurchaseOrderHeadersV2 + PurchaseOrderLinesV2 (D365 number = Coupa "
-                      "po-number), kept in step where D365 still allows it; cancelled POs cancel unreceived lines.")
+@dg.asset(
+    key=["d365", "purchase_orders"],
+    group_name="d365",
+    kinds={"d365"},
+    partitions_def=daily_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    pool="d365_writes",
+    deps=[coupa_purchase_orders, d365_vendors, d365_gl_mapping],
+    description="Issued Coupa POs as D365 PurchaseOrderHeadersV2 + PurchaseOrderLinesV2 (D365 number = Coupa "
+    "po-number), kept in step where D365 still allows it; cancelled POs cancel unreceived lines.",
+)
 @fail_run_on_outage
-def d365_purchase_orders(context: dg.AssetExecutionContext, coupa: CoupaResource, d365: D365Resource,
-                         sync_state: SyncStateResource, mapping: MappingResource) -> dg.MaterializeResult:
+def d365_purchase_orders(
+    context: dg.AssetExecutionContext,
+    coupa: CoupaResource,
+    d365: D365Resource,
+    sync_state: SyncStateResource,
+    mapping: MappingResource,
+) -> dg.MaterializeResult:
     meter = StepMeter()
     services = build_services(context, coupa, d365, sync_state, mapping)
     return _sync_window(context, services, "purchase_order", PurchaseOrderSync(services), meter)
 
 
-@dg.asset(key=["d365", "vendor_invoices"], group_name="d365", kinds={"d365"}, partitions_def=daily_partitions,
-          backfill_policy=dg.BackfillPolicy.single_run(), pool="d365_writes",
-          deps=[coupa_invoices, d365_vendors, d365_gl_mapping, d365_purchase_orders],
-          description="Approved Coupa invoices as D365 pending vendor invoices (header + lines in one changeset), "
-                      "exactly once; voided ones removed while still pending; unmappable ones quarantined.")
+@dg.asset(
+    key=["d365", "vendor_invoices"],
+    group_name="d365",
+    kinds={"d365"},
+    partitions_def=daily_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    pool="d365_writes",
+    deps=[coupa_invoices, d365_vendors, d365_gl_mapping, d365_purchase_orders],
+    description="Approved Coupa invoices as D365 pending vendor invoices (header + lines in one changeset), "
+    "exactly once; voided ones removed while still pending; unmappable ones quarantined.",
+)
 @fail_run_on_outage
-def d365_vendor_invoices(context: dg.AssetExecutionContext, coupa: CoupaResource, d365: D365Resource,
-                         sync_state: SyncStateResource, mapping: MappingResource) -> dg.MaterializeResult:
+def d365_vendor_invoices(
+    context: dg.AssetExecutionContext,
+    coupa: CoupaResource,
+    d365: D365Resource,
+    sync_state: SyncStateResource,
+    mapping: MappingResource,
+) -> dg.MaterializeResult:
     meter = StepMeter()
     services = build_services(context, coupa, d365, sync_state, mapping)
     return _sync_window(context, services, "invoice", InvoiceSync(services), meter)
 
 
-@dg.asset_check(asset=d365_vendor_invoices, description="No invoice is quarantined, failed, left "
-                                                        "half-written, booked but not yet told to Coupa, or "
-                                                        "changed/voided in Coupa after D365 posted it.")
+@dg.asset_check(
+    asset=d365_vendor_invoices,
+    description="No invoice is quarantined, failed, left "
+    "half-written, booked but not yet told to Coupa, or "
+    "changed/voided in Coupa after D365 posted it.",
+)
 def vendor_invoices_not_stuck(sync_state: SyncStateResource) -> dg.AssetCheckResult:
     return stuck_check(Ledger(sync_state.store.engine), "invoice", "invoices")
 
 
-@dg.asset_check(asset=d365_purchase_orders, description="No purchase order is quarantined, failed, left "
-                                                         "half-written, booked but not yet told to Coupa, or has a "
-                                                         "change D365 no longer allows (received lines).")
+@dg.asset_check(
+    asset=d365_purchase_orders,
+    description="No purchase order is quarantined, failed, left "
+    "half-written, booked but not yet told to Coupa, or has a "
+    "change D365 no longer allows (received lines).",
+)
 def purchase_orders_not_stuck(sync_state: SyncStateResource) -> dg.AssetCheckResult:
     return stuck_check(Ledger(sync_state.store.engine), "purchase_order", "purchase orders")
 
 
 daily_documents_job = dg.define_asset_job(
     "daily_documents_job",
-    selection=dg.AssetSelection.assets(coupa_invoices, coupa_purchase_orders, d365_purchase_orders,
-                                       d365_vendor_invoices),
-    description="One day (or a range, as one run) of Coupa POs and invoices: stage, then write POs, then invoices.")
+    selection=dg.AssetSelection.assets(
+        coupa_invoices, coupa_purchase_orders, d365_purchase_orders, d365_vendor_invoices
+    ),
+    description="One day (or a range, as one run) of Coupa POs and invoices: stage, then write POs, then invoices.",
+)
 
 
 def _day(dt: datetime) -> str:
-    return dt.astimezone(timezone.utc).strftime("%Y-%m-%d")
+    return dt.astimezone(UTC).strftime("%Y-%m-%d")
 
 
 # Schedules: polling that catches whatever webhooks missed. They start STOPPED (Dagster's default);
 # turn them on in the UI (Automation) or set them RUNNING per deployment.
-@dg.schedule(job=daily_documents_job, cron_schedule="15 * * * *", execution_timezone="UTC",
-             description="Every hour: today's partition (Coupa documents updated today) — POs, then invoices.")
+@dg.schedule(
+    job=daily_documents_job,
+    cron_schedule="15 * * * *",
+    execution_timezone="UTC",
+    description="Every hour: today's partition (Coupa documents updated today) — POs, then invoices.",
+)
 def documents_today(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
     day = _day(context.scheduled_execution_time)
     if day < daily_partitions.start.strftime("%Y-%m-%d"):
@@ -124,8 +181,12 @@ def documents_today(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg
     return dg.RunRequest(run_key=f"documents-{context.scheduled_execution_time.isoformat()}", partition_key=day)
 
 
-@dg.schedule(job=daily_documents_job, cron_schedule="30 1 * * *", execution_timezone="UTC",
-             description="Every night: yesterday's partition again, for documents updated late in the day.")
+@dg.schedule(
+    job=daily_documents_job,
+    cron_schedule="30 1 * * *",
+    execution_timezone="UTC",
+    description="Every night: yesterday's partition again, for documents updated late in the day.",
+)
 def documents_yesterday(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
     day = _day(context.scheduled_execution_time - timedelta(days=1))
     if day < daily_partitions.start.strftime("%Y-%m-%d"):

@@ -26,8 +26,9 @@ class StepMeter:
         return self
 
     def metadata(self) -> dict[str, Any]:
-        counts = {f"{system}_requests": client.request_count - before
-                  for system, (client, before) in self._baselines.items()}
+        counts = {
+            f"{system}_requests": client.request_count - before for system, (client, before) in self._baselines.items()
+        }
         return {**counts, "duration_s": round(time.monotonic() - self.started, 3)}
 
 
@@ -35,5 +36,10 @@ def sync_metadata(report: SyncReport, doc_type: str, meter: StepMeter, **extra: 
     """What a sync step reports: outcome counts for ``doc_type``, how many it processed, its requests
     and time, the problems table, then ``extra``."""
     processed = len([o for o in report.outcomes if o.doc_type == doc_type])
-    return {**report.metadata_counts(doc_type), "processed": processed, **meter.metadata(),
-            "problems": dg.MetadataValue.md(report.problems_markdown()), **extra}
+    return {
+        **report.metadata_counts(doc_type),
+        "processed": processed,
+        **meter.metadata(),
+        "problems": dg.MetadataValue.md(report.problems_markdown()),
+        **extra,
+    }

@@ -4,7 +4,8 @@ with one clear message, instead of a green run that wrote nothing."""
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import dagster as dg
 
@@ -17,8 +18,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 def outage_failure(message: str, report: SyncReport | None = None) -> dg.Failure:
     metadata: dict[str, Any] = {}
     if report is not None:
-        metadata = {"done_before_the_stop": dg.MetadataValue.json(dict(report.counts())),
-                    "problems": dg.MetadataValue.md(report.problems_markdown())}
+        metadata = {
+            "done_before_the_stop": dg.MetadataValue.json(dict(report.counts())),
+            "problems": dg.MetadataValue.md(report.problems_markdown()),
+        }
     return dg.Failure(description=message, metadata=metadata, allow_retries=True)
 
 

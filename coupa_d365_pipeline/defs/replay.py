@@ -2,7 +2,7 @@
 failed since a time) through the same sync path as the scheduled runs (ledger claims, natural-key
 lookup), so a replay can never book an invoice twice. Launched by hand from the UI."""
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import dagster as dg
 
@@ -17,24 +17,32 @@ class ReplayConfig(dg.Config):
     """Which invoices to re-drive through the normal path (same dedupe as every run)."""
 
     coupa_ids: list[int] = []
-    failed_since: str | None = None     # ISO timestamp: every invoice quarantined/failed/stuck or booked but not
-                                        # yet told to Coupa since then
-    refetch_from_coupa: bool = True     # read the current version from Coupa first
-    rebook_missing: bool = False        # book again invoices whose pending D365 invoice vanished (missing_in_d365)
+    failed_since: str | None = None  # ISO timestamp: every invoice quarantined/failed/stuck or booked but not
+    # yet told to Coupa since then
+    refetch_from_coupa: bool = True  # read the current version from Coupa first
+    rebook_missing: bool = False  # book again invoices whose pending D365 invoice vanished (missing_in_d365)
 
 
-@dg.op(description="Re-drive invoices by Coupa id, or everything that failed since a time, through the same "
-                   "sync path (ledger claims, natural-key lookup) as the scheduled runs.")
+@dg.op(
+    description="Re-drive invoices by Coupa id, or everything that failed since a time, through the same "
+    "sync path (ledger claims, natural-key lookup) as the scheduled runs."
+)
 @fail_run_on_outage
-def replay_invoices(context: dg.OpExecutionContext, config: ReplayConfig, coupa: CoupaResource, d365: D365Resource,
-                    sync_state: SyncStateResource, mapping: MappingResource) -> dg.Output:
+def replay_invoices(
+    context: dg.OpExecutionContext,
+    config: ReplayConfig,
+    coupa: CoupaResource,
+    d365: D365Resource,
+    sync_state: SyncStateResource,
+    mapping: MappingResource,
+) -> dg.Output:
     meter = StepMeter()
     services = build_services(context, coupa, d365, sync_state, mapping)
     meter.count_requests(coupa=services.coupa, d365=services.d365)
     ids = set(config.coupa_ids)
     if config.failed_since:
         since = datetime.fromisoformat(config.failed_since.replace("Z", "+00:00"))
-        since = since if since.tzinfo else since.replace(tzinfo=timezone.utc)
+        since = since if since.tzinfo else since.replace(tzinfo=UTC)
         ids |= {r.coupa_id for r in services.ledger.replay_candidates("invoice", since=since)}
     if not ids:
         raise dg.Failure("nothing to replay: give coupa_ids or failed_since")

@@ -62,18 +62,24 @@ class CoupaResource(_ClientResource):
     base_url: str
     client_id: str
     client_secret: str
-    scopes: str | None = None                      # COUPA_SCOPES
-    api_version: str | None = None                 # COUPA_API_VERSION
+    scopes: str | None = None  # COUPA_SCOPES
+    api_version: str | None = None  # COUPA_API_VERSION
     timeout_s: float = DEFAULT_COUPA_TIMEOUT_S
-    max_requests_per_second: float | None = None   # COUPA_MAX_REQUESTS_PER_SECOND
-    token_warmup_s: float | None = None            # COUPA_TOKEN_WARMUP_SECONDS
+    max_requests_per_second: float | None = None  # COUPA_MAX_REQUESTS_PER_SECOND
+    token_warmup_s: float | None = None  # COUPA_TOKEN_WARMUP_SECONDS
 
     def client_settings(self) -> CoupaSettings:
-        env = env_with({"COUPA_BASE_URL": self.base_url, "COUPA_CLIENT_ID": self.client_id,
-                        "COUPA_CLIENT_SECRET": self.client_secret, "COUPA_SCOPES": self.scopes,
-                        "COUPA_API_VERSION": self.api_version,
-                        "COUPA_MAX_REQUESTS_PER_SECOND": self.max_requests_per_second,
-                        "COUPA_TOKEN_WARMUP_SECONDS": self.token_warmup_s})
+        env = env_with(
+            {
+                "COUPA_BASE_URL": self.base_url,
+                "COUPA_CLIENT_ID": self.client_id,
+                "COUPA_CLIENT_SECRET": self.client_secret,
+                "COUPA_SCOPES": self.scopes,
+                "COUPA_API_VERSION": self.api_version,
+                "COUPA_MAX_REQUESTS_PER_SECOND": self.max_requests_per_second,
+                "COUPA_TOKEN_WARMUP_SECONDS": self.token_warmup_s,
+            }
+        )
         return checked(load_coupa_settings, env).model_copy(update={"timeout_s": self.timeout_s})
 
     def make_client(self, logger: Any = None) -> CoupaClient:
@@ -92,15 +98,21 @@ class D365Resource(_ClientResource):
     tenant_id: str
     client_id: str
     client_secret: str
-    authority_url: str | None = None               # D365_AUTHORITY_URL
+    authority_url: str | None = None  # D365_AUTHORITY_URL
     default_legal_entity: str
     timeout_s: float = DEFAULT_D365_TIMEOUT_S
 
     def client_settings(self) -> D365Settings:
-        env = env_with({"D365_BASE_URL": self.base_url, "D365_TENANT_ID": self.tenant_id,
-                        "D365_CLIENT_ID": self.client_id, "D365_CLIENT_SECRET": self.client_secret,
-                        "D365_AUTHORITY_URL": self.authority_url,
-                        "D365_DEFAULT_LEGAL_ENTITY": self.default_legal_entity})
+        env = env_with(
+            {
+                "D365_BASE_URL": self.base_url,
+                "D365_TENANT_ID": self.tenant_id,
+                "D365_CLIENT_ID": self.client_id,
+                "D365_CLIENT_SECRET": self.client_secret,
+                "D365_AUTHORITY_URL": self.authority_url,
+                "D365_DEFAULT_LEGAL_ENTITY": self.default_legal_entity,
+            }
+        )
         return checked(load_d365_settings, env).model_copy(update={"timeout_s": self.timeout_s})
 
     def make_client(self, logger: Any = None) -> D365Client:
@@ -114,7 +126,7 @@ class D365Resource(_ClientResource):
 class SyncStateResource(dg.ConfigurableResource):
     """The connector's own database (SYNC_DATABASE_URL): staged documents, watermarks, snapshots, ledger."""
 
-    database_url: str | None = None                # SYNC_DATABASE_URL
+    database_url: str | None = None  # SYNC_DATABASE_URL
 
     _store: SyncStore | None = PrivateAttr(default=None)
 
@@ -139,7 +151,7 @@ class SyncStateResource(dg.ConfigurableResource):
 class MappingResource(dg.ConfigurableResource):
     """The Coupa -> D365 mapping file (COUPA_D365_MAPPING_FILE; default: the bundled example)."""
 
-    mapping_file: str | None = None                # COUPA_D365_MAPPING_FILE
+    mapping_file: str | None = None  # COUPA_D365_MAPPING_FILE
 
     @property
     def resolved_path(self) -> str | None:

@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import dagster as dg
 
@@ -19,11 +20,13 @@ def run_finished_checker(instance: dg.DagsterInstance) -> Callable[[str], bool]:
     def is_finished(run_id: str) -> bool:
         run = instance.get_run_by_id(run_id)
         return run is not None and run.is_finished
+
     return is_finished
 
 
-def build_services(context: Any, coupa: CoupaResource, d365: D365Resource, sync_state: SyncStateResource,
-                   mapping: MappingResource) -> SyncServices:
+def build_services(
+    context: Any, coupa: CoupaResource, d365: D365Resource, sync_state: SyncStateResource, mapping: MappingResource
+) -> SyncServices:
     store = sync_state.store
     mapping_config = mapping.load()
     snapshot = store.load_snapshot(MASTER_SNAPSHOT)
@@ -31,6 +34,13 @@ def build_services(context: Any, coupa: CoupaResource, d365: D365Resource, sync_
         snapshot = read_master_rows(d365.client, mapping_config.mapped_legal_entities)
         store.save_snapshot(MASTER_SNAPSHOT, snapshot)
     ledger = Ledger(store.engine, is_run_finished=run_finished_checker(context.instance))
-    return SyncServices(coupa=coupa.client, d365=d365.client, store=store, ledger=ledger, mapping=mapping_config,
-                        master=D365MasterData.from_rows(snapshot), run_id=context.run.run_id,
-                        logger=redacting(context.log))
+    return SyncServices(
+        coupa=coupa.client,
+        d365=d365.client,
+        store=store,
+        ledger=ledger,
+        mapping=mapping_config,
+        master=D365MasterData.from_rows(dict(snapshot)),
+        run_id=context.run.run_id,
+        logger=redacting(context.log) or context.log,
+    )

@@ -19,10 +19,22 @@ def stuck_check(ledger: Ledger, doc_type: str, what: str) -> dg.AssetCheckResult
     unknown (quarantined, failed, interrupted write, missing/changed/void after posting); WARN when
     the only thing left is telling Coupa about a booking D365 already holds (the next run does it)."""
     items = ledger.unfinished(doc_type)
-    details = table(["Coupa id", "scope", "state", "reason", "age", "since"],
-                    ([i.row.coupa_id, i.row.scope or i.row.legal_entity or "", i.kind, cell(i.reason, max_chars=300),
-                      _age(i.age), f"{i.row.updated_at:%Y-%m-%d %H:%M}"] for i in items),
-                    limit=200, empty="Nothing stuck.")
+    details = table(
+        ["Coupa id", "scope", "state", "reason", "age", "since"],
+        (
+            [
+                i.row.coupa_id,
+                i.row.scope or i.row.legal_entity or "",
+                i.kind,
+                cell(i.reason, max_chars=300),
+                _age(i.age),
+                f"{i.row.updated_at:%Y-%m-%d %H:%M}",
+            ]
+            for i in items
+        ),
+        limit=200,
+        empty="Nothing stuck.",
+    )
     by_state: dict[str, int] = {}
     for i in items:
         by_state[i.kind] = by_state.get(i.kind, 0) + 1
@@ -31,8 +43,13 @@ def stuck_check(ledger: Ledger, doc_type: str, what: str) -> dg.AssetCheckResult
     return dg.AssetCheckResult(
         passed=not items,
         severity=dg.AssetCheckSeverity.ERROR if errors else dg.AssetCheckSeverity.WARN,
-        description=None if not items else f"{len(items)} {what} need attention: " +
-        ", ".join(f"{n} {s}" for s, n in sorted(by_state.items())),
-        metadata={"stuck": len(items), "by_state": dg.MetadataValue.json(by_state),
-                  "oldest_age_s": int(oldest.total_seconds()) if oldest is not None else 0,
-                  "details": dg.MetadataValue.md(details)})
+        description=None
+        if not items
+        else f"{len(items)} {what} need attention: " + ", ".join(f"{n} {s}" for s, n in sorted(by_state.items())),
+        metadata={
+            "stuck": len(items),
+            "by_state": dg.MetadataValue.json(by_state),
+            "oldest_age_s": int(oldest.total_seconds()) if oldest is not None else 0,
+            "details": dg.MetadataValue.md(details),
+        },
+    )

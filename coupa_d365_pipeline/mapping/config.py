@@ -154,15 +154,22 @@ def _pydantic_problems(err: ValidationError) -> list[str]:
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             parent = loc[:-1]
-            allowed = _ALLOWED_TOP if not parent else tuple(
-                {"vendor_account": VendorAccountConfig, "dimensions": DimensionsConfig}
-                .get(str(parent[0]), MappingConfig).model_fields)
+            allowed = (
+                _ALLOWED_TOP
+                if not parent
+                else tuple(
+                    {"vendor_account": VendorAccountConfig, "dimensions": DimensionsConfig}.get(
+                        str(parent[0]), MappingConfig
+                    ).model_fields
+                )
+            )
             where = _path(*parent) if parent else "top level"
             out.append(f"{_path(*loc)}: unknown key at {where}; allowed keys are {', '.join(allowed)}")
             continue
         if e["type"] == "literal_error" and loc and loc[-1] == "source":
-            out.append(f"{_path(*loc)}: {e.get('input')!r} is not a vendor account source; "
-                       "use supplier_number or prefix_id")
+            out.append(
+                f"{_path(*loc)}: {e.get('input')!r} is not a vendor account source; use supplier_number or prefix_id"
+            )
             continue
         if loc and loc[-1] == "[key]":
             out.append(f"{_path(*loc[:-1])}: the key {loc[-2]!r} must be a string; quote it")
@@ -189,26 +196,33 @@ def _cross_checks(cfg: MappingConfig) -> tuple[MappingConfig, list[str]]:
     if default is not None:
         default = default.lower()
         if default not in mapped:
-            problems.append(f"default_legal_entity: {cfg.default_legal_entity!r} is not one of the mapped legal "
-                            f"entities; use one of {allowed_les} or add it under legal_entities")
+            problems.append(
+                f"default_legal_entity: {cfg.default_legal_entity!r} is not one of the mapped legal "
+                f"entities; use one of {allowed_les} or add it under legal_entities"
+            )
 
     va = cfg.vendor_account
     if va.source == "prefix_id" and not va.prefix:
-        problems.append("vendor_account.prefix: is required when source is prefix_id; add e.g. prefix: \"CP-\"")
+        problems.append('vendor_account.prefix: is required when source is prefix_id; add e.g. prefix: "CP-"')
     if va.source == "supplier_number" and va.prefix:
-        problems.append("vendor_account.prefix: is only used with source: prefix_id; remove it or set source: prefix_id")
+        problems.append(
+            "vendor_account.prefix: is only used with source: prefix_id; remove it or set source: prefix_id"
+        )
 
     vendors_v2 = entity_set("VendorsV2")
     defaults: dict[str, dict[str, Any]] = {}
     for le, fields in cfg.vendor_defaults.items():
         le_l = str(le).lower()
         if le_l not in mapped:
-            problems.append(f"{_path('vendor_defaults', le)}: {le!r} is not a mapped legal entity; "
-                            f"use one of {allowed_les}")
+            problems.append(
+                f"{_path('vendor_defaults', le)}: {le!r} is not a mapped legal entity; use one of {allowed_les}"
+            )
             continue
         if not isinstance(fields, dict):
-            problems.append(f"{_path('vendor_defaults', le)}: write a mapping of VendorsV2 fields, "
-                            "e.g. {VendorGroupId: \"10\", CurrencyCode: USD}")
+            problems.append(
+                f"{_path('vendor_defaults', le)}: write a mapping of VendorsV2 fields, "
+                'e.g. {VendorGroupId: "10", CurrencyCode: USD}'
+            )
             continue
         clean: dict[str, Any] = {}
         for fname, value in fields.items():
@@ -236,12 +250,14 @@ def _cross_checks(cfg: MappingConfig) -> tuple[MappingConfig, list[str]]:
 
     dims = cfg.dimensions
     if not dims.order:
-        problems.append("dimensions.order: is empty; list the D365 default dimension format, "
-                        "e.g. [BusinessUnit, CostCenter, Department]")
+        problems.append(
+            "dimensions.order: is empty; list the D365 default dimension format, "
+            "e.g. [BusinessUnit, CostCenter, Department]"
+        )
     if len(set(dims.order)) != len(dims.order):
         problems.append(f"dimensions.order: lists a dimension twice ({dims.order}); list each once")
     if not dims.delimiter:
-        problems.append("dimensions.delimiter: is empty; use the D365 DimensionSegmentDelimiter, usually \"-\"")
+        problems.append('dimensions.delimiter: is empty; use the D365 DimensionSegmentDelimiter, usually "-"')
     elif "\\" in dims.delimiter:
         problems.append("dimensions.delimiter: must not contain a backslash (it is the escape character)")
     seen_segments: dict[str, str] = {}
@@ -260,8 +276,10 @@ def _cross_checks(cfg: MappingConfig) -> tuple[MappingConfig, list[str]]:
 
     for name in cfg.coupa_custom_fields:
         if name not in COUPA_CUSTOM_FIELD_SOURCES:
-            problems.append(f"{_path('coupa_custom_fields', name)}: unknown D365 value; use one of "
-                            f"{', '.join(COUPA_CUSTOM_FIELD_SOURCES)}")
+            problems.append(
+                f"{_path('coupa_custom_fields', name)}: unknown D365 value; use one of "
+                f"{', '.join(COUPA_CUSTOM_FIELD_SOURCES)}"
+            )
     for section in ("payment_terms", "items", "procurement_category", "country_regions", "coupa_custom_fields"):
         for k, v in getattr(cfg, section).items():
             if not str(v).strip():
@@ -269,8 +287,7 @@ def _cross_checks(cfg: MappingConfig) -> tuple[MappingConfig, list[str]]:
 
     if problems:
         return cfg, problems
-    cfg = cfg.model_copy(update={"legal_entities": les, "default_legal_entity": default,
-                                 "vendor_defaults": defaults})
+    cfg = cfg.model_copy(update={"legal_entities": les, "default_legal_entity": default, "vendor_defaults": defaults})
     return cfg, []
 
 
@@ -279,8 +296,10 @@ def parse_mapping(data: Any, source: str = "<mapping>") -> MappingConfig:
     if data is None:
         raise MappingError(f"{source}: the mapping is empty; start from coupa_d365_pipeline/examples/mapping.yaml")
     if not isinstance(data, dict):
-        raise MappingError(f"{source}: the top level must be a mapping of keys "
-                           f"({', '.join(_ALLOWED_TOP)}), not a {type(data).__name__}")
+        raise MappingError(
+            f"{source}: the top level must be a mapping of keys "
+            f"({', '.join(_ALLOWED_TOP)}), not a {type(data).__name__}"
+        )
     unknown = [k for k in data if k not in _ALLOWED_TOP]
     problems = [f"{_path(k)}: unknown top-level key; allowed keys are {', '.join(_ALLOWED_TOP)}" for k in unknown]
     known = {k: v for k, v in data.items() if k in _ALLOWED_TOP}
@@ -306,14 +325,18 @@ def load_mapping(path: str | Path | None = None) -> MappingConfig:
     try:
         text = p.read_text("utf-8")
     except FileNotFoundError:
-        raise MappingError(f"{p}: mapping file not found; set COUPA_D365_MAPPING_FILE to an existing file "
-                           "or copy coupa_d365_pipeline/examples/mapping.yaml") from None
+        raise MappingError(
+            f"{p}: mapping file not found; set COUPA_D365_MAPPING_FILE to an existing file "
+            "or copy coupa_d365_pipeline/examples/mapping.yaml"
+        ) from None
     except OSError as exc:
         raise MappingError(f"{p}: cannot read the mapping file ({exc})") from None
     except UnicodeDecodeError as exc:
-        line = p.read_bytes()[:exc.start].count(b"\n") + 1
-        raise MappingError(f"{p}: the mapping file (COUPA_D365_MAPPING_FILE) is not UTF-8 text (byte "
-                           f"0x{exc.object[exc.start]:02x} on line {line}); save it as UTF-8") from None
+        line = p.read_bytes()[: exc.start].count(b"\n") + 1
+        raise MappingError(
+            f"{p}: the mapping file (COUPA_D365_MAPPING_FILE) is not UTF-8 text (byte "
+            f"0x{exc.object[exc.start]:02x} on line {line}); save it as UTF-8"
+        ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

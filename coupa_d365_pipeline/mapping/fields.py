@@ -10,10 +10,11 @@ Invariants: pure functions of their arguments (no I/O, no Dagster); money and qu
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal, InvalidOperation
-from typing import Any, Iterable
+from typing import Any
 
 from .config import MappingConfig
 from .master import D365MasterData
@@ -152,8 +153,9 @@ def same_value(a: Any, b: Any, *, fold: bool = False) -> bool:
     return ta == tb
 
 
-def changed_fields(current: dict[str, Any], desired: dict[str, Any], fields: Iterable[str], *,
-                   fold: bool = False) -> dict[str, Any]:
+def changed_fields(
+    current: dict[str, Any], desired: dict[str, Any], fields: Iterable[str], *, fold: bool = False
+) -> dict[str, Any]:
     """The ``fields`` of ``desired`` whose value differs (:func:`same_value`) from ``current``.
     Fields absent from ``desired`` are not compared (D365 fills some itself)."""
     return {f: desired[f] for f in fields if f in desired and not same_value(desired[f], current.get(f), fold=fold)}
@@ -168,59 +170,90 @@ def document_currency(document: dict, noun: str, master: D365MasterData, p: Prob
     raw = document.get("currency")
     currency = (text_of(raw) if isinstance(raw, str) else name_of(raw, "code")).upper()
     if not currency and raw not in (None, "", {}):
-        p.add("currency_unknown", f"{noun} currency {str(raw)[:40]!r} is not a Coupa currency (an object with a "
-              "code such as USD); fix the currency in Coupa")
+        p.add(
+            "currency_unknown",
+            f"{noun} currency {str(raw)[:40]!r} is not a Coupa currency (an object with a "
+            "code such as USD); fix the currency in Coupa",
+        )
     elif not currency:
         p.add("currency_unknown", f"{noun} has no currency; set it in Coupa")
     elif not master.has_currency(currency):
-        p.add("currency_unknown", f"currency {currency} does not exist in D365 (Currencies); "
-              f"add it in D365 or fix the {noun} currency in Coupa")
+        p.add(
+            "currency_unknown",
+            f"currency {currency} does not exist in D365 (Currencies); "
+            f"add it in D365 or fix the {noun} currency in Coupa",
+        )
     return currency
 
 
-
-def line_sane(p: Problems, tag: str, qty: Decimal, price: Decimal, total: Decimal, *, quantity_line: bool,
-              credit: bool | None) -> None:
+def line_sane(
+    p: Problems, tag: str, qty: Decimal, price: Decimal, total: Decimal, *, quantity_line: bool, credit: bool | None
+) -> None:
     """The sanity rules for one line's numbers (``credit`` None: a purchase order)."""
     for name, value in (("price", price), ("total", total)):
         if abs(value) >= MAX_ABS_AMOUNT:
-            p.add("absurd_amount", f"{tag}: {name} {value} is beyond any plausible amount (rule: |amount| < "
-                  f"{MAX_ABS_AMOUNT}); fix the line in Coupa")
+            p.add(
+                "absurd_amount",
+                f"{tag}: {name} {value} is beyond any plausible amount (rule: |amount| < "
+                f"{MAX_ABS_AMOUNT}); fix the line in Coupa",
+            )
     if abs(qty) >= MAX_ABS_QUANTITY:
-        p.add("absurd_quantity", f"{tag}: quantity {qty} is beyond any plausible quantity (rule: |quantity| < "
-              f"{MAX_ABS_QUANTITY}); fix the line in Coupa")
+        p.add(
+            "absurd_quantity",
+            f"{tag}: quantity {qty} is beyond any plausible quantity (rule: |quantity| < "
+            f"{MAX_ABS_QUANTITY}); fix the line in Coupa",
+        )
     if qty < 0 and credit is False:
-        p.add("negative_quantity", f"{tag}: quantity {qty} on an invoice that is not a credit note; correct the "
-              "quantity in Coupa or issue a credit note")
+        p.add(
+            "negative_quantity",
+            f"{tag}: quantity {qty} on an invoice that is not a credit note; correct the "
+            "quantity in Coupa or issue a credit note",
+        )
     elif qty < 0 and credit is None:
         p.add("negative_quantity", f"{tag}: quantity {qty} on a purchase order; order a positive quantity in Coupa")
     if qty == 0 and quantity_line:
-        p.add("zero_quantity", f"{tag}: quantity 0 on a quantity line books nothing (rule: a quantity line "
-              "needs a quantity); correct the quantity in Coupa or remove the line")
+        p.add(
+            "zero_quantity",
+            f"{tag}: quantity 0 on a quantity line books nothing (rule: a quantity line "
+            "needs a quantity); correct the quantity in Coupa or remove the line",
+        )
 
 
-def line_accounting(account: dict, tag: str, le: str | None, le_ok: bool, mapping: MappingConfig,
-                    master: D365MasterData, p: Problems) -> tuple[str, list[str]]:
+def line_accounting(
+    account: dict, tag: str, le: str | None, le_ok: bool, mapping: MappingConfig, master: D365MasterData, p: Problems
+) -> tuple[str, list[str]]:
     """Main account and dimension values of one Coupa line account, checked against D365 master
     data (shared by invoices and purchase orders). Returns (main account, dimension values)."""
     dims = mapping.dimensions
     main = text_of(account.get(dims.main_account_segment))
     if not main:
-        p.add("main_account_missing", f"{tag}: the account has no main account ({dims.main_account_segment} "
-              "is empty); set the account on the line in Coupa")
-    elif le_ok and not master.main_account_in(le, main):
+        p.add(
+            "main_account_missing",
+            f"{tag}: the account has no main account ({dims.main_account_segment} "
+            "is empty); set the account on the line in Coupa",
+        )
+    elif le_ok and le is not None and not master.main_account_in(le, main):
         if master.main_account_exists(main):
-            p.add("main_account_not_in_legal_entity", f"{tag}: main account {main} does not exist in legal entity "
-                  f"{le} (D365 MainAccountLegalEntities); fix the Coupa account or activate it in D365")
+            p.add(
+                "main_account_not_in_legal_entity",
+                f"{tag}: main account {main} does not exist in legal entity "
+                f"{le} (D365 MainAccountLegalEntities); fix the Coupa account or activate it in D365",
+            )
         else:
-            p.add("main_account_not_in_d365", f"{tag}: main account {main} does not exist in D365 "
-                  "(MainAccounts); fix the Coupa account or create the main account in D365")
+            p.add(
+                "main_account_not_in_d365",
+                f"{tag}: main account {main} does not exist in D365 "
+                "(MainAccounts); fix the Coupa account or create the main account in D365",
+            )
     seg_values: list[str] = []
     for dim in dims.order:
         seg = dims.segments.get(dim)
         value = text_of(account.get(seg)) if seg else ""
-        if value and le_ok and not master.dimension_value_exists(dim, value, le):
-            p.add("dimension_value_missing", f"{tag}: {dim} value {value!r} ({seg}) does not exist in D365 "
-                  f"(FinancialDimensionValues, shared or {le}); create it in D365 or fix the Coupa account")
+        if value and le_ok and le is not None and not master.dimension_value_exists(dim, value, le):
+            p.add(
+                "dimension_value_missing",
+                f"{tag}: {dim} value {value!r} ({seg}) does not exist in D365 "
+                f"(FinancialDimensionValues, shared or {le}); create it in D365 or fix the Coupa account",
+            )
         seg_values.append(value)
     return main, seg_values

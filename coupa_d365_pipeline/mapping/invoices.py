@@ -49,10 +49,16 @@ __all__ = [
     "map_invoice",
 ]
 
-INVOICE_SOURCES = {"InvoiceNumber": "invoice-number", "InvoiceAccount": "the supplier number",
-                   "Currency": "the currency", "LineDescription": "the line description",
-                   "ItemNumber": "the item number", "PurchaseOrder": "the PO number",
-                   "MainAccountDisplayValue": "the line account", "DimensionDisplayValue": "the line account"}
+INVOICE_SOURCES = {
+    "InvoiceNumber": "invoice-number",
+    "InvoiceAccount": "the supplier number",
+    "Currency": "the currency",
+    "LineDescription": "the line description",
+    "ItemNumber": "the item number",
+    "PurchaseOrder": "the PO number",
+    "MainAccountDisplayValue": "the line account",
+    "DimensionDisplayValue": "the line account",
+}
 
 
 @dataclass
@@ -63,7 +69,6 @@ class MappedInvoice:
     header: dict
     lines: list[dict]
     po_lines: dict[int, tuple[str, str]] = field(default_factory=dict)
-
 
 
 def legal_entity_for(invoice: dict, mapping: MappingConfig) -> str | None:
@@ -85,8 +90,9 @@ def is_credit_note(invoice: dict) -> bool:
     return invoice.get("is-credit-note") is True or text_of(invoice.get("document-type")).casefold() == "credit note"
 
 
-def map_invoice(invoice: dict, mapping: MappingConfig, master: D365MasterData, *,
-                supplier: dict | None = None) -> MappedInvoice | Quarantine:
+def map_invoice(
+    invoice: dict, mapping: MappingConfig, master: D365MasterData, *, supplier: dict | None = None
+) -> MappedInvoice | Quarantine:
     """VendorInvoiceHeaders/VendorInvoiceLines bodies (without HeaderReference) or a Quarantine."""
     p = Problems()
     dims = mapping.dimensions
@@ -97,21 +103,30 @@ def map_invoice(invoice: dict, mapping: MappingConfig, master: D365MasterData, *
     le = mapping.legal_entity(chart)
     if le is None:
         if chart:
-            p.add("account_type_unmapped", f"Coupa chart of accounts {chart!r} is not mapped to a D365 legal "
-                  "entity; add it under legal_entities in the mapping")
+            p.add(
+                "account_type_unmapped",
+                f"Coupa chart of accounts {chart!r} is not mapped to a D365 legal "
+                "entity; add it under legal_entities in the mapping",
+            )
         else:
             p.add("account_type_unmapped", "invoice has no chart of accounts (account-type); set it in Coupa")
     elif not master.has_legal_entity(le):
-        p.add("legal_entity_not_in_d365", f"legal entity {le!r} (mapped from {chart!r}) does not exist in D365 "
-              "(LegalEntities); fix legal_entities in the mapping")
+        p.add(
+            "legal_entity_not_in_d365",
+            f"legal entity {le!r} (mapped from {chart!r}) does not exist in D365 "
+            "(LegalEntities); fix legal_entities in the mapping",
+        )
     le_ok = le is not None and master.has_legal_entity(le)
 
     # ---- vendor
     sup = supplier if supplier is not None else (invoice.get("supplier") or {})
     vendor = vendor_account_for(sup, mapping)
     if not vendor:
-        p.add("supplier_number_null", f"supplier {sup.get('id')} ({text_of(sup.get('name'))}) has no supplier number, "
-              "so there is no D365 vendor account; enter the supplier number in Coupa")
+        p.add(
+            "supplier_number_null",
+            f"supplier {sup.get('id')} ({text_of(sup.get('name'))}) has no supplier number, "
+            "so there is no D365 vendor account; enter the supplier number in Coupa",
+        )
 
     # ---- header fields
     number = text_of(invoice.get("invoice-number"))
@@ -152,17 +167,22 @@ def map_invoice(invoice: dict, mapping: MappingConfig, master: D365MasterData, *
         else:
             assert qty is not None and price is not None and total is not None
             if abs(qty * price - total) > TOLERANCE:
-                p.add("invalid_amounts", f"{tag}: quantity {qty} × price {price} = {qty * price} but the line total "
-                      f"is {total} (differs by more than {TOLERANCE}); fix the line amounts in Coupa")
-            line_sane(p, tag, qty, price, total, quantity_line=ln.get("type") not in AMOUNT_LINE_TYPES,
-                      credit=credit)
+                p.add(
+                    "invalid_amounts",
+                    f"{tag}: quantity {qty} × price {price} = {qty * price} but the line total "
+                    f"is {total} (differs by more than {TOLERANCE}); fix the line amounts in Coupa",
+                )
+            line_sane(p, tag, qty, price, total, quantity_line=ln.get("type") not in AMOUNT_LINE_TYPES, credit=credit)
             line_sum += total
 
-        account = ln.get("account") if isinstance(ln.get("account"), dict) else {}
+        account: dict = ln["account"] if isinstance(ln.get("account"), dict) else {}
         line_chart = name_of(account.get("account-type"))
         if line_chart and chart and le is not None and mapping.legal_entity(line_chart) != le:
-            p.add("account_type_mismatch", f"{tag}: account {text_of(account.get('code'))!r} belongs to chart of "
-                  f"accounts {line_chart!r} but the invoice is on {chart!r}; use an account of the invoice's chart")
+            p.add(
+                "account_type_mismatch",
+                f"{tag}: account {text_of(account.get('code'))!r} belongs to chart of "
+                f"accounts {line_chart!r} but the invoice is on {chart!r}; use an account of the invoice's chart",
+            )
         main, seg_values = line_accounting(account, tag, le, le_ok, mapping, master, p)
 
         body: dict[str, Any] = {
@@ -180,9 +200,12 @@ def map_invoice(invoice: dict, mapping: MappingConfig, master: D365MasterData, *
         coupa_item = text_of(item.get("item-number")) if item else ""
         if coupa_item:
             d365_item = mapping.item_number(coupa_item)
-            if le_ok and not master.item_released(le, d365_item):
-                p.add("item_not_released", f"{tag}: item {d365_item} is not released in legal entity {le} "
-                      "(D365 ReleasedProductsV2); release the product in D365 or map it under items")
+            if le_ok and le is not None and not master.item_released(le, d365_item):
+                p.add(
+                    "item_not_released",
+                    f"{tag}: item {d365_item} is not released in legal entity {le} "
+                    "(D365 ReleasedProductsV2); release the product in D365 or map it under items",
+                )
             body["ItemNumber"] = d365_item
         else:
             commodity = name_of(ln.get("commodity"))
@@ -202,13 +225,23 @@ def map_invoice(invoice: dict, mapping: MappingConfig, master: D365MasterData, *
     if gross is None:
         p.add("invalid_amounts", f"gross-total {invoice.get('gross-total')!r} is not a number; fix it in Coupa")
     elif raw_lines and sum_ok and abs(gross - line_sum) > TOLERANCE:
-        p.add("invalid_amounts", f"gross-total {gross} differs from the sum of line totals {line_sum} by more than "
-              f"{TOLERANCE}; fix the invoice amounts in Coupa")
+        p.add(
+            "invalid_amounts",
+            f"gross-total {gross} differs from the sum of line totals {line_sum} by more than "
+            f"{TOLERANCE}; fix the invoice amounts in Coupa",
+        )
     elif abs(gross) >= MAX_ABS_AMOUNT:
-        p.add("absurd_amount", f"gross-total {gross} is beyond any plausible invoice (rule: |amount| < "
-              f"{MAX_ABS_AMOUNT}); fix the invoice amounts in Coupa")
-    check_body(p, "VendorInvoiceHeaders", {"InvoiceNumber": number, "InvoiceAccount": vendor or "",
-                                           "Currency": currency}, INVOICE_SOURCES)
+        p.add(
+            "absurd_amount",
+            f"gross-total {gross} is beyond any plausible invoice (rule: |amount| < "
+            f"{MAX_ABS_AMOUNT}); fix the invoice amounts in Coupa",
+        )
+    check_body(
+        p,
+        "VendorInvoiceHeaders",
+        {"InvoiceNumber": number, "InvoiceAccount": vendor or "", "Currency": currency},
+        INVOICE_SOURCES,
+    )
 
     if p:
         return p.quarantine()
@@ -222,5 +255,6 @@ def map_invoice(invoice: dict, mapping: MappingConfig, master: D365MasterData, *
         "ImportedAmount": gross,
         "InvoiceDescription": f"Coupa invoice {invoice.get('id')}",
     }
-    return MappedInvoice(legal_entity=le, vendor_account=vendor, invoice_number=number,
-                         header=header, lines=lines, po_lines=po_lines)
+    return MappedInvoice(
+        legal_entity=le, vendor_account=vendor, invoice_number=number, header=header, lines=lines, po_lines=po_lines
+    )

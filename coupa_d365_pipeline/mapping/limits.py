@@ -20,45 +20,45 @@ from typing import Any, Protocol
 
 FIELD_MAX_LENGTH: dict[str, dict[str, int]] = {
     "VendorInvoiceHeaders": {
-        "InvoiceNumber": 20,              # VendInvoiceInfoTable.Num (EDT Num)
-        "InvoiceAccount": 20,             # EDT VendAccount
-        "Currency": 3,                    # EDT CurrencyCode
-        "InvoiceDescription": 60,         # EDT Description — UNCONFIRMED
-        "HeaderReference": 30,            # UNCONFIRMED; ours is COUPA-<id>
+        "InvoiceNumber": 20,  # VendInvoiceInfoTable.Num (EDT Num)
+        "InvoiceAccount": 20,  # EDT VendAccount
+        "Currency": 3,  # EDT CurrencyCode
+        "InvoiceDescription": 60,  # EDT Description — UNCONFIRMED
+        "HeaderReference": 30,  # UNCONFIRMED; ours is COUPA-<id>
     },
     "VendorInvoiceLines": {
-        "LineDescription": 1000,          # EDT ItemFreeTxt (memo-sized) — UNCONFIRMED
-        "ItemNumber": 20,                 # EDT ItemId
+        "LineDescription": 1000,  # EDT ItemFreeTxt (memo-sized) — UNCONFIRMED
+        "ItemNumber": 20,  # EDT ItemId
         "Currency": 3,
-        "PurchaseOrder": 20,              # EDT PurchId
-        "MainAccountDisplayValue": 500,   # EDT DimensionDisplayValue — UNCONFIRMED
-        "DimensionDisplayValue": 500,     # UNCONFIRMED
+        "PurchaseOrder": 20,  # EDT PurchId
+        "MainAccountDisplayValue": 500,  # EDT DimensionDisplayValue — UNCONFIRMED
+        "DimensionDisplayValue": 500,  # UNCONFIRMED
     },
     "VendorsV2": {
-        "VendorAccountNumber": 20,        # EDT VendAccount
-        "VendorOrganizationName": 100,    # EDT DirPartyName
-        "VendorSearchName": 20,           # EDT SearchName — UNCONFIRMED
-        "AddressStreet": 250,             # EDT LogisticsAddressStreet
-        "AddressCity": 60,                # EDT LogisticsAddressCityName
-        "AddressZipCode": 10,             # EDT LogisticsAddressZipCodeId
-        "AddressCountryRegionId": 10,     # EDT LogisticsAddressCountryRegionId
+        "VendorAccountNumber": 20,  # EDT VendAccount
+        "VendorOrganizationName": 100,  # EDT DirPartyName
+        "VendorSearchName": 20,  # EDT SearchName — UNCONFIRMED
+        "AddressStreet": 250,  # EDT LogisticsAddressStreet
+        "AddressCity": 60,  # EDT LogisticsAddressCityName
+        "AddressZipCode": 10,  # EDT LogisticsAddressZipCodeId
+        "AddressCountryRegionId": 10,  # EDT LogisticsAddressCountryRegionId
         "CurrencyCode": 3,
     },
     "PurchaseOrderHeadersV2": {
-        "PurchaseOrderNumber": 20,        # EDT PurchId
+        "PurchaseOrderNumber": 20,  # EDT PurchId
         "OrderVendorAccountNumber": 20,
         "InvoiceVendorAccountNumber": 20,
         "CurrencyCode": 3,
-        "VendorOrderReference": 20,       # EDT VendRef — UNCONFIRMED
-        "PurchaseOrderName": 100,         # UNCONFIRMED
-        "DefaultLedgerDimensionDisplayValue": 500,   # UNCONFIRMED
+        "VendorOrderReference": 20,  # EDT VendRef — UNCONFIRMED
+        "PurchaseOrderName": 100,  # UNCONFIRMED
+        "DefaultLedgerDimensionDisplayValue": 500,  # UNCONFIRMED
     },
     "PurchaseOrderLinesV2": {
         "PurchaseOrderNumber": 20,
-        "LineDescription": 1000,          # EDT ItemFreeTxt — UNCONFIRMED
+        "LineDescription": 1000,  # EDT ItemFreeTxt — UNCONFIRMED
         "ItemNumber": 20,
-        "MainAccountIdDisplayValue": 500,            # UNCONFIRMED
-        "DefaultLedgerDimensionDisplayValue": 500,   # UNCONFIRMED
+        "MainAccountIdDisplayValue": 500,  # UNCONFIRMED
+        "DefaultLedgerDimensionDisplayValue": 500,  # UNCONFIRMED
     },
 }
 
@@ -98,10 +98,16 @@ def check_body(p: Problems, entity_set: str, body: dict[str, Any], sources: dict
         fix = f"correct {source} in Coupa" if source else "correct the value in Coupa or in the mapping"
         bad = control_characters(value, multiline=field in MULTILINE)
         if bad:
-            p.add("control_character", f"{prefix}{origin}{shown(value)} contains the control character"
-                  f"{'s' if len(bad) > 1 else ''} {', '.join(bad)}, which D365 {entity_set}.{field} cannot "
-                  f"hold; {fix}")
+            p.add(
+                "control_character",
+                f"{prefix}{origin}{shown(value)} contains the control character"
+                f"{'s' if len(bad) > 1 else ''} {', '.join(bad)}, which D365 {entity_set}.{field} cannot "
+                f"hold; {fix}",
+            )
         limit = limits.get(field)
         if limit is not None and len(value) > limit:
-            p.add("field_too_long", f"{prefix}{origin}{shown(value)} is {len(value)} characters; D365 "
-                  f"{entity_set}.{field} holds at most {limit}; {fix}")
+            p.add(
+                "field_too_long",
+                f"{prefix}{origin}{shown(value)} is {len(value)} characters; D365 "
+                f"{entity_set}.{field} holds at most {limit}; {fix}",
+            )

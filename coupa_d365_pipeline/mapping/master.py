@@ -45,26 +45,27 @@ def _suspended(row: dict) -> bool:
 class D365MasterData:
     legal_entities: set[str] = field(default_factory=set)
     currencies: set[str] = field(default_factory=set)
-    main_accounts: set[str] = field(default_factory=set)                     # casefolded ids, any chart
-    main_accounts_by_le: dict[str, set[str]] = field(default_factory=dict)   # le -> casefolded ids (active)
+    main_accounts: set[str] = field(default_factory=set)  # casefolded ids, any chart
+    main_accounts_by_le: dict[str, set[str]] = field(default_factory=dict)  # le -> casefolded ids (active)
     main_account_le_rows: dict[str, set[str]] = field(default_factory=dict)  # le -> ids incl. suspended
-    released_items: dict[str, set[str]] = field(default_factory=dict)        # le -> casefolded item numbers
+    released_items: dict[str, set[str]] = field(default_factory=dict)  # le -> casefolded item numbers
     dimension_values: dict[tuple[str, str], set[str]] = field(default_factory=dict)  # (dim, le|"") -> values
     payment_terms: dict[str, set[str]] = field(default_factory=dict)
     vendor_groups: dict[str, set[str]] = field(default_factory=dict)
     procurement_categories: dict[str, tuple[str, str]] = field(default_factory=dict)  # key -> (name, hierarchy)
-    units: dict[str, str] = field(default_factory=dict)                      # casefolded symbol -> as in D365
+    units: dict[str, str] = field(default_factory=dict)  # casefolded symbol -> as in D365
 
     @classmethod
-    def from_rows(cls, rows_by_entity_set: dict[str, Iterable[dict]]) -> "D365MasterData":
+    def from_rows(cls, rows_by_entity_set: dict[str, Iterable[dict]]) -> D365MasterData:
         def rows(name: str) -> Iterable[dict]:
             return rows_by_entity_set.get(name) or ()
 
         m = cls()
         m.legal_entities = {_le(r.get("LegalEntityId") or r.get("dataAreaId")) for r in rows("LegalEntities")} - {""}
         m.currencies = {str(r["CurrencyCode"]).strip().upper() for r in rows("Currencies") if r.get("CurrencyCode")}
-        m.main_accounts = {_k(r["MainAccountId"]) for r in rows("MainAccounts")
-                           if r.get("MainAccountId") and not _suspended(r)}
+        m.main_accounts = {
+            _k(r["MainAccountId"]) for r in rows("MainAccounts") if r.get("MainAccountId") and not _suspended(r)
+        }
         for r in rows("MainAccountLegalEntities"):
             le, acct = _le(r.get("LegalEntityId")), _k(r.get("MainAccountId"))
             if not le or not acct:
@@ -88,7 +89,8 @@ class D365MasterData:
         for r in rows("ProcurementProductCategories"):
             if r.get("CategoryName"):
                 m.procurement_categories.setdefault(
-                    _k(r["CategoryName"]), (str(r["CategoryName"]), str(r.get("CategoryHierarchyName") or "")))
+                    _k(r["CategoryName"]), (str(r["CategoryName"]), str(r.get("CategoryHierarchyName") or ""))
+                )
         for r in rows("UnitsOfMeasure"):
             if r.get("UnitSymbol"):
                 m.units.setdefault(_k(r["UnitSymbol"]), str(r["UnitSymbol"]).strip())

@@ -106,7 +106,7 @@ def _line_charts(po: dict) -> list[tuple[str, str]]:
     for idx, ln in enumerate(po.get("order-lines") or []):
         if not isinstance(ln, dict):
             continue
-        account = ln.get("account") if isinstance(ln.get("account"), dict) else {}
+        account: dict = ln["account"] if isinstance(ln.get("account"), dict) else {}
         chart = name_of(account.get("account-type"))
         if chart:
             out.append((text_of(ln.get("line-num")) or f"#{idx + 1}", chart))
@@ -144,30 +144,45 @@ def _legal_entity_problems(p: Problems, po: dict, mapping: MappingConfig, master
     if le is None:
         if not charts:
             if header_chart:
-                p.add("account_type_unmapped", f"Coupa chart of accounts {header_chart!r} is not mapped to a D365 "
-                      "legal entity; add it under legal_entities in the mapping")
+                p.add(
+                    "account_type_unmapped",
+                    f"Coupa chart of accounts {header_chart!r} is not mapped to a D365 "
+                    "legal entity; add it under legal_entities in the mapping",
+                )
             else:
-                p.add("account_type_unmapped", "purchase order has no chart of accounts (no account-type on its "
-                      "lines' accounts); set the accounts on the lines in Coupa")
+                p.add(
+                    "account_type_unmapped",
+                    "purchase order has no chart of accounts (no account-type on its "
+                    "lines' accounts); set the accounts on the lines in Coupa",
+                )
             return None
         by_chart: dict[str, list[str]] = {}
         for label, chart in charts:
             by_chart.setdefault(chart, []).append(label)
         unmapped = [c for c in by_chart if mapping.legal_entity(c) is None]
         for chart in unmapped:
-            p.add("account_type_unmapped", f"{_lines_text(by_chart[chart])}: Coupa chart of accounts {chart!r} is "
-                  "not mapped to a D365 legal entity; add it under legal_entities in the mapping")
+            p.add(
+                "account_type_unmapped",
+                f"{_lines_text(by_chart[chart])}: Coupa chart of accounts {chart!r} is "
+                "not mapped to a D365 legal entity; add it under legal_entities in the mapping",
+            )
         mapped = {c: mapping.legal_entity(c) for c in by_chart if c not in unmapped}
         if len(set(mapped.values())) > 1:
             parts = "; ".join(f"{_lines_text(by_chart[c])} on {c!r} ({le_})" for c, le_ in mapped.items())
-            p.add("account_type_mismatch", f"the lines' accounts belong to different legal entities ({parts}); "
-                  "a purchase order is booked in one legal entity, so use accounts of one chart of accounts "
-                  "on all lines in Coupa")
+            p.add(
+                "account_type_mismatch",
+                f"the lines' accounts belong to different legal entities ({parts}); "
+                "a purchase order is booked in one legal entity, so use accounts of one chart of accounts "
+                "on all lines in Coupa",
+            )
         return None
     if not master.has_legal_entity(le):
         source = header_chart or ", ".join(sorted({c for _, c in charts}))
-        p.add("legal_entity_not_in_d365", f"legal entity {le!r} (mapped from {source!r}) does not exist in D365 "
-              "(LegalEntities); fix legal_entities in the mapping")
+        p.add(
+            "legal_entity_not_in_d365",
+            f"legal entity {le!r} (mapped from {source!r}) does not exist in D365 "
+            "(LegalEntities); fix legal_entities in the mapping",
+        )
     return le
 
 
@@ -184,14 +199,20 @@ def _line_number(value: Any) -> int | None:
     return n if n > 0 else None
 
 
-PO_SOURCES = {"PurchaseOrderNumber": "po-number", "OrderVendorAccountNumber": "the supplier number",
-              "CurrencyCode": "the currency", "LineDescription": "the line description",
-              "ItemNumber": "the item number", "MainAccountIdDisplayValue": "the line account",
-              "DefaultLedgerDimensionDisplayValue": "the line account"}
+PO_SOURCES = {
+    "PurchaseOrderNumber": "po-number",
+    "OrderVendorAccountNumber": "the supplier number",
+    "CurrencyCode": "the currency",
+    "LineDescription": "the line description",
+    "ItemNumber": "the item number",
+    "MainAccountIdDisplayValue": "the line account",
+    "DefaultLedgerDimensionDisplayValue": "the line account",
+}
 
 
-def map_purchase_order(po: dict, mapping: MappingConfig, master: D365MasterData, *,
-                       supplier: dict | None = None) -> MappedPurchaseOrder | Quarantine:
+def map_purchase_order(
+    po: dict, mapping: MappingConfig, master: D365MasterData, *, supplier: dict | None = None
+) -> MappedPurchaseOrder | Quarantine:
     """PurchaseOrderHeadersV2/PurchaseOrderLinesV2 bodies for a Coupa PO, or a Quarantine."""
     p = Problems()
     dims = mapping.dimensions
@@ -208,16 +229,21 @@ def map_purchase_order(po: dict, mapping: MappingConfig, master: D365MasterData,
     who = f"supplier {sup.get('id')} ({text_of(sup.get('name'))})"
     if not vendor:
         if mapping.vendor_account.source == "supplier_number":
-            p.add("supplier_number_null", f"{who} has no supplier number, so there is no D365 vendor account; "
-                  "enter the supplier number in Coupa")
+            p.add(
+                "supplier_number_null",
+                f"{who} has no supplier number, so there is no D365 vendor account; enter the supplier number in Coupa",
+            )
         else:
             p.add("no_vendor_account", f"{who} has no id; cannot derive a vendor account")
 
     # ---- header fields
     number = text_of(po.get("po-number"))
     if not number:
-        p.add("po_number_missing", "purchase order has no po-number; it is the D365 PurchaseOrderNumber, "
-              "so the order cannot be booked without it")
+        p.add(
+            "po_number_missing",
+            "purchase order has no po-number; it is the D365 PurchaseOrderNumber, "
+            "so the order cannot be booked without it",
+        )
     currency = document_currency(po, "purchase order", master, p)
 
     # ---- lines
@@ -233,8 +259,11 @@ def map_purchase_order(po: dict, mapping: MappingConfig, master: D365MasterData,
         line_no = _line_number(num_raw)
         tag = f"line {line_no}" if line_no is not None else f"line #{idx + 1}"
         if line_no is None:
-            p.add("invalid_line_number", f"{tag}: line-num {num_raw!r} is not a whole number ≥ 1 (it is the D365 "
-                  "LineNumber); fix the line in Coupa")
+            p.add(
+                "invalid_line_number",
+                f"{tag}: line-num {num_raw!r} is not a whole number ≥ 1 (it is the D365 "
+                "LineNumber); fix the line in Coupa",
+            )
         elif line_no in seen_numbers:
             p.add("duplicate_line_number", f"{tag}: line-num {line_no} is used twice; renumber the lines in Coupa")
         else:
@@ -247,8 +276,11 @@ def map_purchase_order(po: dict, mapping: MappingConfig, master: D365MasterData,
         else:
             assert qty is not None and price is not None and total is not None
             if abs(qty * price - total) > TOLERANCE:
-                p.add("invalid_amounts", f"{tag}: quantity {qty} × price {price} = {qty * price} but the line total "
-                      f"is {total} (differs by more than {TOLERANCE}); fix the line amounts in Coupa")
+                p.add(
+                    "invalid_amounts",
+                    f"{tag}: quantity {qty} × price {price} = {qty * price} but the line total "
+                    f"is {total} (differs by more than {TOLERANCE}); fix the line amounts in Coupa",
+                )
             line_sane(p, tag, qty, price, total, quantity_line=ln.get("type") not in AMOUNT_LINE_TYPES, credit=None)
 
         need_by_raw = ln.get("need-by-date")
@@ -262,10 +294,13 @@ def map_purchase_order(po: dict, mapping: MappingConfig, master: D365MasterData,
         if not uom:
             p.add("unit_unknown", f"{tag}: the line has no unit of measure (uom); set it in Coupa")
         elif unit is None:
-            p.add("unit_unknown", f"{tag}: unit {uom!r} does not exist in D365 (UnitsOfMeasure); create the unit "
-                  "in D365 or fix the line's unit of measure in Coupa")
+            p.add(
+                "unit_unknown",
+                f"{tag}: unit {uom!r} does not exist in D365 (UnitsOfMeasure); create the unit "
+                "in D365 or fix the line's unit of measure in Coupa",
+            )
 
-        account = ln.get("account") if isinstance(ln.get("account"), dict) else {}
+        account: dict = ln["account"] if isinstance(ln.get("account"), dict) else {}
         main, seg_values = line_accounting(account, tag, le, le_ok, mapping, master, p)
 
         body: dict[str, Any] = {
@@ -282,32 +317,50 @@ def map_purchase_order(po: dict, mapping: MappingConfig, master: D365MasterData,
         coupa_item = text_of(item.get("item-number")) if item else ""
         if coupa_item:
             d365_item = mapping.item_number(coupa_item)
-            if le_ok and not master.item_released(le, d365_item):
-                p.add("item_not_released", f"{tag}: item {d365_item} is not released in legal entity {le} "
-                      "(D365 ReleasedProductsV2); release the product in D365 or map it under items")
+            if le_ok and le is not None and not master.item_released(le, d365_item):
+                p.add(
+                    "item_not_released",
+                    f"{tag}: item {d365_item} is not released in legal entity {le} "
+                    "(D365 ReleasedProductsV2); release the product in D365 or map it under items",
+                )
             body["ItemNumber"] = d365_item
         else:
             commodity = name_of(ln.get("commodity"))
             if not commodity:
-                p.add("category_unknown", f"{tag}: the line has neither an item nor a commodity; set the commodity "
-                      "in Coupa (it becomes the D365 procurement category)")
+                p.add(
+                    "category_unknown",
+                    f"{tag}: the line has neither an item nor a commodity; set the commodity "
+                    "in Coupa (it becomes the D365 procurement category)",
+                )
             else:
                 wanted = mapping.category_name(commodity)
                 cat = master.procurement_category(wanted)
                 if cat is None:
                     mapped_from = f" (mapped from commodity {commodity!r})" if wanted != commodity else ""
-                    p.add("category_unknown", f"{tag}: procurement category {wanted!r}{mapped_from} does not exist "
-                          "in D365 (ProcurementProductCategories); create it in D365 or map the commodity under "
-                          "procurement_category")
+                    p.add(
+                        "category_unknown",
+                        f"{tag}: procurement category {wanted!r}{mapped_from} does not exist "
+                        "in D365 (ProcurementProductCategories); create it in D365 or map the commodity under "
+                        "procurement_category",
+                    )
                 else:
                     body["ProcurementProductCategoryName"] = cat[0]
         body["MainAccountIdDisplayValue"] = escape_segment(main, delim)
         body["DefaultLedgerDimensionDisplayValue"] = display_value(seg_values, delim)
-        check_body(p, "PurchaseOrderLinesV2", {k: v for k, v in body.items() if k != "PurchaseOrderNumber"},
-                   PO_SOURCES, tag=tag)
+        check_body(
+            p,
+            "PurchaseOrderLinesV2",
+            {k: v for k, v in body.items() if k != "PurchaseOrderNumber"},
+            PO_SOURCES,
+            tag=tag,
+        )
         lines.append(body)
-    check_body(p, "PurchaseOrderHeadersV2", {"PurchaseOrderNumber": number, "OrderVendorAccountNumber": vendor or "",
-                                             "CurrencyCode": currency}, PO_SOURCES)
+    check_body(
+        p,
+        "PurchaseOrderHeadersV2",
+        {"PurchaseOrderNumber": number, "OrderVendorAccountNumber": vendor or "", "CurrencyCode": currency},
+        PO_SOURCES,
+    )
 
     if p:
         return p.quarantine()
@@ -340,8 +393,9 @@ def map_purchase_order(po: dict, mapping: MappingConfig, master: D365MasterData,
     dim_strings = {ln["DefaultLedgerDimensionDisplayValue"] for ln in lines}
     if len(dim_strings) == 1:
         header["DefaultLedgerDimensionDisplayValue"] = dim_strings.pop()
-    return MappedPurchaseOrder(legal_entity=le, vendor_account=vendor, purchase_order_number=number,
-                               header=header, lines=lines)
+    return MappedPurchaseOrder(
+        legal_entity=le, vendor_account=vendor, purchase_order_number=number, header=header, lines=lines
+    )
 
 
 # ---------------------------------------------------------------------------- updates

@@ -30,10 +30,15 @@ __all__ = [
     "vendor_changes",
 ]
 
-VENDOR_SOURCES = {"VendorAccountNumber": "the supplier number", "VendorOrganizationName": "the supplier name",
-                  "VendorSearchName": "the supplier name", "AddressStreet": "the supplier's street",
-                  "AddressCity": "the supplier's city", "AddressZipCode": "the supplier's postal code",
-                  "AddressCountryRegionId": "the supplier's country"}
+VENDOR_SOURCES = {
+    "VendorAccountNumber": "the supplier number",
+    "VendorOrganizationName": "the supplier name",
+    "VendorSearchName": "the supplier name",
+    "AddressStreet": "the supplier's street",
+    "AddressCity": "the supplier's city",
+    "AddressZipCode": "the supplier's postal code",
+    "AddressCountryRegionId": "the supplier's country",
+}
 NAME_MAX = 100
 SEARCH_NAME_MAX = 20
 
@@ -49,8 +54,6 @@ VENDOR_SYNC_FIELDS: tuple[str, ...] = (
 )
 
 
-
-
 def vendor_account_for(supplier: dict, mapping: MappingConfig) -> str | None:
     """D365 VendorAccountNumber for a Coupa supplier (or supplier reference), or None."""
     va = mapping.vendor_account
@@ -60,8 +63,7 @@ def vendor_account_for(supplier: dict, mapping: MappingConfig) -> str | None:
     return text_of(supplier.get("number")) or None
 
 
-def map_vendor(supplier: dict, legal_entity: str, mapping: MappingConfig,
-               master: D365MasterData) -> dict | Quarantine:
+def map_vendor(supplier: dict, legal_entity: str, mapping: MappingConfig, master: D365MasterData) -> dict | Quarantine:
     """VendorsV2 body for a Coupa supplier in one legal entity, or a Quarantine."""
     le = text_of(legal_entity).lower()
     p = Problems()
@@ -70,22 +72,32 @@ def map_vendor(supplier: dict, legal_entity: str, mapping: MappingConfig,
     account = vendor_account_for(supplier, mapping)
     if not account:
         if mapping.vendor_account.source == "supplier_number":
-            p.add("no_vendor_account", f"{who} has no supplier number, so it has no D365 vendor account; "
-                  "enter the supplier number in Coupa or use vendor_account: {source: prefix_id, prefix: …}")
+            p.add(
+                "no_vendor_account",
+                f"{who} has no supplier number, so it has no D365 vendor account; "
+                "enter the supplier number in Coupa or use vendor_account: {source: prefix_id, prefix: …}",
+            )
         else:
             p.add("no_vendor_account", f"{who} has no id; cannot derive a vendor account")
     if not master.has_legal_entity(le):
-        p.add("legal_entity_not_in_d365", f"legal entity {le!r} does not exist in D365 (LegalEntities); "
-              "fix legal_entities in the mapping")
+        p.add(
+            "legal_entity_not_in_d365",
+            f"legal entity {le!r} does not exist in D365 (LegalEntities); fix legal_entities in the mapping",
+        )
     defaults = dict(mapping.vendor_defaults.get(le, {}))
     group = text_of(defaults.get("VendorGroupId"))
     if not group:
-        p.add("vendor_group_missing", f"no VendorGroupId for legal entity {le!r}; "
-              f"add vendor_defaults.{le}.VendorGroupId to the mapping")
+        p.add(
+            "vendor_group_missing",
+            f"no VendorGroupId for legal entity {le!r}; add vendor_defaults.{le}.VendorGroupId to the mapping",
+        )
     elif master.has_legal_entity(le) and not master.has_vendor_group(le, group):
-        p.add("vendor_group_missing", f"vendor group {group!r} does not exist in legal entity {le} "
-              "(D365 VendorGroups); create it in D365 or fix vendor_defaults."
-              f"{le}.VendorGroupId in the mapping")
+        p.add(
+            "vendor_group_missing",
+            f"vendor group {group!r} does not exist in legal entity {le} "
+            "(D365 VendorGroups); create it in D365 or fix vendor_defaults."
+            f"{le}.VendorGroupId in the mapping",
+        )
     name = text_of(supplier.get("name")) or text_of(supplier.get("display-name"))
     if not name:
         p.add("supplier_name_missing", f"{who} has no name; enter it in Coupa")

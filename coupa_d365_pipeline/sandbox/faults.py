@@ -30,11 +30,23 @@ import random
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
-FaultKind = Literal["429", "5xx", "drop_before", "drop_after", "latency", "hold",
-                    "html", "empty", "html_after", "empty_after", "truncated"]
+FaultKind = Literal[
+    "429",
+    "5xx",
+    "drop_before",
+    "drop_after",
+    "latency",
+    "hold",
+    "html",
+    "empty",
+    "html_after",
+    "empty_after",
+    "truncated",
+]
 # Broken 200 answers: "html"/"empty" come from something in front of the app (a proxy or login page;
 # the app never runs), "html_after"/"empty_after"/"truncated" replace or cut the app's answer after it
 # ran (the write happened, the client gets no usable answer). "truncated" keeps the app's status and
@@ -57,7 +69,7 @@ class FaultConfig:
     retry_after_format: RetryAfterFormat = "seconds"
     rate_5xx: float = 0.0
     status_5xx: int = 503
-    retry_after_on_5xx: bool = False   # 5xx answers carry Retry-After: retry_after_s (as a load balancer may)
+    retry_after_on_5xx: bool = False  # 5xx answers carry Retry-After: retry_after_s (as a load balancer may)
     rate_drop: float = 0.0
     latency_ms: float = 0.0
     latency_jitter_ms: float = 0.0
@@ -75,10 +87,10 @@ class ScriptedFault:
     retry_after_s: int = 1
     status: int = 503
     delay_ms: float = 0.0
-    after: int = 0                      # let this many matching requests through before firing
+    after: int = 0  # let this many matching requests through before firing
     retry_after_format: RetryAfterFormat = "seconds"
-    max_hold_s: float = 300.0           # a "hold" releases itself after this long (a safety net)
-    retry_after_on_5xx: bool = False    # a "5xx" answer carries Retry-After: retry_after_s
+    max_hold_s: float = 300.0  # a "hold" releases itself after this long (a safety net)
+    retry_after_on_5xx: bool = False  # a "5xx" answer carries Retry-After: retry_after_s
     _released: threading.Event = field(default_factory=threading.Event, init=False, repr=False, compare=False)
 
     def release(self) -> None:
@@ -155,9 +167,15 @@ class FaultInjector:
                     fault.times -= 1
                     if fault.times == 0:
                         self._scripted.remove(fault)
-                    decision = FaultDecision(fault.kind, fault.retry_after_s, fault.status, fault.delay_ms,
-                                             fault.retry_after_format, fault if fault.kind == "hold" else None,
-                                             fault.retry_after_on_5xx)
+                    decision = FaultDecision(
+                        fault.kind,
+                        fault.retry_after_s,
+                        fault.status,
+                        fault.delay_ms,
+                        fault.retry_after_format,
+                        fault if fault.kind == "hold" else None,
+                        fault.retry_after_on_5xx,
+                    )
                     return (fault.delay_ms if fault.kind == "latency" else 0.0), decision
             cfg = self.config
             latency = cfg.latency_ms
@@ -165,12 +183,17 @@ class FaultInjector:
                 latency += self._rng.uniform(0, cfg.latency_jitter_ms)
             roll = self._rng.random()
             if roll < cfg.rate_429:
-                return latency, FaultDecision("429", retry_after_s=cfg.retry_after_s,
-                                              retry_after_format=cfg.retry_after_format)
+                return latency, FaultDecision(
+                    "429", retry_after_s=cfg.retry_after_s, retry_after_format=cfg.retry_after_format
+                )
             roll -= cfg.rate_429
             if roll < cfg.rate_5xx:
-                return latency, FaultDecision("5xx", status=cfg.status_5xx, retry_after_s=cfg.retry_after_s,
-                                              retry_after_on_5xx=cfg.retry_after_on_5xx)
+                return latency, FaultDecision(
+                    "5xx",
+                    status=cfg.status_5xx,
+                    retry_after_s=cfg.retry_after_s,
+                    retry_after_on_5xx=cfg.retry_after_on_5xx,
+                )
             roll -= cfg.rate_5xx
             if roll < cfg.rate_drop:
                 return latency, FaultDecision("drop_after")
@@ -186,9 +209,9 @@ class LoggedRequest:
     query: str
     headers: dict[str, str]
     body: str
-    status: int | None = None           # None while the request is still being handled; -1 = dropped
-    fault: str | None = None            # fault that changed the answer ("drop_after(status=201)" ...)
-    injected: str | None = None         # kind of every injected fault, delays and holds included
+    status: int | None = None  # None while the request is still being handled; -1 = dropped
+    fault: str | None = None  # fault that changed the answer ("drop_after(status=201)" ...)
+    injected: str | None = None  # kind of every injected fault, delays and holds included
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -296,21 +319,34 @@ class FaultMiddleware:
 
         if answer_fault and answer_fault.kind == "429":
             self.log.set_status(entry, 429)
-            await _send_simple(send, 429, b'{"error":"Too Many Requests"}',
-                               [(b"retry-after", self._retry_after(answer_fault).encode())])
+            await _send_simple(
+                send,
+                429,
+                b'{"error":"Too Many Requests"}',
+                [(b"retry-after", self._retry_after(answer_fault).encode())],
+            )
             return
         if answer_fault and answer_fault.kind == "5xx":
             self.log.set_status(entry, answer_fault.status)
-            extra = [(b"retry-after", self._retry_after(answer_fault).encode())] if answer_fault.retry_after_on_5xx \
-                else []
-            await _send_simple(send, answer_fault.status, b"<html><body>Service Unavailable</body></html>",
-                               [(b"content-type", b"text/html"), *extra])
+            extra = (
+                [(b"retry-after", self._retry_after(answer_fault).encode())] if answer_fault.retry_after_on_5xx else []
+            )
+            await _send_simple(
+                send,
+                answer_fault.status,
+                b"<html><body>Service Unavailable</body></html>",
+                [(b"content-type", b"text/html"), *extra],
+            )
             return
-        if answer_fault and answer_fault.kind in ("html", "empty"):   # answered in front of the app
+        if answer_fault and answer_fault.kind in ("html", "empty"):  # answered in front of the app
             self.log.set_status(entry, 200)
             html = answer_fault.kind == "html"
-            await _send_simple(send, 200, HTML_PAGE if html else b"",
-                               [(b"content-type", b"text/html; charset=utf-8" if html else b"application/json")])
+            await _send_simple(
+                send,
+                200,
+                HTML_PAGE if html else b"",
+                [(b"content-type", b"text/html; charset=utf-8" if html else b"application/json")],
+            )
             return
         if answer_fault and answer_fault.kind in BROKEN_ANSWERS:
             await self._run_and_break(scope, replay_receive, send, entry, answer_fault.kind)
@@ -324,8 +360,9 @@ class FaultMiddleware:
 
         async def capture_send(message: dict) -> None:
             if message["type"] == "http.response.start":
-                self.log.set_status(entry, message["status"],
-                                    fault=f"drop_after(status={message['status']})" if drop_after else None)
+                self.log.set_status(
+                    entry, message["status"], fault=f"drop_after(status={message['status']})" if drop_after else None
+                )
             if drop_after:
                 return
             await send(message)
@@ -349,8 +386,9 @@ class FaultMiddleware:
         status = int(start.get("status", 200))
         body = b"".join(chunks)
         self.log.set_status(entry, status if kind == "truncated" else 200, fault=f"{kind}(status={status})")
-        content_type = next((v for k, v in start.get("headers", []) if k.lower() == b"content-type"),
-                            b"application/json")
+        content_type = next(
+            (v for k, v in start.get("headers", []) if k.lower() == b"content-type"), b"application/json"
+        )
         if kind == "truncated":
             await _send_simple(send, status, body[: len(body) // 2], [(b"content-type", content_type)])
         elif kind == "html_after":
@@ -380,7 +418,12 @@ async def _send_simple(send: Any, status: int, body: bytes, headers: list[tuple[
 
 async def _abort(send: Any) -> None:
     """Start a response that promises a body, then fail: the server closes the socket mid-message."""
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", b"1000")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", b"1000")],
+        }
+    )
     await send({"type": "http.response.body", "body": b'{"partial":', "more_body": True})
     raise _ClientDisconnect("sandbox fault injection: connection dropped")

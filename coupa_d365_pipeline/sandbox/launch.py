@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Callable, Iterator
 
 from ..common.clock import SYSTEM_CLOCK
 from ..common.files import write_private_file
@@ -80,7 +80,7 @@ class RunningSandboxes:
         self.coupa_server.stop()
         self.d365_server.stop()
 
-    def __enter__(self) -> "RunningSandboxes":
+    def __enter__(self) -> RunningSandboxes:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -100,29 +100,43 @@ def exposure_warning(host: str) -> str | None:
     """The warning to show when the sandboxes listen beyond this machine; None on loopback."""
     if is_loopback(host):
         return None
-    return (f"WARNING: the sandboxes listen on {host}, reachable from other machines; they serve fake "
-            "credentials (client secrets printed below) and test hooks under /_sandbox/ that change their data. "
-            "Bind to 127.0.0.1 (the default; drop --host) unless you mean it.")
+    return (
+        f"WARNING: the sandboxes listen on {host}, reachable from other machines; they serve fake "
+        "credentials (client secrets printed below) and test hooks under /_sandbox/ that change their data. "
+        "Bind to 127.0.0.1 (the default; drop --host) unless you mean it."
+    )
 
 
 def start_sandboxes(options: SandboxOptions | None = None, seed: SeedData | None = None) -> RunningSandboxes:
     options = options or SandboxOptions()
     seed = seed or generate_seed(options.seed)
-    coupa = CoupaSandbox(CoupaSandboxConfig(clients={COUPA_CLIENT_ID: COUPA_CLIENT_SECRET},
-                                            token_lifetime_s=options.coupa_token_lifetime_s,
-                                            fault=options.coupa_faults), seed=seed, clock=options.clock)
-    d365_socket = bind_socket(options.host, options.d365_port)   # its URL is the token audience: bind first
+    coupa = CoupaSandbox(
+        CoupaSandboxConfig(
+            clients={COUPA_CLIENT_ID: COUPA_CLIENT_SECRET},
+            token_lifetime_s=options.coupa_token_lifetime_s,
+            fault=options.coupa_faults,
+        ),
+        seed=seed,
+        clock=options.clock,
+    )
+    d365_socket = bind_socket(options.host, options.d365_port)  # its URL is the token audience: bind first
     d365_port = int(d365_socket.getsockname()[1])
-    d365 = D365Sandbox(D365SandboxConfig(environment_url=f"http://{options.host}:{d365_port}",
-                                         tenant_id=D365_TENANT_ID, clients={D365_CLIENT_ID: D365_CLIENT_SECRET},
-                                         token_lifetime_s=options.d365_token_lifetime_s,
-                                         page_size=options.d365_page_size,
-                                         request_budget=options.d365_request_budget,
-                                         fault=options.d365_faults), seed.d365, clock=options.clock)
+    d365 = D365Sandbox(
+        D365SandboxConfig(
+            environment_url=f"http://{options.host}:{d365_port}",
+            tenant_id=D365_TENANT_ID,
+            clients={D365_CLIENT_ID: D365_CLIENT_SECRET},
+            token_lifetime_s=options.d365_token_lifetime_s,
+            page_size=options.d365_page_size,
+            request_budget=options.d365_request_budget,
+            fault=options.d365_faults,
+        ),
+        seed.d365,
+        clock=options.clock,
+    )
     coupa_server = SandboxServer(coupa.app, host=options.host, port=options.coupa_port).start()
     d365_server = SandboxServer(d365.app, host=options.host, sock=d365_socket).start()
-    return RunningSandboxes(seed, coupa, d365, coupa_server, d365_server, options.seed.start_date,
-                            clock=options.clock)
+    return RunningSandboxes(seed, coupa, d365, coupa_server, d365_server, options.seed.start_date, clock=options.clock)
 
 
 def write_env_file(path: str | Path, lines: list[str]) -> None:

@@ -33,16 +33,23 @@ class SandboxServer:
     ...     httpx.get(server.url + "/api/suppliers")
     """
 
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning",
-                 sock: socket.socket | None = None) -> None:
+    def __init__(
+        self,
+        app: Any,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        log_level: str = "warning",
+        sock: socket.socket | None = None,
+    ) -> None:
         self.app = app
         self.host = host
         # Bind now and hand the bound socket to uvicorn: a port looked up and released first could be
         # taken by any other process before uvicorn binds it ("address already in use").
         self._socket = sock or bind_socket(host, port)
         self.port = int(self._socket.getsockname()[1])
-        config = uvicorn.Config(app, host=host, port=self.port, log_level=log_level,
-                                access_log=False, lifespan="off", timeout_keep_alive=30)
+        config = uvicorn.Config(
+            app, host=host, port=self.port, log_level=log_level, access_log=False, lifespan="off", timeout_keep_alive=30
+        )
         self._server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
 
@@ -50,9 +57,10 @@ class SandboxServer:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def start(self, timeout_s: float = 10.0) -> "SandboxServer":
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]},
-                                        name=f"sandbox-{self.port}", daemon=True)
+    def start(self, timeout_s: float = 10.0) -> SandboxServer:
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._socket]}, name=f"sandbox-{self.port}", daemon=True
+        )
         self._thread.start()
         deadline = time.monotonic() + timeout_s
         while not self._server.started:
@@ -72,7 +80,7 @@ class SandboxServer:
     def run_forever(self) -> None:
         self._server.run(sockets=[self._socket])
 
-    def __enter__(self) -> "SandboxServer":
+    def __enter__(self) -> SandboxServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

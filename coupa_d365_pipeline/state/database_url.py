@@ -27,8 +27,9 @@ def parse_url(raw: str) -> URL:
     try:
         return sa.engine.make_url(raw)
     except (sa_exc.ArgumentError, ValueError):
-        raise ConfigError([f"{NAME}={redact_url(raw)!r} is not a database URL; set it to a SQLAlchemy URL, "
-                           f"{EXAMPLES}"]) from None
+        raise ConfigError(
+            [f"{NAME}={redact_url(raw)!r} is not a database URL; set it to a SQLAlchemy URL, {EXAMPLES}"]
+        ) from None
 
 
 def missing_driver(url: URL, exc: BaseException) -> ConfigError:
@@ -43,8 +44,12 @@ def missing_driver(url: URL, exc: BaseException) -> ConfigError:
 
 
 def unwritable_sqlite(url: URL, path: str, exc: BaseException) -> ConfigError:
-    return ConfigError([f"{NAME}={redact_url(url)!r}: cannot create the SQLite database at {path} "
-                        f"({getattr(exc, 'strerror', None) or exc}); point it at a file in a writable directory"])
+    return ConfigError(
+        [
+            f"{NAME}={redact_url(url)!r}: cannot create the SQLite database at {path} "
+            f"({getattr(exc, 'strerror', None) or exc}); point it at a file in a writable directory"
+        ]
+    )
 
 
 def connect_error(url: URL, exc: BaseException) -> ConfigError:

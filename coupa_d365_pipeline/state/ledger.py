@@ -29,10 +29,11 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -107,7 +108,7 @@ class _Heartbeat:
     """Renews the leases of the claims this process holds, every ``interval`` seconds, on a daemon
     thread that runs only while claims are held."""
 
-    def __init__(self, ledger: "Ledger", interval_s: float) -> None:
+    def __init__(self, ledger: Ledger, interval_s: float) -> None:
         self.ledger = ledger
         self.interval_s = interval_s
         self._lock = threading.Lock()
@@ -133,9 +134,17 @@ class _Heartbeat:
 
 
 class Ledger:
-    def __init__(self, engine: Engine, *, lease: timedelta = timedelta(minutes=30),
-                 is_run_finished: Callable[[str], bool] | None = None, clock: Clock = SYSTEM_CLOCK,
-                 heartbeat_s: float | None = None, identity: str | None = None, pid: int | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        lease: timedelta = timedelta(minutes=30),
+        is_run_finished: Callable[[str], bool] | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        heartbeat_s: float | None = None,
+        identity: str | None = None,
+        pid: int | None = None,
+    ) -> None:
         self.engine = engine
         ensure_schema(engine)
         backfill_structured_keys(engine)
@@ -144,7 +153,7 @@ class Ledger:
         self.clock = clock
         self.host = identity or process_identity()
         self.pid = pid if pid is not None else os.getpid()
-        self._held: dict[_Key, str] = {}          # (doc_type, coupa_id, scope) -> claim token
+        self._held: dict[_Key, str] = {}  # (doc_type, coupa_id, scope) -> claim token
         self._held_lock = threading.Lock()
         interval = heartbeat_s if heartbeat_s is not None else max(1.0, lease.total_seconds() / 6)
         self._heartbeat = _Heartbeat(self, interval)
@@ -168,14 +177,29 @@ class Ledger:
         now = self.now()
         try:
             with self.engine.begin() as conn:
-                conn.execute(sync_ledger.insert().values(doc_type=doc_type, coupa_id=int(coupa_id), scope=scope,
-                                                         state=NEW.value, created_at=now, updated_at=now))
+                conn.execute(
+                    sync_ledger.insert().values(
+                        doc_type=doc_type,
+                        coupa_id=int(coupa_id),
+                        scope=scope,
+                        state=NEW.value,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
         except IntegrityError:
             pass  # another run inserted it first: fine, the unique constraint did its job
 
-    def rows(self, doc_type: str, states: Iterable[str] | None = None, *, since: datetime | None = None,
-             coupa_ids: Iterable[int] | None = None, limit: int | None = None,
-             with_problem: bool = False) -> list[LedgerRow]:
+    def rows(
+        self,
+        doc_type: str,
+        states: Iterable[str] | None = None,
+        *,
+        since: datetime | None = None,
+        coupa_ids: Iterable[int] | None = None,
+        limit: int | None = None,
+        with_problem: bool = False,
+    ) -> list[LedgerRow]:
         """Rows of ``doc_type`` in ``states`` (``with_problem``: or with a problem on their latest version)."""
         c = sync_ledger.c
         query = sa.select(sync_ledger).where(c.doc_type == doc_type)
@@ -204,8 +228,11 @@ class Ledger:
         live run holds (claim not stale: the heartbeat renews it, the lease is the grace period) is
         in progress, not stuck."""
         c = sync_ledger.c
-        condition = (c.state.in_([s.value for s in (*PROBLEM_STATES, WRITING)]) | c.problem.is_not(None)
-                     | self._not_notified(doc_type))
+        condition = (
+            c.state.in_([s.value for s in (*PROBLEM_STATES, WRITING)])
+            | c.problem.is_not(None)
+            | self._not_notified(doc_type)
+        )
         query = sa.select(sync_ledger).where((c.doc_type == doc_type) & condition).order_by(c.coupa_id, c.scope)
         with self.engine.connect() as conn:
             rows = [LedgerRow.from_mapping(r) for r in conn.execute(query).mappings()]
@@ -222,8 +249,10 @@ class Ledger:
                 reason = row.reason or STATE_REASONS.get(row.state, "")
             elif row.state in notified_states and not row.coupa_notified:
                 kind, severity = "not_notified", Severity.WARN
-                reason = (f"{row.state} in D365, but Coupa was not told yet (export flag / integration history); "
-                          "the next run of any partition tells it")
+                reason = (
+                    f"{row.state} in D365, but Coupa was not told yet (export flag / integration history); "
+                    "the next run of any partition tells it"
+                )
             else:
                 continue
             found.append(Unfinished(row, kind, reason, age, severity))
@@ -237,10 +266,16 @@ class Ledger:
         """Everything unfinished touched since ``since`` (the replay job's ``failed_since``): problem
         states, failed latest versions, interrupted writes and bookings Coupa was never told about."""
         c = sync_ledger.c
-        condition = (c.state.in_([s.value for s in (*PROBLEM_STATES, WRITING)]) | c.problem.is_not(None)
-                     | self._not_notified(doc_type))
-        query = (sa.select(sync_ledger).where((c.doc_type == doc_type) & condition & (c.updated_at >= since))
-                 .order_by(c.coupa_id, c.scope))
+        condition = (
+            c.state.in_([s.value for s in (*PROBLEM_STATES, WRITING)])
+            | c.problem.is_not(None)
+            | self._not_notified(doc_type)
+        )
+        query = (
+            sa.select(sync_ledger)
+            .where((c.doc_type == doc_type) & condition & (c.updated_at >= since))
+            .order_by(c.coupa_id, c.scope)
+        )
         with self.engine.connect() as conn:
             return [LedgerRow.from_mapping(r) for r in conn.execute(query).mappings()]
 
@@ -251,10 +286,17 @@ class Ledger:
         recently tried first, so a fixed-size batch rotates through all of them."""
         excluded = {int(i) for i in exclude}
         c = sync_ledger.c
-        retryable = (c.state.in_([QUARANTINED.value, FAILED.value, WRITING.value]) | c.problem.is_not(None)
-                     | self._not_notified(doc_type))
-        query = (sa.select(sync_ledger).where((c.doc_type == doc_type) & retryable)
-                 .order_by(c.updated_at, c.coupa_id).limit(limit + len(excluded)))
+        retryable = (
+            c.state.in_([QUARANTINED.value, FAILED.value, WRITING.value])
+            | c.problem.is_not(None)
+            | self._not_notified(doc_type)
+        )
+        query = (
+            sa.select(sync_ledger)
+            .where((c.doc_type == doc_type) & retryable)
+            .order_by(c.updated_at, c.coupa_id)
+            .limit(limit + len(excluded))
+        )
         with self.engine.connect() as conn:
             rows = [LedgerRow.from_mapping(r) for r in conn.execute(query).mappings()]
         return [r for r in rows if r.coupa_id not in excluded][:limit]
@@ -267,17 +309,23 @@ class Ledger:
 
         excluded = {int(i) for i in exclude}
         c, staged = sync_ledger.c, staged_documents.c
-        joined = staged_documents.outerjoin(sync_ledger, (c.doc_type == staged.doc_type)
-                                            & (c.coupa_id == staged.coupa_id) & (c.scope == ""))
-        query = (sa.select(staged.coupa_id).select_from(joined)
-                 .where((staged.doc_type == doc_type) & (c.coupa_id.is_(None) | (c.state == NEW.value)))
-                 .order_by(staged.coupa_id).limit(limit + len(excluded)))
+        joined = staged_documents.outerjoin(
+            sync_ledger, (c.doc_type == staged.doc_type) & (c.coupa_id == staged.coupa_id) & (c.scope == "")
+        )
+        query = (
+            sa.select(staged.coupa_id)
+            .select_from(joined)
+            .where((staged.doc_type == doc_type) & (c.coupa_id.is_(None) | (c.state == NEW.value)))
+            .order_by(staged.coupa_id)
+            .limit(limit + len(excluded))
+        )
         with self.engine.connect() as conn:
             ids = [int(i) for i in conn.execute(query).scalars()]
         return [i for i in ids if i not in excluded][:limit]
 
-    def booked_by_natural_key(self, doc_type: str, *, include_in_flight: bool = True
-                              ) -> dict[tuple[str, str, str], LedgerRow]:
+    def booked_by_natural_key(
+        self, doc_type: str, *, include_in_flight: bool = True
+    ) -> dict[tuple[str, str, str], LedgerRow]:
         """Booked documents (any booked state, with or without a problem) by their folded natural key;
         ``include_in_flight`` adds interrupted writes (WRITING), which may have landed."""
         found: dict[tuple[str, str, str], LedgerRow] = {}
@@ -289,8 +337,11 @@ class Ledger:
         return found
 
     def counts(self, doc_type: str) -> dict[str, int]:
-        query = (sa.select(sync_ledger.c.state, sa.func.count()).where(sync_ledger.c.doc_type == doc_type)
-                 .group_by(sync_ledger.c.state))
+        query = (
+            sa.select(sync_ledger.c.state, sa.func.count())
+            .where(sync_ledger.c.doc_type == doc_type)
+            .group_by(sync_ledger.c.state)
+        )
         with self.engine.connect() as conn:
             return {state: int(n) for state, n in conn.execute(query)}
 
@@ -300,8 +351,13 @@ class Ledger:
             return True
         if row.claimed_at is None or self.now() - row.claimed_at > self.lease:
             return True
-        if (row.claim_host == self.host and "|pid:[" in self.host and row.claim_pid and row.claim_pid != self.pid
-                and not _pid_alive(row.claim_pid)):
+        if (
+            row.claim_host == self.host
+            and "|pid:[" in self.host
+            and row.claim_pid
+            and row.claim_pid != self.pid
+            and not _pid_alive(row.claim_pid)
+        ):
             return True
         if self.is_run_finished is not None and self.is_run_finished(row.claimed_by):
             return True
@@ -327,9 +383,17 @@ class Ledger:
                 condition &= c.claim_token == previous
             token = uuid.uuid4().hex
             with self.engine.begin() as conn:
-                taken = conn.execute(sync_ledger.update().where(condition).values(
-                    claimed_by=run_id, claim_token=token, claimed_at=self.now(), claim_host=self.host,
-                    claim_pid=self.pid)).rowcount
+                taken = conn.execute(
+                    sync_ledger.update()
+                    .where(condition)
+                    .values(
+                        claimed_by=run_id,
+                        claim_token=token,
+                        claimed_at=self.now(),
+                        claim_host=self.host,
+                        claim_pid=self.pid,
+                    )
+                ).rowcount
             if taken == 1:
                 claimed = self.get(doc_type, coupa_id, scope)
                 assert claimed is not None
@@ -359,9 +423,11 @@ class Ledger:
         c = sync_ledger.c
         for (doc_type, coupa_id, scope), token in self.held_claims().items():
             with self.engine.begin() as conn:
-                changed = conn.execute(sync_ledger.update().where(
-                    self._key(doc_type, coupa_id, scope) & (c.claim_token == token)).values(
-                    claimed_at=self.now())).rowcount
+                changed = conn.execute(
+                    sync_ledger.update()
+                    .where(self._key(doc_type, coupa_id, scope) & (c.claim_token == token))
+                    .values(claimed_at=self.now())
+                ).rowcount
             if changed == 1:
                 renewed += 1
             else:
@@ -378,14 +444,17 @@ class Ledger:
 
     def update(self, row: LedgerRow, run_id: str, *, release: bool = False, **fields: Any) -> LedgerRow:
         """Change fields of a claimed row (optionally releasing the claim) — only while we hold it."""
-        values: dict[str, Any] = {k: (v.value if isinstance(v, StrEnum) else db_text(v) if isinstance(v, str) else v)
-                                  for k, v in fields.items()}
+        values: dict[str, Any] = {
+            k: (v.value if isinstance(v, StrEnum) else db_text(v) if isinstance(v, str) else v)
+            for k, v in fields.items()
+        }
         if "d365_key" in values and values["d365_key"] is not None and not isinstance(values["d365_key"], str):
             values["d365_key"] = json.dumps(values["d365_key"], sort_keys=True)
         if "natural_key" in values:
             key = values.pop("natural_key")
-            values.update(legal_entity=key.legal_entity, vendor_account=key.vendor_account,
-                          document_number=key.document_number)
+            values.update(
+                legal_entity=key.legal_entity, vendor_account=key.vendor_account, document_number=key.document_number
+            )
         values["updated_at"] = self.now()
         values["last_run_id"] = run_id
         if release:
@@ -394,16 +463,27 @@ class Ledger:
             changed = conn.execute(sync_ledger.update().where(self._holds(row, run_id)).values(**values)).rowcount
         if changed != 1:
             self._unhold(row.doc_type, row.coupa_id, row.scope)
-            raise ClaimLostError(f"ledger row {row.doc_type}/{row.coupa_id} is no longer claimed by run {run_id}; "
-                                 "another run took it over and continues with it")
+            raise ClaimLostError(
+                f"ledger row {row.doc_type}/{row.coupa_id} is no longer claimed by run {run_id}; "
+                "another run took it over and continues with it"
+            )
         if release:
             self._unhold(row.doc_type, row.coupa_id, row.scope)
         updated = self.get(row.doc_type, row.coupa_id, row.scope)
         assert updated is not None
         return updated
 
-    def record_problem(self, row: LedgerRow, run_id: str, problem: Problem, reason: str, *,
-                       coupa_hash: str | None = None, legal_entity: str | None = None, **fields: Any) -> LedgerRow:
+    def record_problem(
+        self,
+        row: LedgerRow,
+        run_id: str,
+        problem: Problem,
+        reason: str,
+        *,
+        coupa_hash: str | None = None,
+        legal_entity: str | None = None,
+        **fields: Any,
+    ) -> LedgerRow:
         """Record why this version of a document cannot be booked, and release the claim. A
         never-booked document becomes quarantined/failed (with the hash and legal entity of this
         version); a booked or half-written one keeps its state, D365 key and the hash of the version
@@ -421,23 +501,51 @@ class Ledger:
 
     def release(self, row: LedgerRow, run_id: str) -> None:
         with self.engine.begin() as conn:
-            conn.execute(sync_ledger.update().where(self._holds(row, run_id)).values(
-                claimed_by=None, claim_token=None, claimed_at=None, claim_host=None, claim_pid=None))
+            conn.execute(
+                sync_ledger.update()
+                .where(self._holds(row, run_id))
+                .values(claimed_by=None, claim_token=None, claimed_at=None, claim_host=None, claim_pid=None)
+            )
         self._unhold(row.doc_type, row.coupa_id, row.scope)
 
     # -- audit -------------------------------------------------------------------------------
-    def audit(self, *, run_id: str, doc_type: str, coupa_id: int, action: str, scope: str = "",
-              entity: str | None = None, d365_key: Any = None, http_status: int | None = None,
-              error: str | None = None, payload_sha256: str | None = None) -> None:
+    def audit(
+        self,
+        *,
+        run_id: str,
+        doc_type: str,
+        coupa_id: int,
+        action: str,
+        scope: str = "",
+        entity: str | None = None,
+        d365_key: Any = None,
+        http_status: int | None = None,
+        error: str | None = None,
+        payload_sha256: str | None = None,
+    ) -> None:
         with self.engine.begin() as conn:
-            conn.execute(sync_audit.insert().values(
-                at=self.now(), run_id=run_id, doc_type=doc_type, coupa_id=int(coupa_id), scope=scope, action=action,
-                entity=entity, d365_key=json.dumps(d365_key, sort_keys=True) if d365_key is not None else None,
-                http_status=http_status, error=(error or None) and db_text(error, 4000), payload_sha256=payload_sha256))
+            conn.execute(
+                sync_audit.insert().values(
+                    at=self.now(),
+                    run_id=run_id,
+                    doc_type=doc_type,
+                    coupa_id=int(coupa_id),
+                    scope=scope,
+                    action=action,
+                    entity=entity,
+                    d365_key=json.dumps(d365_key, sort_keys=True) if d365_key is not None else None,
+                    http_status=http_status,
+                    error=(error or None) and db_text(error, 4000),
+                    payload_sha256=payload_sha256,
+                )
+            )
 
     def history(self, doc_type: str, coupa_id: int) -> list[dict[str, Any]]:
-        query = (sa.select(sync_audit).where((sync_audit.c.doc_type == doc_type) & (sync_audit.c.coupa_id == int(coupa_id)))
-                 .order_by(sync_audit.c.id))
+        query = (
+            sa.select(sync_audit)
+            .where((sync_audit.c.doc_type == doc_type) & (sync_audit.c.coupa_id == int(coupa_id)))
+            .order_by(sync_audit.c.id)
+        )
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(query).mappings()]
 

@@ -10,10 +10,11 @@ import hashlib
 import json
 import threading
 import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import sqlalchemy as sa
 import sqlalchemy.exc as sa_exc
@@ -27,7 +28,8 @@ from .database_url import connect_error, missing_driver, parse_url, unwritable_s
 metadata = sa.MetaData()
 
 staged_documents = sa.Table(
-    "staged_documents", metadata,
+    "staged_documents",
+    metadata,
     sa.Column("doc_type", sa.String(32), nullable=False),
     sa.Column("coupa_id", sa.BigInteger, nullable=False),
     sa.Column("status", sa.String(64)),
@@ -40,14 +42,16 @@ staged_documents = sa.Table(
 )
 
 snapshots = sa.Table(
-    "snapshots", metadata,
+    "snapshots",
+    metadata,
     sa.Column("name", sa.String(128), primary_key=True),
     sa.Column("payload", sa.Text, nullable=False),
     sa.Column("fetched_at", sa.String(40), nullable=False),
 )
 
 watermarks = sa.Table(
-    "watermarks", metadata,
+    "watermarks",
+    metadata,
     sa.Column("name", sa.String(128), primary_key=True),
     sa.Column("value", sa.String(64), nullable=False),
     sa.Column("updated_at", sa.String(40), nullable=False),
@@ -75,7 +79,7 @@ class StageResult:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def payload_hash(payload: Any) -> str:
@@ -95,7 +99,9 @@ def coupa_id_of(value: Any) -> int | None:
 
 
 def id_problem(value: Any) -> str:
-    return "the document has no id" if value is None else f"the id {str(value)[:40]!r} is not a Coupa id (a whole number)"
+    return (
+        "the document has no id" if value is None else f"the id {str(value)[:40]!r} is not a Coupa id (a whole number)"
+    )
 
 
 def db_text(value: Any, limit: int | None = None) -> str | None:
@@ -117,8 +123,8 @@ def normalize_timestamp(value: Any) -> str:
     except ValueError:
         return db_text(value, 40) or ""
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def make_engine(database_url: str) -> Engine:
@@ -128,7 +134,7 @@ def make_engine(database_url: str) -> Engine:
     if url.get_backend_name() == "sqlite":
         path = url.database
         if path and path != ":memory:" and not path.startswith("file:"):
-            try:   # owner-only: the ledger and staged documents are business data
+            try:  # owner-only: the ledger and staged documents are business data
                 make_private_dirs(Path(path).parent)
                 create_private_file(Path(path))
             except OSError as exc:
@@ -145,8 +151,11 @@ def make_engine(database_url: str) -> Engine:
             cursor.close()
 
         return engine
-    connect_args = {"connect_timeout": 15} if url.drivername in ("postgresql", "postgresql+psycopg2") and \
-        "connect_timeout" not in url.query else {}
+    connect_args = (
+        {"connect_timeout": 15}
+        if url.drivername in ("postgresql", "postgresql+psycopg2") and "connect_timeout" not in url.query
+        else {}
+    )
     return _create_engine(url, pool_pre_ping=True, connect_args=connect_args)
 
 
@@ -182,8 +191,10 @@ def _add_missing_columns(conn: sa.engine.Connection) -> None:
             if column.name in present:
                 continue
             if not column.nullable and column.server_default is None:
-                raise RuntimeError(f"the sync database table {table.name} lacks column {column.name}, which cannot "
-                                   "be added in place; migrate the database or point SYNC_DATABASE_URL at a new one")
+                raise RuntimeError(
+                    f"the sync database table {table.name} lacks column {column.name}, which cannot "
+                    "be added in place; migrate the database or point SYNC_DATABASE_URL at a new one"
+                )
             ddl = f"ALTER TABLE {table.name} ADD COLUMN {column.name} {column.type.compile(dialect=conn.dialect)}"
             if column.server_default is not None:
                 default = column.server_default.arg  # type: ignore[union-attr]
@@ -212,7 +223,7 @@ def ensure_schema(engine: Engine) -> None:
             return
     try:
         connection = engine.connect()
-    except sa_exc.DBAPIError as exc:   # the first connection of a process: explain, never show the password
+    except sa_exc.DBAPIError as exc:  # the first connection of a process: explain, never show the password
         raise connect_error(engine.url, exc) from None
     with connection as conn, conn.begin():
         if engine.dialect.name == "postgresql":
@@ -243,8 +254,9 @@ class SyncStore:
 
     def _upsert(self, table: sa.Table, key: str, values: dict[str, Any]) -> None:
         statement = self._dialect_insert(table).values(**values)
-        statement = statement.on_conflict_do_update(index_elements=[key],
-                                                    set_={k: v for k, v in values.items() if k != key})
+        statement = statement.on_conflict_do_update(
+            index_elements=[key], set_={k: v for k, v in values.items() if k != key}
+        )
         with self.engine.begin() as conn:
             conn.execute(statement)
 
@@ -266,10 +278,14 @@ class SyncStore:
                     continue
                 digest = payload_hash(record)
                 key = (staged_documents.c.doc_type == doc_type) & (staged_documents.c.coupa_id == coupa_id)
-                values = {"status": db_text(record.get("status"), 64),
-                          "coupa_updated_at": normalize_timestamp(record.get("updated-at")),
-                          "payload_sha256": digest, "payload": json.dumps(record, default=str),
-                          "fetched_at": _now(), "run_id": run_id}
+                values = {
+                    "status": db_text(record.get("status"), 64),
+                    "coupa_updated_at": normalize_timestamp(record.get("updated-at")),
+                    "payload_sha256": digest,
+                    "payload": json.dumps(record, default=str),
+                    "fetched_at": _now(),
+                    "run_id": run_id,
+                }
                 existing = conn.execute(sa.select(staged_documents.c.payload_sha256).where(key)).scalar_one_or_none()
                 if existing is None:
                     inserted = conn.execute(insert.values(doc_type=doc_type, coupa_id=coupa_id, **values))
@@ -286,23 +302,34 @@ class SyncStore:
 
     def documents(self, doc_type: str) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(staged_documents.c.payload).where(staged_documents.c.doc_type == doc_type)
-                                .order_by(staged_documents.c.coupa_id)).scalars()
+            rows = conn.execute(
+                sa.select(staged_documents.c.payload)
+                .where(staged_documents.c.doc_type == doc_type)
+                .order_by(staged_documents.c.coupa_id)
+            ).scalars()
             return [json.loads(r) for r in rows]
 
     def count(self, doc_type: str) -> int:
         with self.engine.connect() as conn:
-            return int(conn.execute(sa.select(sa.func.count()).select_from(staged_documents)
-                                    .where(staged_documents.c.doc_type == doc_type)).scalar_one())
+            return int(
+                conn.execute(
+                    sa.select(sa.func.count())
+                    .select_from(staged_documents)
+                    .where(staged_documents.c.doc_type == doc_type)
+                ).scalar_one()
+            )
 
     def documents_by_id(self, doc_type: str, coupa_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
         ids = [int(i) for i in coupa_ids]
         found: dict[int, dict[str, Any]] = {}
         with self.engine.connect() as conn:
             for start in range(0, len(ids), 500):
-                chunk = ids[start:start + 500]
-                rows = conn.execute(sa.select(staged_documents.c.coupa_id, staged_documents.c.payload).where(
-                    (staged_documents.c.doc_type == doc_type) & staged_documents.c.coupa_id.in_(chunk)))
+                chunk = ids[start : start + 500]
+                rows = conn.execute(
+                    sa.select(staged_documents.c.coupa_id, staged_documents.c.payload).where(
+                        (staged_documents.c.doc_type == doc_type) & staged_documents.c.coupa_id.in_(chunk)
+                    )
+                )
                 found.update({int(cid): json.loads(payload) for cid, payload in rows})
         return found
 
@@ -310,12 +337,17 @@ class SyncStore:
         """Staged documents whose Coupa updated-at (normalized UTC text) is in [start, end)."""
         c = staged_documents.c
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(c.payload).where((c.doc_type == doc_type) & (c.coupa_updated_at >= start)
-                                                           & (c.coupa_updated_at < end)).order_by(c.coupa_id))
+            rows = conn.execute(
+                sa.select(c.payload)
+                .where((c.doc_type == doc_type) & (c.coupa_updated_at >= start) & (c.coupa_updated_at < end))
+                .order_by(c.coupa_id)
+            )
             return [json.loads(r) for r in rows.scalars()]
 
     def save_snapshot(self, name: str, payload: Any) -> None:
-        self._upsert(snapshots, "name", {"name": name, "payload": json.dumps(payload, default=str), "fetched_at": _now()})
+        self._upsert(
+            snapshots, "name", {"name": name, "payload": json.dumps(payload, default=str), "fetched_at": _now()}
+        )
 
     def load_snapshot(self, name: str) -> Any | None:
         with self.engine.connect() as conn:

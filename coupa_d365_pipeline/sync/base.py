@@ -7,16 +7,12 @@ only what differs between them. No Dagster import."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Iterable
+from typing import Any
 
-from ..common.http import (
-    AmbiguousWriteError,
-    HTTPClientError,
-    SystemUnavailableError,
-    is_system_failure,
-)
+from ..common.http import AmbiguousWriteError, HTTPClientError, SystemUnavailableError, is_system_failure
 from ..d365.client import D365Error
 from ..state.ledger import ClaimLostError, DocState, LedgerRow, Problem
 from ..state.store import coupa_id_of, id_problem, payload_hash
@@ -27,10 +23,25 @@ from .writer import DocumentWriter
 
 # Fields that change without changing what is booked (our own export flag, payment status written
 # back, bookkeeping timestamps, Coupa-side receiving): excluded from change detection.
-VOLATILE_FIELDS = frozenset({"exported", "last-exported-at", "updated-at", "updated-by",
-                             "current-integration-history-records", "paid", "payment-date", "payment-notes",
-                             "payments", "received", "invoiced", "total-invoiced", "transmission-status",
-                             "acknowledged-flag", "acknowledged-at"})
+VOLATILE_FIELDS = frozenset(
+    {
+        "exported",
+        "last-exported-at",
+        "updated-at",
+        "updated-by",
+        "current-integration-history-records",
+        "paid",
+        "payment-date",
+        "payment-notes",
+        "payments",
+        "received",
+        "invoiced",
+        "total-invoiced",
+        "transmission-status",
+        "acknowledged-flag",
+        "acknowledged-at",
+    }
+)
 
 
 def content_hash(document: Any, ignore_custom_fields: Iterable[str] = ()) -> str:
@@ -67,27 +78,28 @@ class UnbookableDocument(Exception):
 class Created(StrEnum):
     """How a create of header + lines ended (:meth:`DocumentSync._create_document`)."""
 
-    CREATED = "created"      # D365 answered: all of it was created
-    LANDED = "landed"        # the answer was lost, but the header is there under our key
-    EXISTS = "exists"        # D365 refused it as a duplicate: a record under our key exists
-    REJECTED = "rejected"    # D365 refused it for another reason; nothing was created
+    CREATED = "created"  # D365 answered: all of it was created
+    LANDED = "landed"  # the answer was lost, but the header is there under our key
+    EXISTS = "exists"  # D365 refused it as a duplicate: a record under our key exists
+    REJECTED = "rejected"  # D365 refused it for another reason; nothing was created
 
 
 @dataclass(frozen=True)
 class CreateAttempt:
     result: Created
-    digest: str                              # payload_sha256 of [header, lines]
-    existing: dict[str, Any] | None = None   # the D365 header found under our key (LANDED, EXISTS)
-    error: D365Error | None = None           # why D365 refused (EXISTS, REJECTED)
+    digest: str  # payload_sha256 of [header, lines]
+    existing: dict[str, Any] | None = None  # the D365 header found under our key (LANDED, EXISTS)
+    error: D365Error | None = None  # why D365 refused (EXISTS, REJECTED)
 
 
 class DocumentSync:
     DOC = "document"
     NUMBER_FIELD = "id"
-    HEADER_SET = ""       # the D365 entity set of the document header (its key is chosen by us)
+    HEADER_SET = ""  # the D365 entity set of the document header (its key is chosen by us)
 
-    def __init__(self, services: SyncServices, vendors: VendorSync | None = None,
-                 writer: DocumentWriter | None = None) -> None:
+    def __init__(
+        self, services: SyncServices, vendors: VendorSync | None = None, writer: DocumentWriter | None = None
+    ) -> None:
         self.s = services
         self.vendors = vendors or VendorSync(services)
         self.writer = writer or self._default_writer()
@@ -120,7 +132,7 @@ class DocumentSync:
         s, run = self.s, self.s.run_id
         raw_id = document.get("id") if isinstance(document, dict) else None
         coupa_id = coupa_id_of(raw_id)
-        if coupa_id is None:   # no ledger row can hold it: reported as failed, never stops the others
+        if coupa_id is None:  # no ledger row can hold it: reported as failed, never stops the others
             label = str(document.get(self.NUMBER_FIELD) or "") if isinstance(document, dict) else ""
             reason = f"{id_problem(raw_id)}; it cannot be tracked or booked — look at the Coupa {self.DOC} itself"
             s.logger.error("%s %s: %s", self.DOC, label or "?", reason)
@@ -128,8 +140,9 @@ class DocumentSync:
         label = self.label(document)
         row = s.ledger.claim(self.DOC, coupa_id, run)
         if row is None:
-            return Outcome(self.DOC, coupa_id, Action.BUSY, label, None,
-                           "another run holds this document; it will be retried")
+            return Outcome(
+                self.DOC, coupa_id, Action.BUSY, label, None, "another run holds this document; it will be retried"
+            )
         try:
             return self._sync_claimed(row, document)
         except UnbookableDocument as exc:
@@ -158,8 +171,15 @@ class DocumentSync:
             s.ledger.release(row, run)
             raise
 
-    def _ensure_vendor(self, row: LedgerRow, document: dict[str, Any], supplier: dict[str, Any], legal_entity: str,
-                       vendor_account: str, coupa_hash: str) -> Outcome | None:
+    def _ensure_vendor(
+        self,
+        row: LedgerRow,
+        document: dict[str, Any],
+        supplier: dict[str, Any],
+        legal_entity: str,
+        vendor_account: str,
+        coupa_hash: str,
+    ) -> Outcome | None:
         """Make sure the document's vendor exists in ``legal_entity``; None when it does. Otherwise the
         document's outcome: quarantined with the vendor's reason when the supplier cannot be mapped,
         failed (Coupa alerted) when D365 refused the vendor or another run holds it — and when D365
@@ -176,8 +196,9 @@ class DocumentSync:
             raise error
         return self._fail(row, document, legal_entity, reason)
 
-    def _create_document(self, coupa_id: int, key: dict[str, Any], header: dict[str, Any],
-                         lines: list[dict[str, Any]]) -> CreateAttempt:
+    def _create_document(
+        self, coupa_id: int, key: dict[str, Any], header: dict[str, Any], lines: list[dict[str, Any]]
+    ) -> CreateAttempt:
         """Create header + lines through the writer (all or nothing) and settle what happened, with
         the audit trail. An ambiguous outcome is looked up under ``key`` (our own key, recorded in the
         ledger before this call): absent -> the :class:`AmbiguousWriteError` is raised (the document
@@ -195,8 +216,15 @@ class DocumentSync:
                 raise
             return CreateAttempt(Created.LANDED, digest, existing=landed)
         error = result.error
-        self._audit(coupa_id, "create", header_set, key, 201 if result.ok else result.status,
-                    error=None if result.ok else (error.detail if error else "unknown error"), payload_sha256=digest)
+        self._audit(
+            coupa_id,
+            "create",
+            header_set,
+            key,
+            201 if result.ok else result.status,
+            error=None if result.ok else (error.detail if error else "unknown error"),
+            payload_sha256=digest,
+        )
         if result.ok:
             return CreateAttempt(Created.CREATED, digest)
         existing = self.s.d365.get(header_set, key) if error is not None and error.is_duplicate else None
@@ -216,8 +244,10 @@ class DocumentSync:
             return None
         supplier_id = coupa_id_of(supplier_ref["id"])
         if supplier_id is None:
-            raise UnbookableDocument(f"supplier id {str(supplier_ref['id'])[:40]!r} is not a Coupa supplier id (a "
-                                     f"whole number); select the supplier again on the {self.DOC} in Coupa")
+            raise UnbookableDocument(
+                f"supplier id {str(supplier_ref['id'])[:40]!r} is not a Coupa supplier id (a "
+                f"whole number); select the supplier again on the {self.DOC} in Coupa"
+            )
         return self.s.supplier(supplier_id)
 
     def content_hash(self, document: dict[str, Any]) -> str:
@@ -226,35 +256,58 @@ class DocumentSync:
         return content_hash(document, ignore_custom_fields=self.s.mapping.coupa_custom_fields.values())
 
     # -- shared outcomes ---------------------------------------------------------------------
-    def _quarantine(self, row: LedgerRow, document: dict[str, Any], reason: str, coupa_hash: str,
-                    legal_entity: str | None = None) -> Outcome:
+    def _quarantine(
+        self, row: LedgerRow, document: dict[str, Any], reason: str, coupa_hash: str, legal_entity: str | None = None
+    ) -> Outcome:
         s, run = self.s, self.s.run_id
         coupa_id = int(document["id"])
         self._audit(coupa_id, "quarantine", error=reason)
         self._alert_once(row, reason, document)
         current = s.ledger.get(self.DOC, coupa_id) or row
-        s.ledger.record_problem(current, run, Problem.QUARANTINED, reason, coupa_hash=coupa_hash,
-                                legal_entity=legal_entity, alerted_reason=reason)
+        s.ledger.record_problem(
+            current,
+            run,
+            Problem.QUARANTINED,
+            reason,
+            coupa_hash=coupa_hash,
+            legal_entity=legal_entity,
+            alerted_reason=reason,
+        )
         booked = " (the version booked in D365 stays as it is)" if current.is_booked else ""
-        return Outcome(self.DOC, coupa_id, Action.QUARANTINED, self.label(document), legal_entity or current.legal_entity,
-                       reason + booked)
+        return Outcome(
+            self.DOC,
+            coupa_id,
+            Action.QUARANTINED,
+            self.label(document),
+            legal_entity or current.legal_entity,
+            reason + booked,
+        )
 
     def _fail(self, row: LedgerRow, document: dict[str, Any], le: str | None, reason: str) -> Outcome:
         s, run = self.s, self.s.run_id
         coupa_id = int(document["id"])
         self._alert_once(row, reason, document)
-        s.ledger.record_problem(s.ledger.get(self.DOC, coupa_id) or row, run, Problem.FAILED, reason,
-                                alerted_reason=reason)
+        s.ledger.record_problem(
+            s.ledger.get(self.DOC, coupa_id) or row, run, Problem.FAILED, reason, alerted_reason=reason
+        )
         return Outcome(self.DOC, coupa_id, Action.FAILED, self.label(document), le, reason)
 
-    def _settle_with_alert(self, row: LedgerRow, document: dict[str, Any], state: DocState, reason: str,
-                           legal_entity: str | None, **fields: Any) -> Outcome:
+    def _settle_with_alert(
+        self,
+        row: LedgerRow,
+        document: dict[str, Any],
+        state: DocState,
+        reason: str,
+        legal_entity: str | None,
+        **fields: Any,
+    ) -> Outcome:
         """A state that needs people, not retries (changed or voided after posting, gone from D365,
         change blocked): record it with its reason, tell Coupa once per reason, release the claim."""
         self._alert_once(row, reason, document)
-        self.s.ledger.update(row, self.s.run_id, release=True, state=state, problem=None, reason=reason,
-                             alerted_reason=reason, **fields)
-        return Outcome(self.DOC, int(document["id"]), state.value, self.label(document), legal_entity, reason)
+        self.s.ledger.update(
+            row, self.s.run_id, release=True, state=state, problem=None, reason=reason, alerted_reason=reason, **fields
+        )
+        return Outcome(self.DOC, int(document["id"]), Action(state.value), self.label(document), legal_entity, reason)
 
     def _alert_once(self, row: LedgerRow, reason: str, document: dict[str, Any]) -> None:
         if row.alerted_reason != reason:
@@ -272,13 +325,31 @@ class DocumentSync:
         self._audit(coupa_id, "coupa_notified", key=key)
         return s.ledger.update(row, run, release=True, coupa_notified=True, **ledger_fields)
 
-    def _audit(self, coupa_id: int, action: str, entity: str | None = None, key: dict[str, Any] | None = None,
-               status: int | None = None, body: Any = None, *, error: str | None = None,
-               payload_sha256: str | None = None) -> None:
+    def _audit(
+        self,
+        coupa_id: int,
+        action: str,
+        entity: str | None = None,
+        key: dict[str, Any] | None = None,
+        status: int | None = None,
+        body: Any = None,
+        *,
+        error: str | None = None,
+        payload_sha256: str | None = None,
+    ) -> None:
         """One ``sync_audit`` row for this run and document type: what was done (``action``), to which
         D365 ``entity`` and ``key``, the HTTP ``status``, the ``error``, and the hash of what was sent
         (``body``, or ``payload_sha256`` when the caller has it already)."""
         if payload_sha256 is None and body is not None:
             payload_sha256 = payload_hash(body)
-        self.s.ledger.audit(run_id=self.s.run_id, doc_type=self.DOC, coupa_id=coupa_id, action=action, entity=entity,
-                            d365_key=key, http_status=status, error=error, payload_sha256=payload_sha256)
+        self.s.ledger.audit(
+            run_id=self.s.run_id,
+            doc_type=self.DOC,
+            coupa_id=coupa_id,
+            action=action,
+            entity=entity,
+            d365_key=key,
+            http_status=status,
+            error=error,
+            payload_sha256=payload_sha256,
+        )

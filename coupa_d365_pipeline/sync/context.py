@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ..coupa.client import CoupaClient
 from ..d365.client import D365Client
@@ -25,7 +26,8 @@ class SyncServices:
     master: D365MasterData
     run_id: str
     logger: logging.Logger | logging.LoggerAdapter = field(
-        default_factory=lambda: logging.getLogger("coupa_d365_pipeline.sync"))
+        default_factory=lambda: logging.getLogger("coupa_d365_pipeline.sync")
+    )
     notifier: CoupaNotifier = None  # type: ignore[assignment]  # built from coupa + logger when not given
 
     def __post_init__(self) -> None:

@@ -47,11 +47,27 @@ from .writer import DocumentWriter, ODataBatchWriter
 
 DOC = "invoice"
 HEADER_SET, LINE_SET, POSTED_SET = "VendorInvoiceHeaders", "VendorInvoiceLines", "VendInvoiceJourBiEntities"
-HEADER_UPDATE_FIELDS = ("InvoiceNumber", "InvoiceAccount", "InvoiceDate", "Currency", "ImportedAmount",
-                        "InvoiceDescription")
-LINE_COMPARE_FIELDS = ("LineDescription", "ReceiveNow", "UnitPrice", "Amount", "Currency", "MainAccountDisplayValue",
-                       "DimensionDisplayValue", "ItemNumber", "ProcurementCategoryName", "PurchaseOrder",
-                       "PurchLineNumber")
+HEADER_UPDATE_FIELDS = (
+    "InvoiceNumber",
+    "InvoiceAccount",
+    "InvoiceDate",
+    "Currency",
+    "ImportedAmount",
+    "InvoiceDescription",
+)
+LINE_COMPARE_FIELDS = (
+    "LineDescription",
+    "ReceiveNow",
+    "UnitPrice",
+    "Amount",
+    "Currency",
+    "MainAccountDisplayValue",
+    "DimensionDisplayValue",
+    "ItemNumber",
+    "ProcurementCategoryName",
+    "PurchaseOrder",
+    "PurchLineNumber",
+)
 
 
 def header_reference(coupa_id: int) -> str:
@@ -65,8 +81,14 @@ class InvoiceSync(DocumentSync):
     NUMBER_FIELD = "invoice-number"
     HEADER_SET = HEADER_SET
 
-    def __init__(self, services: SyncServices, vendors: VendorSync | None = None,
-                 writer: DocumentWriter | None = None, *, rebook_missing: bool = False) -> None:
+    def __init__(
+        self,
+        services: SyncServices,
+        vendors: VendorSync | None = None,
+        writer: DocumentWriter | None = None,
+        *,
+        rebook_missing: bool = False,
+    ) -> None:
         super().__init__(services, vendors, writer)
         self.rebook_missing = rebook_missing  # operator's explicit "book it again" for missing_in_d365
         self._po_lines: dict[tuple[str, str, str], bool] = {}
@@ -112,8 +134,9 @@ class InvoiceSync(DocumentSync):
             return self._reconcile_booked(row, invoice, mapped, coupa_hash)
         return self._create(row, invoice, mapped, coupa_hash)
 
-    def _reconcile_booked(self, row: LedgerRow, invoice: dict[str, Any], mapped: MappedInvoice,
-                          coupa_hash: str) -> Outcome:
+    def _reconcile_booked(
+        self, row: LedgerRow, invoice: dict[str, Any], mapped: MappedInvoice, coupa_hash: str
+    ) -> Outcome:
         """A document the ledger says we booked (or started to): the ledger's D365 key and stored
         natural key are the authority — never a fresh natural-key lookup alone, because the Coupa
         invoice number, supplier number or chart mapping may have changed since."""
@@ -125,13 +148,25 @@ class InvoiceSync(DocumentSync):
             return self._update_pending(row, invoice, mapped, coupa_hash, current)
         posted = self._find_posted_for_row(row, mapped)
         if posted is not None:
-            row = s.ledger.update(row, run, state=POSTED, problem=None, natural_key=posted[0],
-                                  d365_key=self._posted_key(posted[0], posted[1], ref))
+            row = s.ledger.update(
+                row,
+                run,
+                state=POSTED,
+                problem=None,
+                natural_key=posted[0],
+                d365_key=self._posted_key(posted[0], posted[1], ref),
+            )
             self._audit(int(invoice["id"]), "found_posted", POSTED_SET, row.d365_key)
-            if row.coupa_hash == coupa_hash:   # the interrupted write landed and AP posted it since
+            if row.coupa_hash == coupa_hash:  # the interrupted write landed and AP posted it since
                 self._notify_booked(row, invoice)
-                return Outcome(DOC, int(invoice["id"]), Action.ALREADY_PRESENT, mapped.invoice_number, row.legal_entity,
-                               "already posted in D365")
+                return Outcome(
+                    DOC,
+                    int(invoice["id"]),
+                    Action.ALREADY_PRESENT,
+                    mapped.invoice_number,
+                    row.legal_entity,
+                    "already posted in D365",
+                )
             return self._changed_after_post(row, invoice, coupa_hash)
         if row.state == WRITING or self.rebook_missing:
             # the write never landed (or the operator asked to book it again): create, after lookups
@@ -142,19 +177,25 @@ class InvoiceSync(DocumentSync):
         coupa_id = int(invoice["id"])
         key = row.d365_key or {}
         natural = row.natural_key
-        reason = (f"the pending invoice {key.get('HeaderReference')} we booked in D365 {key.get('dataAreaId')} is gone "
-                  f"and no posted invoice {natural.document_number if natural else '?'} of vendor "
-                  f"{natural.vendor_account if natural else '?'} exists; if an AP user deleted it on purpose nothing "
-                  "is needed, otherwise re-drive it with replay_invoices_job (coupa_ids: [" + str(coupa_id) +
-                  "], rebook_missing: true)")
+        reason = (
+            f"the pending invoice {key.get('HeaderReference')} we booked in D365 {key.get('dataAreaId')} is gone "
+            f"and no posted invoice {natural.document_number if natural else '?'} of vendor "
+            f"{natural.vendor_account if natural else '?'} exists; if an AP user deleted it on purpose nothing "
+            "is needed, otherwise re-drive it with replay_invoices_job (coupa_ids: ["
+            + str(coupa_id)
+            + "], rebook_missing: true)"
+        )
         if row.state != MISSING_IN_D365:
             self._audit(coupa_id, "missing_in_d365", HEADER_SET, key, error=reason)
         return self._settle_with_alert(row, invoice, MISSING_IN_D365, reason, row.legal_entity)
 
     @staticmethod
     def _posted_key(natural: NaturalKey, posted: dict[str, Any], ref: str | None) -> dict[str, Any]:
-        key = {"dataAreaId": natural.legal_entity, "InvoiceId": natural.document_number,
-               "LedgerVoucher": posted.get("LedgerVoucher")}
+        key = {
+            "dataAreaId": natural.legal_entity,
+            "InvoiceId": natural.document_number,
+            "LedgerVoucher": posted.get("LedgerVoucher"),
+        }
         if ref:
             key["HeaderReference"] = ref
         return key
@@ -172,8 +213,15 @@ class InvoiceSync(DocumentSync):
             if not verdict.adoptable:
                 return self._duplicate(row, invoice, verdict, coupa_hash, le)
             self._audit(coupa_id, "found_posted", POSTED_SET, {"dataAreaId": le, "InvoiceId": number})
-            row = s.ledger.update(row, run, state=POSTED, coupa_hash=coupa_hash, reason=None, problem=None,
-                                  d365_key=self._posted_key(natural, posted, None))
+            row = s.ledger.update(
+                row,
+                run,
+                state=POSTED,
+                coupa_hash=coupa_hash,
+                reason=None,
+                problem=None,
+                d365_key=self._posted_key(natural, posted, None),
+            )
             self._notify_booked(row, invoice)
             return Outcome(DOC, coupa_id, Action.ALREADY_PRESENT, number, le, "already posted in D365")
 
@@ -195,16 +243,26 @@ class InvoiceSync(DocumentSync):
         attempt = self._create_document(coupa_id, key, header, lines)
         if attempt.result == Created.REJECTED:
             error = attempt.error
-            return self._fail(row, invoice, le, f"D365 rejected the invoice: {error.detail if error else 'unknown error'}")
+            return self._fail(
+                row, invoice, le, f"D365 rejected the invoice: {error.detail if error else 'unknown error'}"
+            )
         if attempt.result == Created.EXISTS:
             # our HeaderReference is already taken: an earlier or concurrent write of ours landed
             # (perhaps header only) — adopt it and bring it in line, never a second invoice
             assert attempt.existing is not None
             return self._update_pending(row, invoice, mapped, coupa_hash, attempt.existing, adopted=True)
-        if attempt.result == Created.LANDED:   # the changeset is all-or-nothing: the lines landed with it
+        if attempt.result == Created.LANDED:  # the changeset is all-or-nothing: the lines landed with it
             self._audit(coupa_id, "create", HEADER_SET, key, 201, payload_sha256=attempt.digest)
-        row = s.ledger.update(row, run, state=WRITTEN, coupa_hash=coupa_hash, payload_hash=attempt.digest, reason=None,
-                              problem=None, attempts=row.attempts + 1)
+        row = s.ledger.update(
+            row,
+            run,
+            state=WRITTEN,
+            coupa_hash=coupa_hash,
+            payload_hash=attempt.digest,
+            reason=None,
+            problem=None,
+            attempts=row.attempts + 1,
+        )
         self._notify_booked(row, invoice)
         return Outcome(DOC, coupa_id, Action.CREATED, number, le, ref)
 
@@ -214,35 +272,53 @@ class InvoiceSync(DocumentSync):
         return header, lines
 
     # -- lookups -----------------------------------------------------------------------------
-    def _find_pending(self, row: LedgerRow, mapped: MappedInvoice, coupa_id: int
-                      ) -> tuple[dict[str, Any] | None, Verdict | None]:
+    def _find_pending(
+        self, row: LedgerRow, mapped: MappedInvoice, coupa_id: int
+    ) -> tuple[dict[str, Any] | None, Verdict | None]:
         """The pending header to adopt, and the verdict on it — or, when none is ours, the verdict
         on the first one found (a duplicate invoice number)."""
-        rows = list(self.s.d365.query(HEADER_SET, legal_entity=mapped.legal_entity, exact={
-            "InvoiceNumber": mapped.invoice_number, "InvoiceAccount": mapped.vendor_account},
-            select=["HeaderReference", *HEADER_UPDATE_FIELDS]))   # every field an adoption compares
+        rows = list(
+            self.s.d365.query(
+                HEADER_SET,
+                legal_entity=mapped.legal_entity,
+                exact={"InvoiceNumber": mapped.invoice_number, "InvoiceAccount": mapped.vendor_account},
+                select=["HeaderReference", *HEADER_UPDATE_FIELDS],
+            )
+        )  # every field an adoption compares
         if not rows:
             return None, None
-        judged = sorted(((r, self._judge(row, mapped, coupa_id, r, posted=False)) for r in rows),
-                        key=lambda pair: (not pair[1].adoptable, pair[1].adoption != "ours"))
+        judged = sorted(
+            ((r, self._judge(row, mapped, coupa_id, r, posted=False)) for r in rows),
+            key=lambda pair: (not pair[1].adoptable, pair[1].adoption != "ours"),
+        )
         if len(rows) > 1:
-            self.s.logger.warning("D365 holds %d pending invoices %s for %s in %s; judged %s", len(rows),
-                                  mapped.invoice_number, mapped.vendor_account, mapped.legal_entity,
-                                  [(r["HeaderReference"], v.adoption.value) for r, v in judged])
+            self.s.logger.warning(
+                "D365 holds %d pending invoices %s for %s in %s; judged %s",
+                len(rows),
+                mapped.invoice_number,
+                mapped.vendor_account,
+                mapped.legal_entity,
+                [(r["HeaderReference"], v.adoption.value) for r, v in judged],
+            )
         found, verdict = judged[0]
         return (found if verdict.adoptable else None), verdict
 
-    def _judge(self, row: LedgerRow, mapped: MappedInvoice, coupa_id: int, record: dict[str, Any], *,
-               posted: bool) -> Verdict:
+    def _judge(
+        self, row: LedgerRow, mapped: MappedInvoice, coupa_id: int, record: dict[str, Any], *, posted: bool
+    ) -> Verdict:
         """Ours or a duplicate invoice number? The ledger is read only when D365 holds a record."""
         natural = NaturalKey(mapped.legal_entity, mapped.vendor_account, mapped.invoice_number).folded()
-        booked_for = [r.coupa_id for r in self.s.ledger.rows(DOC, (*BOOKED_STATES, WRITING))
-                      if r.coupa_id != coupa_id and r.natural_key is not None and r.natural_key.folded() == natural]
+        booked_for = [
+            r.coupa_id
+            for r in self.s.ledger.rows(DOC, (*BOOKED_STATES, WRITING))
+            if r.coupa_id != coupa_id and r.natural_key is not None and r.natural_key.folded() == natural
+        ]
         ours = [header_reference(coupa_id), str((row.d365_key or {}).get("HeaderReference") or "")]
         return judge(record, mapped, coupa_id, posted=posted, our_references=ours, booked_for=booked_for)
 
-    def _duplicate(self, row: LedgerRow, invoice: dict[str, Any], verdict: Verdict, coupa_hash: str,
-                   le: str) -> Outcome:
+    def _duplicate(
+        self, row: LedgerRow, invoice: dict[str, Any], verdict: Verdict, coupa_hash: str, le: str
+    ) -> Outcome:
         self._audit(int(invoice["id"]), "duplicate_invoice_number", HEADER_SET, error=verdict.reason)
         return self._quarantine(row, invoice, verdict.reason, coupa_hash, legal_entity=le)
 
@@ -250,7 +326,9 @@ class InvoiceSync(DocumentSync):
         rows = posted_journal_rows(self.s.d365, natural, top=1)
         return rows[0] if rows else None
 
-    def _find_posted_for_row(self, row: LedgerRow, mapped: MappedInvoice | None) -> tuple[NaturalKey, dict[str, Any]] | None:
+    def _find_posted_for_row(
+        self, row: LedgerRow, mapped: MappedInvoice | None
+    ) -> tuple[NaturalKey, dict[str, Any]] | None:
         """Posted under the key the ledger booked it with — or, if a change to it was under way, the new one."""
         candidates = [k for k in (row.natural_key,) if k is not None]
         if mapped is not None:
@@ -264,8 +342,14 @@ class InvoiceSync(DocumentSync):
         return None
 
     def _current_lines(self, le: str, ref: str) -> list[dict[str, Any]]:
-        return list(self.s.d365.query(LINE_SET, legal_entity=le, exact={"HeaderReference": ref},
-                                      select=["HeaderReference", "InvoiceLineNumber", *LINE_COMPARE_FIELDS]))
+        return list(
+            self.s.d365.query(
+                LINE_SET,
+                legal_entity=le,
+                exact={"HeaderReference": ref},
+                select=["HeaderReference", "InvoiceLineNumber", *LINE_COMPARE_FIELDS],
+            )
+        )
 
     def _link_purchase_orders(self, mapped: MappedInvoice) -> None:
         """PO-backed lines reference the D365 PO line when that PO exists in D365."""
@@ -277,16 +361,32 @@ class InvoiceSync(DocumentSync):
                 except ValueError:
                     self._po_lines[cache_key] = False
                     continue
-                self._po_lines[cache_key] = self.s.d365.get("PurchaseOrderLinesV2", {
-                    "dataAreaId": mapped.legal_entity, "PurchaseOrderNumber": str(po_number),
-                    "LineNumber": line_number}) is not None
+                self._po_lines[cache_key] = (
+                    self.s.d365.get(
+                        "PurchaseOrderLinesV2",
+                        {
+                            "dataAreaId": mapped.legal_entity,
+                            "PurchaseOrderNumber": str(po_number),
+                            "LineNumber": line_number,
+                        },
+                    )
+                    is not None
+                )
             if self._po_lines[cache_key]:
                 mapped.lines[index]["PurchaseOrder"] = str(po_number)
                 mapped.lines[index]["PurchLineNumber"] = int(str(po_line))
 
     # -- changes, voids, failures ------------------------------------------------------------
-    def _update_pending(self, row: LedgerRow, invoice: dict[str, Any], mapped: MappedInvoice, coupa_hash: str,
-                        current: dict[str, Any], *, adopted: bool = False) -> Outcome:
+    def _update_pending(
+        self,
+        row: LedgerRow,
+        invoice: dict[str, Any],
+        mapped: MappedInvoice,
+        coupa_hash: str,
+        current: dict[str, Any],
+        *,
+        adopted: bool = False,
+    ) -> Outcome:
         """Bring the pending D365 invoice in line with the Coupa version: changed header fields
         PATCHed, lines added/changed/removed. The ledger's natural key follows the PATCH."""
         s, run = self.s, self.s.run_id
@@ -297,17 +397,21 @@ class InvoiceSync(DocumentSync):
         header_key = {"dataAreaId": le, "HeaderReference": ref}
         header_changes = changed_fields(current, header, HEADER_UPDATE_FIELDS)
         if le.casefold() != mapped.legal_entity.casefold():
-            reason = (f"Coupa moved the invoice to legal entity {mapped.legal_entity}, but it is booked as pending "
-                      f"invoice {ref} in {le}; a pending invoice cannot change legal entity — delete it in D365 "
-                      f"and replay, or correct the chart of accounts in Coupa")
+            reason = (
+                f"Coupa moved the invoice to legal entity {mapped.legal_entity}, but it is booked as pending "
+                f"invoice {ref} in {le}; a pending invoice cannot change legal entity — delete it in D365 "
+                f"and replay, or correct the chart of accounts in Coupa"
+            )
             return self._fail(row, invoice, le, reason)
         if header_changes:
             s.d365.update(HEADER_SET, header_key, header_changes)
             self._audit(coupa_id, "update", HEADER_SET, header_key, 204, header_changes)
             if "InvoiceNumber" in header_changes or "InvoiceAccount" in header_changes:
-                row = s.ledger.update(row, run, natural_key=NaturalKey(le, mapped.vendor_account, mapped.invoice_number))
-        existing = {Decimal(str(l["InvoiceLineNumber"])): l for l in self._current_lines(le, ref)}
-        wanted = {Decimal(str(l["InvoiceLineNumber"])): l for l in lines}
+                row = s.ledger.update(
+                    row, run, natural_key=NaturalKey(le, mapped.vendor_account, mapped.invoice_number)
+                )
+        existing = {Decimal(str(ln["InvoiceLineNumber"])): ln for ln in self._current_lines(le, ref)}
+        wanted = {Decimal(str(ln["InvoiceLineNumber"])): ln for ln in lines}
         changed = 0
         for number, line in wanted.items():
             line_key = {"dataAreaId": le, "HeaderReference": ref, "InvoiceLineNumber": line["InvoiceLineNumber"]}
@@ -328,26 +432,52 @@ class InvoiceSync(DocumentSync):
                 s.d365.delete(LINE_SET, line_key)
                 changed += 1
                 self._audit(coupa_id, "delete_line", LINE_SET, line_key, 204)
-        row = s.ledger.update(row, run, state=WRITTEN, coupa_hash=coupa_hash, payload_hash=payload_hash([header, lines]),
-                              reason=None, problem=None, coupa_notified=False,
-                              natural_key=NaturalKey(le, mapped.vendor_account, mapped.invoice_number))
+        row = s.ledger.update(
+            row,
+            run,
+            state=WRITTEN,
+            coupa_hash=coupa_hash,
+            payload_hash=payload_hash([header, lines]),
+            reason=None,
+            problem=None,
+            coupa_notified=False,
+            natural_key=NaturalKey(le, mapped.vendor_account, mapped.invoice_number),
+        )
         self._notify_booked(row, invoice)
         if adopted:
-            return Outcome(DOC, coupa_id, Action.REPAIRED if header_changes or changed else Action.ALREADY_PRESENT,
-                           mapped.invoice_number, le, f"adopted existing {ref}" + (
-                               f", {len(header_changes)} header fields and {changed} lines brought in line"
-                               if header_changes or changed else ""))
+            return Outcome(
+                DOC,
+                coupa_id,
+                Action.REPAIRED if header_changes or changed else Action.ALREADY_PRESENT,
+                mapped.invoice_number,
+                le,
+                f"adopted existing {ref}"
+                + (
+                    f", {len(header_changes)} header fields and {changed} lines brought in line"
+                    if header_changes or changed
+                    else ""
+                ),
+            )
         outcome = Action.UPDATED if header_changes or changed else Action.ALREADY_PRESENT
-        return Outcome(DOC, coupa_id, outcome, mapped.invoice_number, le,
-                       f"{len(header_changes)} header fields, {changed} lines changed" if outcome == Action.UPDATED
-                       else "")
+        return Outcome(
+            DOC,
+            coupa_id,
+            outcome,
+            mapped.invoice_number,
+            le,
+            f"{len(header_changes)} header fields, {changed} lines changed" if outcome == Action.UPDATED else "",
+        )
 
     def _changed_after_post(self, row: LedgerRow, invoice: dict[str, Any], coupa_hash: str) -> Outcome:
         coupa_id = int(invoice["id"])
-        reason = ("Coupa changed the invoice after D365 posted it; posted invoices are never modified. "
-                  "Correct it in D365 (credit note) if needed.")
+        reason = (
+            "Coupa changed the invoice after D365 posted it; posted invoices are never modified. "
+            "Correct it in D365 (credit note) if needed."
+        )
         self._audit(coupa_id, "changed_after_post", error=reason)
-        return self._settle_with_alert(row, invoice, CHANGED_AFTER_POST, reason, row.legal_entity, coupa_hash=coupa_hash)
+        return self._settle_with_alert(
+            row, invoice, CHANGED_AFTER_POST, reason, row.legal_entity, coupa_hash=coupa_hash
+        )
 
     def _void(self, row: LedgerRow, invoice: dict[str, Any], coupa_hash: str) -> Outcome:
         s, run = self.s, self.s.run_id
@@ -361,44 +491,83 @@ class InvoiceSync(DocumentSync):
         # Posted first (a read, by the key the ledger booked it under): a posted invoice must never
         # receive a DELETE, not even one that would 404.
         posted = row.state in (POSTED, CHANGED_AFTER_POST, VOID_BLOCKED) or (
-            row.state in (WRITTEN, WRITING, MISSING_IN_D365) and self._find_posted_for_row(row, None) is not None)
+            row.state in (WRITTEN, WRITING, MISSING_IN_D365) and self._find_posted_for_row(row, None) is not None
+        )
         if posted:
             return self._void_blocked(row, invoice, coupa_hash)
         if row.state in (WRITTEN, WRITING) and le and ref:
             if s.d365.delete(HEADER_SET, {"dataAreaId": le, "HeaderReference": ref}):
                 self._audit(coupa_id, "delete", HEADER_SET, key, 204)
-                s.ledger.update(row, run, release=True, state=VOIDED, problem=None, coupa_hash=coupa_hash,
-                                reason="voided in Coupa; pending D365 invoice removed")
-                s.notifier.success(DOC, coupa_id, f"Voided in Coupa: pending D365 invoice {ref} ({le}) removed",
-                                   code="D365-VOIDED", document_status="voided")
+                s.ledger.update(
+                    row,
+                    run,
+                    release=True,
+                    state=VOIDED,
+                    problem=None,
+                    coupa_hash=coupa_hash,
+                    reason="voided in Coupa; pending D365 invoice removed",
+                )
+                s.notifier.success(
+                    DOC,
+                    coupa_id,
+                    f"Voided in Coupa: pending D365 invoice {ref} ({le}) removed",
+                    code="D365-VOIDED",
+                    document_status="voided",
+                )
                 return Outcome(DOC, coupa_id, Action.VOIDED, number, le, f"removed pending {ref}")
             # 404: gone since our lookup — AP may have posted it in between; look again
             if self._find_posted_for_row(row, None) is not None:
                 return self._void_blocked(row, invoice, coupa_hash)
         gone = row.state in (WRITTEN, MISSING_IN_D365)
-        reason = ("voided in Coupa; the pending D365 invoice was already gone" if gone
-                  else "voided in Coupa before it was booked")
+        reason = (
+            "voided in Coupa; the pending D365 invoice was already gone"
+            if gone
+            else "voided in Coupa before it was booked"
+        )
         s.ledger.update(row, run, release=True, state=VOIDED, problem=None, coupa_hash=coupa_hash, reason=reason)
-        s.notifier.success(DOC, coupa_id, ("Voided in Coupa; the pending D365 invoice was already gone" if gone else
-                                           "Voided in Coupa before it was booked in D365; nothing to remove"),
-                           code="D365-VOIDED", document_status="voided")
-        return Outcome(DOC, coupa_id, Action.VOIDED, number, row.legal_entity, "already gone" if gone else "never booked")
+        s.notifier.success(
+            DOC,
+            coupa_id,
+            (
+                "Voided in Coupa; the pending D365 invoice was already gone"
+                if gone
+                else "Voided in Coupa before it was booked in D365; nothing to remove"
+            ),
+            code="D365-VOIDED",
+            document_status="voided",
+        )
+        return Outcome(
+            DOC, coupa_id, Action.VOIDED, number, row.legal_entity, "already gone" if gone else "never booked"
+        )
 
     def _void_blocked(self, row: LedgerRow, invoice: dict[str, Any], coupa_hash: str) -> Outcome:
-        reason = ("voided in Coupa after D365 posted it; posted invoices are never modified — reverse it in "
-                  "D365 with a credit note")
-        return self._settle_with_alert(row, invoice, VOID_BLOCKED, reason,
-                                       (row.d365_key or {}).get("dataAreaId") or row.legal_entity,
-                                       coupa_hash=coupa_hash)
+        reason = (
+            "voided in Coupa after D365 posted it; posted invoices are never modified — reverse it in "
+            "D365 with a credit note"
+        )
+        return self._settle_with_alert(
+            row,
+            invoice,
+            VOID_BLOCKED,
+            reason,
+            (row.d365_key or {}).get("dataAreaId") or row.legal_entity,
+            coupa_hash=coupa_hash,
+        )
 
-    def _quarantine(self, row: LedgerRow, document: dict[str, Any], reason: str, coupa_hash: str,
-                    legal_entity: str | None = None) -> Outcome:
-        return super()._quarantine(row, document, reason, coupa_hash,
-                                   legal_entity or legal_entity_for(document, self.s.mapping))
+    def _quarantine(
+        self, row: LedgerRow, document: dict[str, Any], reason: str, coupa_hash: str, legal_entity: str | None = None
+    ) -> Outcome:
+        return super()._quarantine(
+            row, document, reason, coupa_hash, legal_entity or legal_entity_for(document, self.s.mapping)
+        )
 
     def _notify_booked(self, row: LedgerRow, invoice: dict[str, Any]) -> None:
         key = row.d365_key or {}
         target = key.get("HeaderReference") or key.get("InvoiceId")
-        message = f"Booked in D365 {key.get('dataAreaId')} as pending vendor invoice {target}" if row.state != POSTED \
-            else f"Already posted in D365 {key.get('dataAreaId')} as invoice {target} (voucher {key.get('LedgerVoucher')})"
+        message = (
+            f"Booked in D365 {key.get('dataAreaId')} as pending vendor invoice {target}"
+            if row.state != POSTED
+            else f"Already posted in D365 {key.get('dataAreaId')} as invoice "
+            f"{target} (voucher {key.get('LedgerVoucher')})"
+        )
         self._notify(row, invoice, message)

@@ -51,9 +51,16 @@ from .writer import DocumentWriter, ODataBatchWriter
 
 DOC = "purchase_order"
 HEADER_SET, LINE_SET, RECEIPT_SET = "PurchaseOrderHeadersV2", "PurchaseOrderLinesV2", "ProductReceiptLinesV2"
-HEADER_UPDATE_FIELDS = ("OrderVendorAccountNumber", "InvoiceVendorAccountNumber", "CurrencyCode", "PaymentTermsName",
-                        "VendorOrderReference", "PurchaseOrderName", "RequestedDeliveryDate",
-                        "DefaultLedgerDimensionDisplayValue")
+HEADER_UPDATE_FIELDS = (
+    "OrderVendorAccountNumber",
+    "InvoiceVendorAccountNumber",
+    "CurrencyCode",
+    "PaymentTermsName",
+    "VendorOrderReference",
+    "PurchaseOrderName",
+    "RequestedDeliveryDate",
+    "DefaultLedgerDimensionDisplayValue",
+)
 LOCKED_STATUSES = ("Received", "Invoiced")
 # the ledger says we booked it (or started to): its stored key is the authority ...
 KEYED_STATES = (WRITTEN, CLOSED, CANCELLED, CHANGE_BLOCKED, WRITING, MISSING_IN_D365)
@@ -96,22 +103,34 @@ class PurchaseOrderSync(DocumentSync):
         mapped = map_purchase_order(po, s.mapping, s.master, supplier=supplier)
         if isinstance(mapped, Quarantine):
             if status != "issued" and booked is None and row.state in (NEW, QUARANTINED, FAILED):
-                return self._record(row, po, CANCELLED if status == "cancelled" else CLOSED, coupa_hash,
-                                    f"{status} in Coupa before it was booked in D365", notify=True)
+                return self._record(
+                    row,
+                    po,
+                    CANCELLED if status == "cancelled" else CLOSED,
+                    coupa_hash,
+                    f"{status} in Coupa before it was booked in D365",
+                    notify=True,
+                )
             if status == "closed" and booked is not None:
-                return self._record(row, po, CLOSED, coupa_hash, "closed in Coupa; kept as it is in D365",
-                                    notify=True)
+                return self._record(row, po, CLOSED, coupa_hash, "closed in Coupa; kept as it is in D365", notify=True)
             return self._quarantine(row, po, "; ".join(mapped.reasons), coupa_hash, legal_entity_for_po(po, s.mapping))
         key = {"dataAreaId": mapped.legal_entity, "PurchaseOrderNumber": mapped.purchase_order_number}
-        if booked is not None and (str(booked["dataAreaId"]).casefold(), str(booked["PurchaseOrderNumber"]).casefold()) \
-                != (key["dataAreaId"].casefold(), key["PurchaseOrderNumber"].casefold()):
-            reason = (f"Coupa now maps the purchase order to {key['dataAreaId']}/{key['PurchaseOrderNumber']}, but it is "
-                      f"booked in D365 as {booked['dataAreaId']}/{booked['PurchaseOrderNumber']}; a D365 purchase order "
-                      "cannot move legal entity or number — correct the PO in Coupa or cancel it in D365")
+        if booked is not None and (
+            str(booked["dataAreaId"]).casefold(),
+            str(booked["PurchaseOrderNumber"]).casefold(),
+        ) != (key["dataAreaId"].casefold(), key["PurchaseOrderNumber"].casefold()):
+            reason = (
+                f"Coupa now maps the purchase order to {key['dataAreaId']}/{key['PurchaseOrderNumber']}, but it is "
+                f"booked in D365 as {booked['dataAreaId']}/{booked['PurchaseOrderNumber']}; a D365 purchase order "
+                "cannot move legal entity or number — correct the PO in Coupa or cancel it in D365"
+            )
             return self._fail(row, po, booked["dataAreaId"], reason)
         if booked is None:
-            s.ledger.update(row, run, natural_key=NaturalKey(mapped.legal_entity, mapped.vendor_account,
-                                                              mapped.purchase_order_number))
+            s.ledger.update(
+                row,
+                run,
+                natural_key=NaturalKey(mapped.legal_entity, mapped.vendor_account, mapped.purchase_order_number),
+            )
         current = s.d365.get(HEADER_SET, key)
         if current is not None and not owned and not self._ours(current, mapped):
             return self._quarantine(row, po, self._not_ours_reason(current, mapped), coupa_hash, mapped.legal_entity)
@@ -119,8 +138,14 @@ class PurchaseOrderSync(DocumentSync):
             if booked is not None and row.state != WRITING:
                 return self._missing(row, po, key)
             if status != "issued":
-                return self._record(row, po, CANCELLED if status == "cancelled" else CLOSED, coupa_hash,
-                                    f"{status} in Coupa before it was booked in D365", notify=True)
+                return self._record(
+                    row,
+                    po,
+                    CANCELLED if status == "cancelled" else CLOSED,
+                    coupa_hash,
+                    f"{status} in Coupa before it was booked in D365",
+                    notify=True,
+                )
             assert supplier is not None
             stopped = self._ensure_vendor(row, po, supplier, mapped.legal_entity, mapped.vendor_account, coupa_hash)
             if stopped is not None:
@@ -138,66 +163,97 @@ class PurchaseOrderSync(DocumentSync):
         F&O finds ``po-1`` under the key ``PO-1`` (case-insensitive collation), so the number, the
         reference and the key must match exactly — case included."""
         number = mapped.purchase_order_number.strip()
-        return (str(current.get("VendorOrderReference") or "").strip() == number
-                and str(current.get("PurchaseOrderNumber") or number).strip() == number
-                and str(current.get("OrderVendorAccountNumber") or "").casefold() == mapped.vendor_account.casefold())
+        return (
+            str(current.get("VendorOrderReference") or "").strip() == number
+            and str(current.get("PurchaseOrderNumber") or number).strip() == number
+            and str(current.get("OrderVendorAccountNumber") or "").casefold() == mapped.vendor_account.casefold()
+        )
 
     @staticmethod
     def _not_ours_reason(current: dict[str, Any], mapped: MappedPurchaseOrder) -> str:
         found = str(current.get("PurchaseOrderNumber") or "").strip()
         if found and found != mapped.purchase_order_number.strip():
-            return (f"D365 {mapped.legal_entity} already has a purchase order {found} (vendor "
-                    f"{current.get('OrderVendorAccountNumber') or '-'}, vendor reference "
-                    f"{current.get('VendorOrderReference') or '-'}); its number differs from "
-                    f"{mapped.purchase_order_number} only in case, which D365 treats as the same number, so this PO "
-                    "cannot be booked under it and the D365 PO is left untouched. Give the Coupa PO a number that is "
-                    "free in D365 and re-issue it")
-        return (f"D365 {mapped.legal_entity} already has a purchase order {mapped.purchase_order_number} that this "
-                f"connector did not create (vendor {current.get('OrderVendorAccountNumber') or '-'}, vendor reference "
-                f"{current.get('VendorOrderReference') or '-'}); it is left untouched. Give the Coupa PO a number that "
-                "is free in D365 (or a separate number sequence) and re-issue it")
+            return (
+                f"D365 {mapped.legal_entity} already has a purchase order {found} (vendor "
+                f"{current.get('OrderVendorAccountNumber') or '-'}, vendor reference "
+                f"{current.get('VendorOrderReference') or '-'}); its number differs from "
+                f"{mapped.purchase_order_number} only in case, which D365 treats as the same number, so this PO "
+                "cannot be booked under it and the D365 PO is left untouched. Give the Coupa PO a number that is "
+                "free in D365 and re-issue it"
+            )
+        return (
+            f"D365 {mapped.legal_entity} already has a purchase order {mapped.purchase_order_number} that this "
+            f"connector did not create (vendor {current.get('OrderVendorAccountNumber') or '-'}, vendor reference "
+            f"{current.get('VendorOrderReference') or '-'}); it is left untouched. Give the Coupa PO a number that "
+            "is free in D365 (or a separate number sequence) and re-issue it"
+        )
 
     def _missing(self, row: LedgerRow, po: dict[str, Any], key: dict[str, Any]) -> Outcome:
-        reason = (f"the purchase order {key['PurchaseOrderNumber']} we booked in D365 {key['dataAreaId']} is gone; it "
-                  "is not created again automatically — if it was deleted on purpose nothing is needed, otherwise "
-                  "create it again in D365 under the same number (later Coupa changes then apply to it)")
+        reason = (
+            f"the purchase order {key['PurchaseOrderNumber']} we booked in D365 {key['dataAreaId']} is gone; it "
+            "is not created again automatically — if it was deleted on purpose nothing is needed, otherwise "
+            "create it again in D365 under the same number (later Coupa changes then apply to it)"
+        )
         return self._settle_with_alert(row, po, MISSING_IN_D365, reason, key["dataAreaId"])
 
     # -- create ------------------------------------------------------------------------------
-    def _create(self, row: LedgerRow, po: dict[str, Any], mapped: MappedPurchaseOrder, key: dict[str, Any],
-                coupa_hash: str) -> Outcome:
+    def _create(
+        self, row: LedgerRow, po: dict[str, Any], mapped: MappedPurchaseOrder, key: dict[str, Any], coupa_hash: str
+    ) -> Outcome:
         s, run = self.s, self.s.run_id
         coupa_id = int(po["id"])
         row = s.ledger.update(row, run, state=WRITING, d365_key=key)  # intent first
         attempt = self._create_document(coupa_id, key, mapped.header, mapped.lines)
         if attempt.result == Created.REJECTED:
-            return self._fail(row, po, mapped.legal_entity,
-                              f"D365 rejected the purchase order: {attempt.error.detail if attempt.error else '?'}")
+            return self._fail(
+                row,
+                po,
+                mapped.legal_entity,
+                f"D365 rejected the purchase order: {attempt.error.detail if attempt.error else '?'}",
+            )
         if attempt.result in (Created.LANDED, Created.EXISTS):
             # a PO under our number: ours (an earlier or concurrent write landed) is brought in line;
             # a native D365 PO is never touched
             assert attempt.existing is not None
             if not self._ours(attempt.existing, mapped):
-                return self._quarantine(row, po, self._not_ours_reason(attempt.existing, mapped), coupa_hash,
-                                        mapped.legal_entity)
+                return self._quarantine(
+                    row, po, self._not_ours_reason(attempt.existing, mapped), coupa_hash, mapped.legal_entity
+                )
             return self._update(row, po, mapped, key, coupa_hash, closed=False, adopted=True)
-        row = s.ledger.update(row, run, state=WRITTEN, coupa_hash=coupa_hash, payload_hash=attempt.digest, reason=None,
-                              attempts=row.attempts + 1)
+        row = s.ledger.update(
+            row,
+            run,
+            state=WRITTEN,
+            coupa_hash=coupa_hash,
+            payload_hash=attempt.digest,
+            reason=None,
+            attempts=row.attempts + 1,
+        )
         self._notify(row, po, self._message(row, "issued"))
-        return Outcome(DOC, coupa_id, Action.CREATED, mapped.purchase_order_number, mapped.legal_entity,
-                       f"{len(mapped.lines)} lines")
+        return Outcome(
+            DOC,
+            coupa_id,
+            Action.CREATED,
+            mapped.purchase_order_number,
+            mapped.legal_entity,
+            f"{len(mapped.lines)} lines",
+        )
 
     # -- read D365 state ---------------------------------------------------------------------
     def _lines(self, key: dict[str, Any]) -> dict[int, dict[str, Any]]:
-        rows = self.s.d365.query(LINE_SET, legal_entity=key["dataAreaId"],
-                                 exact={"PurchaseOrderNumber": key["PurchaseOrderNumber"]})
+        rows = self.s.d365.query(
+            LINE_SET, legal_entity=key["dataAreaId"], exact={"PurchaseOrderNumber": key["PurchaseOrderNumber"]}
+        )
         return {int(r["LineNumber"]): r for r in rows}
 
     def _received(self, key: dict[str, Any]) -> dict[int, Decimal]:
         received: dict[int, Decimal] = {}
-        for r in self.s.d365.query(RECEIPT_SET, legal_entity=key["dataAreaId"],
-                                   exact={"PurchaseOrderNumber": key["PurchaseOrderNumber"]},
-                                   select=["PurchaseOrderLineNumber", "ReceivedPurchaseQuantity"]):
+        for r in self.s.d365.query(
+            RECEIPT_SET,
+            legal_entity=key["dataAreaId"],
+            exact={"PurchaseOrderNumber": key["PurchaseOrderNumber"]},
+            select=["PurchaseOrderLineNumber", "ReceivedPurchaseQuantity"],
+        ):
             line = int(r["PurchaseOrderLineNumber"])
             received[line] = received.get(line, Decimal(0)) + Decimal(str(r["ReceivedPurchaseQuantity"] or 0))
         return received
@@ -207,8 +263,17 @@ class PurchaseOrderSync(DocumentSync):
         return received > 0 or str(line.get("PurchaseOrderLineStatus")) in LOCKED_STATUSES
 
     # -- update ------------------------------------------------------------------------------
-    def _update(self, row: LedgerRow, po: dict[str, Any], mapped: MappedPurchaseOrder, key: dict[str, Any],
-                coupa_hash: str, *, closed: bool, adopted: bool = False) -> Outcome:
+    def _update(
+        self,
+        row: LedgerRow,
+        po: dict[str, Any],
+        mapped: MappedPurchaseOrder,
+        key: dict[str, Any],
+        coupa_hash: str,
+        *,
+        closed: bool,
+        adopted: bool = False,
+    ) -> Outcome:
         s, run = self.s, self.s.run_id
         coupa_id = int(po["id"])
         current = s.d365.get(HEADER_SET, key) or {}
@@ -236,8 +301,10 @@ class PurchaseOrderSync(DocumentSync):
             if self._locked(current_line, received.get(number, Decimal(0))):
                 locked = sorted(set(changes) & set(PO_LINE_RECEIPT_LOCKED_FIELDS))
                 if locked:
-                    blocked.append(f"line {number} has been received ({received.get(number, 0)}) in D365: "
-                                   f"{', '.join(locked)} not changed")
+                    blocked.append(
+                        f"line {number} has been received ({received.get(number, 0)}) in D365: "
+                        f"{', '.join(locked)} not changed"
+                    )
                 changes = {f: v for f, v in changes.items() if f not in PO_LINE_RECEIPT_LOCKED_FIELDS}
                 if not changes:
                     continue
@@ -257,15 +324,34 @@ class PurchaseOrderSync(DocumentSync):
         changed = bool(header_changes) or applied > 0
         if blocked:
             reason = "change not applied where D365 no longer allows it: " + "; ".join(blocked)
-            return self._settle_with_alert(s.ledger.get(DOC, coupa_id) or row, po, CHANGE_BLOCKED, reason,
-                                           mapped.legal_entity, coupa_hash=coupa_hash, d365_key=key)
+            return self._settle_with_alert(
+                s.ledger.get(DOC, coupa_id) or row,
+                po,
+                CHANGE_BLOCKED,
+                reason,
+                mapped.legal_entity,
+                coupa_hash=coupa_hash,
+                d365_key=key,
+            )
         state = CLOSED if closed else WRITTEN
-        row = s.ledger.update(row, run, state=state, coupa_hash=coupa_hash, d365_key=key, reason=None, problem=None,
-                              coupa_notified=False, payload_hash=payload_hash([mapped.header, mapped.lines]))
+        row = s.ledger.update(
+            row,
+            run,
+            state=state,
+            coupa_hash=coupa_hash,
+            d365_key=key,
+            reason=None,
+            problem=None,
+            coupa_notified=False,
+            payload_hash=payload_hash([mapped.header, mapped.lines]),
+        )
         self._notify(row, po, self._message(row, "closed" if closed else "issued"))
         action = Action.UPDATED if changed else (Action.CLOSED if closed else Action.ALREADY_PRESENT)
-        detail = f"{len(header_changes)} header fields, {applied} line changes" if changed else \
-            ("adopted the PO already in D365" if adopted else "")
+        detail = (
+            f"{len(header_changes)} header fields, {applied} line changes"
+            if changed
+            else ("adopted the PO already in D365" if adopted else "")
+        )
         return Outcome(DOC, coupa_id, action, mapped.purchase_order_number, mapped.legal_entity, detail)
 
     # -- cancel / record ---------------------------------------------------------------------
@@ -285,16 +371,19 @@ class PurchaseOrderSync(DocumentSync):
             self._audit(coupa_id, "cancel_line", LINE_SET, line_key, 204, {"PurchaseOrderLineStatus": CANCELLED_STATUS})
             cancelled += 1
         detail = f"{cancelled} unreceived lines cancelled in D365" + (
-            f"; kept received {', '.join(kept)}" if kept else "")
+            f"; kept received {', '.join(kept)}" if kept else ""
+        )
         row = s.ledger.update(row, self.s.run_id, d365_key=key, problem=None)
         self._record(row, po, CANCELLED, coupa_hash, detail, notify=True)
         return Outcome(DOC, coupa_id, Action.CANCELLED, str(key["PurchaseOrderNumber"]), str(key["dataAreaId"]), detail)
 
-    def _record(self, row: LedgerRow, po: dict[str, Any], state: DocState, coupa_hash: str, reason: str,
-                notify: bool) -> Outcome:
+    def _record(
+        self, row: LedgerRow, po: dict[str, Any], state: DocState, coupa_hash: str, reason: str, notify: bool
+    ) -> Outcome:
         s, run = self.s, self.s.run_id
-        row = s.ledger.update(row, run, state=state, problem=None, coupa_hash=coupa_hash, reason=reason,
-                              coupa_notified=False)
+        row = s.ledger.update(
+            row, run, state=state, problem=None, coupa_hash=coupa_hash, reason=reason, coupa_notified=False
+        )
         self._audit(int(po["id"]), state.value, error=reason)
         if notify:
             self._notify(row, po, f"Purchase order {state.value} in Coupa: {reason}")
@@ -307,4 +396,5 @@ class PurchaseOrderSync(DocumentSync):
         if not key:
             return f"Purchase order {status} in Coupa; not booked in D365"
         return f"Booked in D365 {key.get('dataAreaId')} as purchase order {key.get('PurchaseOrderNumber')}" + (
-            " (closed in Coupa)" if status == "closed" else "")
+            " (closed in Coupa)" if status == "closed" else ""
+        )

@@ -23,7 +23,7 @@ class Action(StrEnum):
     CREATED = "created"
     UPDATED = "updated"
     ALREADY_PRESENT = "already_present"
-    REPAIRED = "repaired"                        # adopted a half-written / hand-keyed D365 record and completed it
+    REPAIRED = "repaired"  # adopted a half-written / hand-keyed D365 record and completed it
     QUARANTINED = "quarantined"
     FAILED = "failed"
     VOIDED = "voided"
@@ -32,9 +32,9 @@ class Action(StrEnum):
     CANCELLED = "cancelled"
     CLOSED = "closed"
     CHANGE_BLOCKED = "change_blocked"
-    BUSY = "busy"                                # another run holds the document; it is retried
+    BUSY = "busy"  # another run holds the document; it is retried
     SKIPPED = "skipped"
-    MISSING_IN_D365 = "missing_in_d365"          # booked, then gone from D365 (not counted in the metadata)
+    MISSING_IN_D365 = "missing_in_d365"  # booked, then gone from D365 (not counted in the metadata)
 
     @property
     def is_problem(self) -> bool:
@@ -47,8 +47,16 @@ class Action(StrEnum):
         return self in (Action.QUARANTINED, Action.FAILED, Action.BUSY)
 
 
-PROBLEM_ACTIONS = frozenset({Action.QUARANTINED, Action.FAILED, Action.VOID_BLOCKED, Action.CHANGED_AFTER_POST,
-                             Action.CHANGE_BLOCKED, Action.BUSY})
+PROBLEM_ACTIONS = frozenset(
+    {
+        Action.QUARANTINED,
+        Action.FAILED,
+        Action.VOID_BLOCKED,
+        Action.CHANGED_AFTER_POST,
+        Action.CHANGE_BLOCKED,
+        Action.BUSY,
+    }
+)
 # the counts every document asset reports (missing_in_d365 is reported by the *_not_stuck checks instead)
 COUNTED_ACTIONS = tuple(a for a in Action if a is not Action.MISSING_IN_D365)
 
@@ -58,12 +66,12 @@ class Outcome:
     doc_type: str
     coupa_id: int
     action: Action
-    document: str = ""          # human identifier (invoice number, supplier name)
+    document: str = ""  # human identifier (invoice number, supplier name)
     legal_entity: str | None = None
     detail: str = ""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "action", Action(self.action))   # a ledger DocState or a plain word is accepted
+        object.__setattr__(self, "action", Action(self.action))  # a ledger DocState or a plain word is accepted
 
 
 @dataclass
@@ -85,17 +93,26 @@ class SyncReport:
         type each time), that is an outage, not bad documents: a one-line reason; else None."""
         mine = [o for o in self.outcomes if o.doc_type == doc_type]
         kinds = {o.detail.split(":", 1)[0] for o in mine}
-        if not mine or any(o.action != Action.FAILED for o in mine) or len(kinds) != 1 \
-                or not kinds <= set(SYSTEM_FAILURES):
+        if (
+            not mine
+            or any(o.action != Action.FAILED for o in mine)
+            or len(kinds) != 1
+            or not kinds <= set(SYSTEM_FAILURES)
+        ):
             return None
         last = mine[-1].detail.splitlines()[0] if mine[-1].detail else ""
-        return (f"all {len(mine)} {doc_type} documents of this run failed with {kinds.pop()}; a system is not answering "
-                f"usably, the documents are retried by the next run. The last: {last}")
+        return (
+            f"all {len(mine)} {doc_type} documents of this run failed with {kinds.pop()}; a system is not answering "
+            f"usably, the documents are retried by the next run. The last: {last}"
+        )
 
     def problems_markdown(self, limit: int = 200) -> str:
-        return table(("Coupa id", "document", "legal entity", "state", "reason"),
-                     ((o.coupa_id, o.document, o.legal_entity, o.action.value, o.detail) for o in self.problems()),
-                     limit=limit, empty="No problems.")
+        return table(
+            ("Coupa id", "document", "legal entity", "state", "reason"),
+            ((o.coupa_id, o.document, o.legal_entity, o.action.value, o.detail) for o in self.problems()),
+            limit=limit,
+            empty="No problems.",
+        )
 
     def metadata_counts(self, doc_type: str) -> dict[str, Any]:
         counts = self.counts(doc_type)

@@ -34,21 +34,31 @@ Writing (``StatusWriter``), per Coupa invoice with waiting events, under the inv
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timedelta
-from typing import Any, Mapping
+from typing import Any
 
 from ..common.http import SystemUnavailableError
 from ..d365 import odata
 from ..settings import minutes_setting
-from ..state.ledger import (
-    MISSING_IN_D365, POSTED as POSTED_STATE, VOID_BLOCKED, WRITING, WRITTEN, ClaimLostError, LedgerRow, NaturalKey,
-)
+from ..state.ledger import MISSING_IN_D365, VOID_BLOCKED, WRITING, WRITTEN, ClaimLostError, LedgerRow, NaturalKey
+from ..state.ledger import POSTED as POSTED_STATE
 from ..state.status import LEGACY_PAYMENT, POSTED, SETTLEMENT, TRANS_CHANGED, StatusEvent, StatusEvents
 from .context import SyncServices, error_text
 from .report import Action, Outcome, SyncReport
 from .settlements import (
-    JOURNAL_SET, SETTLEMENT_SET, TRANS_SET, CoupaPayment, D365SettlementReader, PaymentPlan, decimal_of,
-    describe, instant_of, money_text, plan_payments, text_of,
+    JOURNAL_SET,
+    SETTLEMENT_SET,
+    TRANS_SET,
+    CoupaPayment,
+    D365SettlementReader,
+    PaymentPlan,
+    decimal_of,
+    describe,
+    instant_of,
+    money_text,
+    plan_payments,
+    text_of,
 )
 
 READ_OVERLAP_ENV = "STATUS_READ_OVERLAP_MINUTES"
@@ -65,8 +75,12 @@ MOVES_TO_POSTED = (WRITTEN, MISSING_IN_D365, WRITING)
 
 def read_overlap(environ: Mapping[str, str] | None = None) -> timedelta:
     """How far before each watermark the readers start again (``STATUS_READ_OVERLAP_MINUTES``)."""
-    return minutes_setting(READ_OVERLAP_ENV, DEFAULT_READ_OVERLAP,
-                           "set it to at least the duration of the longest D365 posting batch", environ)
+    return minutes_setting(
+        READ_OVERLAP_ENV,
+        DEFAULT_READ_OVERLAP,
+        "set it to at least the duration of the longest D365 posting batch",
+        environ,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,15 +106,27 @@ class StatusReader:
             return None
         return datetime.fromisoformat(value.replace("Z", "+00:00")) - self.overlap
 
-    def _rows_since(self, watermark: str, entity_set: str, le: str, counts: dict[str, int], select: list[str],
-                    stamp: str = "CreatedOn", since: datetime | None = None,
-                    condition: str | None = None) -> list[dict[str, Any]]:
+    def _rows_since(
+        self,
+        watermark: str,
+        entity_set: str,
+        le: str,
+        counts: dict[str, int],
+        select: list[str],
+        stamp: str = "CreatedOn",
+        since: datetime | None = None,
+        condition: str | None = None,
+    ) -> list[dict[str, Any]]:
         """Rows of ``entity_set`` stamped (``stamp``) since the watermark minus the overlap."""
         since = self._since(watermark) if since is None else since
-        rows = list(self.s.d365.query(entity_set, legal_entity=le,
-                                      filter=odata.and_(odata.compare(stamp, "ge", since) if since else None,
-                                                        condition) or None,
-                                      select=[*select, stamp]))
+        rows = list(
+            self.s.d365.query(
+                entity_set,
+                legal_entity=le,
+                filter=odata.and_(odata.compare(stamp, "ge", since) if since else None, condition) or None,
+                select=[*select, stamp],
+            )
+        )
         counts["rows_read"] += len(rows)
         return rows
 
@@ -120,16 +146,28 @@ class StatusReader:
 
     def _read_posted(self, le: str, booked: dict[tuple[str, str, str], LedgerRow], counts: dict[str, int]) -> None:
         name = f"d365.posted.{le}"
-        rows = self._rows_since(name, JOURNAL_SET, le, counts,
-                                ["InvoiceId", "InvoiceAccount", "LedgerVoucher", "InvoiceAmount", "InvoiceDate"])
+        rows = self._rows_since(
+            name,
+            JOURNAL_SET,
+            le,
+            counts,
+            ["InvoiceId", "InvoiceAccount", "LedgerVoucher", "InvoiceAmount", "InvoiceDate"],
+        )
         for row in rows:
             coupa_id = self._coupa_id(booked, le, row["InvoiceAccount"], row["InvoiceId"])
             if coupa_id is None:
                 continue
-            if self.events.record(coupa_id=coupa_id, kind=POSTED, event_key=row["LedgerVoucher"], legal_entity=le,
-                                  invoice_number=row["InvoiceId"], amount=decimal_of(row["InvoiceAmount"]),
-                                  event_date=text_of(row.get("InvoiceDate")), reference=row["LedgerVoucher"],
-                                  run_id=self.s.run_id):
+            if self.events.record(
+                coupa_id=coupa_id,
+                kind=POSTED,
+                event_key=row["LedgerVoucher"],
+                legal_entity=le,
+                invoice_number=row["InvoiceId"],
+                amount=decimal_of(row["InvoiceAmount"]),
+                event_date=text_of(row.get("InvoiceDate")),
+                reference=row["LedgerVoucher"],
+                run_id=self.s.run_id,
+            ):
                 counts["posted_new"] += 1
         self._advance(name, rows, "CreatedOn")
 
@@ -139,27 +177,39 @@ class StatusReader:
             self._trans[cache_key] = self.s.d365.get(TRANS_SET, {"dataAreaId": le, "SourceKey": int(source_key)})
         return self._trans[cache_key]
 
-    def _read_settlements(self, le: str, booked: dict[tuple[str, str, str], LedgerRow],
-                          counts: dict[str, int]) -> None:
+    def _read_settlements(self, le: str, booked: dict[tuple[str, str, str], LedgerRow], counts: dict[str, int]) -> None:
         name = f"d365.settlements.{le}"
-        rows = self._rows_since(name, SETTLEMENT_SET, le, counts,
-                                ["SourceKey", "TransRecId", "SettleAmountCur", "TransDate", "OffsetTransVoucher"])
+        rows = self._rows_since(
+            name,
+            SETTLEMENT_SET,
+            le,
+            counts,
+            ["SourceKey", "TransRecId", "SettleAmountCur", "TransDate", "OffsetTransVoucher"],
+        )
         for row in rows:
             invoice = self._invoice_trans(le, row["TransRecId"])
             if invoice is None or not invoice.get("Invoice"):
-                continue   # the payment's side of a settlement, or a VendTrans that is no invoice
+                continue  # the payment's side of a settlement, or a VendTrans that is no invoice
             coupa_id = self._coupa_id(booked, le, invoice["AccountNum"], invoice["Invoice"])
             if coupa_id is None:
                 continue
-            if self.events.record(coupa_id=coupa_id, kind=SETTLEMENT, event_key=str(row["SourceKey"]),
-                                  legal_entity=le, invoice_number=invoice["Invoice"],
-                                  amount=-decimal_of(row["SettleAmountCur"]), event_date=text_of(row.get("TransDate")),
-                                  reference=text_of(row.get("OffsetTransVoucher")), run_id=self.s.run_id):
+            if self.events.record(
+                coupa_id=coupa_id,
+                kind=SETTLEMENT,
+                event_key=str(row["SourceKey"]),
+                legal_entity=le,
+                invoice_number=invoice["Invoice"],
+                amount=-decimal_of(row["SettleAmountCur"]),
+                event_date=text_of(row.get("TransDate")),
+                reference=text_of(row.get("OffsetTransVoucher")),
+                run_id=self.s.run_id,
+            ):
                 counts["settlements_new"] += 1
         self._advance(name, rows, "CreatedOn")
 
-    def _read_trans_changes(self, le: str, booked: dict[tuple[str, str, str], LedgerRow],
-                            counts: dict[str, int]) -> None:
+    def _read_trans_changes(
+        self, le: str, booked: dict[tuple[str, str, str], LedgerRow], counts: dict[str, int]
+    ) -> None:
         """A changed VendTrans of a booked invoice: the only trace of a reversed settlement."""
         name = f"d365.vendtrans.{le}"
         since = self._since(name)
@@ -168,10 +218,16 @@ class StatusReader:
             # upgrade): start where they are instead of reading every vendor transaction ever.
             started = [w for w in (self._since(f"d365.posted.{le}"), self._since(f"d365.settlements.{le}")) if w]
             since = min(started) if started else None
-        rows = self._rows_since(name, TRANS_SET, le, counts,
-                                ["SourceKey", "AccountNum", "Invoice", "TransType", "SettleAmountCur",
-                                 "SysRecVersion"], stamp="SysModifiedDateTime", since=since,
-                                condition=odata.compare("TransType", "ne", odata.Enum("LedgerTransType", "Payment")))
+        rows = self._rows_since(
+            name,
+            TRANS_SET,
+            le,
+            counts,
+            ["SourceKey", "AccountNum", "Invoice", "TransType", "SettleAmountCur", "SysRecVersion"],
+            stamp="SysModifiedDateTime",
+            since=since,
+            condition=odata.compare("TransType", "ne", odata.Enum("LedgerTransType", "Payment")),
+        )
         with_settlements: set[int] | None = None
         for row in rows:
             if not row.get("Invoice") or row.get("TransType") == "Payment":
@@ -186,10 +242,17 @@ class StatusReader:
                 if coupa_id not in with_settlements:
                     continue
             key = f"{row['SourceKey']}@{row['SysModifiedDateTime']}#{row.get('SysRecVersion')}"
-            if self.events.record(coupa_id=coupa_id, kind=TRANS_CHANGED, event_key=key, legal_entity=le,
-                                  invoice_number=row["Invoice"], amount=-decimal_of(row.get("SettleAmountCur")),
-                                  event_date=text_of(row.get("SysModifiedDateTime")), reference=None,
-                                  run_id=self.s.run_id):
+            if self.events.record(
+                coupa_id=coupa_id,
+                kind=TRANS_CHANGED,
+                event_key=key,
+                legal_entity=le,
+                invoice_number=row["Invoice"],
+                amount=-decimal_of(row.get("SettleAmountCur")),
+                event_date=text_of(row.get("SysModifiedDateTime")),
+                reference=None,
+                run_id=self.s.run_id,
+            ):
                 counts["trans_changes_new"] += 1
         self._advance(name, rows, "SysModifiedDateTime")
 
@@ -230,13 +293,19 @@ class StatusWriter:
         le = events[0].legal_entity if events else None
         row = s.ledger.claim(DOC, coupa_id, run)
         if row is None:
-            return Outcome(STATUS_DOC, coupa_id, Action.BUSY, number, le,
-                           "another run (document sync or status) holds this invoice; the next status run writes it")
+            return Outcome(
+                STATUS_DOC,
+                coupa_id,
+                Action.BUSY,
+                number,
+                le,
+                "another run (document sync or status) holds this invoice; the next status run writes it",
+            )
         try:
             return self._write_claimed(row, events)
         except ClaimLostError as exc:
             return Outcome(STATUS_DOC, coupa_id, Action.BUSY, number, le, f"{exc}; the next status run finishes it")
-        except SystemUnavailableError:   # not this invoice's fault: its events wait for the next run
+        except SystemUnavailableError:  # not this invoice's fault: its events wait for the next run
             raise
         except Exception as exc:  # noqa: BLE001 - one invoice's trouble must not stop the others; the
             # outcome, the audit row and the waiting events (invoice_status_delivered) make it visible
@@ -244,7 +313,7 @@ class StatusWriter:
             s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=coupa_id, action="status_write_failed", error=reason)
             return Outcome(STATUS_DOC, coupa_id, Action.FAILED, number, le, reason)
         finally:
-            s.ledger.release(row, run)   # no-op when the claim was lost
+            s.ledger.release(row, run)  # no-op when the claim was lost
 
     def _write_claimed(self, row: LedgerRow, events: list[StatusEvent]) -> Outcome:
         s, run = self.s, self.s.run_id
@@ -256,12 +325,19 @@ class StatusWriter:
             fields = s.mapping.coupa_custom_fields
             if fields:  # idempotent PUT (no payments): safe to repeat after a lost answer
                 values = {"d365_voucher": event.reference, "d365_invoice_number": event.invoice_number}
-                s.coupa.update_invoice(coupa_id, {"custom-fields": {name: values[source]
-                                                                    for source, name in fields.items()}})
+                s.coupa.update_invoice(
+                    coupa_id, {"custom-fields": {name: values[source] for source, name in fields.items()}}
+                )
             message = f"Posted in D365 {event.legal_entity}: invoice {event.invoice_number}, voucher {event.reference}"
-            s.notifier.success(DOC, coupa_id, message, code="D365-POSTED",
-                               document_status="voided" if row.state == VOID_BLOCKED else "approved",
-                               mark_exported=False, may_exist=True)
+            s.notifier.success(
+                DOC,
+                coupa_id,
+                message,
+                code="D365-POSTED",
+                document_status="voided" if row.state == VOID_BLOCKED else "approved",
+                mark_exported=False,
+                may_exist=True,
+            )
             self.events.mark_pushed([event.id], run)
             actions.append("posted")
         settlement_events = [e for e in waiting if e.kind != POSTED]
@@ -271,9 +347,14 @@ class StatusWriter:
                 actions.append(action)
             self.events.mark_pushed([e.id for e in settlement_events], run)
         natural = row.natural_key
-        return Outcome(STATUS_DOC, coupa_id, Action.UPDATED if actions else Action.ALREADY_PRESENT,
-                       natural.document_number if natural else (events[0].invoice_number if events else ""),
-                       row.legal_entity, "; ".join(actions))
+        return Outcome(
+            STATUS_DOC,
+            coupa_id,
+            Action.UPDATED if actions else Action.ALREADY_PRESENT,
+            natural.document_number if natural else (events[0].invoice_number if events else ""),
+            row.legal_entity,
+            "; ".join(actions),
+        )
 
     def _record_posting(self, row: LedgerRow, event: StatusEvent) -> LedgerRow:
         """Record the D365 posting on the claimed row: decide on *its* state, not an earlier read."""
@@ -282,17 +363,27 @@ class StatusWriter:
         moves = row.state in MOVES_TO_POSTED
         if not moves and key.get("LedgerVoucher") == event.reference:
             return row
-        new_key = {**key, "dataAreaId": event.legal_entity, "InvoiceId": event.invoice_number,
-                   "LedgerVoucher": event.reference}
+        new_key = {
+            **key,
+            "dataAreaId": event.legal_entity,
+            "InvoiceId": event.invoice_number,
+            "LedgerVoucher": event.reference,
+        }
         fields: dict[str, Any] = {"d365_key": new_key}
         if moves:
             fields["state"] = POSTED_STATE
             if row.state == MISSING_IN_D365:
-                fields["reason"] = None   # it was not missing: AP posted it
+                fields["reason"] = None  # it was not missing: AP posted it
         updated = s.ledger.update(row, run, **fields)
-        s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=row.coupa_id, action="posted_in_d365", entity=JOURNAL_SET,
-                       d365_key={"dataAreaId": event.legal_entity, "LedgerVoucher": event.reference},
-                       error=None if moves else f"state {row.state} kept; voucher recorded")
+        s.ledger.audit(
+            run_id=run,
+            doc_type=DOC,
+            coupa_id=row.coupa_id,
+            action="posted_in_d365",
+            entity=JOURNAL_SET,
+            d365_key={"dataAreaId": event.legal_entity, "LedgerVoucher": event.reference},
+            error=None if moves else f"state {row.state} kept; voucher recorded",
+        )
         return updated
 
     def _reconcile_payments(self, row: LedgerRow, events: list[StatusEvent]) -> str:
@@ -300,12 +391,14 @@ class StatusWriter:
         coupa_id = row.coupa_id
         natural = row.natural_key
         if natural is None:
-            raise StatusConflict(f"ledger row invoice/{coupa_id} has no natural key; re-drive it with "
-                                   "replay_invoices_job before its payments can be written")
+            raise StatusConflict(
+                f"ledger row invoice/{coupa_id} has no natural key; re-drive it with "
+                "replay_invoices_job before its payments can be written"
+            )
         voucher = (row.d365_key or {}).get("LedgerVoucher") or self.d365.posted_voucher(natural)
         state = self.d365.current(natural, voucher) if voucher else None
         if state is None:
-            return ""   # not posted (any more): nothing is settled
+            return ""  # not posted (any more): nothing is settled
         invoice = s.coupa.get("invoices", coupa_id)
         coupa = [CoupaPayment.parse(p) for p in invoice.get("payments") or []]
         legacy = [e for e in events if e.kind == LEGACY_PAYMENT and e.pushed]
@@ -316,8 +409,11 @@ class StatusWriter:
         notes = describe(state, plan)
         dates = [st.date for st in state.settlements if st.date and st.date != EMPTY_DATE]
         payment_date = max(dates, key=lambda d: instant_of(d) or datetime.min) if dates else None
-        header_changed = (bool(invoice.get("paid")) != paid or text_of(invoice.get("payment-notes")) != notes
-                          or instant_of(invoice.get("payment-date")) != instant_of(payment_date))
+        header_changed = (
+            bool(invoice.get("paid")) != paid
+            or text_of(invoice.get("payment-notes")) != notes
+            or instant_of(invoice.get("payment-date")) != instant_of(payment_date)
+        )
         action = ""
         if plan.to_send or header_changed:
             body: dict[str, Any] = {"paid": paid, "payment-date": payment_date, "payment-notes": notes}
@@ -326,11 +422,15 @@ class StatusWriter:
             # Not retried when the answer is lost (AmbiguousWriteError propagates, the events stay waiting):
             # the PUT may have landed, and the next run reads the invoice's payments and adds only what is missing.
             s.coupa.update_invoice(coupa_id, body)
-            s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=coupa_id, action="coupa_payments", http_status=200,
-                           error=None)
+            s.ledger.audit(
+                run_id=run, doc_type=DOC, coupa_id=coupa_id, action="coupa_payments", http_status=200, error=None
+            )
             reversals = sum(1 for p in plan.to_send if "reversed]" in p["notes"])
-            action = (f"{len(plan.to_send) - reversals} payments" + (f", {reversals} reversals" if reversals else "")
-                      + (", paid" if paid else ", not paid"))
+            action = (
+                f"{len(plan.to_send) - reversals} payments"
+                + (f", {reversals} reversals" if reversals else "")
+                + (", paid" if paid else ", not paid")
+            )
         if plan.reversed:
             self._alert_reversals(coupa_id, natural, plan, "voided" if row.state == VOID_BLOCKED else "approved")
         return action
@@ -338,16 +438,27 @@ class StatusWriter:
     def _alert_reversals(self, coupa_id: int, natural: NaturalKey, plan: PaymentPlan, document_status: str) -> None:
         """One alert per reversed settlement (read Coupa first: a re-run or a lost answer adds none)."""
         s = self.s
-        existing = [r.get("response-message") or "" for record in s.coupa.iter_records(
-            "integration_history_records", {"document-type": "InvoiceHeader", "document-id": coupa_id})
-            for r in record.get("responses") or []]
+        existing = [
+            r.get("response-message") or ""
+            for record in s.coupa.iter_records(
+                "integration_history_records", {"document-type": "InvoiceHeader", "document-id": coupa_id}
+            )
+            for r in record.get("responses") or []
+        ]
         for settlement_id, (amount, reference) in sorted(plan.reversed.items()):
             marker = settlement_id.marker(reversal=True)
             if any(marker in message for message in existing):
                 continue
-            s.notifier.alert(DOC, coupa_id, (
-                f"D365 {natural.legal_entity} reversed the settlement of payment {reference or '?'} "
-                f"({money_text(amount)}) on invoice {natural.document_number}: Coupa got an offsetting payment with "
-                f"the same settlement id, and paid follows D365 again. Check with AP whether the payment will be "
-                f"re-issued, and tell the supplier if they were told it is paid. {marker}"),
-                code=REVERSAL_ALERT_CODE, document_status=document_status)
+            s.notifier.alert(
+                DOC,
+                coupa_id,
+                (
+                    f"D365 {natural.legal_entity} reversed the settlement of payment {reference or '?'} "
+                    f"({money_text(amount)}) on invoice {natural.document_number}: Coupa got "
+                    f"an offsetting payment with "
+                    f"the same settlement id, and paid follows D365 again. Check with AP whether the payment will be "
+                    f"re-issued, and tell the supplier if they were told it is paid. {marker}"
+                ),
+                code=REVERSAL_ALERT_CODE,
+                document_status=document_status,
+            )

@@ -14,9 +14,19 @@ from .context import SyncServices, error_text, http_status
 from .report import Action, Outcome
 
 DOC = "vendor"
-SELECT = ["dataAreaId", "VendorAccountNumber", "VendorOrganizationName", "AddressStreet", "AddressCity",
-          "AddressZipCode", "AddressCountryRegionId", "DefaultPaymentTermsName", "CurrencyCode", "OnHoldStatus",
-          "VendorGroupId"]
+SELECT = [
+    "dataAreaId",
+    "VendorAccountNumber",
+    "VendorOrganizationName",
+    "AddressStreet",
+    "AddressCity",
+    "AddressZipCode",
+    "AddressCountryRegionId",
+    "DefaultPaymentTermsName",
+    "CurrencyCode",
+    "OnHoldStatus",
+    "VendorGroupId",
+]
 
 
 class VendorSync:
@@ -25,7 +35,7 @@ class VendorSync:
         self.claim_wait_s = claim_wait_s
         self._existing: dict[tuple[str, str], dict[str, Any] | None] = {}
         self._done: dict[tuple[int, str], Outcome] = {}
-        self.errors: dict[tuple[int, str], HTTPClientError] = {}   # why a vendor failed (last ensure)
+        self.errors: dict[tuple[int, str], HTTPClientError] = {}  # why a vendor failed (last ensure)
 
     def prefetch(self, legal_entity: str) -> int:
         """Read every vendor of a legal entity once (cross-company, paged) instead of one GET each."""
@@ -70,7 +80,9 @@ class VendorSync:
         row = self._claim(supplier_id, legal_entity)
         if row is None:
             return Outcome(DOC, supplier_id, Action.BUSY, name, legal_entity, "another run is syncing this vendor")
-        coupa_hash = payload_hash({k: v for k, v in supplier.items() if k not in ("updated-at", "updated-by", "exported")})
+        coupa_hash = payload_hash(
+            {k: v for k, v in supplier.items() if k not in ("updated-at", "updated-by", "exported")}
+        )
         try:
             if row.state == WRITTEN and row.coupa_hash == coupa_hash and not row.problem:
                 s.ledger.release(row, run)
@@ -78,10 +90,17 @@ class VendorSync:
             desired = map_vendor(supplier, legal_entity, s.mapping, s.master)
             if isinstance(desired, Quarantine):
                 reason = "; ".join(desired.reasons)
-                s.ledger.record_problem(row, run, Problem.QUARANTINED, reason, legal_entity=legal_entity,
-                                        coupa_hash=coupa_hash)
-                s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=supplier_id, scope=legal_entity,
-                               action="quarantine", error=reason)
+                s.ledger.record_problem(
+                    row, run, Problem.QUARANTINED, reason, legal_entity=legal_entity, coupa_hash=coupa_hash
+                )
+                s.ledger.audit(
+                    run_id=run,
+                    doc_type=DOC,
+                    coupa_id=supplier_id,
+                    scope=legal_entity,
+                    action="quarantine",
+                    error=reason,
+                )
                 return Outcome(DOC, supplier_id, Action.QUARANTINED, name, legal_entity, reason)
             account = str(desired["VendorAccountNumber"])
             key = {"dataAreaId": legal_entity, "VendorAccountNumber": account}
@@ -101,23 +120,56 @@ class VendorSync:
                 else:
                     action, status, sent = Action.ALREADY_PRESENT, None, None
             if sent is not None:
-                s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=supplier_id, scope=legal_entity,
-                               action="create" if action == Action.CREATED else "update", entity="VendorsV2",
-                               d365_key=key, http_status=status, payload_sha256=payload_hash(sent))
-            s.ledger.update(row, run, release=True, state=WRITTEN, coupa_hash=coupa_hash, payload_hash=digest,
-                            reason=None, problem=None, attempts=row.attempts + 1)
-            return Outcome(DOC, supplier_id, action, name, legal_entity,
-                           f"changed: {', '.join(sorted(sent))}" if action == Action.UPDATED and sent else "")
+                s.ledger.audit(
+                    run_id=run,
+                    doc_type=DOC,
+                    coupa_id=supplier_id,
+                    scope=legal_entity,
+                    action="create" if action == Action.CREATED else "update",
+                    entity="VendorsV2",
+                    d365_key=key,
+                    http_status=status,
+                    payload_sha256=payload_hash(sent),
+                )
+            s.ledger.update(
+                row,
+                run,
+                release=True,
+                state=WRITTEN,
+                coupa_hash=coupa_hash,
+                payload_hash=digest,
+                reason=None,
+                problem=None,
+                attempts=row.attempts + 1,
+            )
+            return Outcome(
+                DOC,
+                supplier_id,
+                action,
+                name,
+                legal_entity,
+                f"changed: {', '.join(sorted(sent))}" if action == Action.UPDATED and sent else "",
+            )
         except SystemUnavailableError:
             s.ledger.release(row, run)
             raise
         except HTTPClientError as exc:
             self.errors[(supplier_id, legal_entity)] = exc
             reason = error_text(exc)
-            s.ledger.audit(run_id=run, doc_type=DOC, coupa_id=supplier_id, scope=legal_entity, action="error",
-                           entity="VendorsV2", http_status=http_status(exc), error=reason)
+            s.ledger.audit(
+                run_id=run,
+                doc_type=DOC,
+                coupa_id=supplier_id,
+                scope=legal_entity,
+                action="error",
+                entity="VendorsV2",
+                http_status=http_status(exc),
+                error=reason,
+            )
             try:
-                s.ledger.record_problem(s.ledger.get(DOC, supplier_id, legal_entity) or row, run, Problem.FAILED, reason)
+                s.ledger.record_problem(
+                    s.ledger.get(DOC, supplier_id, legal_entity) or row, run, Problem.FAILED, reason
+                )
             except ClaimLostError as lost:
                 return Outcome(DOC, supplier_id, Action.BUSY, name, legal_entity, str(lost))
             return Outcome(DOC, supplier_id, Action.FAILED, name, legal_entity, reason)
@@ -126,4 +178,3 @@ class VendorSync:
         except BaseException:
             s.ledger.release(row, run)
             raise
-

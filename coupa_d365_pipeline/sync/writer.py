@@ -51,4 +51,3 @@ class ODataBatchWriter:
         if result.ok:
             return WriteResult(ok=True, status=201)
         return WriteResult(ok=False, status=result.error.status if result.error else None, error=result.error)
-

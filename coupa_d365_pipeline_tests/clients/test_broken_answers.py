@@ -28,7 +28,7 @@ def test_coupa_read_answer_that_is_not_json_names_system_method_path_status(sand
     message = str(err.value)
     assert message.startswith("Coupa GET /api/invoices answered HTTP 200 with ")
     assert ("not JSON" in message or "cut short" in message) and "COUPA_BASE_URL" in message
-    assert "status" not in message.split(" answered")[0] and "approved" not in message   # no query values
+    assert "status" not in message.split(" answered")[0] and "approved" not in message  # no query values
     if kind == "html":
         assert "text/html" in message and "<html>" in message
     assert err.value.system == "Coupa" and err.value.status == 200 and err.value.path == "/api/invoices"
@@ -53,7 +53,7 @@ def test_token_endpoint_answer_that_is_not_json_never_shows_its_body(sandboxes, 
     assert str(d365_err.value).startswith("D365 POST /contoso-tenant/oauth2/v2.0/token answered HTTP 200")
     for err in (coupa_err, d365_err):
         text = str(err.value)
-        assert "first bytes" not in text and "access_token" not in text   # a token answer is never echoed
+        assert "first bytes" not in text and "access_token" not in text  # a token answer is never echoed
         assert COUPA_CLIENT_SECRET not in text and D365_CLIENT_SECRET not in text
 
 
@@ -75,9 +75,20 @@ def test_lost_batch_answer_after_d365_applied_it_is_ambiguous_not_a_rejection(sa
     sandboxes.d365.injector.script(ScriptedFault(kind=kind, method="POST", path_regex=r"^/data/\$batch$"))
     with make_d365_client(sandboxes, **fast()) as d365:
         with pytest.raises(AmbiguousWriteError) as err:
-            d365.batch([Changeset([BatchOperation("POST", "VendorInvoiceHeaders",
-                                                  dict(header_body(vendor, f"LOST-{kind}"), HeaderReference=f"L-{kind}")),
-                                   BatchOperation("POST", "VendorInvoiceLines", line_body(f"L-{kind}", 1, account))])])
+            d365.batch(
+                [
+                    Changeset(
+                        [
+                            BatchOperation(
+                                "POST",
+                                "VendorInvoiceHeaders",
+                                dict(header_body(vendor, f"LOST-{kind}"), HeaderReference=f"L-{kind}"),
+                            ),
+                            BatchOperation("POST", "VendorInvoiceLines", line_body(f"L-{kind}", 1, account)),
+                        ]
+                    )
+                ]
+            )
     assert "D365 POST /data/$batch" in str(err.value)
     # it was applied: only a lookup can tell, never a "changeset failed"
     assert sandboxes.d365.state.get("VendorInvoiceHeaders", {"dataAreaId": "usmf", "HeaderReference": f"L-{kind}"})
@@ -85,11 +96,16 @@ def test_lost_batch_answer_after_d365_applied_it_is_ambiguous_not_a_rejection(sa
 
 def test_created_record_whose_answer_is_lost_is_found_by_the_lookup(sandboxes):
     vendor = existing_vendor(sandboxes)
-    sandboxes.d365.injector.script(ScriptedFault(kind="truncated", method="POST", path_regex="^/data/VendorInvoiceHeaders$"))
+    sandboxes.d365.injector.script(
+        ScriptedFault(kind="truncated", method="POST", path_regex="^/data/VendorInvoiceHeaders$")
+    )
     key = {"dataAreaId": "usmf", "HeaderReference": "TRUNC-1"}
     with make_d365_client(sandboxes, **fast()) as d365:
-        created = d365.create("VendorInvoiceHeaders", dict(header_body(vendor, "TRUNC-1"), HeaderReference="TRUNC-1"),
-                              verify=lambda: d365.get("VendorInvoiceHeaders", key))
+        created = d365.create(
+            "VendorInvoiceHeaders",
+            dict(header_body(vendor, "TRUNC-1"), HeaderReference="TRUNC-1"),
+            verify=lambda: d365.get("VendorInvoiceHeaders", key),
+        )
     assert created["HeaderReference"] == "TRUNC-1"
     posts = [e for e in sandboxes.d365.log.snapshot() if e.method == "POST" and e.path == "/data/VendorInvoiceHeaders"]
     assert len(posts) == 1

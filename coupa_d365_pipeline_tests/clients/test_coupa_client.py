@@ -52,8 +52,9 @@ def test_paging_is_exact_when_records_leave_the_filter_between_pages(sandboxes, 
         sandboxes.coupa.state.set_exported("invoices", invoice_id, False)
     naive, offset = [], 0
     while True:
-        page = coupa_client.request("GET", "/api/invoices", params={"exported": "false", "offset": offset,
-                                                                    "limit": 50}).json()
+        page = coupa_client.request(
+            "GET", "/api/invoices", params={"exported": "false", "offset": offset, "limit": 50}
+        ).json()
         for record in page:
             naive.append(record["id"])
             sandboxes.coupa.state.set_exported("invoices", record["id"], True)
@@ -70,8 +71,9 @@ def test_paging_exact_when_records_join_and_change_between_pages(sandboxes, coup
         ids.append(record["id"])
         if n == 10:  # a low-id supplier is deactivated and a new one is added mid-scan
             sandboxes.coupa.state.touch("suppliers", ids[0], status="inactive")
-            added = sandboxes.coupa.state.add("suppliers", {"name": "Late Supplier", "number": "99999",
-                                                            "status": "active"})
+            added = sandboxes.coupa.state.add(
+                "suppliers", {"name": "Late Supplier", "number": "99999", "status": "active"}
+            )
     assert len(ids) == len(set(ids))
     assert added["id"] in ids  # new id is above the cursor, so it is read exactly once
 
@@ -83,22 +85,40 @@ def test_every_request_carries_pinned_version_header_and_json_headers(sandboxes,
     po = next(coupa_client.iter_records("purchase_orders"))
     coupa_client.mark_exported("purchase_orders", po["id"])
     coupa_client.update_invoice(invoice["id"], {"paid": False, "payment-notes": "partly paid"})
-    coupa_client.create_integration_history_record({"document-type": "InvoiceHeader", "document-id": invoice["id"],
-                                                    "status": "Success", "integration": {"code": "D365"}})
-    coupa_client.create_integration_history_record({"document-type": "InvoiceHeader", "document-id": invoice["id"],
-                                                    "status": "Error", "integration": {"code": "D365"},
-                                                    "responses": [{"response-code": "E1",
-                                                                   "response-message": "unknown vendor"}]},
-                                                   alert=True)
+    coupa_client.create_integration_history_record(
+        {
+            "document-type": "InvoiceHeader",
+            "document-id": invoice["id"],
+            "status": "Success",
+            "integration": {"code": "D365"},
+        }
+    )
+    coupa_client.create_integration_history_record(
+        {
+            "document-type": "InvoiceHeader",
+            "document-id": invoice["id"],
+            "status": "Error",
+            "integration": {"code": "D365"},
+            "responses": [{"response-code": "E1", "response-message": "unknown vendor"}],
+        },
+        alert=True,
+    )
     entries = api_entries(sandboxes)
     # token, invoices page, GET invoice, PUT exported, PO page, PUT exported, PUT payment fields, 2 history POSTs
     assert [(e.method, e.path) for e in entries] == [
-        ("POST", "/oauth2/token"), ("GET", "/api/invoices"), ("GET", f"/api/invoices/{invoice['id']}"),
-        ("PUT", f"/api/invoices/{invoice['id']}"), ("GET", "/api/purchase_orders"),
-        ("PUT", f"/api/purchase_orders/{po['id']}"), ("PUT", f"/api/invoices/{invoice['id']}"),
-        ("POST", "/api/integration_history_records"), ("POST", "/api/integration_history_records/create_alert")]
-    assert all(e.headers.get("x-coupa-api-version") == "R39" for e in entries), \
-        [e.path for e in entries if e.headers.get("x-coupa-api-version") != "R39"]
+        ("POST", "/oauth2/token"),
+        ("GET", "/api/invoices"),
+        ("GET", f"/api/invoices/{invoice['id']}"),
+        ("PUT", f"/api/invoices/{invoice['id']}"),
+        ("GET", "/api/purchase_orders"),
+        ("PUT", f"/api/purchase_orders/{po['id']}"),
+        ("PUT", f"/api/invoices/{invoice['id']}"),
+        ("POST", "/api/integration_history_records"),
+        ("POST", "/api/integration_history_records/create_alert"),
+    ]
+    assert all(e.headers.get("x-coupa-api-version") == "R39" for e in entries), [
+        e.path for e in entries if e.headers.get("x-coupa-api-version") != "R39"
+    ]
     assert all(e.headers.get("accept") == "application/json" for e in entries)
     record = sandboxes.coupa.state.get("invoices", invoice["id"])
     assert record["exported"] is True and record["payment-notes"] == "partly paid"
@@ -119,9 +139,13 @@ def test_token_renewed_at_five_sixths_of_its_lifetime_by_the_client_clock(sandbo
         client.request("GET", "/api/suppliers", params={"limit": 1})
         assert client.tokens_minted == 2
     entries = api_entries(sandboxes)
-    assert [(e.path, e.status) for e in entries] == [("/oauth2/token", 200), ("/api/suppliers", 200),
-                                                     ("/api/suppliers", 200), ("/oauth2/token", 200),
-                                                     ("/api/suppliers", 200)]
+    assert [(e.path, e.status) for e in entries] == [
+        ("/oauth2/token", 200),
+        ("/api/suppliers", 200),
+        ("/api/suppliers", 200),
+        ("/oauth2/token", 200),
+        ("/api/suppliers", 200),
+    ]
     assert bearer(entries[1]) == bearer(entries[2]) != bearer(entries[4])  # the renewed token is the one used
 
 
@@ -159,8 +183,9 @@ def test_bad_secret_and_bad_scope_fail_clearly(sandboxes):
 
 
 def test_429_waits_exactly_retry_after_seconds(sandboxes):
-    sandboxes.coupa.injector.script(ScriptedFault(kind="429", method="GET", path_regex="^/api/suppliers$",
-                                                  retry_after_s=2))
+    sandboxes.coupa.injector.script(
+        ScriptedFault(kind="429", method="GET", path_regex="^/api/suppliers$", retry_after_s=2)
+    )
     sleeps: list[float] = []
     with make_coupa_client(sandboxes, sleep=sleeps.append) as client:
         suppliers = list(client.iter_records("suppliers"))
@@ -174,8 +199,11 @@ def test_429_waits_exactly_retry_after_seconds(sandboxes):
 def test_429_waits_exactly_until_an_http_date_retry_after(sandboxes):
     clock = FakeClock()
     sandboxes.coupa.injector.clock = clock  # the sandbox dates Retry-After with the same clock
-    sandboxes.coupa.injector.script(ScriptedFault(kind="429", method="GET", path_regex="^/api/suppliers$",
-                                                  retry_after_s=7, retry_after_format="http-date"))
+    sandboxes.coupa.injector.script(
+        ScriptedFault(
+            kind="429", method="GET", path_regex="^/api/suppliers$", retry_after_s=7, retry_after_format="http-date"
+        )
+    )
     with make_coupa_client(sandboxes, clock=clock, sleep=clock.sleep) as client:
         assert len(list(client.iter_records("suppliers"))) == len(sandboxes.seed.coupa_suppliers)
     assert clock.sleeps == [7.0]
@@ -189,8 +217,7 @@ def test_5xx_and_dropped_reads_are_retried(sandboxes):
     with make_coupa_client(sandboxes, sleep=sleeps.append) as client:
         assert len(list(client.iter_records("suppliers"))) == len(sandboxes.seed.coupa_suppliers)
     entries = [e for e in api_entries(sandboxes) if e.path == "/api/suppliers"]
-    assert [(e.status, e.injected) for e in entries] == [(503, "5xx"), (200, "drop_after"), (200, None),
-                                                         (200, None)]
+    assert [(e.status, e.injected) for e in entries] == [(503, "5xx"), (200, "drop_after"), (200, None), (200, None)]
     assert entries[0].query == entries[1].query == entries[2].query
     assert sandboxes.coupa.injector.pending() == []
     # exponential backoff with jitter: attempt n waits 0.5 * 2**(n-1) s times a factor in [0.5, 1]

@@ -23,15 +23,28 @@ def existing_vendor(sandboxes, legal_entity="usmf"):
 
 
 def header_body(vendor, number, amount=100.0):
-    return {"dataAreaId": vendor["dataAreaId"], "InvoiceAccount": vendor["VendorAccountNumber"],
-            "InvoiceNumber": number, "InvoiceDate": "2026-11-02T12:00:00Z", "Currency": "USD",
-            "ImportedAmount": amount, "InvoiceDescription": "test invoice"}
+    return {
+        "dataAreaId": vendor["dataAreaId"],
+        "InvoiceAccount": vendor["VendorAccountNumber"],
+        "InvoiceNumber": number,
+        "InvoiceDate": "2026-11-02T12:00:00Z",
+        "Currency": "USD",
+        "ImportedAmount": amount,
+        "InvoiceDescription": "test invoice",
+    }
 
 
 def line_body(header_ref, n, main_account, legal_entity="usmf"):
-    return {"dataAreaId": legal_entity, "HeaderReference": header_ref, "InvoiceLineNumber": n,
-            "LineDescription": f"line {n}", "ReceiveNow": 2, "UnitPrice": 25.0, "Currency": "USD",
-            "MainAccountDisplayValue": main_account}
+    return {
+        "dataAreaId": legal_entity,
+        "HeaderReference": header_ref,
+        "InvoiceLineNumber": n,
+        "LineDescription": f"line {n}",
+        "ReceiveNow": 2,
+        "UnitPrice": 25.0,
+        "Currency": "USD",
+        "MainAccountDisplayValue": main_account,
+    }
 
 
 def a_main_account(sandboxes, legal_entity="usmf"):
@@ -54,8 +67,19 @@ def test_every_read_and_write_is_scoped_by_data_area_id(sandboxes, d365_client):
     created = d365_client.create("VendorInvoiceHeaders", header_body(vendor, "SCOPE-1"))
     key = {"dataAreaId": "usmf", "HeaderReference": created["HeaderReference"]}
     d365_client.update("VendorInvoiceHeaders", key, {"InvoiceDescription": "changed"})
-    d365_client.batch([Changeset([BatchOperation("POST", "VendorInvoiceLines",
-                                                 line_body(created["HeaderReference"], 1, a_main_account(sandboxes)))])])
+    d365_client.batch(
+        [
+            Changeset(
+                [
+                    BatchOperation(
+                        "POST",
+                        "VendorInvoiceLines",
+                        line_body(created["HeaderReference"], 1, a_main_account(sandboxes)),
+                    )
+                ]
+            )
+        ]
+    )
     assert d365_client.delete("VendorInvoiceHeaders", key) is True
     with pytest.raises(ValueError, match="company-scoped"):
         list(d365_client.query("VendorsV2"))
@@ -83,12 +107,20 @@ def test_literal_with_quote_round_trips_and_cannot_inject(sandboxes, d365_client
     vendor = existing_vendor(sandboxes)
     d365_client.create("VendorInvoiceHeaders", header_body(vendor, "O'NEIL-2026-001"))
     d365_client.create("VendorInvoiceHeaders", header_body(vendor, "PLAIN-1"))
-    found = list(d365_client.query("VendorInvoiceHeaders", legal_entity="usmf",
-                                   filter=odata.eq("InvoiceNumber", "O'NEIL-2026-001"),
-                                   select=["InvoiceNumber", "HeaderReference"]))
+    found = list(
+        d365_client.query(
+            "VendorInvoiceHeaders",
+            legal_entity="usmf",
+            filter=odata.eq("InvoiceNumber", "O'NEIL-2026-001"),
+            select=["InvoiceNumber", "HeaderReference"],
+        )
+    )
     assert [r["InvoiceNumber"] for r in found] == ["O'NEIL-2026-001"]
-    injected = list(d365_client.query("VendorInvoiceHeaders", legal_entity="usmf",
-                                      filter=odata.eq("InvoiceNumber", "x' or InvoiceNumber ne 'y")))
+    injected = list(
+        d365_client.query(
+            "VendorInvoiceHeaders", legal_entity="usmf", filter=odata.eq("InvoiceNumber", "x' or InvoiceNumber ne 'y")
+        )
+    )
     assert injected == []
 
 
@@ -100,13 +132,20 @@ def test_exact_lookup_drops_what_a_wildcard_matched_and_counts_top_after_the_fil
     account = vendor["VendorAccountNumber"]
 
     def numbers(value, **kwargs):
-        return sorted(r["InvoiceNumber"] for r in d365_client.query(
-            "VendorInvoiceHeaders", legal_entity="usmf", exact={"InvoiceNumber": value, "InvoiceAccount": account},
-            select=["HeaderReference"], **kwargs))
+        return sorted(
+            r["InvoiceNumber"]
+            for r in d365_client.query(
+                "VendorInvoiceHeaders",
+                legal_entity="usmf",
+                exact={"InvoiceNumber": value, "InvoiceAccount": account},
+                select=["HeaderReference"],
+                **kwargs,
+            )
+        )
 
     assert numbers("WILD*") == ["WILD*"]
-    assert numbers("WILD*", top=1) == ["WILD*"]       # a server-side $top=1 could have returned WILD-1
-    assert numbers("Wild-3") == ["wild-3"]            # F&O's collation: case-insensitive
+    assert numbers("WILD*", top=1) == ["WILD*"]  # a server-side $top=1 could have returned WILD-1
+    assert numbers("Wild-3") == ["wild-3"]  # F&O's collation: case-insensitive
     assert numbers("*") == []
     assert numbers("WILD-%") == [] and numbers("WILD-_") == []
 
@@ -117,30 +156,40 @@ def test_unknown_property_rejected_by_client_and_by_sandbox_like_d365(sandboxes,
         d365_client.create("VendorInvoiceHeaders", header_body(vendor, "X") | {"VendorName2": "nope"})
     assert not [e for e in data_entries(sandboxes) if e.method == "POST"]
     token = d365_client.auth.token()
-    response = httpx.post(f"{sandboxes.d365_url}/data/VendorInvoiceHeaders",
-                          headers={"Authorization": f"Bearer {token}"},
-                          json=header_body(vendor, "X") | {"VendorName2": "nope"})
+    response = httpx.post(
+        f"{sandboxes.d365_url}/data/VendorInvoiceHeaders",
+        headers={"Authorization": f"Bearer {token}"},
+        json=header_body(vendor, "X") | {"VendorName2": "nope"},
+    )
     assert response.status_code == 400
     inner = response.json()["error"]["innererror"]
-    assert inner["message"] == ("The property 'VendorName2' does not exist on type "
-                                "'Microsoft.Dynamics.DataEntities.VendorInvoiceHeader'. Make sure to only use "
-                                "property names that are defined by the type or mark the type as open type.")
+    assert inner["message"] == (
+        "The property 'VendorName2' does not exist on type "
+        "'Microsoft.Dynamics.DataEntities.VendorInvoiceHeader'. Make sure to only use "
+        "property names that are defined by the type or mark the type as open type."
+    )
 
 
 def test_missing_key_part_rejected(sandboxes, d365_client):
     with pytest.raises(ValueError, match="addressed by"):
         d365_client.get("VendorsV2", {"VendorAccountNumber": "1"})
     token = d365_client.auth.token()
-    response = httpx.get(f"{sandboxes.d365_url}/data/VendorsV2(VendorAccountNumber='1')?cross-company=true",
-                         headers={"Authorization": f"Bearer {token}"})
+    response = httpx.get(
+        f"{sandboxes.d365_url}/data/VendorsV2(VendorAccountNumber='1')?cross-company=true",
+        headers={"Authorization": f"Bearer {token}"},
+    )
     assert response.status_code == 400
     assert "number of keys specified in the URI does not match" in response.text
 
 
 def test_duplicate_key_is_http_500_record_already_exists(sandboxes, d365_client):
     vendor = existing_vendor(sandboxes)
-    body = {"dataAreaId": "usmf", "VendorAccountNumber": "DUP-1", "VendorOrganizationName": "Dup Ltd",
-            "VendorGroupId": vendor["VendorGroupId"]}
+    body = {
+        "dataAreaId": "usmf",
+        "VendorAccountNumber": "DUP-1",
+        "VendorOrganizationName": "Dup Ltd",
+        "VendorGroupId": vendor["VendorGroupId"],
+    }
     d365_client.create("VendorsV2", body)
     with pytest.raises(D365Error) as err:
         d365_client.create("VendorsV2", body)
@@ -175,40 +224,62 @@ def test_token_renewed_two_minutes_before_expiry_by_the_client_clock_and_once_on
     entries = sandboxes.d365.log.snapshot()
     token_path = f"/{sandboxes.env()['D365_TENANT_ID']}/oauth2/v2.0/token"
     assert [(e.path, e.status) for e in entries] == [
-        (token_path, 200), ("/data/LegalEntities", 200), ("/data/LegalEntities", 200),
-        (token_path, 200), ("/data/LegalEntities", 200),
-        ("/data/LegalEntities", 401), (token_path, 200), ("/data/LegalEntities", 200)]
+        (token_path, 200),
+        ("/data/LegalEntities", 200),
+        ("/data/LegalEntities", 200),
+        (token_path, 200),
+        ("/data/LegalEntities", 200),
+        ("/data/LegalEntities", 401),
+        (token_path, 200),
+        ("/data/LegalEntities", 200),
+    ]
     tokens = [e.headers["authorization"] for e in entries if e.path == "/data/LegalEntities"]
     assert tokens[0] == tokens[1] != tokens[2] == tokens[3] != tokens[4]
 
 
 def test_foreign_audience_token_is_rejected_with_401(sandboxes):
     env = sandboxes.env()
-    token = httpx.post(f"{sandboxes.d365_url}/{env['D365_TENANT_ID']}/oauth2/v2.0/token",
-                       data={"grant_type": "client_credentials", "client_id": env["D365_CLIENT_ID"],
-                             "client_secret": env["D365_CLIENT_SECRET"],
-                             "scope": "https://graph.microsoft.com/.default"}).json()["access_token"]
+    token = httpx.post(
+        f"{sandboxes.d365_url}/{env['D365_TENANT_ID']}/oauth2/v2.0/token",
+        data={
+            "grant_type": "client_credentials",
+            "client_id": env["D365_CLIENT_ID"],
+            "client_secret": env["D365_CLIENT_SECRET"],
+            "scope": "https://graph.microsoft.com/.default",
+        },
+    ).json()["access_token"]
     response = httpx.get(f"{sandboxes.d365_url}/data/LegalEntities", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 401
 
 
 def test_wrong_secret_and_wrong_scope_fail_clearly(sandboxes):
     env = sandboxes.env()
-    with D365Client(env["D365_BASE_URL"], env["D365_TENANT_ID"], env["D365_CLIENT_ID"], "bad-secret-123",
-                    authority_url=env["D365_AUTHORITY_URL"]) as client:
+    with D365Client(
+        env["D365_BASE_URL"],
+        env["D365_TENANT_ID"],
+        env["D365_CLIENT_ID"],
+        "bad-secret-123",
+        authority_url=env["D365_AUTHORITY_URL"],
+    ) as client:
         with pytest.raises(EntraAuthError) as err:
             client.ping("usmf")
     assert "invalid_client" in str(err.value) and "D365_CLIENT_SECRET" in str(err.value)
     assert "bad-secret-123" not in str(err.value)
-    with D365Client(env["D365_BASE_URL"] + ".other", env["D365_TENANT_ID"], env["D365_CLIENT_ID"],
-                    env["D365_CLIENT_SECRET"], authority_url=env["D365_AUTHORITY_URL"]) as client:
+    with D365Client(
+        env["D365_BASE_URL"] + ".other",
+        env["D365_TENANT_ID"],
+        env["D365_CLIENT_ID"],
+        env["D365_CLIENT_SECRET"],
+        authority_url=env["D365_AUTHORITY_URL"],
+    ) as client:
         with pytest.raises(EntraAuthError, match="invalid_scope"):
             client.auth.token()
 
 
 def test_429_waits_retry_after_exactly(sandboxes):
-    sandboxes.d365.injector.script(ScriptedFault(kind="429", method="GET", path_regex="^/data/LegalEntities",
-                                                 retry_after_s=2))
+    sandboxes.d365.injector.script(
+        ScriptedFault(kind="429", method="GET", path_regex="^/data/LegalEntities", retry_after_s=2)
+    )
     sleeps: list[float] = []
     with make_d365_client(sandboxes, sleep=sleeps.append) as client:
         assert list(client.query("LegalEntities"))
@@ -220,8 +291,11 @@ def test_429_waits_retry_after_exactly(sandboxes):
 def test_429_waits_exactly_until_an_http_date_retry_after(sandboxes):
     clock = FakeClock()
     sandboxes.d365.injector.clock = clock  # the sandbox dates Retry-After with the same clock
-    sandboxes.d365.injector.script(ScriptedFault(kind="429", method="GET", path_regex="^/data/LegalEntities",
-                                                 retry_after_s=9, retry_after_format="http-date"))
+    sandboxes.d365.injector.script(
+        ScriptedFault(
+            kind="429", method="GET", path_regex="^/data/LegalEntities", retry_after_s=9, retry_after_format="http-date"
+        )
+    )
     with make_d365_client(sandboxes, clock=clock, sleep=clock.sleep) as client:
         assert list(client.query("LegalEntities"))
     assert clock.sleeps == [9.0]
@@ -249,13 +323,20 @@ def test_service_protection_budget_429_is_honoured(sandboxes):
 
 def test_ambiguous_post_is_verified_by_lookup_not_duplicated(sandboxes, d365_client):
     vendor = existing_vendor(sandboxes)
-    sandboxes.d365.injector.script(ScriptedFault(kind="drop_after", method="POST",
-                                                 path_regex="^/data/VendorInvoiceHeaders$"))
+    sandboxes.d365.injector.script(
+        ScriptedFault(kind="drop_after", method="POST", path_regex="^/data/VendorInvoiceHeaders$")
+    )
 
     def lookup():
-        rows = list(d365_client.query("VendorInvoiceHeaders", legal_entity="usmf",
-                                      filter=odata.and_(odata.eq("InvoiceNumber", "AMB-1"),
-                                                        odata.eq("InvoiceAccount", vendor["VendorAccountNumber"]))))
+        rows = list(
+            d365_client.query(
+                "VendorInvoiceHeaders",
+                legal_entity="usmf",
+                filter=odata.and_(
+                    odata.eq("InvoiceNumber", "AMB-1"), odata.eq("InvoiceAccount", vendor["VendorAccountNumber"])
+                ),
+            )
+        )
         return rows[0] if rows else None
 
     created = d365_client.create("VendorInvoiceHeaders", header_body(vendor, "AMB-1"), verify=lookup)
@@ -264,38 +345,48 @@ def test_ambiguous_post_is_verified_by_lookup_not_duplicated(sandboxes, d365_cli
     assert len(stored) == 1
     # the drop fired once, after the sandbox created the header; the lookup found it; no second POST
     assert [(e.method, e.path, e.status, e.injected) for e in data_entries(sandboxes)] == [
-        ("POST", "/data/VendorInvoiceHeaders", 201, "drop_after"), ("GET", "/data/VendorInvoiceHeaders", 200, None)]
+        ("POST", "/data/VendorInvoiceHeaders", 201, "drop_after"),
+        ("GET", "/data/VendorInvoiceHeaders", 200, None),
+    ]
     mark = sandboxes.d365.log.next_seq()
 
     # A POST dropped *before* the server ran it is sent again after the lookup finds nothing.
-    sandboxes.d365.injector.script(ScriptedFault(kind="drop_before", method="POST",
-                                                 path_regex="^/data/VendorInvoiceHeaders$"))
+    sandboxes.d365.injector.script(
+        ScriptedFault(kind="drop_before", method="POST", path_regex="^/data/VendorInvoiceHeaders$")
+    )
 
     def lookup2():
-        rows = list(d365_client.query("VendorInvoiceHeaders", legal_entity="usmf",
-                                      filter=odata.eq("InvoiceNumber", "AMB-2")))
+        rows = list(
+            d365_client.query("VendorInvoiceHeaders", legal_entity="usmf", filter=odata.eq("InvoiceNumber", "AMB-2"))
+        )
         return rows[0] if rows else None
 
     d365_client.create("VendorInvoiceHeaders", header_body(vendor, "AMB-2"), verify=lookup2)
     assert len([r for r in sandboxes.d365.state.records("VendorInvoiceHeaders") if r["InvoiceNumber"] == "AMB-2"]) == 1
     assert [(e.method, e.path, e.status, e.injected) for e in data_entries(sandboxes) if e.seq >= mark] == [
-        ("POST", "/data/VendorInvoiceHeaders", -1, "drop_before"), ("GET", "/data/VendorInvoiceHeaders", 200, None),
-        ("POST", "/data/VendorInvoiceHeaders", 201, None)]
+        ("POST", "/data/VendorInvoiceHeaders", -1, "drop_before"),
+        ("GET", "/data/VendorInvoiceHeaders", 200, None),
+        ("POST", "/data/VendorInvoiceHeaders", 201, None),
+    ]
     assert sandboxes.d365.injector.pending() == []
 
 
 def test_batch_changeset_atomic_and_every_part_read(sandboxes, d365_client):
     vendor = existing_vendor(sandboxes)
     account = a_main_account(sandboxes)
-    good = Changeset([
-        BatchOperation("POST", "VendorInvoiceHeaders", header_body(vendor, "B-1") | {"HeaderReference": "CP-B-1"}),
-        BatchOperation("POST", "VendorInvoiceLines", line_body("CP-B-1", 1, account)),
-        BatchOperation("POST", "VendorInvoiceLines", line_body("CP-B-1", 2, account)),
-    ])
-    bad = Changeset([
-        BatchOperation("POST", "VendorInvoiceHeaders", header_body(vendor, "B-2") | {"HeaderReference": "CP-B-2"}),
-        BatchOperation("POST", "VendorInvoiceLines", line_body("CP-B-2", 1, "999999")),
-    ])
+    good = Changeset(
+        [
+            BatchOperation("POST", "VendorInvoiceHeaders", header_body(vendor, "B-1") | {"HeaderReference": "CP-B-1"}),
+            BatchOperation("POST", "VendorInvoiceLines", line_body("CP-B-1", 1, account)),
+            BatchOperation("POST", "VendorInvoiceLines", line_body("CP-B-1", 2, account)),
+        ]
+    )
+    bad = Changeset(
+        [
+            BatchOperation("POST", "VendorInvoiceHeaders", header_body(vendor, "B-2") | {"HeaderReference": "CP-B-2"}),
+            BatchOperation("POST", "VendorInvoiceLines", line_body("CP-B-2", 1, "999999")),
+        ]
+    )
     results = d365_client.batch([good, bad])
     assert results[0].ok and [p.status for p in results[0].parts] == [201, 201, 201]
     assert not results[1].ok and results[1].error.status == 500 and "999999" in results[1].error.detail
@@ -316,8 +407,9 @@ def test_posted_invoice_is_gone_from_pending_and_cannot_be_modified(sandboxes, d
     with pytest.raises(D365Error) as err:
         d365_client.update("VendorInvoiceHeaders", key, {"InvoiceDescription": "late edit"})
     assert err.value.is_not_found
-    posted = list(d365_client.query("VendInvoiceJourBiEntities", legal_entity="usmf",
-                                    filter=odata.eq("InvoiceId", "POST-1")))
+    posted = list(
+        d365_client.query("VendInvoiceJourBiEntities", legal_entity="usmf", filter=odata.eq("InvoiceId", "POST-1"))
+    )
     assert len(posted) == 1 and posted[0]["InvoiceAccount"] == vendor["VendorAccountNumber"]
 
 
@@ -334,4 +426,4 @@ def test_next_link_paging_returns_every_row_once(sandboxes, d365_client):
     assert sorted(r["ItemNumber"] for r in rows) == expected
     gets = [e for e in data_entries(sandboxes) if e.path == "/data/ReleasedProductsV2"]
     assert len(gets) == math.ceil(len(expected) / 4)  # followed @odata.nextLink page by page, no extra call
-    assert all('cross-company=true' in e.query for e in gets)
+    assert all("cross-company=true" in e.query for e in gets)

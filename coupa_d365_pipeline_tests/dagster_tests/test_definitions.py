@@ -1,5 +1,7 @@
 """The code location loads, and every definition in it is there under its published name."""
 
+from datetime import UTC
+
 import dagster as dg
 
 from coupa_d365_pipeline import code_location as package_defs
@@ -7,15 +9,25 @@ from coupa_d365_pipeline.definitions import defs
 
 # Published names (UI, schedules, run history, dagster.yaml tag limits): renaming one is a breaking change.
 ASSETS_AND_GROUPS = {
-    "coupa/suppliers": "coupa", "coupa/invoices": "coupa", "coupa/purchase_orders": "coupa",
+    "coupa/suppliers": "coupa",
+    "coupa/invoices": "coupa",
+    "coupa/purchase_orders": "coupa",
     "coupa/invoice_status": "coupa",
-    "d365/legal_entities": "d365", "d365/master_data": "d365", "d365/gl_mapping": "d365", "d365/vendors": "d365",
-    "d365/purchase_orders": "d365", "d365/vendor_invoices": "d365", "d365/invoice_status": "d365",
+    "d365/legal_entities": "d365",
+    "d365/master_data": "d365",
+    "d365/gl_mapping": "d365",
+    "d365/vendors": "d365",
+    "d365/purchase_orders": "d365",
+    "d365/vendor_invoices": "d365",
+    "d365/invoice_status": "d365",
 }
 ASSET_CHECKS = {
-    "d365/legal_entities:default_legal_entity_exists", "d365/gl_mapping:gl_mapping_matches_d365",
-    "d365/vendors:vendors_not_stuck", "d365/purchase_orders:purchase_orders_not_stuck",
-    "d365/vendor_invoices:vendor_invoices_not_stuck", "coupa/invoice_status:invoice_status_delivered",
+    "d365/legal_entities:default_legal_entity_exists",
+    "d365/gl_mapping:gl_mapping_matches_d365",
+    "d365/vendors:vendors_not_stuck",
+    "d365/purchase_orders:purchase_orders_not_stuck",
+    "d365/vendor_invoices:vendor_invoices_not_stuck",
+    "coupa/invoice_status:invoice_status_delivered",
 }
 JOBS = {"master_data_job", "daily_documents_job", "invoice_status_job", "replay_invoices_job"}
 SCHEDULES = {  # name -> (job, cron, UTC)
@@ -51,10 +63,19 @@ def test_each_job_runs_its_flow():
     def selected(job: str) -> set[str]:
         return {"/".join(k.path) for k in defs.resolve_job_def(job).asset_layer.selected_asset_keys}
 
-    assert selected("master_data_job") == {"coupa/suppliers", "d365/legal_entities", "d365/master_data",
-                                           "d365/gl_mapping", "d365/vendors"}
-    assert selected("daily_documents_job") == {"coupa/invoices", "coupa/purchase_orders", "d365/purchase_orders",
-                                               "d365/vendor_invoices"}
+    assert selected("master_data_job") == {
+        "coupa/suppliers",
+        "d365/legal_entities",
+        "d365/master_data",
+        "d365/gl_mapping",
+        "d365/vendors",
+    }
+    assert selected("daily_documents_job") == {
+        "coupa/invoices",
+        "coupa/purchase_orders",
+        "d365/purchase_orders",
+        "d365/vendor_invoices",
+    }
     assert selected("invoice_status_job") == {"d365/invoice_status", "coupa/invoice_status"}
     assert defs.resolve_job_def("invoice_status_job").run_tags["coupa_d365/flow"] == "invoice_status"
 
@@ -67,20 +88,26 @@ def test_resources_are_configured_by_env_var_names_not_values():
 
 
 def test_schedules_target_today_yesterday_and_master_data():
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     # No instance_for_test here: building the repository inside one leaves Dagster's global
     # definitions-state storage pointing at a disposed instance for later tests.
     schedules = {s.name: s for s in defs.schedules}
-    assert set(schedules) == {"documents_today", "documents_yesterday", "master_data_hourly",
-                              "master_data_nightly_full", "invoice_status_every_30_minutes"}
+    assert set(schedules) == {
+        "documents_today",
+        "documents_yesterday",
+        "master_data_hourly",
+        "master_data_nightly_full",
+        "invoice_status_every_30_minutes",
+    }
     repository = defs.get_repository_def()
-    when = datetime(2026, 11, 20, 10, 15, tzinfo=timezone.utc)
+    when = datetime(2026, 11, 20, 10, 15, tzinfo=UTC)
     for name, day in (("documents_today", "2026-11-20"), ("documents_yesterday", "2026-11-19")):
         context = dg.build_schedule_context(scheduled_execution_time=when, repository_def=repository)
         request = schedules[name].evaluate_tick(context).run_requests[0]
         assert request.partition_key == day
-    early = dg.build_schedule_context(repository_def=repository,
-                                      scheduled_execution_time=datetime(2020, 1, 1, tzinfo=timezone.utc))
+    early = dg.build_schedule_context(
+        repository_def=repository, scheduled_execution_time=datetime(2020, 1, 1, tzinfo=UTC)
+    )
     assert schedules["documents_today"].evaluate_tick(early).skip_message
     assert all(s.default_status == dg.DefaultScheduleStatus.STOPPED for s in schedules.values())

@@ -12,10 +12,15 @@ def test_invoices_with_odd_currencies_are_all_staged(sandbox_env, sandboxes):
     approved = [i for i in sandboxes.seed.coupa_invoices if i["status"] == "approved"][:4]
     for invoice, currency in zip(approved, ["USD", 840, None, {"code": "EUR"}], strict=True):
         touched = sandboxes.coupa.state.touch("invoices", invoice["id"], currency=currency)
-    partition = touched["updated-at"][:10]       # the sandbox clock's day (conftest.TEST_NOW)
+    partition = touched["updated-at"][:10]  # the sandbox clock's day (conftest.TEST_NOW)
     with dg.instance_for_test() as instance:
-        result = dg.materialize([coupa_invoices], resources=build_resources(), instance=instance,
-                                partition_key=partition, raise_on_error=False)
+        result = dg.materialize(
+            [coupa_invoices],
+            resources=build_resources(),
+            instance=instance,
+            partition_key=partition,
+            raise_on_error=False,
+        )
         assert result.success, [e.message for e in result.all_events if e.is_failure]
         meta = result.get_asset_materialization_events()[0].event_specific_data.materialization.metadata
     assert meta["fetched"].value == 4 and meta["new"].value == 4

@@ -37,8 +37,13 @@ def test_production_dagster_yaml_on_postgres(tmp_path, sandbox_env, postgres_dat
     home = tmp_path / "prod_home"
     home.mkdir()
     shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
-    for name, value in {"DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_PORT": "5432", "DAGSTER_PG_USER": "postgres",
-                        "DAGSTER_PG_PASSWORD": "", "DAGSTER_PG_DB": postgres_database}.items():
+    for name, value in {
+        "DAGSTER_PG_HOST": "127.0.0.1",
+        "DAGSTER_PG_PORT": "5432",
+        "DAGSTER_PG_USER": "postgres",
+        "DAGSTER_PG_PASSWORD": "",
+        "DAGSTER_PG_DB": postgres_database,
+    }.items():
         monkeypatch.setenv(name, value)
     instance = dg.DagsterInstance.from_config(str(home))
     try:

@@ -31,14 +31,19 @@ assert not loaded, f"{sys.argv[2:]} imported Dagster: {loaded[:5]}"
 @pytest.mark.parametrize("package", PLAIN)
 def test_plain_packages_import_nothing_from_dagster(package):
     name = f"coupa_d365_pipeline.{package}"
-    done = subprocess.run([sys.executable, "-c", IMPORT_ALL_AND_CHECK, "walk", name], capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", IMPORT_ALL_AND_CHECK, "walk", name], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_the_package_the_settings_and_the_cli_import_nothing_from_dagster():
-    done = subprocess.run([sys.executable, "-c", IMPORT_ALL_AND_CHECK, "no-walk", *PLAIN_MODULES], capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", IMPORT_ALL_AND_CHECK, "no-walk", *PLAIN_MODULES],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
 
 

@@ -63,12 +63,25 @@ def test_a_secret_logged_through_the_clients_logger_in_a_run_never_reaches_the_e
         d365.client.logger.warning("d365 secret %s", env["D365_CLIENT_SECRET"])
 
     with dg.instance_for_test() as instance:
-        result = dg.materialize([leaky], instance=instance, resources={
-            "coupa": CoupaResource(base_url=env["COUPA_BASE_URL"], client_id=env["COUPA_CLIENT_ID"],
-                                   client_secret=env["COUPA_CLIENT_SECRET"]),
-            "d365": D365Resource(base_url=env["D365_BASE_URL"], tenant_id=env["D365_TENANT_ID"],
-                                 client_id=env["D365_CLIENT_ID"], client_secret=env["D365_CLIENT_SECRET"],
-                                 authority_url=env["D365_AUTHORITY_URL"], default_legal_entity="usmf")})
+        result = dg.materialize(
+            [leaky],
+            instance=instance,
+            resources={
+                "coupa": CoupaResource(
+                    base_url=env["COUPA_BASE_URL"],
+                    client_id=env["COUPA_CLIENT_ID"],
+                    client_secret=env["COUPA_CLIENT_SECRET"],
+                ),
+                "d365": D365Resource(
+                    base_url=env["D365_BASE_URL"],
+                    tenant_id=env["D365_TENANT_ID"],
+                    client_id=env["D365_CLIENT_ID"],
+                    client_secret=env["D365_CLIENT_SECRET"],
+                    authority_url=env["D365_AUTHORITY_URL"],
+                    default_legal_entity="usmf",
+                ),
+            },
+        )
         assert result.success
         messages = [record.user_message for record in instance.all_logs(result.run_id)]
     logged = [m for m in messages if "secret" in m]

@@ -11,11 +11,16 @@ from coupa_d365_pipeline.state.store import SyncStore
 
 def test_master_data_and_check(sandbox_env, sandboxes):
     with dg.instance_for_test() as instance:
-        result = dg.materialize([coupa_suppliers, d365_legal_entities, default_legal_entity_exists],
-                                resources=build_resources(), instance=instance)
+        result = dg.materialize(
+            [coupa_suppliers, d365_legal_entities, default_legal_entity_exists],
+            resources=build_resources(),
+            instance=instance,
+        )
         assert result.success
-        mats = {"/".join(e.asset_key.path): e.event_specific_data.materialization.metadata
-                for e in result.get_asset_materialization_events()}
+        mats = {
+            "/".join(e.asset_key.path): e.event_specific_data.materialization.metadata
+            for e in result.get_asset_materialization_events()
+        }
         assert mats["coupa/suppliers"]["fetched"].value == len(sandboxes.seed.coupa_suppliers)
         assert mats["d365/legal_entities"]["default_found"].value is True
         checks = result.get_asset_check_evaluations()
@@ -34,8 +39,12 @@ def test_master_data_and_check(sandbox_env, sandboxes):
 def test_wrong_default_legal_entity_fails_the_check(sandbox_env, monkeypatch):
     monkeypatch.setenv("D365_DEFAULT_LEGAL_ENTITY", "zzzz")
     with dg.instance_for_test() as instance:
-        result = dg.materialize([d365_legal_entities, default_legal_entity_exists], resources=build_resources(),
-                                instance=instance, raise_on_error=False)
+        result = dg.materialize(
+            [d365_legal_entities, default_legal_entity_exists],
+            resources=build_resources(),
+            instance=instance,
+            raise_on_error=False,
+        )
         evaluation = result.get_asset_check_evaluations()[0]
         assert evaluation.passed is False
         assert "zzzz" in evaluation.description and "usmf" in evaluation.description
@@ -47,12 +56,17 @@ def test_daily_partitions_single_run_backfill_stages_each_invoice_once(sandbox_e
     start, end = "2026-11-01", "2026-11-06"
     assert daily_partitions.start.strftime("%Y-%m-%d") <= start
     with dg.instance_for_test() as instance:
-        result = dg.materialize([coupa_invoices, coupa_purchase_orders], resources=build_resources(),
-                                instance=instance,
-                                tags={ASSET_PARTITION_RANGE_START_TAG: start, ASSET_PARTITION_RANGE_END_TAG: end})
+        result = dg.materialize(
+            [coupa_invoices, coupa_purchase_orders],
+            resources=build_resources(),
+            instance=instance,
+            tags={ASSET_PARTITION_RANGE_START_TAG: start, ASSET_PARTITION_RANGE_END_TAG: end},
+        )
         assert result.success
-        meta = {"/".join(e.asset_key.path): e.event_specific_data.materialization.metadata
-                for e in result.get_asset_materialization_events()}
+        meta = {
+            "/".join(e.asset_key.path): e.event_specific_data.materialization.metadata
+            for e in result.get_asset_materialization_events()
+        }
         expected = [i for i in sandboxes.seed.coupa_invoices if i["status"] in ("approved", "voided")]
         assert meta["coupa/invoices"]["fetched"].value == len(expected)
         assert meta["coupa/invoices"]["partitions"].value == 6

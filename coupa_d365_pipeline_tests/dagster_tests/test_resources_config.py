@@ -14,10 +14,24 @@ from coupa_d365_pipeline.settings import (
 )
 
 COUPA = {"COUPA_BASE_URL": "https://acme.coupahost.com/", "COUPA_CLIENT_ID": "cid", "COUPA_CLIENT_SECRET": "s3cret"}
-D365 = {"D365_BASE_URL": "https://Contoso.Operations.Dynamics.com", "D365_TENANT_ID": "tenant",
-        "D365_CLIENT_ID": "app", "D365_CLIENT_SECRET": "d365-s3cret", "D365_DEFAULT_LEGAL_ENTITY": "USMF"}
-OPTIONAL = [*COUPA, *D365, "COUPA_SCOPES", "COUPA_API_VERSION", "COUPA_MAX_REQUESTS_PER_SECOND", "COUPA_TOKEN_WARMUP_SECONDS",
-            "D365_AUTHORITY_URL", "SYNC_DATABASE_URL", "COUPA_D365_MAPPING_FILE"]
+D365 = {
+    "D365_BASE_URL": "https://Contoso.Operations.Dynamics.com",
+    "D365_TENANT_ID": "tenant",
+    "D365_CLIENT_ID": "app",
+    "D365_CLIENT_SECRET": "d365-s3cret",
+    "D365_DEFAULT_LEGAL_ENTITY": "USMF",
+}
+OPTIONAL = [
+    *COUPA,
+    *D365,
+    "COUPA_SCOPES",
+    "COUPA_API_VERSION",
+    "COUPA_MAX_REQUESTS_PER_SECOND",
+    "COUPA_TOKEN_WARMUP_SECONDS",
+    "D365_AUTHORITY_URL",
+    "SYNC_DATABASE_URL",
+    "COUPA_D365_MAPPING_FILE",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -31,8 +45,14 @@ def _coupa(**config) -> CoupaResource:
 
 
 def _d365(**config) -> D365Resource:
-    return D365Resource(base_url=D365["D365_BASE_URL"], tenant_id="tenant", client_id="app",
-                        client_secret="d365-s3cret", default_legal_entity=config.pop("le", "USMF"), **config)
+    return D365Resource(
+        base_url=D365["D365_BASE_URL"],
+        tenant_id="tenant",
+        client_id="app",
+        client_secret="d365-s3cret",
+        default_legal_entity=config.pop("le", "USMF"),
+        **config,
+    )
 
 
 def test_the_resources_give_the_settings_the_cli_gives(monkeypatch):
@@ -57,13 +77,18 @@ def test_explicit_resource_config_wins_over_the_environment(monkeypatch):
     assert SyncStateResource(database_url="sqlite:///explicit.db").resolved_url == "sqlite:///explicit.db"
 
 
-@pytest.mark.parametrize("resource, name", [
-    (lambda: _d365(le="us-mf"), "D365_DEFAULT_LEGAL_ENTITY"),
-    (lambda: _d365(authority_url="login"), "D365_AUTHORITY_URL"),
-    (lambda: CoupaResource(base_url="acme", client_id="cid", client_secret="s3cret"), "COUPA_BASE_URL"),
-    (lambda: CoupaResource(base_url=COUPA["COUPA_BASE_URL"], client_id="cid", client_secret=""),
-     "COUPA_CLIENT_SECRET"),
-])
+@pytest.mark.parametrize(
+    "resource, name",
+    [
+        (lambda: _d365(le="us-mf"), "D365_DEFAULT_LEGAL_ENTITY"),
+        (lambda: _d365(authority_url="login"), "D365_AUTHORITY_URL"),
+        (lambda: CoupaResource(base_url="acme", client_id="cid", client_secret="s3cret"), "COUPA_BASE_URL"),
+        (
+            lambda: CoupaResource(base_url=COUPA["COUPA_BASE_URL"], client_id="cid", client_secret=""),
+            "COUPA_CLIENT_SECRET",
+        ),
+    ],
+)
 def test_a_bad_value_is_one_line_naming_the_variable(resource, name):
     with pytest.raises(ConfigError) as err:
         resource().make_client()

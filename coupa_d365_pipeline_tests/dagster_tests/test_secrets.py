@@ -33,8 +33,11 @@ def issued_tokens(sandboxes, monkeypatch) -> dict[str, list[str]]:
 
 
 def bearer_tokens_used(sandbox) -> set[str]:
-    return {e.headers["authorization"].removeprefix("Bearer ") for e in sandbox.log.snapshot()
-            if e.headers.get("authorization", "").startswith("Bearer ")}
+    return {
+        e.headers["authorization"].removeprefix("Bearer ")
+        for e in sandbox.log.snapshot()
+        if e.headers.get("authorization", "").startswith("Bearer ")
+    }
 
 
 def test_no_secret_in_logs_or_exceptions(sandboxes, issued_tokens, caplog):
@@ -44,8 +47,10 @@ def test_no_secret_in_logs_or_exceptions(sandboxes, issued_tokens, caplog):
     with caplog.at_level(logging.DEBUG):
         sandboxes.coupa.injector.script(ScriptedFault(kind="429", retry_after_s=0))
         sandboxes.d365.injector.script(ScriptedFault(kind="5xx", method="GET"))
-        with make_coupa_client(sandboxes, sleep=lambda s: None) as coupa, \
-                make_d365_client(sandboxes, sleep=lambda s: None) as d365:
+        with (
+            make_coupa_client(sandboxes, sleep=lambda s: None) as coupa,
+            make_d365_client(sandboxes, sleep=lambda s: None) as d365,
+        ):
             list(coupa.iter_records("suppliers"))
             sandboxes.coupa.revoke_tokens()
             list(coupa.iter_records("suppliers"))  # 401 with the first token, then a second one
@@ -53,9 +58,16 @@ def test_no_secret_in_logs_or_exceptions(sandboxes, issued_tokens, caplog):
             sandboxes.d365.revoke_tokens()
             list(d365.query("LegalEntities"))
             assert (coupa.tokens_minted, d365.auth.tokens_minted) == (2, 2)
-        for client in (CoupaClient(env["COUPA_BASE_URL"], env["COUPA_CLIENT_ID"], wrong_secrets[0], token_warmup_s=0),
-                       D365Client(env["D365_BASE_URL"], env["D365_TENANT_ID"], env["D365_CLIENT_ID"],
-                                  wrong_secrets[1], authority_url=env["D365_AUTHORITY_URL"])):
+        for client in (
+            CoupaClient(env["COUPA_BASE_URL"], env["COUPA_CLIENT_ID"], wrong_secrets[0], token_warmup_s=0),
+            D365Client(
+                env["D365_BASE_URL"],
+                env["D365_TENANT_ID"],
+                env["D365_CLIENT_ID"],
+                wrong_secrets[1],
+                authority_url=env["D365_AUTHORITY_URL"],
+            ),
+        ):
             with pytest.raises(Exception) as err:
                 client.ping() if isinstance(client, CoupaClient) else client.ping("usmf")
             messages += [str(err.value), repr(err.value), repr(client)]
@@ -64,16 +76,24 @@ def test_no_secret_in_logs_or_exceptions(sandboxes, issued_tokens, caplog):
     assert [e.injected for e in sandboxes.coupa.log.snapshot() if e.injected] == ["429"]
     assert [e.injected for e in sandboxes.d365.log.snapshot() if e.injected] == ["5xx"]
     assert len(issued_tokens["coupa"]) == 2 and len(issued_tokens["d365"]) == 2
-    refused = {e.headers["authorization"].removeprefix("Bearer ")
-               for sandbox in (sandboxes.coupa, sandboxes.d365) for e in sandbox.log.snapshot() if e.status == 401
-               and "authorization" in e.headers}
+    refused = {
+        e.headers["authorization"].removeprefix("Bearer ")
+        for sandbox in (sandboxes.coupa, sandboxes.d365)
+        for e in sandbox.log.snapshot()
+        if e.status == 401 and "authorization" in e.headers
+    }
     assert refused == {issued_tokens["coupa"][0], issued_tokens["d365"][0]}
     assert bearer_tokens_used(sandboxes.coupa) == set(issued_tokens["coupa"])
     assert bearer_tokens_used(sandboxes.d365) == set(issued_tokens["d365"])
 
     text = caplog.text + "\n".join(messages) + "\n".join(r.getMessage() for r in caplog.records)
-    secrets = [env["COUPA_CLIENT_SECRET"], env["D365_CLIENT_SECRET"], *wrong_secrets,
-               *issued_tokens["coupa"], *issued_tokens["d365"]]
+    secrets = [
+        env["COUPA_CLIENT_SECRET"],
+        env["D365_CLIENT_SECRET"],
+        *wrong_secrets,
+        *issued_tokens["coupa"],
+        *issued_tokens["d365"],
+    ]
     assert len(set(secrets)) == 8
     assert "throttled" in caplog.text and "renewing the token" in caplog.text  # the logs are really captured
     assert "invalid_client" in "\n".join(messages)  # and so are the failures
@@ -83,8 +103,7 @@ def test_no_secret_in_logs_or_exceptions(sandboxes, issued_tokens, caplog):
 
 def test_no_secret_in_run_config_or_event_log(sandbox_env, sandboxes, issued_tokens):
     with dg.instance_for_test() as instance:
-        result = dg.materialize([coupa_suppliers, d365_legal_entities], resources=build_resources(),
-                                instance=instance)
+        result = dg.materialize([coupa_suppliers, d365_legal_entities], resources=build_resources(), instance=instance)
         assert result.success
         run = instance.get_run_by_id(result.run_id)
         dumped = repr(run.run_config) + repr(run.tags)
@@ -93,8 +112,12 @@ def test_no_secret_in_run_config_or_event_log(sandbox_env, sandboxes, issued_tok
     assert len(issued_tokens["coupa"]) == 1 and len(issued_tokens["d365"]) == 1  # one client per system
     assert bearer_tokens_used(sandboxes.coupa) == set(issued_tokens["coupa"])
     assert bearer_tokens_used(sandboxes.d365) == set(issued_tokens["d365"])
-    secrets = [sandbox_env["COUPA_CLIENT_SECRET"], sandbox_env["D365_CLIENT_SECRET"],
-               *issued_tokens["coupa"], *issued_tokens["d365"]]
+    secrets = [
+        sandbox_env["COUPA_CLIENT_SECRET"],
+        sandbox_env["D365_CLIENT_SECRET"],
+        *issued_tokens["coupa"],
+        *issued_tokens["d365"],
+    ]
     assert "minted" in dumped  # resource logs reach the event log
     for secret in secrets:
         assert secret not in dumped

@@ -17,8 +17,9 @@ CLI = [sys.executable, "-m", "coupa_d365_pipeline.cli"]
 
 
 def run_cli(args, env=None, timeout=120):
-    return subprocess.run(CLI + args, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        CLI + args, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+    )
 
 
 def test_help_texts():
@@ -31,8 +32,19 @@ def test_help_texts():
 
 
 def test_ping_missing_configuration_names_the_variables():
-    env = {k: "" for k in ("COUPA_BASE_URL", "COUPA_CLIENT_ID", "COUPA_CLIENT_SECRET", "D365_BASE_URL",
-                           "D365_TENANT_ID", "D365_CLIENT_ID", "D365_CLIENT_SECRET", "D365_DEFAULT_LEGAL_ENTITY")}
+    env = {
+        k: ""
+        for k in (
+            "COUPA_BASE_URL",
+            "COUPA_CLIENT_ID",
+            "COUPA_CLIENT_SECRET",
+            "D365_BASE_URL",
+            "D365_TENANT_ID",
+            "D365_CLIENT_ID",
+            "D365_CLIENT_SECRET",
+            "D365_DEFAULT_LEGAL_ENTITY",
+        )
+    }
     out = run_cli(["ping"], env)
     assert out.returncode == 1
     assert "coupa  FAIL" in out.stdout and "COUPA_BASE_URL is not set" in out.stdout
@@ -43,9 +55,23 @@ def test_ping_missing_configuration_names_the_variables():
 def sandbox_process(tmp_path):
     coupa_port, d365_port = free_port(), free_port()
     env_file = tmp_path / "sandbox.env"
-    proc = subprocess.Popen(CLI + ["sandbox", "--coupa-port", str(coupa_port), "--d365-port", str(d365_port),
-                                   "--invoices", "60", "--env-file", str(env_file)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        CLI
+        + [
+            "sandbox",
+            "--coupa-port",
+            str(coupa_port),
+            "--d365-port",
+            str(d365_port),
+            "--invoices",
+            "60",
+            "--env-file",
+            str(env_file),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.monotonic() + 60
     while not env_file.exists():
         assert proc.poll() is None, proc.stdout.read()
@@ -75,8 +101,11 @@ def test_ping_passes_against_sandbox_processes_and_fails_clearly_with_a_wrong_se
 
 def test_demo_runs_end_to_end_and_prints_what_moved(tmp_path):
     home, state = tmp_path / "home", tmp_path / "state"
-    out = run_cli(["demo", "--invoices", "80", "--dagster-home", str(home), "--state-dir", str(state)],
-                  env={"DAGSTER_HOME": ""}, timeout=300)
+    out = run_cli(
+        ["demo", "--invoices", "80", "--dagster-home", str(home), "--state-dir", str(state)],
+        env={"DAGSTER_HOME": ""},
+        timeout=300,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert re.search(r"Coupa suppliers -> staged\s+\d+", out.stdout)
     invoices = int(re.search(r"Coupa invoices \(approved/voided\) -> staged\s+(\d+)", out.stdout).group(1))
@@ -94,8 +123,14 @@ VALIDATE = [str(Path(sys.executable).parent / "dagster"), "definitions", "valida
 
 
 def test_definitions_validate_on_the_local_instance(tmp_path):
-    out = subprocess.run(VALIDATE, cwd=REPO, capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "DAGSTER_HOME": str(tmp_path)})
+    out = subprocess.run(
+        VALIDATE,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "DAGSTER_HOME": str(tmp_path)},
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "Validation successful for code location coupa_d365_pipeline" in out.stderr + out.stdout
 
@@ -103,8 +138,13 @@ def test_definitions_validate_on_the_local_instance(tmp_path):
 @pytest.mark.postgres
 def test_definitions_validate_with_the_production_instance_from_the_repo_root(postgres_database):
     env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
-    env |= {"DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_PORT": "5432", "DAGSTER_PG_USER": "postgres",
-            "DAGSTER_PG_PASSWORD": "", "DAGSTER_PG_DB": postgres_database}
+    env |= {
+        "DAGSTER_PG_HOST": "127.0.0.1",
+        "DAGSTER_PG_PORT": "5432",
+        "DAGSTER_PG_USER": "postgres",
+        "DAGSTER_PG_PASSWORD": "",
+        "DAGSTER_PG_DB": postgres_database,
+    }
     out = subprocess.run(VALIDATE, cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "All code locations passed validation" in out.stderr + out.stdout

@@ -35,12 +35,30 @@ ASSETS = "{ assetNodes { assetKey { path } groupName isPartitioned } }"
 def dagster_dev(sandboxes, tmp_path):
     home = prepare_dagster_home(tmp_path / "home")
     port = free_port()
-    env = {**os.environ, **sandboxes.env(), "DAGSTER_HOME": str(home),
-           "SYNC_DATABASE_URL": f"sqlite:///{tmp_path / 'sync.db'}"}
+    env = {
+        **os.environ,
+        **sandboxes.env(),
+        "DAGSTER_HOME": str(home),
+        "SYNC_DATABASE_URL": f"sqlite:///{tmp_path / 'sync.db'}",
+    }
     log = open(tmp_path / "dagster-dev.log", "w")
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "dagster"), "dev", "-w", str(REPO / "workspace.yaml"),
-                             "-h", "127.0.0.1", "-p", str(port)], cwd=REPO, env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "dagster"),
+            "dev",
+            "-w",
+            str(REPO / "workspace.yaml"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -83,8 +101,14 @@ def test_ui_lists_assets_and_runs_master_data_through_the_daemon(dagster_dev, sa
     assert assets["coupa/invoices"]["isPartitioned"] and assets["coupa/invoices"]["groupName"] == "coupa"
     assert assets["d365/legal_entities"]["groupName"] == "d365"
 
-    params = {"selector": {"repositoryLocationName": "coupa_d365_pipeline", "repositoryName": "__repository__",
-                           "jobName": "master_data_job"}, "runConfigData": {}}
+    params = {
+        "selector": {
+            "repositoryLocationName": "coupa_d365_pipeline",
+            "repositoryName": "__repository__",
+            "jobName": "master_data_job",
+        },
+        "runConfigData": {},
+    }
     launched = graphql(url, LAUNCH, {"params": params})["launchRun"]
     assert launched["__typename"] == "LaunchRunSuccess", launched
     run_id = launched["run"]["runId"]

@@ -21,14 +21,28 @@ from coupa_d365_pipeline_tests.flow.helpers import CHARTS, approved, d365_invoic
 
 pytestmark = pytest.mark.e2e
 DAGSTER = str(Path(sys.executable).parent / "dagster")
-COMMAND = [DAGSTER, "asset", "materialize", "-m", "coupa_d365_pipeline.definitions",
-           "--select", "coupa/invoices,d365/vendor_invoices", "--partition-range", "2026-11-01...2026-11-06"]
+COMMAND = [
+    DAGSTER,
+    "asset",
+    "materialize",
+    "-m",
+    "coupa_d365_pipeline.definitions",
+    "--select",
+    "coupa/invoices,d365/vendor_invoices",
+    "--partition-range",
+    "2026-11-01...2026-11-06",
+]
 BATCH_PATH = r"^/data/\$batch$"  # the invoice writer sends header + lines as one $batch changeset
 
 
 def run_env(sandboxes, home: Path, database_url: str) -> dict[str, str]:
-    return {**os.environ, **sandboxes.env(), "DAGSTER_HOME": str(prepare_dagster_home(home)),
-            "SYNC_DATABASE_URL": database_url, "COUPA_MAX_REQUESTS_PER_SECOND": "1000"}
+    return {
+        **os.environ,
+        **sandboxes.env(),
+        "DAGSTER_HOME": str(prepare_dagster_home(home)),
+        "SYNC_DATABASE_URL": database_url,
+        "COUPA_MAX_REQUESTS_PER_SECOND": "1000",
+    }
 
 
 def assert_booked_exactly_once(sandboxes) -> int:
@@ -41,8 +55,11 @@ def assert_booked_exactly_once(sandboxes) -> int:
     for invoice in approved(seed):
         if invoice["id"] in unmappable:
             continue
-        key = (CHARTS[invoice["account-type"]["name"]], suppliers[invoice["supplier"]["id"]]["number"],
-               invoice["invoice-number"])
+        key = (
+            CHARTS[invoice["account-type"]["name"]],
+            suppliers[invoice["supplier"]["id"]]["number"],
+            invoice["invoice-number"],
+        )
         assert key in booked, f"invoice {invoice['id']} missing"
         [header] = booked[key]
         assert len(lines_of(sandboxes, key[0], header["HeaderReference"])) == len(invoice["invoice-lines"])
@@ -59,7 +76,7 @@ def wait_in_log(sandbox, predicate, procs: list[subprocess.Popen], logs: list[Pa
         try:
             return sandbox.log.wait_for(predicate, timeout_s=1.0)
         except TimeoutError:
-            for proc, log in zip(procs, logs):
+            for proc, log in zip(procs, logs, strict=True):
                 assert proc.poll() is None, f"{log.name} ended early:\n" + log.read_text()[-3000:]
             assert time.monotonic() < deadline, "the sandbox never saw the awaited request"
 
@@ -90,16 +107,19 @@ def header_refs(sandboxes) -> set[str]:
 def test_sigkill_while_an_invoice_write_is_in_flight_then_rerun_books_everything_once(sandboxes, tmp_path):
     answered_before_kill = 5
     # Rendezvous: the 6th invoice write ($batch) is parked in the sandbox until released.
-    hold = sandboxes.d365.injector.script(ScriptedFault(kind="hold", method="POST", path_regex=BATCH_PATH,
-                                                        after=answered_before_kill))
+    hold = sandboxes.d365.injector.script(
+        ScriptedFault(kind="hold", method="POST", path_regex=BATCH_PATH, after=answered_before_kill)
+    )
     env = run_env(sandboxes, tmp_path / "home", f"sqlite:///{tmp_path / 'sync.db'}")
     log_path = tmp_path / "first.log"
     with open(log_path, "w") as log:  # own process group: the CLI and its step worker die together
-        first = subprocess.Popen(COMMAND, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
-                                 start_new_session=True)
+        first = subprocess.Popen(
+            COMMAND, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
-        [held] = wait_in_log(sandboxes.d365, lambda entries: [e for e in entries if e.injected == "hold"],
-                             [first], [log_path])
+        [held] = wait_in_log(
+            sandboxes.d365, lambda entries: [e for e in entries if e.injected == "hold"], [first], [log_path]
+        )
         # The run is inside its 6th write: 5 answered, the 6th received but not applied, nothing else sent.
         assert [e.status for e in batches(sandboxes.d365.log.snapshot())] == [200] * answered_before_kill + [None]
         at_kill = header_refs(sandboxes)
@@ -145,8 +165,9 @@ def test_two_concurrent_runs_on_postgresql_write_each_invoice_once(sandboxes, tm
             with open(logs[-1], "w") as log:
                 procs.append(subprocess.Popen(COMMAND, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT))
         [held] = wait_in_log(sandboxes.d365, lambda entries: [e for e in entries if e.injected == "hold"], procs, logs)
-        wait_in_log(sandboxes.d365, lambda entries: [e for e in batches(entries, held.seq) if e.status == 200],
-                    procs, logs)
+        wait_in_log(
+            sandboxes.d365, lambda entries: [e for e in batches(entries, held.seq) if e.status == 200], procs, logs
+        )
         assert held.status is None  # the other run wrote while this write was still parked
         hold.release()
         for proc in procs:
@@ -160,6 +181,10 @@ def test_two_concurrent_runs_on_postgresql_write_each_invoice_once(sandboxes, tm
     assert held.status == 200
     assert_booked_exactly_once(sandboxes)
     ledger = Ledger(make_engine(url))
-    creators = {h["run_id"] for r in ledger.rows("invoice", ["written"]) for h in ledger.history("invoice", r.coupa_id)
-                if h["action"] == "create"}
+    creators = {
+        h["run_id"]
+        for r in ledger.rows("invoice", ["written"])
+        for h in ledger.history("invoice", r.coupa_id)
+        if h["action"] == "create"
+    }
     assert len(creators) == 2  # both runs really wrote, yet nothing twice

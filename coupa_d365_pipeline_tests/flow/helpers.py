@@ -9,8 +9,8 @@ from typing import Any
 import dagster as dg
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-FIRST, LAST = "2026-11-01", "2026-11-06"   # the test seed's updated-at days
-EDIT_DAY = "2026-11-30"                     # the sandboxes' "today" (conftest.TEST_NOW): edits made by tests
+FIRST, LAST = "2026-11-01", "2026-11-06"  # the test seed's updated-at days
+EDIT_DAY = "2026-11-30"  # the sandboxes' "today" (conftest.TEST_NOW): edits made by tests
 CHARTS = {"US Manufacturing": "usmf", "DE Manufacturing": "demf", "UK Manufacturing": "gbsi"}
 
 
@@ -24,8 +24,10 @@ def run_documents(instance: dg.DagsterInstance, first: str = FIRST, last: str = 
     from coupa_d365_pipeline.definitions import defs
 
     return defs.resolve_job_def("daily_documents_job").execute_in_process(
-        instance=instance, raise_on_error=False,
-        tags={ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last})
+        instance=instance,
+        raise_on_error=False,
+        tags={ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last},
+    )
 
 
 def metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict[str, Any]:
@@ -46,14 +48,22 @@ def d365_invoices(sandboxes) -> dict[tuple[str, str, str], list[dict[str, Any]]]
 
 
 def lines_of(sandboxes, data_area: str, ref: str) -> list[dict[str, Any]]:
-    return sorted((l for l in sandboxes.d365.state.records("VendorInvoiceLines")
-                   if l["dataAreaId"] == data_area and l["HeaderReference"] == ref),
-                  key=lambda l: Decimal(str(l["InvoiceLineNumber"])))
+    return sorted(
+        (
+            ln
+            for ln in sandboxes.d365.state.records("VendorInvoiceLines")
+            if ln["dataAreaId"] == data_area and ln["HeaderReference"] == ref
+        ),
+        key=lambda ln: Decimal(str(ln["InvoiceLineNumber"])),
+    )
 
 
 def d365_writes(sandboxes, since_seq: int = 0) -> list[Any]:
-    return [e for e in sandboxes.d365.log.snapshot()
-            if e.seq > since_seq and e.path.startswith("/data/") and e.method in ("POST", "PATCH", "PUT", "DELETE")]
+    return [
+        e
+        for e in sandboxes.d365.log.snapshot()
+        if e.seq > since_seq and e.path.startswith("/data/") and e.method in ("POST", "PATCH", "PUT", "DELETE")
+    ]
 
 
 def last_seq(sandboxes) -> int:

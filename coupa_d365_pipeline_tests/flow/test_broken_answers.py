@@ -19,14 +19,18 @@ SYSTEM_NAME = {"coupa": "Coupa", "d365": "D365"}
 
 def exported_but_not_in_d365(sandboxes) -> list[int]:
     refs = {h["HeaderReference"] for h in sandboxes.d365.state.records("VendorInvoiceHeaders")}
-    return [i["id"] for i in sandboxes.coupa.state.records("invoices")
-            if i.get("exported") and i["status"] == "approved" and f"COUPA-{i['id']}" not in refs]
+    return [
+        i["id"]
+        for i in sandboxes.coupa.state.records("invoices")
+        if i.get("exported") and i["status"] == "approved" and f"COUPA-{i['id']}" not in refs
+    ]
 
 
 @pytest.mark.parametrize("kind", ["html", "empty", "truncated"])
 @pytest.mark.parametrize("system", ["coupa", "d365"])
 def test_a_broken_answer_on_every_read_fails_the_run_with_one_line_and_the_next_run_books_all(
-        sandbox_env, sandboxes, instance, system, kind):
+    sandbox_env, sandboxes, instance, system, kind
+):
     assert run_master(instance).success
     alerts_before = error_alerts(sandboxes)
     app = sandboxes.coupa if system == "coupa" else sandboxes.d365
@@ -38,7 +42,7 @@ def test_a_broken_answer_on_every_read_fails_the_run_with_one_line_and_the_next_
     assert [e for e in app.log.snapshot() if (e.fault or "").startswith(kind)], "the fault never fired"
     messages = [m.strip() for m in failure_messages(result)]
     assert messages, "no step failed"
-    for line in messages:     # each failed step: one line naming the system, the request and the problem
+    for line in messages:  # each failed step: one line naming the system, the request and the problem
         assert "\n" not in line and SYSTEM_NAME[system] in line and "GET /" in line, line
         assert "not JSON" in line or "cut short" in line or "empty body" in line, line
     first_line = " ".join(messages)

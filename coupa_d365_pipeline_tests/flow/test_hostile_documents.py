@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import copy
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import pytest
 
@@ -23,7 +24,7 @@ from coupa_d365_pipeline_tests.flow.helpers import EDIT_DAY, run_documents, run_
 from coupa_d365_pipeline_tests.sync.conftest import mappable_invoice, money
 
 Expect = Literal["booked", "quarantined", "booked_or_quarantined"]
-Mutation = Callable[[dict[str, Any], dict[str, Any]], None]   # (new invoice, booked invoice it may copy)
+Mutation = Callable[[dict[str, Any], dict[str, Any]], None]  # (new invoice, booked invoice it may copy)
 
 
 @dataclass(frozen=True)
@@ -31,12 +32,13 @@ class Case:
     name: str
     mutate: Mutation
     expect: Expect
-    reason_words: tuple[str, ...] = ()   # each must appear (case-insensitive) in a quarantine reason
+    reason_words: tuple[str, ...] = ()  # each must appear (case-insensitive) in a quarantine reason
 
 
 def _number(value: str) -> Mutation:
     def mutate(invoice: dict[str, Any], _booked: dict[str, Any]) -> None:
         invoice["invoice-number"] = value
+
     return mutate
 
 
@@ -57,12 +59,14 @@ def _duplicate_of_booked(*, case_change: bool = False, amount_factor: Decimal | 
         invoice["supplier"] = copy.deepcopy(booked["supplier"])
         if amount_factor is not None:
             _scale_lines(invoice, amount_factor)
+
     return mutate
 
 
 def _supplier_id(value: Any) -> Mutation:
     def mutate(invoice: dict[str, Any], _booked: dict[str, Any]) -> None:
         invoice["supplier"] = dict(invoice["supplier"], id=value)
+
     return mutate
 
 
@@ -76,6 +80,7 @@ def _first_line(**changes: str) -> Mutation:
         line.update(changes)
         line["total"] = str((money(line["quantity"]) * money(line["price"])).quantize(Decimal("0.01")))
         invoice["gross-total"] = str(sum(money(ln["total"]) for ln in invoice["invoice-lines"]))
+
     return mutate
 
 
@@ -85,8 +90,7 @@ CASES: list[Case] = [
     Case("wildcard_alone", _number("*"), "booked"),
     Case("wildcard_suffix", _number("INV0045*"), "booked"),
     Case("like_patterns", _number("%_INV"), "booked"),
-    Case("same_number_other_amount", _duplicate_of_booked(amount_factor=Decimal("1.5")), "quarantined",
-         ("duplicate",)),
+    Case("same_number_other_amount", _duplicate_of_booked(amount_factor=Decimal("1.5")), "quarantined", ("duplicate",)),
     Case("same_number_other_case", _duplicate_of_booked(case_change=True), "quarantined", ("duplicate",)),
     Case("nul_in_number", _number("INV\x00NUL-1"), "quarantined", ("invoice-number",)),
     Case("number_over_255", _number("N" * 300), "quarantined", ("invoice-number",)),
@@ -121,13 +125,15 @@ def _add_cases(sandboxes, booked: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return added
 
 
-def test_hostile_documents_end_booked_or_quarantined_and_never_stop_the_window(sandboxes, sandbox_env, instance,
-                                                                             sync_database):
+def test_hostile_documents_end_booked_or_quarantined_and_never_stop_the_window(
+    sandboxes, sandbox_env, instance, sync_database
+):
     assert run_master(instance).success
     assert run_documents(instance).success
     book = ledger(sandbox_env)
-    booked_row = next(r for r in book.rows("invoice", [DocState.WRITTEN])
-                      if r.legal_entity == "usmf" and r.coupa_notified)
+    booked_row = next(
+        r for r in book.rows("invoice", [DocState.WRITTEN]) if r.legal_entity == "usmf" and r.coupa_notified
+    )
     booked = sandboxes.coupa.state.get("invoices", booked_row.coupa_id)
     added = _add_cases(sandboxes, copy.deepcopy(booked))
 
@@ -139,8 +145,11 @@ def test_hostile_documents_end_booked_or_quarantined_and_never_stop_the_window(s
         invoice = sandboxes.coupa.state.get("invoices", added[case.name]["id"])
         row = book.get("invoice", invoice["id"])
         assert row is not None, f"{case.name}: no ledger row — the document was never tried"
-        headers = [h for h in sandboxes.d365.state.records("VendorInvoiceHeaders")
-                   if h["HeaderReference"] == f"COUPA-{invoice['id']}"]
+        headers = [
+            h
+            for h in sandboxes.d365.state.records("VendorInvoiceHeaders")
+            if h["HeaderReference"] == f"COUPA-{invoice['id']}"
+        ]
         if row.state == DocState.WRITTEN and row.problem is None:
             outcomes[case.name] = "booked"
             assert len(headers) == 1, f"{case.name}: ledger says written but D365 holds {len(headers)} headers"
@@ -157,13 +166,19 @@ def test_hostile_documents_end_booked_or_quarantined_and_never_stop_the_window(s
             missing = [w for w in case.reason_words if w.casefold() not in reason]
             assert not missing, f"{case.name}: reason {row.reason!r} does not mention {missing}"
     wanted = {c.name: c.expect for c in CASES}
-    wrong = {name: (wanted[name], got) for name, got in outcomes.items()
-             if wanted[name] != "booked_or_quarantined" and wanted[name] != got}
+    wrong = {
+        name: (wanted[name], got)
+        for name, got in outcomes.items()
+        if wanted[name] != "booked_or_quarantined" and wanted[name] != got
+    }
     assert not wrong, f"expected vs actual: {wrong}"
 
     # the booked invoice the duplicates copied is untouched
-    [original] = [h for h in sandboxes.d365.state.records("VendorInvoiceHeaders")
-                  if h["HeaderReference"] == f"COUPA-{booked['id']}"]
+    [original] = [
+        h
+        for h in sandboxes.d365.state.records("VendorInvoiceHeaders")
+        if h["HeaderReference"] == f"COUPA-{booked['id']}"
+    ]
     assert money(original["ImportedAmount"]) == money(booked["gross-total"])
     _assert_nothing_exported_that_is_not_in_d365(sandboxes)
 
@@ -178,8 +193,11 @@ def _assert_nothing_exported_that_is_not_in_d365(sandboxes) -> None:
         if header is not None:
             assert money(header["ImportedAmount"]) == money(invoice["gross-total"]), invoice["id"]
             continue
-        assert any(str(j.get("InvoiceId")).casefold() == str(invoice["invoice-number"]).casefold()
-                   for j in posted), f"Coupa invoice {invoice['id']} is exported but not in D365"
-    keys = Counter((h["dataAreaId"], str(h["InvoiceAccount"]).casefold(), str(h["InvoiceNumber"]).casefold())
-                   for h in headers.values())
+        assert any(str(j.get("InvoiceId")).casefold() == str(invoice["invoice-number"]).casefold() for j in posted), (
+            f"Coupa invoice {invoice['id']} is exported but not in D365"
+        )
+    keys = Counter(
+        (h["dataAreaId"], str(h["InvoiceAccount"]).casefold(), str(h["InvoiceNumber"]).casefold())
+        for h in headers.values()
+    )
     assert [k for k, n in keys.items() if n > 1] == [], "D365 holds two pending invoices with one natural key"

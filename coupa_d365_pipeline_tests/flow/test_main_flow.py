@@ -1,5 +1,6 @@
 """Issue 3 acceptance: approved invoices into D365 exactly once, against the sandboxes over HTTP."""
 
+from datetime import UTC
 from decimal import Decimal
 
 import yaml
@@ -7,8 +8,19 @@ import yaml
 from coupa_d365_pipeline.mapping.config import example_mapping_path
 from coupa_d365_pipeline_tests.flow.conftest import ledger
 from coupa_d365_pipeline_tests.flow.helpers import (
-    CHARTS, EDIT_DAY, FIRST, approved, d365_invoices, d365_writes, duplicates, expected_display, last_seq, lines_of, metadata,
-    run_documents, run_master,
+    CHARTS,
+    EDIT_DAY,
+    FIRST,
+    approved,
+    d365_invoices,
+    d365_writes,
+    duplicates,
+    expected_display,
+    last_seq,
+    lines_of,
+    metadata,
+    run_documents,
+    run_master,
 )
 
 
@@ -33,7 +45,7 @@ def test_every_mappable_approved_invoice_exists_once_field_by_field(sandboxes, s
         assert header["InvoiceDate"].startswith(invoice["invoice-date"][:10])
         lines = lines_of(sandboxes, le, header["HeaderReference"])
         assert len(lines) == len(invoice["invoice-lines"])
-        for source, line in zip(sorted(invoice["invoice-lines"], key=lambda l: l["line-num"]), lines):
+        for source, line in zip(sorted(invoice["invoice-lines"], key=lambda ln: ln["line-num"]), lines, strict=True):
             account = source["account"]
             assert Decimal(str(line["InvoiceLineNumber"])) == source["line-num"]
             assert Decimal(str(line["ReceiveNow"])) == Decimal(source["quantity"])
@@ -41,7 +53,8 @@ def test_every_mappable_approved_invoice_exists_once_field_by_field(sandboxes, s
             assert Decimal(str(line["Amount"])) == Decimal(source["total"])
             assert line["MainAccountDisplayValue"] == account["segment-1"]
             assert line["DimensionDisplayValue"] == expected_display(
-                [account.get("segment-2") or "", account.get("segment-3") or "", account.get("segment-4") or ""])
+                [account.get("segment-2") or "", account.get("segment-3") or "", account.get("segment-4") or ""]
+            )
             assert line["LineDescription"] == source["description"]
             if source.get("item"):
                 assert line["ItemNumber"] == source["item"]["item-number"]
@@ -49,8 +62,17 @@ def test_every_mappable_approved_invoice_exists_once_field_by_field(sandboxes, s
     assert checked == len(approved(seed)) - len(unmappable) > 50
     # credit notes keep their sign; the apostrophe invoice number is intact
     credit = [i for i in approved(seed) if i.get("is-credit-note") and i["id"] not in unmappable]
-    assert credit and all(Decimal(str(booked[(CHARTS[i["account-type"]["name"]], suppliers[i["supplier"]["id"]]["number"],
-                                               i["invoice-number"])][0]["ImportedAmount"])) < 0 for i in credit)
+    assert credit and all(
+        Decimal(
+            str(
+                booked[
+                    (CHARTS[i["account-type"]["name"]], suppliers[i["supplier"]["id"]]["number"], i["invoice-number"])
+                ][0]["ImportedAmount"]
+            )
+        )
+        < 0
+        for i in credit
+    )
 
 
 def test_quarantined_have_reasons_and_the_check_lists_them(sandboxes, synced, sandbox_env):
@@ -64,8 +86,11 @@ def test_quarantined_have_reasons_and_the_check_lists_them(sandboxes, synced, sa
     check = [c for c in synced.get_asset_check_evaluations() if c.check_name == "vendor_invoices_not_stuck"][0]
     assert check.passed is False and f"{len(rows)} quarantined" in check.description
     # Coupa heard about each quarantine once, as an alert
-    alerts = [r for r in sandboxes.coupa.state.records("integration_history_records")
-              if r.get("status") == "Error" and r.get("document-type") == "InvoiceHeader"]
+    alerts = [
+        r
+        for r in sandboxes.coupa.state.records("integration_history_records")
+        if r.get("status") == "Error" and r.get("document-type") == "InvoiceHeader"
+    ]
     assert sorted(r["document-id"] for r in alerts) == sorted(rows)
 
 
@@ -108,8 +133,11 @@ def test_posted_invoices_are_never_modified(sandboxes, synced, sandbox_env, inst
         posted_keys.append(row.d365_key["HeaderReference"])
     changed, voided = rows[0].coupa_id, rows[1].coupa_id
     invoice = sandboxes.coupa.state.get("invoices", changed)
-    sandboxes.coupa.state.touch("invoices", changed, **{"invoice-lines": [dict(l, description=l["description"] + " (edited)")
-                                                                          for l in invoice["invoice-lines"]]})
+    sandboxes.coupa.state.touch(
+        "invoices",
+        changed,
+        **{"invoice-lines": [dict(ln, description=ln["description"] + " (edited)") for ln in invoice["invoice-lines"]]},
+    )
     sandboxes.coupa.state.touch("invoices", voided, status="voided")
     seq = last_seq(sandboxes)
     result = run_documents(instance, FIRST, EDIT_DAY)
@@ -139,14 +167,30 @@ def test_header_without_lines_is_completed_not_duplicated(sandbox_env, sandboxes
     assert run_master(instance).success
     suppliers = {s["id"]: s for s in sandboxes.seed.coupa_suppliers}
     unmappable = set(sandboxes.seed.expectations["unmappable_invoices"])
-    target = next(i for i in approved(sandboxes.seed) if i["id"] not in unmappable and len(i["invoice-lines"]) > 1
-                  and CHARTS.get(i["account-type"]["name"]) == "usmf"
-                  and any(v["VendorAccountNumber"] == suppliers[i["supplier"]["id"]]["number"]
-                          for v in sandboxes.seed.d365["VendorsV2"] if v["dataAreaId"] == "usmf"))
+    target = next(
+        i
+        for i in approved(sandboxes.seed)
+        if i["id"] not in unmappable
+        and len(i["invoice-lines"]) > 1
+        and CHARTS.get(i["account-type"]["name"]) == "usmf"
+        and any(
+            v["VendorAccountNumber"] == suppliers[i["supplier"]["id"]]["number"]
+            for v in sandboxes.seed.d365["VendorsV2"]
+            if v["dataAreaId"] == "usmf"
+        )
+    )
     vendor = suppliers[target["supplier"]["id"]]["number"]
-    sandboxes.d365.state.create("VendorInvoiceHeaders", {
-        "dataAreaId": "usmf", "HeaderReference": "HALF-1", "InvoiceNumber": target["invoice-number"],
-        "InvoiceAccount": vendor, "Currency": target["currency"]["code"], "ImportedAmount": target["gross-total"]})
+    sandboxes.d365.state.create(
+        "VendorInvoiceHeaders",
+        {
+            "dataAreaId": "usmf",
+            "HeaderReference": "HALF-1",
+            "InvoiceNumber": target["invoice-number"],
+            "InvoiceAccount": vendor,
+            "Currency": target["currency"]["code"],
+            "ImportedAmount": target["gross-total"],
+        },
+    )
     assert run_documents(instance).success
     headers = d365_invoices(sandboxes)[("usmf", vendor, target["invoice-number"])]
     assert [h["HeaderReference"] for h in headers] == ["HALF-1"]
@@ -156,11 +200,15 @@ def test_header_without_lines_is_completed_not_duplicated(sandbox_env, sandboxes
     assert any(h["action"] == "complete_line" for h in ledger(sandbox_env).history("invoice", target["id"]))
 
 
-def test_quarantined_invoice_is_booked_once_the_mapping_is_fixed(sandbox_env, sandboxes, synced, instance, tmp_path,
-                                                                  monkeypatch):
-    ca_plant = [i for i, reason in sandboxes.seed.expectations["unmappable_invoices"].items()
-                if reason == "account_type_unmapped" and sandboxes.seed.coupa_invoices[i - 1]["status"] == "approved"]
-    assert ca_plant == [20]   # the seed's one approved CA Plant invoice
+def test_quarantined_invoice_is_booked_once_the_mapping_is_fixed(
+    sandbox_env, sandboxes, synced, instance, tmp_path, monkeypatch
+):
+    ca_plant = [
+        i
+        for i, reason in sandboxes.seed.expectations["unmappable_invoices"].items()
+        if reason == "account_type_unmapped" and sandboxes.seed.coupa_invoices[i - 1]["status"] == "approved"
+    ]
+    assert ca_plant == [20]  # the seed's one approved CA Plant invoice
     mapping = yaml.safe_load(example_mapping_path().read_text())
     mapping["legal_entities"]["CA Plant"] = "usmf"
     fixed = tmp_path / "mapping.yaml"
@@ -170,7 +218,7 @@ def test_quarantined_invoice_is_booked_once_the_mapping_is_fixed(sandbox_env, sa
     meta = metadata(result, "d365/vendor_invoices")
     unmappable = sandboxes.seed.expectations["unmappable_invoices"]
     in_window = [i for i in unmappable if sandboxes.seed.coupa_invoices[i - 1]["updated-at"].startswith("2026-11-01")]
-    assert meta["retried_from_earlier_runs"] == len(unmappable) - len(in_window)   # every open row, once
+    assert meta["retried_from_earlier_runs"] == len(unmappable) - len(in_window)  # every open row, once
     assert meta["created"] == 1
     invoice = sandboxes.coupa.state.get("invoices", 20)
     supplier = next(s for s in sandboxes.seed.coupa_suppliers if s["id"] == invoice["supplier"]["id"])
@@ -181,8 +229,11 @@ def test_quarantined_invoice_is_booked_once_the_mapping_is_fixed(sandbox_env, sa
     assert Decimal(str(header["ImportedAmount"])) == Decimal(invoice["gross-total"])
     assert len(lines_of(sandboxes, "usmf", "COUPA-20")) == len(invoice["invoice-lines"])
     assert invoice["exported"] is True
-    success = [r for r in sandboxes.coupa.state.records("integration_history_records")
-               if r["document-id"] == 20 and r["document-type"] == "InvoiceHeader" and r["status"] == "Success"]
+    success = [
+        r
+        for r in sandboxes.coupa.state.records("integration_history_records")
+        if r["document-id"] == 20 and r["document-type"] == "InvoiceHeader" and r["status"] == "Success"
+    ]
     assert len(success) == 1 and "COUPA-20" in success[0]["responses"][0]["response-message"]
     assert not duplicates(sandboxes)
 
@@ -197,14 +248,16 @@ def test_audit_trail_and_replay_use_the_same_dedupe(sandbox_env, sandboxes, sync
     assert len(create["payload_sha256"]) == 64 and create["run_id"]
     seq = last_seq(sandboxes)
     result = defs.resolve_job_def("replay_invoices_job").execute_in_process(
-        instance=instance, run_config={"ops": {"replay_invoices": {"config": {"coupa_ids": [row.coupa_id]}}}})
+        instance=instance, run_config={"ops": {"replay_invoices": {"config": {"coupa_ids": [row.coupa_id]}}}}
+    )
     assert result.success
     assert result.output_for_node("replay_invoices") == {"already_present": 1}
     assert d365_writes(sandboxes, seq) == []
     # "everything failed since T" picks up the quarantined ones and re-drives them (still unmappable)
     result = defs.resolve_job_def("replay_invoices_job").execute_in_process(
-        instance=instance, run_config={"ops": {"replay_invoices": {"config": {"failed_since": "2020-01-01T00:00:00Z"}}}})
-    assert result.output_for_node("replay_invoices") == {"quarantined": 5}   # the seed's five unmappable ones
+        instance=instance, run_config={"ops": {"replay_invoices": {"config": {"failed_since": "2020-01-01T00:00:00Z"}}}}
+    )
+    assert result.output_for_node("replay_invoices") == {"quarantined": 5}  # the seed's five unmappable ones
 
 
 def test_lost_batch_answer_is_settled_by_lookup(sandbox_env, sandboxes, instance):
@@ -212,12 +265,13 @@ def test_lost_batch_answer_is_settled_by_lookup(sandbox_env, sandboxes, instance
 
     assert run_master(instance).success
     # the run books the seed's 162 issued POs first (one changeset each), then the invoices
-    sandboxes.d365.injector.script(ScriptedFault(kind="drop_after", method="POST", path_regex=r"\$batch", times=3,
-                                                 after=162))
+    sandboxes.d365.injector.script(
+        ScriptedFault(kind="drop_after", method="POST", path_regex=r"\$batch", times=3, after=162)
+    )
     result = run_documents(instance)
     assert result.success
     dropped = [e for e in sandboxes.d365.log.snapshot() if e.injected == "drop_after"]
-    assert len(dropped) == 3 and all(e.path.endswith("$batch") for e in dropped)   # the faults fired
+    assert len(dropped) == 3 and all(e.path.endswith("$batch") for e in dropped)  # the faults fired
     assert not duplicates(sandboxes)
     unmappable = set(sandboxes.seed.expectations["unmappable_invoices"])
     assert len(d365_invoices(sandboxes)) == len([i for i in approved(sandboxes.seed) if i["id"] not in unmappable])
@@ -225,17 +279,23 @@ def test_lost_batch_answer_is_settled_by_lookup(sandbox_env, sandboxes, instance
 
     lost = {int(m) for e in dropped for m in re.findall(r"COUPA-(\d+)", e.body)}
     invoice_batches = [e for e in dropped if "VendorInvoiceHeaders" in e.body]
-    assert len(lost) == len(invoice_batches) == 3    # three invoice changesets lost their answer
-    for coupa_id in lost:   # each lost answer was settled by the lookup: booked once, never resent
+    assert len(lost) == len(invoice_batches) == 3  # three invoice changesets lost their answer
+    for coupa_id in lost:  # each lost answer was settled by the lookup: booked once, never resent
         row = ledger(sandbox_env).get("invoice", coupa_id)
         assert row.state == "written"
         assert [h["action"] for h in ledger(sandbox_env).history("invoice", coupa_id)].count("create_ambiguous") == 1
-        assert sum(bool(re.search(rf"COUPA-{coupa_id}\b", e.body)) and e.path.endswith("$batch")
-                   for e in sandboxes.d365.log.snapshot()) == 1
+        assert (
+            sum(
+                bool(re.search(rf"COUPA-{coupa_id}\b", e.body)) and e.path.endswith("$batch")
+                for e in sandboxes.d365.log.snapshot()
+            )
+            == 1
+        )
 
 
-def test_supplier_changes_update_the_vendor_in_every_legal_entity_never_a_second_one(sandboxes, synced, instance,
-                                                                                     sandbox_env):
+def test_supplier_changes_update_the_vendor_in_every_legal_entity_never_a_second_one(
+    sandboxes, synced, instance, sandbox_env
+):
     vendors_before = len(sandboxes.d365.state.records("VendorsV2"))
     rows = [r for r in ledger(sandbox_env).rows("vendor", ["written"])]
     supplier_id = rows[0].coupa_id
@@ -247,8 +307,11 @@ def test_supplier_changes_update_the_vendor_in_every_legal_entity_never_a_second
     assert meta["updated"] == len(legal_entities) and meta["failed"] == 0
     account = rows[0].vendor_account
     for le in legal_entities:
-        [vendor] = [v for v in sandboxes.d365.state.records("VendorsV2")
-                    if v["dataAreaId"] == le and v["VendorAccountNumber"] == account]
+        [vendor] = [
+            v
+            for v in sandboxes.d365.state.records("VendorsV2")
+            if v["dataAreaId"] == le and v["VendorAccountNumber"] == account
+        ]
         assert vendor["VendorOrganizationName"] == "Renamed Industrial GmbH"
         assert vendor["OnHoldStatus"] == "All"
     # only vendors that were missing were added (suppliers used in a legal entity only by quarantined invoices)
@@ -260,8 +323,9 @@ def test_supplier_changes_update_the_vendor_in_every_legal_entity_never_a_second
 def test_vendor_write_failure_fails_the_invoice_and_the_next_run_recovers(sandbox_env, sandboxes, instance):
     from coupa_d365_pipeline.sandbox.faults import ScriptedFault
 
-    sandboxes.d365.injector.script(ScriptedFault(kind="5xx", method="POST", path_regex="^/data/VendorsV2$",
-                                                 status=503, times=1000))
+    sandboxes.d365.injector.script(
+        ScriptedFault(kind="5xx", method="POST", path_regex="^/data/VendorsV2$", status=503, times=1000)
+    )
     result = run_documents(instance)
     assert result.success
     meta = metadata(result, "d365/vendor_invoices")
@@ -269,7 +333,7 @@ def test_vendor_write_failure_fails_the_invoice_and_the_next_run_recovers(sandbo
     failed = ledger(sandbox_env).rows("invoice", ["failed"])
     assert failed and all("vendor" in r.reason for r in failed)
     vendor_posts = [e for e in sandboxes.d365.log.snapshot() if e.method == "POST" and e.path == "/data/VendorsV2"]
-    assert vendor_posts and all(e.injected == "5xx" and e.status == 503 for e in vendor_posts)   # the fault fired
+    assert vendor_posts and all(e.injected == "5xx" and e.status == 503 for e in vendor_posts)  # the fault fired
     sandboxes.d365.injector.clear()
     assert run_documents(instance).success
     assert ledger(sandbox_env).rows("invoice", ["failed"]) == []
@@ -305,16 +369,17 @@ def test_nightly_full_supplier_read_catches_what_an_incremental_read_missed(sand
     watermark = SyncStore(sandbox_env["SYNC_DATABASE_URL"]).get_watermark("coupa.suppliers.updated_at")
     row = ledger(sandbox_env).rows("vendor", ["written"])[0]
     _age_supplier_update(sandboxes, row.coupa_id, watermark, 600, name="Very Late Industrial")
-    assert metadata(run_master(instance), "coupa/suppliers")["changed"] == 0      # beyond the overlap
-    from datetime import datetime, timezone
+    assert metadata(run_master(instance), "coupa/suppliers")["changed"] == 0  # beyond the overlap
+    from datetime import datetime
 
     import dagster as dg
 
     nightly = next(s for s in defs.schedules if s.name == "master_data_nightly_full")
-    tick = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 11, 30, 2, 5, tzinfo=timezone.utc))
+    tick = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 11, 30, 2, 5, tzinfo=UTC))
     [request] = nightly.evaluate_tick(tick).run_requests
     result = defs.resolve_job_def(request.job_name or "master_data_job").execute_in_process(
-        instance=instance, run_config=request.run_config, raise_on_error=False)
+        instance=instance, run_config=request.run_config, raise_on_error=False
+    )
     assert result.success and metadata(result, "coupa/suppliers")["changed"] == 1
     vendor = sandboxes.d365.state.get("VendorsV2", {"dataAreaId": row.scope, "VendorAccountNumber": row.vendor_account})
     assert vendor["VendorOrganizationName"] == "Very Late Industrial"

@@ -7,7 +7,12 @@ import dagster as dg
 from coupa_d365_pipeline.sandbox.faults import FaultConfig
 from coupa_d365_pipeline_tests.flow.conftest import ledger
 from coupa_d365_pipeline_tests.flow.helpers import (
-    EDIT_DAY, approved, d365_invoices, duplicates, run_documents, run_master,
+    EDIT_DAY,
+    approved,
+    d365_invoices,
+    duplicates,
+    run_documents,
+    run_master,
 )
 
 STORM = FaultConfig(rate_5xx=1.0, status_5xx=503, retry_after_on_5xx=True, retry_after_s=0)
@@ -27,8 +32,12 @@ def error_alerts(sandboxes) -> list[dict]:
 
 def held_claims(sandbox_env) -> list:
     book = ledger(sandbox_env)
-    return [r for doc in ("invoice", "purchase_order", "vendor") for r in book.rows(doc, [
-        "new", "writing", "written", "failed", "quarantined"]) if r.claimed_by]
+    return [
+        r
+        for doc in ("invoice", "purchase_order", "vendor")
+        for r in book.rows(doc, ["new", "writing", "written", "failed", "quarantined"])
+        if r.claimed_by
+    ]
 
 
 def all_booked(sandboxes) -> bool:
@@ -36,8 +45,9 @@ def all_booked(sandboxes) -> bool:
     return len(d365_invoices(sandboxes)) == len([i for i in approved(sandboxes.seed) if i["id"] not in unmappable])
 
 
-def test_d365_5xx_storm_fails_the_run_with_one_message_and_the_next_run_books_everything(sandbox_env, sandboxes,
-                                                                                          instance):
+def test_d365_5xx_storm_fails_the_run_with_one_message_and_the_next_run_books_everything(
+    sandbox_env, sandboxes, instance
+):
     assert run_master(instance).success
     alerts_before = error_alerts(sandboxes)
     sandboxes.d365.injector.configure(STORM)
@@ -48,18 +58,22 @@ def test_d365_5xx_storm_fails_the_run_with_one_message_and_the_next_run_books_ev
     assert "\n" not in message and "next run" in message
     assert held_claims(sandbox_env) == []
     failed = [r for doc in ("invoice", "purchase_order") for r in ledger(sandbox_env).rows(doc, ["failed"])]
-    assert len(failed) <= 2     # at most the documents whose requests tripped the breaker; none untried
-    assert error_alerts(sandboxes) == alerts_before          # an outage is not the documents' fault
+    assert len(failed) <= 2  # at most the documents whose requests tripped the breaker; none untried
+    assert error_alerts(sandboxes) == alerts_before  # an outage is not the documents' fault
     assert ledger(sandbox_env).rows("invoice", ["written"]) == []
 
     sandboxes.d365.injector.clear()
     assert run_documents(instance).success
     assert all_booked(sandboxes) and not duplicates(sandboxes)
-    assert ledger(sandbox_env).rows("invoice", ["failed"]) == [] and ledger(sandbox_env).rows("purchase_order", ["failed"]) == []
+    assert (
+        ledger(sandbox_env).rows("invoice", ["failed"]) == []
+        and ledger(sandbox_env).rows("purchase_order", ["failed"]) == []
+    )
 
 
-def test_wrong_d365_secret_fails_the_run_with_one_message_and_marks_nothing(sandbox_env, sandboxes, instance,
-                                                                           monkeypatch):
+def test_wrong_d365_secret_fails_the_run_with_one_message_and_marks_nothing(
+    sandbox_env, sandboxes, instance, monkeypatch
+):
     assert run_master(instance).success
     alerts_before = error_alerts(sandboxes)
     monkeypatch.setenv("D365_CLIENT_SECRET", "expired-secret-42")
@@ -68,7 +82,10 @@ def test_wrong_d365_secret_fails_the_run_with_one_message_and_marks_nothing(sand
     [message] = failure_messages(result)
     assert "invalid_client" in message and "D365_CLIENT_SECRET" in message and "expired-secret-42" not in message
     assert held_claims(sandbox_env) == []
-    assert ledger(sandbox_env).rows("invoice", ["failed"]) == [] and ledger(sandbox_env).rows("purchase_order", ["failed"]) == []
+    assert (
+        ledger(sandbox_env).rows("invoice", ["failed"]) == []
+        and ledger(sandbox_env).rows("purchase_order", ["failed"]) == []
+    )
     assert error_alerts(sandboxes) == alerts_before
 
     monkeypatch.setenv("D365_CLIENT_SECRET", sandbox_env["D365_CLIENT_SECRET"])
@@ -76,8 +93,9 @@ def test_wrong_d365_secret_fails_the_run_with_one_message_and_marks_nothing(sand
     assert all_booked(sandboxes) and not duplicates(sandboxes)
 
 
-def test_documents_a_stopped_run_never_reached_are_booked_by_the_next_run_of_any_partition(sandbox_env, sandboxes,
-                                                                                          instance):
+def test_documents_a_stopped_run_never_reached_are_booked_by_the_next_run_of_any_partition(
+    sandbox_env, sandboxes, instance
+):
     """The schedule's next run covers today's partition, not the failed one: what the outage left
     untried (staged, never synced) must not wait for someone to re-run the failed partition."""
     assert run_master(instance).success
@@ -85,7 +103,7 @@ def test_documents_a_stopped_run_never_reached_are_booked_by_the_next_run_of_any
     assert not run_documents(instance).success
     sandboxes.d365.injector.clear()
 
-    assert run_documents(instance, EDIT_DAY, EDIT_DAY).success     # a later partition, nothing updated in it
+    assert run_documents(instance, EDIT_DAY, EDIT_DAY).success  # a later partition, nothing updated in it
     assert all_booked(sandboxes) and not duplicates(sandboxes)
     book = ledger(sandbox_env)
     assert book.rows("invoice", ["new", "failed", "writing"]) == []

@@ -34,8 +34,7 @@ def _error(data) -> str:
 def test_example_file_loads():
     cfg = load_mapping(None)
     assert isinstance(cfg, MappingConfig)
-    assert cfg.legal_entities == {"US Manufacturing": "usmf", "DE Manufacturing": "demf",
-                                  "UK Manufacturing": "gbsi"}
+    assert cfg.legal_entities == {"US Manufacturing": "usmf", "DE Manufacturing": "demf", "UK Manufacturing": "gbsi"}
     assert cfg.default_legal_entity == "usmf"
     assert cfg.vendor_account.source == "supplier_number"
     assert cfg.dimensions.order == ["BusinessUnit", "CostCenter", "Department"]
@@ -52,8 +51,14 @@ def test_example_vendor_defaults_are_vendorsv2_properties():
 
 
 def test_legal_entities_lowercased_and_lookup(example_data):
-    cfg = parse_mapping(_with(example_data, legal_entities={"US Manufacturing": "USMF"}, default_legal_entity="USMF",
-                              vendor_defaults={"usmf": {"VendorGroupId": 10}}))
+    cfg = parse_mapping(
+        _with(
+            example_data,
+            legal_entities={"US Manufacturing": "USMF"},
+            default_legal_entity="USMF",
+            vendor_defaults={"usmf": {"VendorGroupId": 10}},
+        )
+    )
     assert cfg.legal_entities == {"US Manufacturing": "usmf"}
     assert cfg.default_legal_entity == "usmf"
     assert cfg.vendor_defaults == {"usmf": {"VendorGroupId": "10"}}  # Edm.String coerced
@@ -67,7 +72,9 @@ def test_bad_segment_names_key_and_fix(example_data):
     d = copy.deepcopy(example_data)
     d["dimensions"]["segments"]["CostCenter"] = "segmnt-3"
     msg = _error(d)
-    assert "dimensions.segments.CostCenter: 'segmnt-3' is not a Coupa account segment; use segment-1 … segment-20" in msg
+    assert (
+        "dimensions.segments.CostCenter: 'segmnt-3' is not a Coupa account segment; use segment-1 … segment-20" in msg
+    )
     assert "test.yaml" in msg
 
 
@@ -92,16 +99,17 @@ def test_main_account_segment_reused_as_dimension(example_data):
 
 
 def test_bad_data_area_id(example_data):
-    d = _with(example_data, legal_entities={"US Manufacturing": "US-MF", "DE Manufacturing": "demf",
-                                            "UK Manufacturing": "gbsi"})
+    d = _with(
+        example_data,
+        legal_entities={"US Manufacturing": "US-MF", "DE Manufacturing": "demf", "UK Manufacturing": "gbsi"},
+    )
     msg = _error(d)
     assert "legal_entities.'US Manufacturing': 'US-MF' is not a dataAreaId (1-4 letters/digits)" in msg
     assert "e.g. usmf" in msg
 
 
 def test_too_long_data_area_id(example_data):
-    d = _with(example_data, legal_entities={"US Manufacturing": "usmfx"}, default_legal_entity=None,
-              vendor_defaults={})
+    d = _with(example_data, legal_entities={"US Manufacturing": "usmfx"}, default_legal_entity=None, vendor_defaults={})
     assert "legal_entities.'US Manufacturing': 'usmfx' is not a dataAreaId" in _error(d)
 
 
@@ -109,8 +117,16 @@ def test_unknown_top_level_key_lists_allowed_keys(example_data):
     d = _with(example_data, legal_entitys={"x": "usmf"})
     msg = _error(d)
     assert "legal_entitys: unknown top-level key" in msg
-    for key in ("legal_entities", "default_legal_entity", "vendor_account", "vendor_defaults", "payment_terms",
-                "dimensions", "items", "procurement_category"):
+    for key in (
+        "legal_entities",
+        "default_legal_entity",
+        "vendor_account",
+        "vendor_defaults",
+        "payment_terms",
+        "dimensions",
+        "items",
+        "procurement_category",
+    ):
         assert key in msg
 
 
@@ -123,7 +139,9 @@ def test_unknown_nested_key(example_data):
 
 def test_vendor_account_source_must_be_known(example_data):
     msg = _error(_with(example_data, vendor_account={"source": "supplier_id"}))
-    assert "vendor_account.source: 'supplier_id' is not a vendor account source; use supplier_number or prefix_id" in msg
+    assert (
+        "vendor_account.source: 'supplier_id' is not a vendor account source; use supplier_number or prefix_id" in msg
+    )
 
 
 def test_prefix_required_for_prefix_id(example_data):
@@ -221,11 +239,7 @@ def test_non_string_key_reported(example_data):
 def test_coupa_custom_fields_must_name_a_known_d365_value(tmp_path):
     import yaml
 
-    from coupa_d365_pipeline.mapping.config import (
-        MappingError,
-        example_mapping_path,
-        load_mapping,
-    )
+    from coupa_d365_pipeline.mapping.config import MappingError, example_mapping_path, load_mapping
 
     assert load_mapping(None).coupa_custom_fields == {"d365_voucher": "cf-erp-voucher"}
     data = yaml.safe_load(example_mapping_path().read_text())

@@ -1,10 +1,6 @@
 import pytest
 
-from coupa_d365_pipeline.mapping.dimensions import (
-    display_value,
-    escape_segment,
-    parse_display_value,
-)
+from coupa_d365_pipeline.mapping.dimensions import display_value, escape_segment, parse_display_value
 
 
 def test_escape_segment_backslash_escapes_delimiter():
@@ -31,10 +27,18 @@ def test_parse_display_value():
     assert parse_display_value("A\\B-C", "-") == ["A\\B", "C"]
 
 
-@pytest.mark.parametrize("values", [
-    ["001", "", ""], ["", "", ""], ["001", "CC-10", "022"], ["-", "--", "a-"], ["x"],
-    ["CC-10", "", "CC-10"], ["a b", "ü-ß", ""],
-])
+@pytest.mark.parametrize(
+    "values",
+    [
+        ["001", "", ""],
+        ["", "", ""],
+        ["001", "CC-10", "022"],
+        ["-", "--", "a-"],
+        ["x"],
+        ["CC-10", "", "CC-10"],
+        ["a b", "ü-ß", ""],
+    ],
+)
 @pytest.mark.parametrize("delimiter", ["-", ".", "_", "|", "~", "--", ".."])
 def test_round_trip(values, delimiter):
     values = [v.replace("-", delimiter) for v in values]

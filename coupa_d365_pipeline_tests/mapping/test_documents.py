@@ -7,18 +7,9 @@ from coupa_d365_pipeline.d365.schema import entity_set
 from coupa_d365_pipeline.mapping.config import parse_mapping
 from coupa_d365_pipeline.mapping.dimensions import parse_display_value
 from coupa_d365_pipeline.mapping.fields import Quarantine
-from coupa_d365_pipeline.mapping.invoices import (
-    MappedInvoice,
-    legal_entity_for,
-    map_invoice,
-)
+from coupa_d365_pipeline.mapping.invoices import MappedInvoice, legal_entity_for, map_invoice
 from coupa_d365_pipeline.mapping.master import ENTITY_SETS_AND_SELECT, D365MasterData
-from coupa_d365_pipeline.mapping.vendors import (
-    VENDOR_SYNC_FIELDS,
-    map_vendor,
-    vendor_account_for,
-    vendor_changes,
-)
+from coupa_d365_pipeline.mapping.vendors import VENDOR_SYNC_FIELDS, map_vendor, vendor_account_for, vendor_changes
 from coupa_d365_pipeline.sandbox.seed import generate_seed
 
 # what each seed reason code must produce (quarantine code, words in the reason)
@@ -103,8 +94,17 @@ def test_entity_sets_and_select_exist():
         schema = entity_set(name)
         assert [p for p in props if p not in schema.properties] == []
     assert set(ENTITY_SETS_AND_SELECT) == {
-        "LegalEntities", "Currencies", "MainAccounts", "MainAccountLegalEntities", "FinancialDimensionValues",
-        "ReleasedProductsV2", "VendorGroups", "PaymentTerms", "ProcurementProductCategories", "UnitsOfMeasure"}
+        "LegalEntities",
+        "Currencies",
+        "MainAccounts",
+        "MainAccountLegalEntities",
+        "FinancialDimensionValues",
+        "ReleasedProductsV2",
+        "VendorGroups",
+        "PaymentTerms",
+        "ProcurementProductCategories",
+        "UnitsOfMeasure",
+    }
 
 
 def test_mapped_lines_sum_to_imported_amount_and_use_decimal(seed, results):
@@ -128,9 +128,13 @@ def test_header_fields(seed, results):
     r = results[inv["id"]]
     assert isinstance(r, MappedInvoice)
     assert r.header == {
-        "dataAreaId": "usmf", "InvoiceNumber": inv["invoice-number"], "InvoiceAccount": inv["supplier"]["number"],
-        "InvoiceDate": inv["invoice-date"][:10] + "T12:00:00Z", "Currency": inv["currency"]["code"],
-        "ImportedAmount": Decimal(inv["gross-total"]), "InvoiceDescription": f"Coupa invoice {inv['id']}",
+        "dataAreaId": "usmf",
+        "InvoiceNumber": inv["invoice-number"],
+        "InvoiceAccount": inv["supplier"]["number"],
+        "InvoiceDate": inv["invoice-date"][:10] + "T12:00:00Z",
+        "Currency": inv["currency"]["code"],
+        "ImportedAmount": Decimal(inv["gross-total"]),
+        "InvoiceDescription": f"Coupa invoice {inv['id']}",
     }
     assert r.vendor_account == inv["supplier"]["number"] and r.invoice_number == inv["invoice-number"]
     first = inv["invoice-lines"][0]
@@ -140,8 +144,11 @@ def test_header_fields(seed, results):
     assert ln["ReceiveNow"] == Decimal(first["quantity"]) and ln["UnitPrice"] == Decimal(first["price"])
     assert ln["MainAccountDisplayValue"] == first["account"]["segment-1"]
     acct = first["account"]
-    assert parse_display_value(ln["DimensionDisplayValue"], "-") == [acct["segment-2"], acct["segment-3"],
-                                                                     acct["segment-4"]]
+    assert parse_display_value(ln["DimensionDisplayValue"], "-") == [
+        acct["segment-2"],
+        acct["segment-3"],
+        acct["segment-4"],
+    ]
 
 
 def test_line_items_and_categories(seed, results):
@@ -162,12 +169,22 @@ def test_line_items_and_categories(seed, results):
 
 
 def test_hyphenated_dimension_value_is_escaped(results):
-    found = [ln for r in results.values() if isinstance(r, MappedInvoice) for ln in r.lines
-             if "CC\\-10" in ln["DimensionDisplayValue"]]
+    found = [
+        ln
+        for r in results.values()
+        if isinstance(r, MappedInvoice)
+        for ln in r.lines
+        if "CC\\-10" in ln["DimensionDisplayValue"]
+    ]
     assert found
     assert parse_display_value(found[0]["DimensionDisplayValue"], "-")[1] == "CC-10"
-    empties = [ln for r in results.values() if isinstance(r, MappedInvoice) for ln in r.lines
-               if ln["DimensionDisplayValue"].endswith("-") and not ln["DimensionDisplayValue"].endswith("\\-")]
+    empties = [
+        ln
+        for r in results.values()
+        if isinstance(r, MappedInvoice)
+        for ln in r.lines
+        if ln["DimensionDisplayValue"].endswith("-") and not ln["DimensionDisplayValue"].endswith("\\-")
+    ]
     assert empties  # trailing empty Department kept
 
 
@@ -274,7 +291,7 @@ def test_invalid_line_amounts(seed, results, mapping, master):
 def test_rounding_within_tolerance_passes(seed, results, mapping, master):
     inv = _ok(seed, results)
     ln = inv["invoice-lines"][0]
-    ln["quantity"], ln["price"], ln["total"] = "3.00", "0.333", "1.00"   # 0.999 vs 1.00
+    ln["quantity"], ln["price"], ln["total"] = "3.00", "0.333", "1.00"  # 0.999 vs 1.00
     inv["gross-total"] = str(sum(Decimal(x["total"]) for x in inv["invoice-lines"]))
     assert isinstance(map_invoice(inv, mapping, master), MappedInvoice)
 
@@ -295,7 +312,7 @@ def test_gross_total_mismatch(seed, results, mapping, master):
     q = map_invoice(inv, mapping, master)
     assert isinstance(q, Quarantine) and q.codes == ("invalid_amounts",)
     assert "gross-total" in q.reasons[0] and "sum of line totals" in q.reasons[0]
-    inv["gross-total"] = str(Decimal(inv["gross-total"]) - Decimal("0.04"))   # within 0.01
+    inv["gross-total"] = str(Decimal(inv["gross-total"]) - Decimal("0.04"))  # within 0.01
     assert isinstance(map_invoice(inv, mapping, master), MappedInvoice)
 
 
@@ -320,12 +337,13 @@ def test_missing_dimension_value_and_main_account_segment(seed, results, mapping
 
 def test_legal_entity_dimension_values_count(seed, results, mapping):
     rows = copy.deepcopy(seed.d365)
-    rows["FinancialDimensionValues"].append({"FinancialDimension": "CostCenter", "LegalEntityId": "USMF",
-                                             "DimensionValue": "999"})
+    rows["FinancialDimensionValues"].append(
+        {"FinancialDimension": "CostCenter", "LegalEntityId": "USMF", "DimensionValue": "999"}
+    )
     m = D365MasterData.from_rows(rows)
     assert m.dimension_value_exists("CostCenter", "999", "usmf")
     assert not m.dimension_value_exists("CostCenter", "999", "demf")
-    assert m.dimension_value_exists("CostCenter", "cc-10", "demf")   # shared, case-insensitive
+    assert m.dimension_value_exists("CostCenter", "cc-10", "demf")  # shared, case-insensitive
 
 
 def test_legal_entity_not_in_d365(seed, mapping, master):
@@ -375,10 +393,18 @@ def test_map_vendor_fields(mapping, master, suppliers):
     s = suppliers[1]
     body = map_vendor(s, "usmf", mapping, master)
     assert body == {
-        "dataAreaId": "usmf", "VendorAccountNumber": "10001", "VendorGroupId": "10", "CurrencyCode": "USD",
-        "VendorOrganizationName": s["name"], "VendorSearchName": s["name"][:20],
-        "AddressStreet": s["primary-address"]["street1"], "AddressCity": "Chicago", "AddressZipCode": "60601",
-        "AddressCountryRegionId": "USA", "DefaultPaymentTermsName": "Net30", "OnHoldStatus": "No",
+        "dataAreaId": "usmf",
+        "VendorAccountNumber": "10001",
+        "VendorGroupId": "10",
+        "CurrencyCode": "USD",
+        "VendorOrganizationName": s["name"],
+        "VendorSearchName": s["name"][:20],
+        "AddressStreet": s["primary-address"]["street1"],
+        "AddressCity": "Chicago",
+        "AddressZipCode": "60601",
+        "AddressCountryRegionId": "USA",
+        "DefaultPaymentTermsName": "Net30",
+        "OnHoldStatus": "No",
     }
 
 
@@ -428,8 +454,8 @@ def test_vendor_changes_only_real_differences(seed, mapping, master, suppliers):
     current = dict(desired)
     current["VendorOrganizationName"] = "  " + desired["VendorOrganizationName"].upper() + " "
     current["AddressStreet"] = desired["AddressStreet"].replace(" ", "  ")
-    current["VendorSearchName"] = "something else"     # not a sync field
-    current["VendorGroupId"] = "20"                    # not a sync field
+    current["VendorSearchName"] = "something else"  # not a sync field
+    current["VendorGroupId"] = "20"  # not a sync field
     assert vendor_changes(current, desired) == {}
     current["AddressCity"] = "Detroit"
     current["OnHoldStatus"] = "All"
@@ -443,7 +469,9 @@ def test_vendor_changes_only_real_differences(seed, mapping, master, suppliers):
 
 def test_vendor_changes_against_existing_d365_vendors(seed, mapping, master, suppliers):
     for row in seed.d365["VendorsV2"]:
-        ex = next(e for e in seed.expectations["existing_vendors"] if e["VendorAccountNumber"] == row["VendorAccountNumber"])
+        ex = next(
+            e for e in seed.expectations["existing_vendors"] if e["VendorAccountNumber"] == row["VendorAccountNumber"]
+        )
         desired = map_vendor(suppliers[ex["supplier_id"]], row["dataAreaId"], mapping, master)
         changes = vendor_changes(row, desired)
         # name, group, currency, terms and hold status agree; only the address (absent in the seed row) differs
@@ -471,7 +499,7 @@ def test_master_data_queries(seed, master):
 def test_main_accounts_fallback_without_legal_entity_rows(seed):
     rows = {k: v for k, v in seed.d365.items() if k != "MainAccountLegalEntities"}
     m = D365MasterData.from_rows(rows)
-    assert m.main_account_in("demf", "602300")          # falls back to MainAccounts
+    assert m.main_account_in("demf", "602300")  # falls back to MainAccounts
     assert not m.main_account_in("demf", "699999")
 
 

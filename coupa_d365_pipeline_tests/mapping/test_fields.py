@@ -10,7 +10,7 @@ def test_empty_is_empty_and_zero_is_a_value():
 
 def test_numbers_compare_as_decimals_only_when_one_side_is_a_number():
     assert same_value(Decimal("5.00"), 5) and same_value(10.5, "10.50") and same_value(Decimal("1"), "1.0")
-    assert not same_value("0100", "100")          # two texts: an account or item number, not a quantity
+    assert not same_value("0100", "100")  # two texts: an account or item number, not a quantity
     assert not same_value(Decimal("1"), "n/a") and not same_value(True, 1)
 
 

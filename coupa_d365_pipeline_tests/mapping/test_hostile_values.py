@@ -11,10 +11,7 @@ import pytest
 
 from coupa_d365_pipeline.mapping.fields import Quarantine
 from coupa_d365_pipeline.mapping.invoices import MappedInvoice, map_invoice
-from coupa_d365_pipeline.mapping.purchase_orders import (
-    MappedPurchaseOrder,
-    map_purchase_order,
-)
+from coupa_d365_pipeline.mapping.purchase_orders import MappedPurchaseOrder, map_purchase_order
 from coupa_d365_pipeline.mapping.vendors import map_vendor
 
 
@@ -34,8 +31,11 @@ def invoice(seed, mapping, master) -> dict:
 @pytest.fixture
 def credit_note(seed, mapping, master) -> dict:
     for inv in seed.coupa_invoices:
-        if inv["status"] == "approved" and inv.get("is-credit-note") and \
-                isinstance(map_invoice(inv, mapping, master), MappedInvoice):
+        if (
+            inv["status"] == "approved"
+            and inv.get("is-credit-note")
+            and isinstance(map_invoice(inv, mapping, master), MappedInvoice)
+        ):
             return copy.deepcopy(inv)
     raise AssertionError("no credit note")
 
@@ -73,7 +73,7 @@ def test_invoice_number_with_control_characters_is_quarantined(invoice, mapping,
     assert "control_character" in q.codes
     reason = next(r for r in q.reasons if "InvoiceNumber" in r)
     assert "control character" in reason
-    assert "\x00" not in str(q)   # the reason itself is safe to store and send anywhere
+    assert "\x00" not in str(q)  # the reason itself is safe to store and send anywhere
 
 
 def test_line_description_with_nul_is_quarantined_but_newlines_are_fine(invoice, mapping, master):
@@ -82,8 +82,9 @@ def test_line_description_with_nul_is_quarantined_but_newlines_are_fine(invoice,
     invoice["invoice-lines"][1]["description"] = "bad\x00desc"
     q = quarantined(map_invoice(invoice, mapping, master))
     line_no = invoice["invoice-lines"][1]["line-num"]
-    assert any(r.startswith(f"line {line_no}:") and "LineDescription" in r and "control character" in r
-               for r in q.reasons), q
+    assert any(
+        r.startswith(f"line {line_no}:") and "LineDescription" in r and "control character" in r for r in q.reasons
+    ), q
 
 
 def test_vendor_fields_are_checked_against_d365_limits(seed, mapping, master):
@@ -127,8 +128,11 @@ def test_negative_quantity_on_an_invoice_that_is_not_a_credit_note_is_quarantine
     rebalance(invoice)
     q = quarantined(map_invoice(invoice, mapping, master))
     assert "negative_quantity" in q.codes
-    assert any(r.startswith(f"line {line['line-num']}: quantity -3 on an invoice that is not a credit note") and
-               "issue a credit note" in r for r in q.reasons), q
+    assert any(
+        r.startswith(f"line {line['line-num']}: quantity -3 on an invoice that is not a credit note")
+        and "issue a credit note" in r
+        for r in q.reasons
+    ), q
 
 
 def test_negative_quantity_on_a_credit_note_is_booked(credit_note, mapping, master):

@@ -18,14 +18,31 @@ from coupa_d365_pipeline.mapping.purchase_orders import (
 )
 
 HEADER_FIELDS = {
-    "dataAreaId", "PurchaseOrderNumber", "OrderVendorAccountNumber", "InvoiceVendorAccountNumber", "CurrencyCode",
-    "PaymentTermsName", "VendorOrderReference", "PurchaseOrderName", "RequestedDeliveryDate",
+    "dataAreaId",
+    "PurchaseOrderNumber",
+    "OrderVendorAccountNumber",
+    "InvoiceVendorAccountNumber",
+    "CurrencyCode",
+    "PaymentTermsName",
+    "VendorOrderReference",
+    "PurchaseOrderName",
+    "RequestedDeliveryDate",
     "DefaultLedgerDimensionDisplayValue",
 }
 LINE_FIELDS = {
-    "dataAreaId", "PurchaseOrderNumber", "LineNumber", "LineDescription", "OrderedPurchaseQuantity",
-    "PurchaseUnitSymbol", "PurchasePrice", "LineAmount", "RequestedDeliveryDate", "ItemNumber",
-    "ProcurementProductCategoryName", "MainAccountIdDisplayValue", "DefaultLedgerDimensionDisplayValue",
+    "dataAreaId",
+    "PurchaseOrderNumber",
+    "LineNumber",
+    "LineDescription",
+    "OrderedPurchaseQuantity",
+    "PurchaseUnitSymbol",
+    "PurchasePrice",
+    "LineAmount",
+    "RequestedDeliveryDate",
+    "ItemNumber",
+    "ProcurementProductCategoryName",
+    "MainAccountIdDisplayValue",
+    "DefaultLedgerDimensionDisplayValue",
 }
 
 
@@ -131,18 +148,25 @@ def test_header_and_line_fields(seed, results, mapping):
     le = mapping.legal_entity(po["order-lines"][0]["account"]["account-type"]["name"])
     earliest = min(ln["need-by-date"][:10] for ln in po["order-lines"]) + "T12:00:00Z"
     expected = {
-        "dataAreaId": le, "PurchaseOrderNumber": po["po-number"],
-        "OrderVendorAccountNumber": po["supplier"]["number"], "InvoiceVendorAccountNumber": po["supplier"]["number"],
-        "CurrencyCode": po["currency"]["code"], "PaymentTermsName": po["payment-term"]["code"],
-        "VendorOrderReference": po["po-number"], "PurchaseOrderName": po["supplier"]["name"],
+        "dataAreaId": le,
+        "PurchaseOrderNumber": po["po-number"],
+        "OrderVendorAccountNumber": po["supplier"]["number"],
+        "InvoiceVendorAccountNumber": po["supplier"]["number"],
+        "CurrencyCode": po["currency"]["code"],
+        "PaymentTermsName": po["payment-term"]["code"],
+        "VendorOrderReference": po["po-number"],
+        "PurchaseOrderName": po["supplier"]["name"],
         "RequestedDeliveryDate": earliest,
     }
     dim_strings = {ln["DefaultLedgerDimensionDisplayValue"] for ln in r.lines}
     if len(dim_strings) == 1:
         expected["DefaultLedgerDimensionDisplayValue"] = dim_strings.pop()
     assert r.header == expected
-    assert (r.legal_entity, r.vendor_account, r.purchase_order_number) == (le, po["supplier"]["number"],
-                                                                           po["po-number"])
+    assert (r.legal_entity, r.vendor_account, r.purchase_order_number) == (
+        le,
+        po["supplier"]["number"],
+        po["po-number"],
+    )
     for raw, ln in zip(po["order-lines"], r.lines, strict=True):
         acct = raw["account"]
         assert ln["dataAreaId"] == le and ln["PurchaseOrderNumber"] == po["po-number"]
@@ -154,7 +178,10 @@ def test_header_and_line_fields(seed, results, mapping):
         assert ln["RequestedDeliveryDate"] == raw["need-by-date"][:10] + "T12:00:00Z"
         assert ln["MainAccountIdDisplayValue"] == acct["segment-1"]
         assert parse_display_value(ln["DefaultLedgerDimensionDisplayValue"], "-") == [
-            acct["segment-2"], acct["segment-3"], acct["segment-4"] or ""]
+            acct["segment-2"],
+            acct["segment-3"],
+            acct["segment-4"] or "",
+        ]
 
 
 def test_header_dimension_only_when_all_lines_agree(seed, mapping, master):
@@ -166,8 +193,13 @@ def test_header_dimension_only_when_all_lines_agree(seed, mapping, master):
     assert r.header["DefaultLedgerDimensionDisplayValue"] == r.lines[0]["DefaultLedgerDimensionDisplayValue"]
 
     dims = master.dimension_values
-    other_cc = next(v for (d, le), vals in dims.items() if d == "costcenter" for v in sorted(vals)
-                    if v != po["order-lines"][0]["account"]["segment-3"].casefold())
+    other_cc = next(
+        v
+        for (d, le), vals in dims.items()
+        if d == "costcenter"
+        for v in sorted(vals)
+        if v != po["order-lines"][0]["account"]["segment-3"].casefold()
+    )
     po["order-lines"][1]["account"]["segment-3"] = other_cc
     r = map_purchase_order(po, mapping, master)
     assert isinstance(r, MappedPurchaseOrder)
@@ -184,7 +216,7 @@ def test_delivery_dates(seed, mapping, master):
     r = map_purchase_order(po, mapping, master)
     assert isinstance(r, MappedPurchaseOrder)
     assert r.header["RequestedDeliveryDate"] == "2030-05-02T12:00:00Z"
-    assert r.lines[1]["RequestedDeliveryDate"] == "2030-05-02T12:00:00Z"   # the header date
+    assert r.lines[1]["RequestedDeliveryDate"] == "2030-05-02T12:00:00Z"  # the header date
 
     for ln in po["order-lines"]:
         ln["need-by-date"] = None
@@ -246,7 +278,7 @@ def test_item_and_commodity_mapping_tables(seed, mapping, master):
     data["procurement_category"] = {"Coupa Freight": "freight"}
     r = map_purchase_order(po, parse_mapping(data), master)
     assert isinstance(r, MappedPurchaseOrder)
-    assert r.lines[i]["ProcurementProductCategoryName"] == "Freight"   # as spelled in D365
+    assert r.lines[i]["ProcurementProductCategoryName"] == "Freight"  # as spelled in D365
 
     po["order-lines"][i]["item"] = {"item-number": "COUPA-1"}
     data["items"] = {"COUPA-1": "M-1000"}
@@ -278,8 +310,7 @@ def test_unknown_category(seed, mapping, master):
     ln = next(ln for ln in po["order-lines"] if ln["item"] is None)
     ln["commodity"] = {"name": "Catering"}
     q = _quarantine(po, mapping, master, "category_unknown")
-    assert any(f"line {ln['line-num']}: procurement category 'Catering' does not exist in D365" in x
-               for x in q.reasons)
+    assert any(f"line {ln['line-num']}: procurement category 'Catering' does not exist in D365" in x for x in q.reasons)
     ln["commodity"] = None
     q = _quarantine(po, mapping, master, "category_unknown")
     assert any("neither an item nor a commodity" in x for x in q.reasons)
@@ -304,8 +335,9 @@ def test_main_account_problems(seed, mapping, master):
 
 def test_main_account_not_in_legal_entity(seed, mapping, master):
     usmf_only = seed.expectations["usmf_only_main_accounts"][0]
-    po = next(copy.deepcopy(p) for p in seed.coupa_purchase_orders
-              if legal_entity_for_po(p, mapping) not in (None, "usmf"))
+    po = next(
+        copy.deepcopy(p) for p in seed.coupa_purchase_orders if legal_entity_for_po(p, mapping) not in (None, "usmf")
+    )
     po["order-lines"][0]["account"]["segment-1"] = usmf_only
     q = _quarantine(po, mapping, master, "main_account_not_in_legal_entity")
     assert any(f"main account {usmf_only} does not exist in legal entity" in x for x in q.reasons)
@@ -370,7 +402,7 @@ def test_amount_problems(seed, mapping, master):
     q = _quarantine(po, mapping, master, "invalid_amounts")
     assert any("line 1: quantity" in x and "differs by more than 0.01" in x for x in q.reasons)
 
-    ln["total"] = str(Decimal(ln["total"]) - Decimal("0.01"))   # off by 0.01: tolerated
+    ln["total"] = str(Decimal(ln["total"]) - Decimal("0.01"))  # off by 0.01: tolerated
     assert isinstance(map_purchase_order(po, mapping, master), MappedPurchaseOrder)
 
     po["order-lines"][1]["price"] = "12,50"
@@ -388,7 +420,7 @@ def test_line_numbers(seed, mapping, master):
         _quarantine(po, mapping, master, "invalid_line_number")
     po["order-lines"][0]["line-num"] = po["order-lines"][1]["line-num"]
     _quarantine(po, mapping, master, "duplicate_line_number")
-    po["order-lines"][0]["line-num"] = 7   # an int is fine
+    po["order-lines"][0]["line-num"] = 7  # an int is fine
     r = map_purchase_order(po, mapping, master)
     assert isinstance(r, MappedPurchaseOrder) and r.lines[0]["LineNumber"] == 7
 
@@ -428,10 +460,17 @@ def test_all_reasons_are_collected(seed, mapping, master):
     text = next(ln for ln in lines if ln["item"] is None)
     text["commodity"] = {"name": "Catering"}
     q = _quarantine(po, mapping, master, "currency_unknown")
-    assert {"currency_unknown", "supplier_number_null", "unit_unknown", "main_account_not_in_d365",
-            "invalid_line_number", "dimension_value_missing", "category_unknown"} <= set(q.codes)
+    assert {
+        "currency_unknown",
+        "supplier_number_null",
+        "unit_unknown",
+        "main_account_not_in_d365",
+        "invalid_line_number",
+        "dimension_value_missing",
+        "category_unknown",
+    } <= set(q.codes)
     assert len(q.reasons) >= 7 and "; " in str(q)
-    assert all(" in Coupa" in r or " in D365" in r or "mapping" in r for r in q.reasons)   # says what to fix
+    assert all(" in Coupa" in r or " in D365" in r or "mapping" in r for r in q.reasons)  # says what to fix
 
 
 def test_mapping_does_not_modify_the_input(seed, mapping, master):
@@ -444,27 +483,50 @@ def test_mapping_does_not_modify_the_input(seed, mapping, master):
 # ---------------------------------------------------------------------------- updates
 def test_po_line_changes_only_real_differences():
     desired = {
-        "dataAreaId": "usmf", "PurchaseOrderNumber": "4001", "LineNumber": 1,
-        "OrderedPurchaseQuantity": Decimal("5.00"), "PurchasePrice": Decimal("10.50"), "LineAmount": Decimal("52.50"),
-        "RequestedDeliveryDate": "2026-11-29T12:00:00Z", "LineDescription": "Hex  bolt", "ItemNumber": "M-1000",
-        "PurchaseUnitSymbol": "pcs", "MainAccountIdDisplayValue": "601200",
+        "dataAreaId": "usmf",
+        "PurchaseOrderNumber": "4001",
+        "LineNumber": 1,
+        "OrderedPurchaseQuantity": Decimal("5.00"),
+        "PurchasePrice": Decimal("10.50"),
+        "LineAmount": Decimal("52.50"),
+        "RequestedDeliveryDate": "2026-11-29T12:00:00Z",
+        "LineDescription": "Hex  bolt",
+        "ItemNumber": "M-1000",
+        "PurchaseUnitSymbol": "pcs",
+        "MainAccountIdDisplayValue": "601200",
         "DefaultLedgerDimensionDisplayValue": "001-CC\\-10-022",
     }
     current = {
-        "dataAreaId": "USMF", "PurchaseOrderNumber": "4001", "LineNumber": 1,
-        "OrderedPurchaseQuantity": 5, "PurchasePrice": 10.5, "LineAmount": "52.5",
-        "RequestedDeliveryDate": "2026-11-29T00:00:00Z", "LineDescription": "hex bolt ", "ItemNumber": "m-1000",
-        "PurchaseUnitSymbol": "PCS", "ProcurementProductCategoryName": "MRO",   # D365 fills it for item lines
-        "MainAccountIdDisplayValue": "601200", "DefaultLedgerDimensionDisplayValue": "001-cc\\-10-022",
+        "dataAreaId": "USMF",
+        "PurchaseOrderNumber": "4001",
+        "LineNumber": 1,
+        "OrderedPurchaseQuantity": 5,
+        "PurchasePrice": 10.5,
+        "LineAmount": "52.5",
+        "RequestedDeliveryDate": "2026-11-29T00:00:00Z",
+        "LineDescription": "hex bolt ",
+        "ItemNumber": "m-1000",
+        "PurchaseUnitSymbol": "PCS",
+        "ProcurementProductCategoryName": "MRO",  # D365 fills it for item lines
+        "MainAccountIdDisplayValue": "601200",
+        "DefaultLedgerDimensionDisplayValue": "001-cc\\-10-022",
         "PurchaseOrderLineStatus": "Backorder",
     }
     assert po_line_changes(current, desired) == {}
 
-    changed = dict(current, OrderedPurchaseQuantity=6, RequestedDeliveryDate="2026-11-30T12:00:00Z",
-                   LineDescription="Hex nut", MainAccountIdDisplayValue="601300")
+    changed = dict(
+        current,
+        OrderedPurchaseQuantity=6,
+        RequestedDeliveryDate="2026-11-30T12:00:00Z",
+        LineDescription="Hex nut",
+        MainAccountIdDisplayValue="601300",
+    )
     assert po_line_changes(changed, desired) == {
-        "OrderedPurchaseQuantity": Decimal("5.00"), "RequestedDeliveryDate": "2026-11-29T12:00:00Z",
-        "LineDescription": "Hex  bolt", "MainAccountIdDisplayValue": "601200"}
+        "OrderedPurchaseQuantity": Decimal("5.00"),
+        "RequestedDeliveryDate": "2026-11-29T12:00:00Z",
+        "LineDescription": "Hex  bolt",
+        "MainAccountIdDisplayValue": "601200",
+    }
 
     assert po_line_changes({}, {"LineAmount": Decimal("0")}) == {"LineAmount": Decimal("0")}
     assert po_line_changes({"LineDescription": None}, {"LineDescription": ""}) == {}

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import base64
 import threading
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -54,8 +55,9 @@ def serve(server):
 def env(serve):
     sandbox = CoupaSandbox(seed=SEED)
     with httpx.Client(base_url=serve(sandbox), timeout=10) as client:
-        resp = client.post("/oauth2/token", data={"grant_type": "client_credentials", "client_id": CID,
-                                                  "client_secret": SECRET})
+        resp = client.post(
+            "/oauth2/token", data={"grant_type": "client_credentials", "client_id": CID, "client_secret": SECRET}
+        )
         token = resp.json()["access_token"]
         client.headers.update({"Authorization": f"Bearer {token}", "Accept": "application/json"})
         yield sandbox, client
@@ -70,16 +72,25 @@ def get(client, path, **params):
 # ------------------------------------------------------------------------------------------ oauth
 def test_token_success_form_and_basic(env):
     sandbox, client = env
-    r = httpx.post(f"{client.base_url}/oauth2/token", data={
-        "grant_type": "client_credentials", "client_id": CID, "client_secret": SECRET,
-        "scope": "core.invoice.read core.supplier.read"})
+    r = httpx.post(
+        f"{client.base_url}/oauth2/token",
+        data={
+            "grant_type": "client_credentials",
+            "client_id": CID,
+            "client_secret": SECRET,
+            "scope": "core.invoice.read core.supplier.read",
+        },
+    )
     body = r.json()
     assert r.status_code == 200 and body["token_type"] == "bearer" and body["expires_in"] == 86399
     assert body["scope"] == "core.invoice.read core.supplier.read"
     assert body["access_token"].count(".") == 2 and len(body["access_token"]) > 200
     basic = base64.b64encode(f"{CID}:{SECRET}".encode()).decode()
-    r2 = httpx.post(f"{client.base_url}/oauth2/token", data={"grant_type": "client_credentials"},
-                    headers={"Authorization": f"Basic {basic}"})
+    r2 = httpx.post(
+        f"{client.base_url}/oauth2/token",
+        data={"grant_type": "client_credentials"},
+        headers={"Authorization": f"Basic {basic}"},
+    )
     assert r2.status_code == 200 and r2.json()["access_token"] != body["access_token"]
     # the narrow token can read invoices but not purchase orders (403) nor write (403)
     h = {"Authorization": f"Bearer {body['access_token']}", "Accept": "application/json"}
@@ -98,8 +109,15 @@ def test_token_errors(env):
     assert r.status_code == 401 and r.json()["error"] == "invalid_client"
     r = httpx.post(url, data={"grant_type": "password", "client_id": CID, "client_secret": SECRET})
     assert r.status_code == 400 and r.json()["error"] == "unsupported_grant_type"
-    r = httpx.post(url, data={"grant_type": "client_credentials", "client_id": CID, "client_secret": SECRET,
-                              "scope": "core.invoice.read core.everything.admin"})
+    r = httpx.post(
+        url,
+        data={
+            "grant_type": "client_credentials",
+            "client_id": CID,
+            "client_secret": SECRET,
+            "scope": "core.invoice.read core.everything.admin",
+        },
+    )
     assert r.status_code == 400 and r.json()["error"] == "invalid_scope"
 
 
@@ -126,8 +144,10 @@ def test_401_without_token_and_406_without_json_accept(env):
     _, client = env
     r = httpx.get(f"{client.base_url}/api/invoices", headers={"Accept": "application/json"})
     assert r.status_code == 401 and "errors" in r.json() and "WWW-Authenticate" in r.headers
-    r = httpx.get(f"{client.base_url}/api/invoices", headers={"Accept": "application/json",
-                                                              "Authorization": "Bearer forged.token.x"})
+    r = httpx.get(
+        f"{client.base_url}/api/invoices",
+        headers={"Accept": "application/json", "Authorization": "Bearer forged.token.x"},
+    )
     assert r.status_code == 401
     r = client.get("/api/invoices", headers={"Accept": "application/xml"})
     assert r.status_code == 406 and "application/json" in r.json()["errors"]["base"][0]
@@ -193,50 +213,64 @@ def test_every_filter_op(env):
     want = [i["id"] for i in inv if i["status"] in ("approved", "voided")]
     assert _ids(client, "/api/invoices", {"status[in]": "approved,voided"}) == want
     assert _ids(client, "/api/invoices", {"status[not_in]": "approved,voided"}) == [
-        i["id"] for i in inv if i["status"] not in ("approved", "voided")]
+        i["id"] for i in inv if i["status"] not in ("approved", "voided")
+    ]
     assert _ids(client, "/api/invoices", {"status[not_eq]": "approved"}) == [
-        i["id"] for i in inv if i["status"] != "approved"]
+        i["id"] for i in inv if i["status"] != "approved"
+    ]
     # datetime comparisons, hyphen and underscore spelling, Z and +00:00 and bare date
     t = "2026-11-15T00:00:00Z"
     gt = [i["id"] for i in inv if i["updated-at"] > t]
     assert _ids(client, "/api/invoices", {"updated-at[gt]": t}) == gt
     assert _ids(client, "/api/invoices", {"updated_at[gt]": "2026-11-15T00:00:00+00:00"}) == gt
     assert _ids(client, "/api/invoices", {"updated_at[gt_or_eq]": "2026-11-15"}) == [
-        i["id"] for i in inv if i["updated-at"] >= t]
+        i["id"] for i in inv if i["updated-at"] >= t
+    ]
     assert _ids(client, "/api/invoices", {"updated-at[lt]": "2026-11-15T01:00:00+01:00"}) == [
-        i["id"] for i in inv if i["updated-at"] < t]
+        i["id"] for i in inv if i["updated-at"] < t
+    ]
     assert _ids(client, "/api/invoices", {"created-at[lt_or_eq]": inv[9]["created-at"]}) == [
-        i["id"] for i in inv if i["created-at"] <= inv[9]["created-at"]]
+        i["id"] for i in inv if i["created-at"] <= inv[9]["created-at"]
+    ]
     # string ops
     assert _ids(client, "/api/suppliers", {"number[starts_with]": "CP-"}) == [
-        s["id"] for s in sup if (s["number"] or "").startswith("CP-")]
+        s["id"] for s in sup if (s["number"] or "").startswith("CP-")
+    ]
     assert _ids(client, "/api/suppliers", {"name[contains]": "gmbh"}) == [
-        s["id"] for s in sup if "gmbh" in s["name"].lower()]
+        s["id"] for s in sup if "gmbh" in s["name"].lower()
+    ]
     assert _ids(client, "/api/suppliers", {"name[ends_with]": "Ltd"}) == [
-        s["id"] for s in sup if s["name"].endswith("Ltd")]
+        s["id"] for s in sup if s["name"].endswith("Ltd")
+    ]
     assert _ids(client, "/api/suppliers", {"number[blank]": "true"}) == [s["id"] for s in sup if s["number"] is None]
     assert len(_ids(client, "/api/suppliers", {"number[blank]": "false"})) == len(sup) - 2
     # numeric id ops and decimal comparison
     assert _ids(client, "/api/invoices", {"id[gt]": "495"}) == [496, 497, 498, 499, 500]
     assert _ids(client, "/api/invoices", {"id[lt]": "3"}) == [1, 2]
     assert _ids(client, "/api/invoices", {"gross-total[lt]": "0"}) == [
-        i["id"] for i in inv if float(i["gross-total"]) < 0]
+        i["id"] for i in inv if float(i["gross-total"]) < 0
+    ]
     # nested one level and collections
     s = sup[6]
     assert _ids(client, "/api/invoices", {"supplier[id]": s["id"]}) == [
-        i["id"] for i in inv if i["supplier"]["id"] == s["id"]]
+        i["id"] for i in inv if i["supplier"]["id"] == s["id"]
+    ]
     assert _ids(client, "/api/invoices", {"supplier[number]": s["number"]}) == [
-        i["id"] for i in inv if i["supplier"]["number"] == s["number"]]
+        i["id"] for i in inv if i["supplier"]["number"] == s["number"]
+    ]
     assert _ids(client, "/api/invoices", {"account-type[name]": "CA Plant"}) == [
-        i["id"] for i in inv if i["account-type"]["name"] == "CA Plant"]
+        i["id"] for i in inv if i["account-type"]["name"] == "CA Plant"
+    ]
     po_num = SEED.coupa_purchase_orders[0]["po-number"]
     assert _ids(client, "/api/invoices", {"invoice-lines[po-number]": po_num}) == [
-        i["id"] for i in inv if any(ln["po-number"] == po_num for ln in i["invoice-lines"])]
+        i["id"] for i in inv if any(ln["po-number"] == po_num for ln in i["invoice-lines"])
+    ]
     # apostrophe invoice number round-trips
     assert len(_ids(client, "/api/invoices", {"invoice-number": "O'NEIL-2026-001"})) == 1
     # combined filters
     assert _ids(client, "/api/invoices", {"status": "approved", "currency[code]": "GBP", "id[lt_or_eq]": "100"}) == [
-        i["id"] for i in inv if i["status"] == "approved" and i["currency"]["code"] == "GBP" and i["id"] <= 100]
+        i["id"] for i in inv if i["status"] == "approved" and i["currency"]["code"] == "GBP" and i["id"] <= 100
+    ]
     # no match -> []
     assert get(client, "/api/invoices", **{"invoice-number": "does-not-exist"}) == []
     # ignored params accepted
@@ -259,8 +293,9 @@ def test_filter_errors(env):
 def test_mark_exported_and_unmark(env):
     sandbox, client = env
     before = get(client, "/api/invoices/10")
-    r = client.put("/api/invoices/10", params={"exported": "true", "fields": '["id","exported"]'},
-                   json={"status": "ignored"})
+    r = client.put(
+        "/api/invoices/10", params={"exported": "true", "fields": '["id","exported"]'}, json={"status": "ignored"}
+    )
     assert r.status_code == 200 and r.json()["exported"] is True and r.json()["last-exported-at"]
     after = get(client, "/api/invoices/10")
     assert after["updated-at"] == before["updated-at"] and after["status"] == before["status"]
@@ -274,20 +309,36 @@ def test_mark_exported_and_unmark(env):
 
 def test_payments_append_and_validation(env):
     sandbox, client = env
-    body = {"paid": True, "payment-date": "2026-12-01T00:00:00Z", "payment-notes": "ERP pay run 1",
-            "payments": [{"amount-paid": "100.5", "notes": "CHK 1003", "payment-date": "2026-12-01"}]}
+    body = {
+        "paid": True,
+        "payment-date": "2026-12-01T00:00:00Z",
+        "payment-notes": "ERP pay run 1",
+        "payments": [{"amount-paid": "100.5", "notes": "CHK 1003", "payment-date": "2026-12-01"}],
+    }
     r = client.put("/api/invoices/20", json=body)
     inv = r.json()
     assert r.status_code == 200 and inv["paid"] is True and inv["payment-notes"] == "ERP pay run 1"
     assert inv["payment-date"] == "2026-12-01T00:00:00Z"
     assert [(p["amount-paid"], p["notes"], p["payable-type"], p["payable-id"]) for p in inv["payments"]] == [
-        ("100.50", "CHK 1003", "InvoiceHeader", 20)]
+        ("100.50", "CHK 1003", "InvoiceHeader", 20)
+    ]
     assert inv["updated-at"] > SEED.coupa_invoices[19]["updated-at"]
     # identical PUT appends a duplicate (documented worst case)
     assert len(client.put("/api/invoices/20", json=body).json()["payments"]) == 2
     # format 4
-    fmt4 = {"payments": {"payment": [{"payable-type": "InvoiceHeader", "payable-id": "20", "amount-paid": "5.00",
-                                      "notes": "X", "payment-date": "2026-12-02T00:00:00Z"}]}}
+    fmt4 = {
+        "payments": {
+            "payment": [
+                {
+                    "payable-type": "InvoiceHeader",
+                    "payable-id": "20",
+                    "amount-paid": "5.00",
+                    "notes": "X",
+                    "payment-date": "2026-12-02T00:00:00Z",
+                }
+            ]
+        }
+    }
     pays = client.put("/api/invoices/20", json=fmt4).json()["payments"]
     assert len(pays) == 3 and len({p["id"] for p in pays}) == 3
     assert sandbox.state.invoices[20]["payments"][2]["amount-paid"] == "5.00"
@@ -305,28 +356,42 @@ def test_payments_append_and_validation(env):
 
 def test_integration_history_records(env):
     _, client = env
-    ok = {"document-type": "InvoiceHeader", "document-id": 30, "document-status": "approved",
-          "contact-alert-type": "Functional", "status": "Success", "integration": {"code": "D365-AP"},
-          "responses": [{"response-code": "Success-1", "response-message": "Posted as APINV-1"}]}
+    ok = {
+        "document-type": "InvoiceHeader",
+        "document-id": 30,
+        "document-status": "approved",
+        "contact-alert-type": "Functional",
+        "status": "Success",
+        "integration": {"code": "D365-AP"},
+        "responses": [{"response-code": "Success-1", "response-message": "Posted as APINV-1"}],
+    }
     r = client.post("/api/integration_history_records", json=ok)
     rec = r.json()
     assert r.status_code == 201 and rec["resolved"] is False and rec["id"] >= 1 and rec["created-at"]
     assert rec["responses"][0]["response-code"] == "Success-1" and rec["alert"] is False
-    r = client.post("/api/integration_history_records/create_alert", json={
-        "document-type": "InvoiceHeader", "document-id": 31,
-        "responses": [{"response-code": "Error-1", "response-message": "Main account 699999 unknown"}]})
+    r = client.post(
+        "/api/integration_history_records/create_alert",
+        json={
+            "document-type": "InvoiceHeader",
+            "document-id": 31,
+            "responses": [{"response-code": "Error-1", "response-message": "Main account 699999 unknown"}],
+        },
+    )
     alert = r.json()
     assert r.status_code == 201 and alert["status"] == "Error" and alert["alert"] is True
     assert client.post("/api/integration_history_records", json={"document-id": 30}).status_code == 400
     assert client.post("/api/integration_history_records", json={"document-type": "InvoiceHeader"}).status_code == 400
-    r = client.post("/api/integration_history_records", json={"document-type": "InvoiceHeader",
-                                                             "document-id": 999999})
+    r = client.post("/api/integration_history_records", json={"document-type": "InvoiceHeader", "document-id": 999999})
     assert r.status_code == 400 and "document-id" in r.json()["errors"]
-    listed = get(client, "/api/integration_history_records", **{"resolved": "false", "document-type": "InvoiceHeader",
-                                                                "document-id": "31"})
+    listed = get(
+        client,
+        "/api/integration_history_records",
+        **{"resolved": "false", "document-type": "InvoiceHeader", "document-id": "31"},
+    )
     assert [x["id"] for x in listed] == [alert["id"]]
-    assert [x["id"] for x in get(client, "/api/integration_history_records", status="Success",
-                                 **{"document-id": "30"})] == [rec["id"]]
+    assert [
+        x["id"] for x in get(client, "/api/integration_history_records", status="Success", **{"document-id": "30"})
+    ] == [rec["id"]]
     r = client.put(f"/api/integration_history_records/{alert['id']}/resolve")
     assert r.status_code == 200 and r.json()["resolved"] is True
     assert get(client, "/api/integration_history_records", resolved="false", **{"document-id": "31"}) == []
@@ -344,8 +409,9 @@ def test_control_endpoints_and_state_touch(env):
     assert newest["id"] == 40  # touch bumps updated-at past everything stored
     rec = sandbox.state.touch("suppliers", 2, **{"display-name": "Renamed"})
     assert get(client, "/api/suppliers/2")["display-name"] == "Renamed" == rec["display-name"]
-    r = httpx.post(f"{base}/_sandbox/coupa/suppliers", json={"name": "Brand New Ltd", "number": "99999",
-                                                            "status": "active"})
+    r = httpx.post(
+        f"{base}/_sandbox/coupa/suppliers", json={"name": "Brand New Ltd", "number": "99999", "status": "active"}
+    )
     assert r.status_code == 201
     new_id = r.json()["id"]
     assert new_id == len(SEED.coupa_suppliers) + 1
@@ -365,8 +431,10 @@ def test_request_log_and_scripted_429(env):
     client.put("/api/invoices/11", params={"exported": "true"})
     log = httpx.get(f"{client.base_url}/_sandbox/requests").json()
     assert [(e["method"], e["path"], e["status"], e["fault"], e["injected"]) for e in log] == [
-        ("GET", "/api/suppliers", 429, "429", "429"), ("GET", "/api/suppliers", 200, None, None),
-        ("PUT", "/api/invoices/11", 200, None, None)]
+        ("GET", "/api/suppliers", 429, "429", "429"),
+        ("GET", "/api/suppliers", 200, None, None),
+        ("PUT", "/api/invoices/11", 200, None, None),
+    ]
     assert log[1]["query"] == "limit=5" and log[1]["headers"]["authorization"].startswith("Bearer ")
     assert log[2]["query"] == "exported=true"
     assert all("/_sandbox/" not in e.path for e in sandbox.log.snapshot())
@@ -392,8 +460,12 @@ def test_injected_faults_are_marked_in_the_log(env):
             answers.append("dropped")
     assert answers == [503, "dropped", "dropped", 200, 200]
     assert [(e.status, e.fault, e.injected) for e in sandbox.log.snapshot() if e.path == "/api/invoices/12"] == [
-        (503, "5xx", "5xx"), (-1, "drop_before", "drop_before"), (200, "drop_after(status=200)", "drop_after"),
-        (200, None, "latency"), (200, None, None)]
+        (503, "5xx", "5xx"),
+        (-1, "drop_before", "drop_before"),
+        (200, "drop_after(status=200)", "drop_after"),
+        (200, None, "latency"),
+        (200, None, None),
+    ]
     assert sandbox.state.invoices[12]["exported"] is True  # the write behind the drop_after did happen
 
 
@@ -401,8 +473,9 @@ def test_held_request_is_logged_on_arrival_and_runs_when_released(env):
     sandbox, client = env
     hold = sandbox.injector.script(ScriptedFault(kind="hold", method="PUT", path_regex=r"^/api/invoices/13$"))
     answer: list[int] = []
-    sender = threading.Thread(target=lambda: answer.append(
-        client.put("/api/invoices/13", params={"exported": "true"}).status_code))
+    sender = threading.Thread(
+        target=lambda: answer.append(client.put("/api/invoices/13", params={"exported": "true"}).status_code)
+    )
     sender.start()
     [held] = sandbox.log.wait_for(lambda entries: [e for e in entries if e.injected == "hold"], timeout_s=30)
     assert held.status is None and sandbox.state.invoices[13]["exported"] is False and not answer

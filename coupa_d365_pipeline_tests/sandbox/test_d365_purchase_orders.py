@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from decimal import Decimal
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -27,13 +28,24 @@ def master_data() -> dict[str, list[dict]]:
         "LegalEntities": [{"LegalEntityId": "USMF", "Name": "Contoso US"}],
         "Currencies": [{"CurrencyCode": "USD"}],
         "VendorGroups": [{"dataAreaId": "usmf", "VendorGroupId": "10"}],
-        "VendorsV2": [{"dataAreaId": "usmf", "VendorAccountNumber": "US-101", "VendorOrganizationName": "Supplies",
-                       "VendorGroupId": "10", "CurrencyCode": "USD"}],
+        "VendorsV2": [
+            {
+                "dataAreaId": "usmf",
+                "VendorAccountNumber": "US-101",
+                "VendorOrganizationName": "Supplies",
+                "VendorGroupId": "10",
+                "CurrencyCode": "USD",
+            }
+        ],
         "UnitsOfMeasure": [{"UnitSymbol": "ea"}, {"UnitSymbol": "box"}],
-        "ReleasedProductsV2": [{"dataAreaId": "usmf", "ItemNumber": "D0001", "PurchaseUnitSymbol": "ea"},
-                               {"dataAreaId": "usmf", "ItemNumber": "D0002", "PurchaseUnitSymbol": "ea"}],
-        "ProcurementProductCategories": [{"CategoryName": "Office supplies", "CategoryHierarchyName": "Procurement"},
-                                         {"CategoryName": "Furniture", "CategoryHierarchyName": "Procurement"}],
+        "ReleasedProductsV2": [
+            {"dataAreaId": "usmf", "ItemNumber": "D0001", "PurchaseUnitSymbol": "ea"},
+            {"dataAreaId": "usmf", "ItemNumber": "D0002", "PurchaseUnitSymbol": "ea"},
+        ],
+        "ProcurementProductCategories": [
+            {"CategoryName": "Office supplies", "CategoryHierarchyName": "Procurement"},
+            {"CategoryName": "Furniture", "CategoryHierarchyName": "Procurement"},
+        ],
     }
 
 
@@ -43,12 +55,21 @@ class Env:
         self.state: D365State = sandbox.state
         self.url = server.url
         self.http = httpx.Client(base_url=server.url, timeout=10)
-        resp = self.http.post(f"/{TENANT}/oauth2/v2.0/token", data={
-            "grant_type": "client_credentials", "client_id": CLIENT, "client_secret": SECRET,
-            "scope": f"{self.url}/.default"})
+        resp = self.http.post(
+            f"/{TENANT}/oauth2/v2.0/token",
+            data={
+                "grant_type": "client_credentials",
+                "client_id": CLIENT,
+                "client_secret": SECRET,
+                "scope": f"{self.url}/.default",
+            },
+        )
         assert resp.status_code == 200, resp.text
-        self.auth = {"Authorization": f"Bearer {resp.json()['access_token']}", "OData-Version": "4.0",
-                     "Accept": "application/json"}
+        self.auth = {
+            "Authorization": f"Bearer {resp.json()['access_token']}",
+            "OData-Version": "4.0",
+            "Accept": "application/json",
+        }
 
     def get(self, path: str, **params: Any) -> httpx.Response:
         return self.http.get(path, params=params or None, headers=self.auth)
@@ -66,8 +87,10 @@ class Env:
         return self.http.delete(path, headers=self.auth)
 
     def receive(self, line: int, qty: Any, po: str = PO, **extra: Any) -> httpx.Response:
-        return self.http.post("/_sandbox/d365/receive", json={"dataAreaId": "usmf", "PurchaseOrderNumber": po,
-                                                                "LineNumber": line, "Quantity": qty, **extra})
+        return self.http.post(
+            "/_sandbox/d365/receive",
+            json={"dataAreaId": "usmf", "PurchaseOrderNumber": po, "LineNumber": line, "Quantity": qty, **extra},
+        )
 
     def line(self, n: int, po: str = PO) -> dict[str, Any]:
         resp = self.get(line_url(n, po), **{"cross-company": "true"})
@@ -119,16 +142,28 @@ def assert_write_failed(resp: httpx.Response, prefix: str, *texts: str) -> str:
 
 
 def create_po(env: Env, lines: int = 2, **header: Any) -> str:
-    resp = env.post("/data/PurchaseOrderHeadersV2", {"dataAreaId": "usmf", "OrderVendorAccountNumber": "US-101",
-                                                     "CurrencyCode": "USD", **header})
+    resp = env.post(
+        "/data/PurchaseOrderHeadersV2",
+        {"dataAreaId": "usmf", "OrderVendorAccountNumber": "US-101", "CurrencyCode": "USD", **header},
+    )
     assert resp.status_code == 201, resp.text
     po = resp.json()["PurchaseOrderNumber"]
     for n in range(1, lines + 1):
-        r = env.post("/data/PurchaseOrderLinesV2", {
-            "dataAreaId": "usmf", "PurchaseOrderNumber": po, "LineNumber": n, "ItemNumber": "D0001",
-            "LineDescription": f"line {n}", "OrderedPurchaseQuantity": 5 * n, "PurchaseUnitSymbol": "ea",
-            "PurchasePrice": 10, "ProcurementProductCategoryName": "Office supplies",
-            "RequestedDeliveryDate": "2026-12-01T12:00:00Z"})
+        r = env.post(
+            "/data/PurchaseOrderLinesV2",
+            {
+                "dataAreaId": "usmf",
+                "PurchaseOrderNumber": po,
+                "LineNumber": n,
+                "ItemNumber": "D0001",
+                "LineDescription": f"line {n}",
+                "OrderedPurchaseQuantity": 5 * n,
+                "PurchaseUnitSymbol": "ea",
+                "PurchasePrice": 10,
+                "ProcurementProductCategoryName": "Office supplies",
+                "RequestedDeliveryDate": "2026-12-01T12:00:00Z",
+            },
+        )
         assert r.status_code == 201, r.text
     return po
 
@@ -139,35 +174,69 @@ def create_po(env: Env, lines: int = 2, **header: Any) -> str:
 
 
 def test_create_defaults(env: Env) -> None:
-    resp = env.post("/data/PurchaseOrderHeadersV2", {"dataAreaId": "usmf", "OrderVendorAccountNumber": "US-101",
-                                                     "CurrencyCode": "USD"})
+    resp = env.post(
+        "/data/PurchaseOrderHeadersV2",
+        {"dataAreaId": "usmf", "OrderVendorAccountNumber": "US-101", "CurrencyCode": "USD"},
+    )
     assert resp.status_code == 201, resp.text
     header = resp.json()
     assert header["PurchaseOrderNumber"] == PO
     assert header["PurchaseOrderStatus"] == "Backorder" and header["DocumentApprovalStatus"] == "Approved"
-    line = env.post("/data/PurchaseOrderLinesV2", {"dataAreaId": "usmf", "PurchaseOrderNumber": PO, "LineNumber": 1,
-                                                   "ItemNumber": "D0001", "OrderedPurchaseQuantity": 3,
-                                                   "PurchasePrice": 12.345, "PurchaseUnitSymbol": "ea"})
+    line = env.post(
+        "/data/PurchaseOrderLinesV2",
+        {
+            "dataAreaId": "usmf",
+            "PurchaseOrderNumber": PO,
+            "LineNumber": 1,
+            "ItemNumber": "D0001",
+            "OrderedPurchaseQuantity": 3,
+            "PurchasePrice": 12.345,
+            "PurchaseUnitSymbol": "ea",
+        },
+    )
     assert line.status_code == 201, line.text
     body = line.json()
     assert body["PurchaseOrderLineStatus"] == "Backorder"
     assert Decimal(str(body["LineAmount"])) == Decimal("37.04")  # 37.035 rounded half-up
     # values given by the client win
-    given = env.post("/data/PurchaseOrderLinesV2", {"dataAreaId": "usmf", "PurchaseOrderNumber": PO, "LineNumber": 2,
-                                                    "ItemNumber": "D0001", "OrderedPurchaseQuantity": 3,
-                                                    "PurchasePrice": 10, "LineAmount": 25})
+    given = env.post(
+        "/data/PurchaseOrderLinesV2",
+        {
+            "dataAreaId": "usmf",
+            "PurchaseOrderNumber": PO,
+            "LineNumber": 2,
+            "ItemNumber": "D0001",
+            "OrderedPurchaseQuantity": 3,
+            "PurchasePrice": 10,
+            "LineAmount": 25,
+        },
+    )
     assert given.status_code == 201 and given.json()["LineAmount"] == 25
-    draft = env.post("/data/PurchaseOrderHeadersV2", {"dataAreaId": "usmf", "OrderVendorAccountNumber": "US-101",
-                                                      "DocumentApprovalStatus": "Draft"})
+    draft = env.post(
+        "/data/PurchaseOrderHeadersV2",
+        {"dataAreaId": "usmf", "OrderVendorAccountNumber": "US-101", "DocumentApprovalStatus": "Draft"},
+    )
     assert draft.json()["DocumentApprovalStatus"] == "Draft" and draft.json()["PurchaseOrderStatus"] == "Backorder"
 
 
 def test_load_applies_the_same_defaults() -> None:
     state = D365State(master_data=master_data())
-    state.load("PurchaseOrderHeadersV2", [{"dataAreaId": "usmf", "PurchaseOrderNumber": "PO-L",
-                                           "OrderVendorAccountNumber": "US-101"}])
-    state.load("PurchaseOrderLinesV2", [{"dataAreaId": "usmf", "PurchaseOrderNumber": "PO-L", "LineNumber": 1,
-                                         "OrderedPurchaseQuantity": 4, "PurchasePrice": 2.5}])
+    state.load(
+        "PurchaseOrderHeadersV2",
+        [{"dataAreaId": "usmf", "PurchaseOrderNumber": "PO-L", "OrderVendorAccountNumber": "US-101"}],
+    )
+    state.load(
+        "PurchaseOrderLinesV2",
+        [
+            {
+                "dataAreaId": "usmf",
+                "PurchaseOrderNumber": "PO-L",
+                "LineNumber": 1,
+                "OrderedPurchaseQuantity": 4,
+                "PurchasePrice": 2.5,
+            }
+        ],
+    )
     header = state.get("PurchaseOrderHeadersV2", {"dataAreaId": "usmf", "PurchaseOrderNumber": "PO-L"})
     line = state.get("PurchaseOrderLinesV2", {"dataAreaId": "usmf", "PurchaseOrderNumber": "PO-L", "LineNumber": 1})
     assert header and line
@@ -197,8 +266,11 @@ def test_receive_partially_then_fully(env: Env) -> None:
     rline = result["ProductReceiptLine"]
     assert rline["ProductReceiptNumber"] == "PR-000001" and rline["ProductReceiptDate"] == "2026-11-21T12:00:00Z"
     assert (rline["PurchaseOrderNumber"], rline["PurchaseOrderLineNumber"]) == (PO, 1)
-    assert (rline["ReceivedPurchaseQuantity"], rline["RemainingPurchaseQuantity"], rline["OrderedPurchaseQuantity"]) \
-        == (2, 3, 5)
+    assert (
+        rline["ReceivedPurchaseQuantity"],
+        rline["RemainingPurchaseQuantity"],
+        rline["OrderedPurchaseQuantity"],
+    ) == (2, 3, 5)
     assert rline["ItemNumber"] == "D0001" and rline["PurchaseUnitSymbol"] == "ea"
     assert rline["ProductReceiptHeaderRecordId"] == result["ProductReceiptHeader"]["RecordId"]
     assert env.line(1)["PurchaseOrderLineStatus"] == "Backorder"
@@ -213,13 +285,19 @@ def test_receive_partially_then_fully(env: Env) -> None:
     assert env.header()["PurchaseOrderStatus"] == "Backorder"  # line 2 is still open
 
     # receipts are readable over OData; V1 lines mirror V2 with the same RecordId
-    headers = env.get("/data/ProductReceiptHeaders", **{"cross-company": "true",
-                                                        "$filter": f"PurchaseOrderNumber eq '{PO}'"}).json()["value"]
+    headers = env.get(
+        "/data/ProductReceiptHeaders", **{"cross-company": "true", "$filter": f"PurchaseOrderNumber eq '{PO}'"}
+    ).json()["value"]
     assert [h["ProductReceiptNumber"] for h in headers] == ["PR-000001", "PR-000002"]
     assert {h["OrderVendorAccountNumber"] for h in headers} == {"US-101"}
-    v2 = env.get("/data/ProductReceiptLinesV2", **{"cross-company": "true", "$orderby": "ProductReceiptNumber",
-                                                  "$filter": f"PurchaseOrderNumber eq '{PO}' and "
-                                                             "PurchaseOrderLineNumber eq 1"}).json()["value"]
+    v2 = env.get(
+        "/data/ProductReceiptLinesV2",
+        **{
+            "cross-company": "true",
+            "$orderby": "ProductReceiptNumber",
+            "$filter": f"PurchaseOrderNumber eq '{PO}' and PurchaseOrderLineNumber eq 1",
+        },
+    ).json()["value"]
     v1 = env.get("/data/ProductReceiptLines", **{"cross-company": "true", "$orderby": "ProductReceiptNumber"}).json()
     assert [(r["ReceivedPurchaseQuantity"], r["RemainingPurchaseQuantity"]) for r in v2] == [(2, 3), (3, 0)]
     assert [r["RecordId"] for r in v1["value"]] == [r["RecordId"] for r in v2]
@@ -232,10 +310,20 @@ def test_receive_partially_then_fully(env: Env) -> None:
 
 def test_receive_through_state_directly() -> None:
     state = D365State(master_data=master_data())
-    state.create("PurchaseOrderHeadersV2", {"dataAreaId": "usmf", "PurchaseOrderNumber": "PO-S",
-                                            "OrderVendorAccountNumber": "US-101"})
-    state.create("PurchaseOrderLinesV2", {"dataAreaId": "usmf", "PurchaseOrderNumber": "PO-S", "LineNumber": 1,
-                                          "OrderedPurchaseQuantity": 2, "PurchasePrice": 1})
+    state.create(
+        "PurchaseOrderHeadersV2",
+        {"dataAreaId": "usmf", "PurchaseOrderNumber": "PO-S", "OrderVendorAccountNumber": "US-101"},
+    )
+    state.create(
+        "PurchaseOrderLinesV2",
+        {
+            "dataAreaId": "usmf",
+            "PurchaseOrderNumber": "PO-S",
+            "LineNumber": 1,
+            "OrderedPurchaseQuantity": 2,
+            "PurchasePrice": 1,
+        },
+    )
     result = state.receive_po_line("USMF", "PO-S", 1, 2)
     assert result["PurchaseOrderLine"]["PurchaseOrderLineStatus"] == "Received"
     assert result["PurchaseOrderHeader"]["PurchaseOrderStatus"] == "Received"
@@ -280,34 +368,48 @@ def test_receive_unapproved_po_is_rejected(env: Env) -> None:
 # Rules on received lines
 # ---------------------------------------------------------------------------------------------
 
-RECEIVED_MSG = f"Warning: Purchase order line {PO} line 1 has been received; quantity, price, item and unit cannot " \
-               "be changed."
+RECEIVED_MSG = (
+    f"Warning: Purchase order line {PO} line 1 has been received; quantity, price, item and unit cannot be changed."
+)
 
 
-@pytest.mark.parametrize("change", [
-    {"OrderedPurchaseQuantity": 6}, {"OrderedPurchaseQuantity": 4}, {"PurchasePrice": 11}, {"ItemNumber": "D0002"},
-    {"PurchaseUnitSymbol": "box"}, {"LineAmount": 1}, {"ProcurementProductCategoryName": "Furniture"},
-    {"LineDescription": "new text", "PurchasePrice": 9},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"OrderedPurchaseQuantity": 6},
+        {"OrderedPurchaseQuantity": 4},
+        {"PurchasePrice": 11},
+        {"ItemNumber": "D0002"},
+        {"PurchaseUnitSymbol": "box"},
+        {"LineAmount": 1},
+        {"ProcurementProductCategoryName": "Furniture"},
+        {"LineDescription": "new text", "PurchasePrice": 9},
+    ],
+)
 def test_received_line_frozen_fields(env: Env, change: dict) -> None:
     create_po(env)
     assert env.receive(1, 2).status_code == 200
     before = env.line(1)
     resp = env.patch(line_url(1), change)
     field = next(k for k in change if k != "LineDescription")
-    assert_write_failed(resp, LINE_AOT + RECEIVED_MSG,
-                        f"Warning: validateField failed on field 'PurchPurchaseOrderLineV2Entity.{field}'.")
+    assert_write_failed(
+        resp,
+        LINE_AOT + RECEIVED_MSG,
+        f"Warning: validateField failed on field 'PurchPurchaseOrderLineV2Entity.{field}'.",
+    )
     after = env.line(1)
     assert {k: v for k, v in after.items() if k != "@odata.etag"} == {
-        k: v for k, v in before.items() if k != "@odata.etag"}
+        k: v for k, v in before.items() if k != "@odata.etag"
+    }
 
 
 def test_quantity_below_received_names_the_received_quantity(env: Env) -> None:
     create_po(env)
     env.receive(1, 4)
     resp = env.patch(line_url(1), {"OrderedPurchaseQuantity": 3})
-    assert_write_failed(resp, LINE_AOT + RECEIVED_MSG,
-                        "Warning: The ordered quantity 3 is less than the quantity already received (4).")
+    assert_write_failed(
+        resp, LINE_AOT + RECEIVED_MSG, "Warning: The ordered quantity 3 is less than the quantity already received (4)."
+    )
 
 
 def test_fully_received_and_invoiced_lines_are_frozen_too(env: Env) -> None:
@@ -315,22 +417,46 @@ def test_fully_received_and_invoiced_lines_are_frozen_too(env: Env) -> None:
     env.receive(1, 5)
     assert_write_failed(env.patch(line_url(1), {"PurchasePrice": 1}), LINE_AOT + RECEIVED_MSG)
     # a line in status Invoiced (no receipt rows) is treated the same way
-    env.state.load("PurchaseOrderLinesV2", [{"dataAreaId": "usmf", "PurchaseOrderNumber": PO, "LineNumber": 3,
-                                             "OrderedPurchaseQuantity": 1, "PurchasePrice": 1,
-                                             "PurchaseOrderLineStatus": "Invoiced"}])
-    assert_write_failed(env.patch(line_url(3), {"OrderedPurchaseQuantity": 2}), LINE_AOT,
-                        f"Warning: Purchase order line {PO} line 3 has been invoiced; quantity, price, item and unit "
-                        "cannot be changed.")
-    assert_write_failed(env.delete(line_url(3)), LINE_AOT,
-                        f"Warning: Purchase order line {PO} line 3 has been invoiced and cannot be deleted.")
+    env.state.load(
+        "PurchaseOrderLinesV2",
+        [
+            {
+                "dataAreaId": "usmf",
+                "PurchaseOrderNumber": PO,
+                "LineNumber": 3,
+                "OrderedPurchaseQuantity": 1,
+                "PurchasePrice": 1,
+                "PurchaseOrderLineStatus": "Invoiced",
+            }
+        ],
+    )
+    assert_write_failed(
+        env.patch(line_url(3), {"OrderedPurchaseQuantity": 2}),
+        LINE_AOT,
+        f"Warning: Purchase order line {PO} line 3 has been invoiced; quantity, price, item and unit "
+        "cannot be changed.",
+    )
+    assert_write_failed(
+        env.delete(line_url(3)),
+        LINE_AOT,
+        f"Warning: Purchase order line {PO} line 3 has been invoiced and cannot be deleted.",
+    )
 
 
 def test_received_line_accepts_date_description_and_unchanged_values(env: Env) -> None:
     create_po(env)
     env.receive(1, 2)
-    resp = env.patch(line_url(1), {"RequestedDeliveryDate": "2027-01-15T12:00:00Z", "LineDescription": "late",
-                                   "OrderedPurchaseQuantity": 5, "PurchasePrice": 10, "ItemNumber": "d0001",
-                                   "PurchaseOrderLineStatus": "Backorder"})
+    resp = env.patch(
+        line_url(1),
+        {
+            "RequestedDeliveryDate": "2027-01-15T12:00:00Z",
+            "LineDescription": "late",
+            "OrderedPurchaseQuantity": 5,
+            "PurchasePrice": 10,
+            "ItemNumber": "d0001",
+            "PurchaseOrderLineStatus": "Backorder",
+        },
+    )
     assert resp.status_code == 204, resp.text
     line = env.line(1)
     assert line["RequestedDeliveryDate"] == "2027-01-15T12:00:00Z" and line["LineDescription"] == "late"
@@ -340,10 +466,14 @@ def test_received_line_accepts_date_description_and_unchanged_values(env: Env) -
 def test_delete_received_line_and_header_are_rejected(env: Env) -> None:
     create_po(env)
     env.receive(1, 1)
-    assert_write_failed(env.delete(line_url(1)), LINE_AOT,
-                        f"Warning: Purchase order line {PO} line 1 has been received and cannot be deleted.")
-    assert_write_failed(env.delete(header_url()), HEADER_AOT,
-                        f"Warning: Purchase order {PO} has been received and cannot be deleted.")
+    assert_write_failed(
+        env.delete(line_url(1)),
+        LINE_AOT,
+        f"Warning: Purchase order line {PO} line 1 has been received and cannot be deleted.",
+    )
+    assert_write_failed(
+        env.delete(header_url()), HEADER_AOT, f"Warning: Purchase order {PO} has been received and cannot be deleted."
+    )
     assert len(env.state.find("PurchaseOrderLinesV2", PurchaseOrderNumber=PO)) == 2
     # an unreceived line can go; the header status follows the remaining lines
     env.receive(1, 4)
@@ -351,8 +481,16 @@ def test_delete_received_line_and_header_are_rejected(env: Env) -> None:
     assert env.delete(line_url(2)).status_code == 204
     assert env.header()["PurchaseOrderStatus"] == "Received"
     # a new line re-opens the order
-    r = env.post("/data/PurchaseOrderLinesV2", {"dataAreaId": "usmf", "PurchaseOrderNumber": PO, "LineNumber": 3,
-                                                "OrderedPurchaseQuantity": 1, "PurchasePrice": 1})
+    r = env.post(
+        "/data/PurchaseOrderLinesV2",
+        {
+            "dataAreaId": "usmf",
+            "PurchaseOrderNumber": PO,
+            "LineNumber": 3,
+            "OrderedPurchaseQuantity": 1,
+            "PurchasePrice": 1,
+        },
+    )
     assert r.status_code == 201
     assert env.header()["PurchaseOrderStatus"] == "Backorder"
 
@@ -377,15 +515,25 @@ def test_cancel_unreceived_lines_and_header_turns_canceled(env: Env) -> None:
     assert env.header()["PurchaseOrderStatus"] == "Canceled"
 
     # a canceled line: description and dates only
-    assert env.patch(line_url(1), {"LineDescription": "was line 1",
-                                   "RequestedDeliveryDate": "2027-02-01T12:00:00Z"}).status_code == 204
-    assert_write_failed(env.patch(line_url(1), {"PurchasePrice": 3}), LINE_AOT,
-                        f"Warning: Purchase order line {PO} line 1 is canceled; only the description and the delivery "
-                        "dates can be changed.",
-                        "Warning: validateField failed on field 'PurchPurchaseOrderLineV2Entity.PurchasePrice'.")
-    assert_write_failed(env.patch(line_url(1), {"PurchaseOrderLineStatus": "Backorder"}), LINE_AOT,
-                        f"Warning: The status of purchase order line {PO} line 1 is set by D365 itself (product "
-                        "receipt, invoicing, cancellation) and cannot be changed to 'Backorder'.")
+    assert (
+        env.patch(
+            line_url(1), {"LineDescription": "was line 1", "RequestedDeliveryDate": "2027-02-01T12:00:00Z"}
+        ).status_code
+        == 204
+    )
+    assert_write_failed(
+        env.patch(line_url(1), {"PurchasePrice": 3}),
+        LINE_AOT,
+        f"Warning: Purchase order line {PO} line 1 is canceled; only the description and the delivery "
+        "dates can be changed.",
+        "Warning: validateField failed on field 'PurchPurchaseOrderLineV2Entity.PurchasePrice'.",
+    )
+    assert_write_failed(
+        env.patch(line_url(1), {"PurchaseOrderLineStatus": "Backorder"}),
+        LINE_AOT,
+        f"Warning: The status of purchase order line {PO} line 1 is set by D365 itself (product "
+        "receipt, invoicing, cancellation) and cannot be changed to 'Backorder'.",
+    )
     assert env.receive(1, 1).status_code == 400  # nothing can be received on a canceled line
     # re-sending the current status is no change
     assert env.patch(line_url(1), {"PurchaseOrderLineStatus": "Canceled"}).status_code == 204
@@ -402,26 +550,35 @@ def test_partly_canceled_po_is_received_when_the_rest_is(env: Env) -> None:
 def test_cancel_received_line_is_rejected(env: Env, received: int) -> None:
     create_po(env)
     env.receive(1, received)
-    assert_write_failed(env.patch(line_url(1), {"PurchaseOrderLineStatus": "Canceled"}), LINE_AOT,
-                        f"Warning: Purchase order line {PO} line 1 has been received and cannot be canceled.")
+    assert_write_failed(
+        env.patch(line_url(1), {"PurchaseOrderLineStatus": "Canceled"}),
+        LINE_AOT,
+        f"Warning: Purchase order line {PO} line 1 has been received and cannot be canceled.",
+    )
     assert env.line(1)["PurchaseOrderLineStatus"] == ("Received" if received == 5 else "Backorder")
 
 
 @pytest.mark.parametrize("status", ["Received", "Invoiced", "None"])
 def test_line_status_is_set_by_d365(env: Env, status: str) -> None:
     create_po(env)
-    assert_write_failed(env.patch(line_url(1), {"PurchaseOrderLineStatus": status}), LINE_AOT,
-                        f"Warning: The status of purchase order line {PO} line 1 is set by D365 itself (product "
-                        f"receipt, invoicing, cancellation) and cannot be changed to '{status}'.")
+    assert_write_failed(
+        env.patch(line_url(1), {"PurchaseOrderLineStatus": status}),
+        LINE_AOT,
+        f"Warning: The status of purchase order line {PO} line 1 is set by D365 itself (product "
+        f"receipt, invoicing, cancellation) and cannot be changed to '{status}'.",
+    )
     assert env.line(1)["PurchaseOrderLineStatus"] == "Backorder"
 
 
 @pytest.mark.parametrize("status", ["Canceled", "Received", "Invoiced", "None"])
 def test_header_status_is_set_by_d365(env: Env, status: str) -> None:
     create_po(env)
-    assert_write_failed(env.patch(header_url(), {"PurchaseOrderStatus": status}), HEADER_AOT,
-                        f"Warning: The status of purchase order {PO} is set by D365 itself from its lines and cannot "
-                        f"be changed to '{status}'.")
+    assert_write_failed(
+        env.patch(header_url(), {"PurchaseOrderStatus": status}),
+        HEADER_AOT,
+        f"Warning: The status of purchase order {PO} is set by D365 itself from its lines and cannot "
+        f"be changed to '{status}'.",
+    )
     assert env.header()["PurchaseOrderStatus"] == "Backorder"
     # unchanged status and other header fields are fine
     assert env.patch(header_url(), {"PurchaseOrderStatus": "Backorder", "PurchaseOrderName": "x"}).status_code == 204
@@ -448,11 +605,18 @@ def batch(env: Env, requests: list[tuple[str, str, dict | None]]) -> httpx.Respo
         parts.append(
             f"--changeset_c1\r\nContent-Type: application/http\r\nContent-Transfer-Encoding: binary\r\n"
             f"Content-ID: {n}\r\n\r\n{method} {env.url}{path} HTTP/1.1\r\nOData-Version: 4.0\r\n"
-            f"Content-Type: application/json;odata.metadata=minimal\r\n\r\n{payload}\r\n")
-    text = ("--batch_b1\r\nContent-Type: multipart/mixed; boundary=changeset_c1\r\n\r\n" + "".join(parts)
-            + "--changeset_c1--\r\n--batch_b1--\r\n")
-    return env.http.post("/data/$batch", content=text.encode(), headers={
-        **env.auth, "Content-Type": "multipart/mixed; boundary=batch_b1", "Accept": "multipart/mixed"})
+            f"Content-Type: application/json;odata.metadata=minimal\r\n\r\n{payload}\r\n"
+        )
+    text = (
+        "--batch_b1\r\nContent-Type: multipart/mixed; boundary=changeset_c1\r\n\r\n"
+        + "".join(parts)
+        + "--changeset_c1--\r\n--batch_b1--\r\n"
+    )
+    return env.http.post(
+        "/data/$batch",
+        content=text.encode(),
+        headers={**env.auth, "Content-Type": "multipart/mixed; boundary=batch_b1", "Accept": "multipart/mixed"},
+    )
 
 
 def statuses(resp: httpx.Response) -> list[tuple[str, str]]:
@@ -462,9 +626,14 @@ def statuses(resp: httpx.Response) -> list[tuple[str, str]]:
 def test_batch_applies_the_rules_and_rolls_back(env: Env) -> None:
     create_po(env)
     env.receive(1, 2)
-    resp = batch(env, [("PATCH", line_url(1), {"LineDescription": "in batch"}),
-                       ("PATCH", line_url(2), {"PurchaseOrderLineStatus": "Canceled"}),
-                       ("PATCH", line_url(1), {"PurchasePrice": 99})])
+    resp = batch(
+        env,
+        [
+            ("PATCH", line_url(1), {"LineDescription": "in batch"}),
+            ("PATCH", line_url(2), {"PurchaseOrderLineStatus": "Canceled"}),
+            ("PATCH", line_url(1), {"PurchasePrice": 99}),
+        ],
+    )
     assert resp.status_code == 200
     assert statuses(resp) == [("3", "500")]
     assert RECEIVED_MSG in resp.text and WRITE_EXCEPTION in resp.text
@@ -472,14 +641,18 @@ def test_batch_applies_the_rules_and_rolls_back(env: Env) -> None:
     assert env.line(2)["PurchaseOrderLineStatus"] == "Backorder"
     assert env.header()["PurchaseOrderStatus"] == "Backorder"
 
-    resp = batch(env, [("PATCH", line_url(2), {"PurchaseOrderLineStatus": "Canceled"}),
-                       ("DELETE", header_url(), None)])
+    resp = batch(env, [("PATCH", line_url(2), {"PurchaseOrderLineStatus": "Canceled"}), ("DELETE", header_url(), None)])
     assert statuses(resp) == [("2", "500")]
     assert f"Purchase order {PO} has been received and cannot be deleted." in resp.text
     assert env.line(2)["PurchaseOrderLineStatus"] == "Backorder"
 
-    resp = batch(env, [("PATCH", line_url(2), {"PurchaseOrderLineStatus": "Canceled"}),
-                       ("PATCH", header_url(), {"PurchaseOrderName": "after cancel"})])
+    resp = batch(
+        env,
+        [
+            ("PATCH", line_url(2), {"PurchaseOrderLineStatus": "Canceled"}),
+            ("PATCH", header_url(), {"PurchaseOrderName": "after cancel"}),
+        ],
+    )
     assert statuses(resp) == [("1", "204"), ("2", "204")]
     assert env.line(2)["PurchaseOrderLineStatus"] == "Canceled"
     assert env.header()["PurchaseOrderName"] == "after cancel"

@@ -5,8 +5,9 @@ from __future__ import annotations
 import base64
 import json
 import re
+from collections.abc import Iterator
 from decimal import Decimal
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -25,27 +26,58 @@ def master_data() -> dict[str, list[dict]]:
         "VendorGroups": [{"dataAreaId": "usmf", "VendorGroupId": "10"}, {"dataAreaId": "dat", "VendorGroupId": "10"}],
         "PaymentTerms": [{"dataAreaId": "usmf", "Name": "Net30", "NumberOfDays": 30}],
         "VendorsV2": [
-            {"dataAreaId": "usmf", "VendorAccountNumber": "US-101", "VendorOrganizationName": "O'Brien Supplies",
-             "VendorGroupId": "10", "CurrencyCode": "USD", "OnHoldStatus": "No"},
-            {"dataAreaId": "usmf", "VendorAccountNumber": "US-102", "VendorOrganizationName": "Fabrikam",
-             "VendorGroupId": "10", "CurrencyCode": "EUR"},
-            {"dataAreaId": "dat", "VendorAccountNumber": "DAT-001", "VendorOrganizationName": "Dat Vendor",
-             "VendorGroupId": "10"},
+            {
+                "dataAreaId": "usmf",
+                "VendorAccountNumber": "US-101",
+                "VendorOrganizationName": "O'Brien Supplies",
+                "VendorGroupId": "10",
+                "CurrencyCode": "USD",
+                "OnHoldStatus": "No",
+            },
+            {
+                "dataAreaId": "usmf",
+                "VendorAccountNumber": "US-102",
+                "VendorOrganizationName": "Fabrikam",
+                "VendorGroupId": "10",
+                "CurrencyCode": "EUR",
+            },
+            {
+                "dataAreaId": "dat",
+                "VendorAccountNumber": "DAT-001",
+                "VendorOrganizationName": "Dat Vendor",
+                "VendorGroupId": "10",
+            },
         ],
         "ReleasedProductsV2": [{"dataAreaId": "usmf", "ItemNumber": "D0001", "PurchaseUnitSymbol": "ea"}],
         "UnitsOfMeasure": [{"UnitSymbol": "ea"}],
-        "MainAccounts": [{"ChartOfAccounts": "Shared", "MainAccountId": "600150", "Name": "Supplies"},
-                         {"ChartOfAccounts": "Shared", "MainAccountId": "600160", "Name": "Other"}],
+        "MainAccounts": [
+            {"ChartOfAccounts": "Shared", "MainAccountId": "600150", "Name": "Supplies"},
+            {"ChartOfAccounts": "Shared", "MainAccountId": "600160", "Name": "Other"},
+        ],
         "MainAccountLegalEntities": [{"ChartOfAccounts": "Shared", "MainAccountId": "600150", "LegalEntityId": "usmf"}],
         "FinancialDimensionValues": [
             {"FinancialDimension": "BusinessUnit", "LegalEntityId": "", "DimensionValue": "001"},
             {"FinancialDimension": "CostCenter", "LegalEntityId": "usmf", "DimensionValue": "CC-10"},
             {"FinancialDimension": "Department", "LegalEntityId": "usmf", "DimensionValue": "022"},
         ],
-        "PurchaseOrderHeadersV2": [{"dataAreaId": "usmf", "PurchaseOrderNumber": "PO-EX-1",
-                                    "OrderVendorAccountNumber": "US-101", "CurrencyCode": "USD"}],
-        "PurchaseOrderLinesV2": [{"dataAreaId": "usmf", "PurchaseOrderNumber": "PO-EX-1", "LineNumber": 1,
-                                  "ItemNumber": "D0001", "OrderedPurchaseQuantity": 2, "PurchasePrice": 50}],
+        "PurchaseOrderHeadersV2": [
+            {
+                "dataAreaId": "usmf",
+                "PurchaseOrderNumber": "PO-EX-1",
+                "OrderVendorAccountNumber": "US-101",
+                "CurrencyCode": "USD",
+            }
+        ],
+        "PurchaseOrderLinesV2": [
+            {
+                "dataAreaId": "usmf",
+                "PurchaseOrderNumber": "PO-EX-1",
+                "LineNumber": 1,
+                "ItemNumber": "D0001",
+                "OrderedPurchaseQuantity": 2,
+                "PurchasePrice": 50,
+            }
+        ],
     }
 
 
@@ -57,9 +89,15 @@ class Env:
         self._token: str | None = None
 
     def token(self, scope: str | None = None) -> str:
-        resp = self.http.post(f"/{TENANT}/oauth2/v2.0/token", data={
-            "grant_type": "client_credentials", "client_id": CLIENT, "client_secret": SECRET,
-            "scope": scope or f"{self.url}/.default"})
+        resp = self.http.post(
+            f"/{TENANT}/oauth2/v2.0/token",
+            data={
+                "grant_type": "client_credentials",
+                "client_id": CLIENT,
+                "client_secret": SECRET,
+                "scope": scope or f"{self.url}/.default",
+            },
+        )
         assert resp.status_code == 200, resp.text
         return resp.json()["access_token"]
 
@@ -105,9 +143,15 @@ def inner(resp: httpx.Response) -> str:
     return resp.json()["error"]["innererror"]["message"]
 
 
-HEADER = {"dataAreaId": "usmf", "InvoiceAccount": "US-101", "InvoiceNumber": "COUPA-INV-1",
-          "InvoiceDate": "2026-01-15T12:00:00Z", "Currency": "USD", "InvoiceDescription": "Coupa 1",
-          "ImportedAmount": 150}
+HEADER = {
+    "dataAreaId": "usmf",
+    "InvoiceAccount": "US-101",
+    "InvoiceNumber": "COUPA-INV-1",
+    "InvoiceDate": "2026-01-15T12:00:00Z",
+    "Currency": "USD",
+    "InvoiceDescription": "Coupa 1",
+    "ImportedAmount": 150,
+}
 
 
 def create_invoice(env: Env, number: str = "COUPA-INV-1", lines: int = 2) -> str:
@@ -115,9 +159,18 @@ def create_invoice(env: Env, number: str = "COUPA-INV-1", lines: int = 2) -> str
     assert resp.status_code == 201, resp.text
     ref = resp.json()["HeaderReference"]
     for n in range(1, lines + 1):
-        line = {"dataAreaId": "usmf", "HeaderReference": ref, "InvoiceLineNumber": n, "LineDescription": f"l{n}",
-                "ReceiveNow": 1, "UnitPrice": 50 * n, "Amount": 50 * n, "Currency": "USD",
-                "MainAccountDisplayValue": "600150", "DimensionDisplayValue": "001-CC\\-10-022"}
+        line = {
+            "dataAreaId": "usmf",
+            "HeaderReference": ref,
+            "InvoiceLineNumber": n,
+            "LineDescription": f"l{n}",
+            "ReceiveNow": 1,
+            "UnitPrice": 50 * n,
+            "Amount": 50 * n,
+            "Currency": "USD",
+            "MainAccountDisplayValue": "600150",
+            "DimensionDisplayValue": "001-CC\\-10-022",
+        }
         r = env.post("/data/VendorInvoiceLines", line)
         assert r.status_code == 201, r.text
     return ref
@@ -129,9 +182,15 @@ def create_invoice(env: Env, number: str = "COUPA-INV-1", lines: int = 2) -> str
 
 
 def test_token_success_and_data_access(env: Env) -> None:
-    resp = env.http.post(f"/{TENANT}/oauth2/v2.0/token", data={
-        "grant_type": "client_credentials", "client_id": CLIENT, "client_secret": SECRET,
-        "scope": f"{env.url.upper().replace('HTTP://', 'http://')}/.default"})
+    resp = env.http.post(
+        f"/{TENANT}/oauth2/v2.0/token",
+        data={
+            "grant_type": "client_credentials",
+            "client_id": CLIENT,
+            "client_secret": SECRET,
+            "scope": f"{env.url.upper().replace('HTTP://', 'http://')}/.default",
+        },
+    )
     assert resp.status_code == 200
     body = resp.json()
     assert body["token_type"] == "Bearer" and body["expires_in"] == 3599 and body["ext_expires_in"] == 3599
@@ -142,11 +201,16 @@ def test_token_success_and_data_access(env: Env) -> None:
     ok = env.http.get("/data/Currencies", headers={"Authorization": f"Bearer {body['access_token']}"})
     assert ok.status_code == 200 and {r["CurrencyCode"] for r in ok.json()["value"]} == {"USD", "EUR"}
     # HTTP Basic client authentication and the v1 endpoint work too
-    basic = env.http.post(f"/{TENANT}/oauth2/v2.0/token", auth=(CLIENT, SECRET),
-                          data={"grant_type": "client_credentials", "scope": f"{env.url}/.default"})
+    basic = env.http.post(
+        f"/{TENANT}/oauth2/v2.0/token",
+        auth=(CLIENT, SECRET),
+        data={"grant_type": "client_credentials", "scope": f"{env.url}/.default"},
+    )
     assert basic.status_code == 200
-    v1 = env.http.post(f"/{TENANT}/oauth2/token", data={"grant_type": "client_credentials", "client_id": CLIENT,
-                                                        "client_secret": SECRET, "resource": env.url})
+    v1 = env.http.post(
+        f"/{TENANT}/oauth2/token",
+        data={"grant_type": "client_credentials", "client_id": CLIENT, "client_secret": SECRET, "resource": env.url},
+    )
     assert v1.status_code == 200
     ok1 = env.http.get("/data/Currencies", headers={"Authorization": f"Bearer {v1.json()['access_token']}"})
     assert ok1.status_code == 200
@@ -159,37 +223,64 @@ def test_no_token_is_401(env: Env) -> None:
     assert resp.status_code == 401
 
 
-@pytest.mark.parametrize("scope", ["{url}//.default", "{url}", "https://other.operations.dynamics.com/.default",
-                                   "{url}/user_impersonation"])
+@pytest.mark.parametrize(
+    "scope", ["{url}//.default", "{url}", "https://other.operations.dynamics.com/.default", "{url}/user_impersonation"]
+)
 def test_invalid_scope(env: Env, scope: str) -> None:
-    resp = env.http.post(f"/{TENANT}/oauth2/v2.0/token", data={
-        "grant_type": "client_credentials", "client_id": CLIENT, "client_secret": SECRET,
-        "scope": scope.format(url=env.url)})
+    resp = env.http.post(
+        f"/{TENANT}/oauth2/v2.0/token",
+        data={
+            "grant_type": "client_credentials",
+            "client_id": CLIENT,
+            "client_secret": SECRET,
+            "scope": scope.format(url=env.url),
+        },
+    )
     assert resp.status_code == 400
     body = resp.json()
     assert body["error"] == "invalid_scope" and body["error_codes"] == [70011]
-    assert body["error_description"].startswith("AADSTS70011: The provided value for the input parameter 'scope' is not valid")
+    assert body["error_description"].startswith(
+        "AADSTS70011: The provided value for the input parameter 'scope' is not valid"
+    )
     assert {"timestamp", "trace_id", "correlation_id"} <= set(body)
 
 
 def test_invalid_client(env: Env) -> None:
-    resp = env.http.post(f"/{TENANT}/oauth2/v2.0/token", data={
-        "grant_type": "client_credentials", "client_id": CLIENT, "client_secret": "wrong",
-        "scope": f"{env.url}/.default"})
+    resp = env.http.post(
+        f"/{TENANT}/oauth2/v2.0/token",
+        data={
+            "grant_type": "client_credentials",
+            "client_id": CLIENT,
+            "client_secret": "wrong",
+            "scope": f"{env.url}/.default",
+        },
+    )
     assert resp.status_code == 401
     body = resp.json()
     assert body["error"] == "invalid_client" and body["error_codes"] == [7000215]
     assert body["error_description"].startswith("AADSTS7000215: Invalid client secret provided.")
-    unknown = env.http.post(f"/{TENANT}/oauth2/v2.0/token", data={
-        "grant_type": "client_credentials", "client_id": "nobody", "client_secret": SECRET,
-        "scope": f"{env.url}/.default"})
+    unknown = env.http.post(
+        f"/{TENANT}/oauth2/v2.0/token",
+        data={
+            "grant_type": "client_credentials",
+            "client_id": "nobody",
+            "client_secret": SECRET,
+            "scope": f"{env.url}/.default",
+        },
+    )
     assert unknown.status_code == 401 and unknown.json()["error"] == "invalid_client"
 
 
 def test_unknown_tenant(env: Env) -> None:
-    resp = env.http.post("/fabrikam-tenant/oauth2/v2.0/token", data={
-        "grant_type": "client_credentials", "client_id": CLIENT, "client_secret": SECRET,
-        "scope": f"{env.url}/.default"})
+    resp = env.http.post(
+        "/fabrikam-tenant/oauth2/v2.0/token",
+        data={
+            "grant_type": "client_credentials",
+            "client_id": CLIENT,
+            "client_secret": SECRET,
+            "scope": f"{env.url}/.default",
+        },
+    )
     assert resp.status_code == 400
     body = resp.json()
     assert body["error"] == "invalid_request"
@@ -201,11 +292,20 @@ def test_foreign_audience_token_is_rejected(env: Env) -> None:
     resp = env.http.get("/data/Currencies", headers={"Authorization": f"Bearer {graph}"})
     assert resp.status_code == 401 and resp.content == b""
     # v1 with a trailing slash on the resource: token issued, F&O rejects it (aud mismatch)
-    v1 = env.http.post(f"/{TENANT}/oauth2/token", data={"grant_type": "client_credentials", "client_id": CLIENT,
-                                                        "client_secret": SECRET, "resource": env.url + "/"})
+    v1 = env.http.post(
+        f"/{TENANT}/oauth2/token",
+        data={
+            "grant_type": "client_credentials",
+            "client_id": CLIENT,
+            "client_secret": SECRET,
+            "resource": env.url + "/",
+        },
+    )
     assert v1.status_code == 200
-    assert env.http.get("/data/Currencies", headers={
-        "Authorization": f"Bearer {v1.json()['access_token']}"}).status_code == 401
+    assert (
+        env.http.get("/data/Currencies", headers={"Authorization": f"Bearer {v1.json()['access_token']}"}).status_code
+        == 401
+    )
 
 
 def test_expired_token(env: Env) -> None:
@@ -276,32 +376,54 @@ def test_filter_operators_over_http(env: Env) -> None:
     assert accounts("not (dataAreaId eq 'usmf') or CurrencyCode eq 'EUR'") == ["DAT-001", "US-102"]
     assert accounts("(CurrencyCode eq 'USD' or CurrencyCode eq 'EUR') and dataAreaId eq 'usmf'") == ["US-101", "US-102"]
     assert accounts("OnHoldStatus eq Microsoft.Dynamics.DataEntities.CustVendorBlocked'No'") == [
-        "DAT-001", "US-101", "US-102"]
+        "DAT-001",
+        "US-101",
+        "US-102",
+    ]
     assert accounts("VendorHoldReleaseDate lt 2000-01-01T00:00:00Z") == ["DAT-001", "US-101", "US-102"]
     assert accounts("VendorHoldReleaseDate gt 2000-01-01T00:00:00Z") == []
-    terms = env.get("/data/PaymentTerms", **{"$filter": "NumberOfDays ge 30 and NumberOfDays le -1 or NumberOfDays eq 30",
-                                             "cross-company": "true"}).json()["value"]
+    terms = env.get(
+        "/data/PaymentTerms",
+        **{"$filter": "NumberOfDays ge 30 and NumberOfDays le -1 or NumberOfDays eq 30", "cross-company": "true"},
+    ).json()["value"]
     assert [t["Name"] for t in terms] == ["Net30"]
     bad = env.get("/data/VendorsV2", **{"$filter": "Nope eq 'x'"})
     assert bad.status_code == 400
     assert inner(bad) == "Could not find a property named 'Nope' on type 'Microsoft.Dynamics.DataEntities.VendorV2'."
-    has = env.get("/data/VendorsV2", **{"$filter": "OnHoldStatus has Microsoft.Dynamics.DataEntities.CustVendorBlocked'No'"})
+    has = env.get(
+        "/data/VendorsV2", **{"$filter": "OnHoldStatus has Microsoft.Dynamics.DataEntities.CustVendorBlocked'No'"}
+    )
     assert has.status_code == 400 and "not supported" in inner(has)
     syntax = env.get("/data/VendorsV2", **{"$filter": "VendorAccountNumber eq 'x"})
     assert syntax.status_code == 400 and "Unterminated string literal" in inner(syntax)
 
 
 def test_select_top_skip_count_orderby(env: Env) -> None:
-    resp = env.get("/data/VendorsV2", **{"cross-company": "true", "$select": "VendorAccountNumber,dataAreaId",
-                                         "$orderby": "VendorAccountNumber desc", "$top": "2", "$skip": "0",
-                                         "$count": "true"})
+    resp = env.get(
+        "/data/VendorsV2",
+        **{
+            "cross-company": "true",
+            "$select": "VendorAccountNumber,dataAreaId",
+            "$orderby": "VendorAccountNumber desc",
+            "$top": "2",
+            "$skip": "0",
+            "$count": "true",
+        },
+    )
     body = resp.json()
     assert body["@odata.count"] == 3
     assert body["@odata.context"].endswith("#VendorsV2(VendorAccountNumber,dataAreaId)")
     assert [set(r) for r in body["value"]] == [{"@odata.etag", "VendorAccountNumber", "dataAreaId"}] * 2
     assert [r["VendorAccountNumber"] for r in body["value"]] == ["US-102", "US-101"]
-    skipped = env.get("/data/VendorsV2", **{"cross-company": "true", "$orderby": "dataAreaId asc,VendorAccountNumber desc",
-                                            "$skip": "1", "$select": "VendorAccountNumber"}).json()["value"]
+    skipped = env.get(
+        "/data/VendorsV2",
+        **{
+            "cross-company": "true",
+            "$orderby": "dataAreaId asc,VendorAccountNumber desc",
+            "$skip": "1",
+            "$select": "VendorAccountNumber",
+        },
+    ).json()["value"]
     assert [r["VendorAccountNumber"] for r in skipped] == ["US-102", "US-101"]
     bad_select = env.get("/data/VendorsV2", **{"$select": "VendorName"})
     assert bad_select.status_code == 400 and "VendorName" in inner(bad_select)
@@ -343,12 +465,19 @@ def test_next_link_paging_returns_every_row_once() -> None:
 def test_unknown_entity_set_and_key_errors(env: Env) -> None:
     resp = env.get("/data/VendorsV9")
     assert resp.status_code == 404
-    assert resp.json() == {"error": {"code": "", "message": "An error has occurred.", "innererror": {
-        "message": "Resource not found for the segment 'VendorsV9'.", "type": "", "stacktrace": ""}}}
+    assert resp.json() == {
+        "error": {
+            "code": "",
+            "message": "An error has occurred.",
+            "innererror": {"message": "Resource not found for the segment 'VendorsV9'.", "type": "", "stacktrace": ""},
+        }
+    }
     missing = env.get("/data/VendorsV2(VendorAccountNumber='US-101')", **{"cross-company": "true"})
     assert missing.status_code == 400
-    assert inner(missing) == ("The number of keys specified in the URI does not match number of key properties for "
-                              "the resource 'Microsoft.Dynamics.DataEntities.VendorV2'.")
+    assert inner(missing) == (
+        "The number of keys specified in the URI does not match number of key properties for "
+        "the resource 'Microsoft.Dynamics.DataEntities.VendorV2'."
+    )
     extra = env.get("/data/Currencies(CurrencyCode='USD',X='1')")
     assert extra.status_code == 400 and "number of keys" in inner(extra)
     nf = env.get("/data/VendorsV2(dataAreaId='usmf',VendorAccountNumber='NOPE')", **{"cross-company": "true"})
@@ -368,19 +497,26 @@ def test_by_key_get_patch_delete(env: Env) -> None:
     got = env.get(path, **{"cross-company": "true"})
     assert got.status_code == 200 and got.json()["InvoiceNumber"] == "COUPA-INV-1"
     etag = got.headers["etag"]
-    patched = env.http.patch(path, params={"cross-company": "true"}, json={"InvoiceDescription": "changed"},
-                             headers=env.headers())
+    patched = env.http.patch(
+        path, params={"cross-company": "true"}, json={"InvoiceDescription": "changed"}, headers=env.headers()
+    )
     assert patched.status_code == 204 and patched.content == b""
     again = env.get(path, **{"cross-company": "true"}).json()
     assert again["InvoiceDescription"] == "changed" and again["@odata.etag"] != etag
-    stale = env.http.patch(path, params={"cross-company": "true"}, json={"InvoiceDescription": "x"},
-                           headers={**env.headers(), "If-Match": etag})
+    stale = env.http.patch(
+        path,
+        params={"cross-company": "true"},
+        json={"InvoiceDescription": "x"},
+        headers={**env.headers(), "If-Match": etag},
+    )
     assert stale.status_code == 412
-    key_change = env.http.patch(path, params={"cross-company": "true"}, json={"HeaderReference": "OTHER"},
-                                headers=env.headers())
+    key_change = env.http.patch(
+        path, params={"cross-company": "true"}, json={"HeaderReference": "OTHER"}, headers=env.headers()
+    )
     assert key_change.status_code == 400
-    bad_fk = env.http.patch(path, params={"cross-company": "true"}, json={"InvoiceAccount": "NOPE"},
-                            headers=env.headers())
+    bad_fk = env.http.patch(
+        path, params={"cross-company": "true"}, json={"InvoiceAccount": "NOPE"}, headers=env.headers()
+    )
     assert bad_fk.status_code == 500 and "'NOPE' in field 'Invoice account'" in inner(bad_fk)
     deleted = env.http.delete(path, params={"cross-company": "true"}, headers=env.headers())
     assert deleted.status_code == 204
@@ -390,8 +526,9 @@ def test_by_key_get_patch_delete(env: Env) -> None:
 
 
 def test_post_returns_201_with_headers_and_number_sequence(env: Env) -> None:
-    resp = env.post("/data/VendorInvoiceHeaders", {"@odata.type": "#Microsoft.Dynamics.DataEntities.VendorInvoiceHeader",
-                                                   **HEADER})
+    resp = env.post(
+        "/data/VendorInvoiceHeaders", {"@odata.type": "#Microsoft.Dynamics.DataEntities.VendorInvoiceHeader", **HEADER}
+    )
     assert resp.status_code == 201
     body = resp.json()
     ref = body["HeaderReference"]
@@ -414,10 +551,19 @@ def test_post_returns_201_with_headers_and_number_sequence(env: Env) -> None:
 def test_unknown_property_and_bad_types_are_400(env: Env) -> None:
     resp = env.post("/data/VendorInvoiceHeaders", {**HEADER, "VendorNam": "x"})
     assert resp.status_code == 400
-    assert resp.json() == {"error": {"code": "", "message": "An error has occurred.", "innererror": {
-        "message": "The property 'VendorNam' does not exist on type 'Microsoft.Dynamics.DataEntities.VendorInvoiceHeader'. "
-                   "Make sure to only use property names that are defined by the type or mark the type as open type.",
-        "type": "Microsoft.OData.ODataException", "stacktrace": ""}}}
+    assert resp.json() == {
+        "error": {
+            "code": "",
+            "message": "An error has occurred.",
+            "innererror": {
+                "message": "The property 'VendorNam' does not exist "
+                "on type 'Microsoft.Dynamics.DataEntities.VendorInvoiceHeader'. "
+                "Make sure to only use property names that are defined by the type or mark the type as open type.",
+                "type": "Microsoft.OData.ODataException",
+                "stacktrace": "",
+            },
+        }
+    }
     wrong_type = env.post("/data/VendorInvoiceHeaders", {**HEADER, "ImportedAmount": "lots"})
     assert wrong_type.status_code == 400 and "Edm.Decimal" in inner(wrong_type)
     enum = env.post("/data/VendorInvoiceHeaders", {**HEADER, "IsOnHold": "Maybe"})
@@ -439,10 +585,12 @@ def test_duplicate_key_is_500(env: Env) -> None:
     assert err["innererror"]["type"] == "Microsoft.Dynamics.Platform.Integration.Services.OData.AxODataWriteException"
     assert err["innererror"]["message"].startswith(
         "Write failed for table row of type 'VendorInvoiceHeaderEntity'. Infolog: Info: Cannot create a record in "
-        "Pending vendor invoices (VendInvoiceInfoTable).")
+        "Pending vendor invoices (VendInvoiceInfoTable)."
+    )
     assert err["innererror"]["message"].endswith("\nThe record already exists..")
-    vendor_dup = env.post("/data/VendorsV2", {"dataAreaId": "usmf", "VendorAccountNumber": "US-101",
-                                              "VendorGroupId": "10"})
+    vendor_dup = env.post(
+        "/data/VendorsV2", {"dataAreaId": "usmf", "VendorAccountNumber": "US-101", "VendorGroupId": "10"}
+    )
     assert vendor_dup.status_code == 500 and "Vendors (VendTable)" in inner(vendor_dup)
     assert "The record already exists.." in inner(vendor_dup)
 
@@ -453,7 +601,8 @@ def test_foreign_key_failures(env: Env) -> None:
     assert inner(vendor) == (
         "Write failed for table row of type 'VendorInvoiceHeaderEntity'. Infolog: Warning: The value 'US-999' in field "
         "'Invoice account' is not found in the related table 'Vendors'.; Warning: validateField failed on field "
-        "'VendorInvoiceHeaderEntity.InvoiceAccount'.")
+        "'VendorInvoiceHeaderEntity.InvoiceAccount'."
+    )
     # a vendor of another company is not good enough
     other_company = env.post("/data/VendorInvoiceHeaders", {**HEADER, "InvoiceAccount": "DAT-001"})
     assert other_company.status_code == 500
@@ -462,51 +611,92 @@ def test_foreign_key_failures(env: Env) -> None:
     no_number = env.post("/data/VendorInvoiceHeaders", {**HEADER, "InvoiceNumber": ""})
     assert no_number.status_code == 500 and "must be filled in" in inner(no_number)
     group = env.post("/data/VendorsV2", {"dataAreaId": "usmf", "VendorGroupId": "99"})
-    assert group.status_code == 500 and "'99' in field 'Group' is not found in the related table 'Vendor groups'" in inner(group)
+    assert (
+        group.status_code == 500
+        and "'99' in field 'Group' is not found in the related table 'Vendor groups'" in inner(group)
+    )
     assert "VendVendorV2Entity.VendorGroupId" in inner(group)
-    new_vendor = env.post("/data/VendorsV2", {"dataAreaId": "usmf", "VendorGroupId": "10", "CurrencyCode": "USD",
-                                              "DefaultPaymentTermsName": "Net30"})
+    new_vendor = env.post(
+        "/data/VendorsV2",
+        {"dataAreaId": "usmf", "VendorGroupId": "10", "CurrencyCode": "USD", "DefaultPaymentTermsName": "Net30"},
+    )
     assert new_vendor.status_code == 201 and new_vendor.json()["VendorAccountNumber"].startswith("V-")
 
     ref = env.post("/data/VendorInvoiceHeaders", HEADER).json()["HeaderReference"]
-    base = {"dataAreaId": "usmf", "HeaderReference": ref, "InvoiceLineNumber": 1, "Amount": 10,
-            "MainAccountDisplayValue": "600150"}
+    base = {
+        "dataAreaId": "usmf",
+        "HeaderReference": ref,
+        "InvoiceLineNumber": 1,
+        "Amount": 10,
+        "MainAccountDisplayValue": "600150",
+    }
     item = env.post("/data/VendorInvoiceLines", {**base, "ItemNumber": "NOPE"})
     assert item.status_code == 500
-    assert "The value 'NOPE' in field 'Item number' is not found in the related table 'Released products'." in inner(item)
+    assert "The value 'NOPE' in field 'Item number' is not found in the related table 'Released products'." in inner(
+        item
+    )
     assert inner(item).startswith("Write failed for table row of type 'VendorInvoiceLineEntity'.")
     account = env.post("/data/VendorInvoiceLines", {**base, "MainAccountDisplayValue": "600160"})  # not in usmf
     assert account.status_code == 500
-    assert "The value '600160' in field 'Main account' is not found in the related table 'Main accounts'." in inner(account)
+    assert "The value '600160' in field 'Main account' is not found in the related table 'Main accounts'." in inner(
+        account
+    )
     dim = env.post("/data/VendorInvoiceLines", {**base, "DimensionDisplayValue": "001-CC-10-022"})  # unescaped
     assert dim.status_code == 500
-    assert "The value 'CC' in field 'CostCenter' is not found in the related table 'Financial dimension values'." in inner(dim)
+    assert (
+        "The value 'CC' in field 'CostCenter' is not found in the related table 'Financial dimension values'."
+        in inner(dim)
+    )
     po_line = env.post("/data/VendorInvoiceLines", {**base, "PurchaseOrder": "PO-EX-1", "PurchLineNumber": 7})
     assert po_line.status_code == 500 and "Purchase order lines" in inner(po_line)
-    ok = env.post("/data/VendorInvoiceLines", {**base, "DimensionDisplayValue": "001-CC\\-10-022",
-                                               "PurchaseOrder": "PO-EX-1", "PurchLineNumber": 1, "ItemNumber": "d0001"})
+    ok = env.post(
+        "/data/VendorInvoiceLines",
+        {
+            **base,
+            "DimensionDisplayValue": "001-CC\\-10-022",
+            "PurchaseOrder": "PO-EX-1",
+            "PurchLineNumber": 1,
+            "ItemNumber": "d0001",
+        },
+    )
     assert ok.status_code == 201, ok.text
     assert ok.json()["DimensionDisplayValue"] == "001-CC\\-10-022"
-    empty_segments = env.post("/data/VendorInvoiceLines", {**base, "InvoiceLineNumber": 2, "DimensionDisplayValue": "-CC\\-10-"})
+    empty_segments = env.post(
+        "/data/VendorInvoiceLines", {**base, "InvoiceLineNumber": 2, "DimensionDisplayValue": "-CC\\-10-"}
+    )
     assert empty_segments.status_code == 201
     missing_key = env.post("/data/VendorInvoiceLines", {k: v for k, v in base.items() if k != "InvoiceLineNumber"})
     assert missing_key.status_code == 500 and "must be filled in" in inner(missing_key)
     po = env.post("/data/PurchaseOrderHeadersV2", {"dataAreaId": "usmf", "OrderVendorAccountNumber": "US-404"})
     assert po.status_code == 500 and "PurchPurchaseOrderHeaderV2Entity" in inner(po)
-    po_ok = env.post("/data/PurchaseOrderHeadersV2", {"dataAreaId": "usmf", "OrderVendorAccountNumber": "US-101",
-                                                      "CurrencyCode": "USD"})
+    po_ok = env.post(
+        "/data/PurchaseOrderHeadersV2",
+        {"dataAreaId": "usmf", "OrderVendorAccountNumber": "US-101", "CurrencyCode": "USD"},
+    )
     assert po_ok.status_code == 201 and po_ok.json()["PurchaseOrderNumber"] == "PO-000001"
-    unit = env.post("/data/PurchaseOrderLinesV2", {"dataAreaId": "usmf", "PurchaseOrderNumber": "PO-000001",
-                                                   "LineNumber": 1, "ItemNumber": "D0001", "PurchaseUnitSymbol": "box"})
+    unit = env.post(
+        "/data/PurchaseOrderLinesV2",
+        {
+            "dataAreaId": "usmf",
+            "PurchaseOrderNumber": "PO-000001",
+            "LineNumber": 1,
+            "ItemNumber": "D0001",
+            "PurchaseUnitSymbol": "box",
+        },
+    )
     assert unit.status_code == 500 and "'box' in field 'Unit'" in inner(unit)
 
 
 def test_line_without_header_is_rejected(env: Env) -> None:
-    resp = env.post("/data/VendorInvoiceLines", {"dataAreaId": "usmf", "HeaderReference": "NOPE",
-                                                 "InvoiceLineNumber": 1, "Amount": 1})
+    resp = env.post(
+        "/data/VendorInvoiceLines",
+        {"dataAreaId": "usmf", "HeaderReference": "NOPE", "InvoiceLineNumber": 1, "Amount": 1},
+    )
     assert resp.status_code == 500
-    assert ("The value 'NOPE' in field 'Header reference' is not found in the related table 'Pending vendor invoices'."
-            in inner(resp))
+    assert (
+        "The value 'NOPE' in field 'Header reference' is not found in the related table 'Pending vendor invoices'."
+        in inner(resp)
+    )
     assert env.sb.state.records("VendorInvoiceLines") == []
 
 
@@ -528,59 +718,94 @@ def test_posting_moves_invoice_to_bi_entities(env: Env) -> None:
     assert env.sb.state.records("VendorInvoiceHeaders") == [] and env.sb.state.records("VendorInvoiceLines") == []
     path = f"/data/VendorInvoiceHeaders(dataAreaId='usmf',HeaderReference='{ref}')"
     assert env.get(path, **{"cross-company": "true"}).status_code == 404
-    patch = env.http.patch(path, params={"cross-company": "true"}, json={"InvoiceDescription": "late"},
-                           headers=env.headers())
+    patch = env.http.patch(
+        path, params={"cross-company": "true"}, json={"InvoiceDescription": "late"}, headers=env.headers()
+    )
     assert patch.status_code == 404
     assert env.http.delete(path, params={"cross-company": "true"}, headers=env.headers()).status_code == 404
     assert env.sb.state.is_posted("usmf", ref)
 
-    journal = env.get("/data/VendInvoiceJourBiEntities", **{
-        "cross-company": "true",
-        "$filter": "dataAreaId eq 'usmf' and InvoiceAccount eq 'US-101' and InvoiceId eq 'COUPA-INV-7'",
-        "$select": "InvoiceId,InvoiceAccount,InvoiceDate,InvoiceAmount,CurrencyCode,LedgerVoucher"}).json()["value"]
+    journal = env.get(
+        "/data/VendInvoiceJourBiEntities",
+        **{
+            "cross-company": "true",
+            "$filter": "dataAreaId eq 'usmf' and InvoiceAccount eq 'US-101' and InvoiceId eq 'COUPA-INV-7'",
+            "$select": "InvoiceId,InvoiceAccount,InvoiceDate,InvoiceAmount,CurrencyCode,LedgerVoucher",
+        },
+    ).json()["value"]
     assert len(journal) == 1
     assert journal[0]["InvoiceAmount"] == 150 and journal[0]["CurrencyCode"] == "USD"
     assert journal[0]["InvoiceDate"] == "2026-01-15T12:00:00Z"
     voucher = journal[0]["LedgerVoucher"]
-    trans = env.get("/data/VendTransBiEntities", **{
-        "cross-company": "true", "$filter": f"AccountNum eq 'US-101' and Invoice eq 'COUPA-INV-7' and Voucher eq '{voucher}'"
-    }).json()["value"]
+    trans = env.get(
+        "/data/VendTransBiEntities",
+        **{
+            "cross-company": "true",
+            "$filter": f"AccountNum eq 'US-101' and Invoice eq 'COUPA-INV-7' and Voucher eq '{voucher}'",
+        },
+    ).json()["value"]
     assert len(trans) == 1
     assert trans[0]["AmountCur"] == -150 and trans[0]["SettleAmountCur"] == 0 and trans[0]["TransType"] == "Purch"
     assert trans[0]["Closed"] == "1900-01-01T12:00:00Z"
     # posting something that is not pending
-    assert env.http.post("/_sandbox/d365/post_invoice", json={"dataAreaId": "usmf", "HeaderReference": ref}).status_code == 404
+    assert (
+        env.http.post("/_sandbox/d365/post_invoice", json={"dataAreaId": "usmf", "HeaderReference": ref}).status_code
+        == 404
+    )
 
 
 def test_settlement_updates_vend_trans(env: Env) -> None:
     create_invoice(env, "COUPA-INV-8", lines=2)
     ref = env.sb.state.find("VendorInvoiceHeaders", InvoiceNumber="COUPA-INV-8")[0]["HeaderReference"]
     env.sb.state.post_invoice("usmf", ref)
-    part = env.http.post("/_sandbox/d365/settle", json={
-        "dataAreaId": "usmf", "InvoiceId": "COUPA-INV-8", "VendorAccount": "US-101", "Amount": 100,
-        "Date": "2026-02-01", "PaymentReference": "CHK-1"})
+    part = env.http.post(
+        "/_sandbox/d365/settle",
+        json={
+            "dataAreaId": "usmf",
+            "InvoiceId": "COUPA-INV-8",
+            "VendorAccount": "US-101",
+            "Amount": 100,
+            "Date": "2026-02-01",
+            "PaymentReference": "CHK-1",
+        },
+    )
     assert part.status_code == 200, part.text
-    inv = env.get("/data/VendTransBiEntities", **{"cross-company": "true",
-                                                  "$filter": "Invoice eq 'COUPA-INV-8'"}).json()["value"][0]
+    inv = env.get(
+        "/data/VendTransBiEntities", **{"cross-company": "true", "$filter": "Invoice eq 'COUPA-INV-8'"}
+    ).json()["value"][0]
     assert inv["SettleAmountCur"] == -100 and inv["Closed"] == "1900-01-01T12:00:00Z"
     assert inv["LastSettleDate"] == "2026-02-01T12:00:00Z"
     first_voucher = inv["LastSettleVoucher"]
     assert first_voucher.startswith("APPAY-")
     env.sb.state.settle_invoice("usmf", "COUPA-INV-8", "US-101", Decimal("50"), "2026-02-03T00:00:00Z", "CHK-2")
-    inv = env.get("/data/VendTransBiEntities", **{"cross-company": "true",
-                                                  "$filter": "Invoice eq 'COUPA-INV-8'"}).json()["value"][0]
+    inv = env.get(
+        "/data/VendTransBiEntities", **{"cross-company": "true", "$filter": "Invoice eq 'COUPA-INV-8'"}
+    ).json()["value"][0]
     assert inv["SettleAmountCur"] == -150 and abs(inv["SettleAmountCur"]) == abs(inv["AmountCur"])
     assert inv["Closed"] == "2026-02-03T00:00:00Z" and inv["LastSettleVoucher"] != first_voucher
-    payments = env.get("/data/VendTransBiEntities", **{
-        "cross-company": "true", "$filter": "TransType eq Microsoft.Dynamics.DataEntities.LedgerTransType'Payment'",
-        "$orderby": "TransDate"}).json()["value"]
+    payments = env.get(
+        "/data/VendTransBiEntities",
+        **{
+            "cross-company": "true",
+            "$filter": "TransType eq Microsoft.Dynamics.DataEntities.LedgerTransType'Payment'",
+            "$orderby": "TransDate",
+        },
+    ).json()["value"]
     assert [(p["AmountCur"], p["PaymReference"]) for p in payments] == [(100, "CHK-1"), (50, "CHK-2")]
     settlements = env.get("/data/VendSettlementBiEntities", **{"cross-company": "true"}).json()["value"]
     assert [s["SettleAmountCur"] for s in settlements] == [-100, -50]
     assert {s["TransRecId"] for s in settlements} == {inv["SourceKey"]}
     assert settlements[0]["OffsetTransVoucher"] == first_voucher and settlements[0]["TransCompany"] == "usmf"
-    over = env.http.post("/_sandbox/d365/settle", json={"dataAreaId": "usmf", "InvoiceId": "COUPA-INV-8",
-                                                        "VendorAccount": "US-101", "Amount": 1, "Date": "2026-02-04"})
+    over = env.http.post(
+        "/_sandbox/d365/settle",
+        json={
+            "dataAreaId": "usmf",
+            "InvoiceId": "COUPA-INV-8",
+            "VendorAccount": "US-101",
+            "Amount": 1,
+            "Date": "2026-02-04",
+        },
+    )
     assert over.status_code == 400
 
 
@@ -589,31 +814,57 @@ def test_settlement_updates_vend_trans(env: Env) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def batch_body(env: Env, header_ref: str, lines: list[dict], boundary: str = "batch_b1",
-               changeset: str = "changeset_c1") -> str:
+def batch_body(
+    env: Env, header_ref: str, lines: list[dict], boundary: str = "batch_b1", changeset: str = "changeset_c1"
+) -> str:
     parts = []
-    requests = [("VendorInvoiceHeaders", {"@odata.type": "#Microsoft.Dynamics.DataEntities.VendorInvoiceHeader",
-                                          **HEADER, "HeaderReference": header_ref})]
+    requests = [
+        (
+            "VendorInvoiceHeaders",
+            {
+                "@odata.type": "#Microsoft.Dynamics.DataEntities.VendorInvoiceHeader",
+                **HEADER,
+                "HeaderReference": header_ref,
+            },
+        )
+    ]
     requests += [("VendorInvoiceLines", line) for line in lines]
     for n, (entity_set, body) in enumerate(requests, start=1):
         parts.append(
             f"--{changeset}\r\nContent-Type: application/http\r\nContent-Transfer-Encoding: binary\r\n"
             f"Content-ID: {n}\r\n\r\nPOST {env.url}/data/{entity_set} HTTP/1.1\r\nOData-Version: 4.0\r\n"
-            f"Content-Type: application/json;odata.metadata=minimal\r\n\r\n{json.dumps(body)}\r\n")
-    get_part = (f"--{boundary}\r\nContent-Type: application/http\r\nContent-Transfer-Encoding: binary\r\n\r\n"
-                f"GET /data/Currencies('USD') HTTP/1.1\r\nAccept: application/json\r\n\r\n\r\n")
-    return (f"--{boundary}\r\nContent-Type: multipart/mixed; boundary={changeset}\r\n\r\n" + "".join(parts)
-            + f"--{changeset}--\r\n" + get_part + f"--{boundary}--\r\n")
+            f"Content-Type: application/json;odata.metadata=minimal\r\n\r\n{json.dumps(body)}\r\n"
+        )
+    get_part = (
+        f"--{boundary}\r\nContent-Type: application/http\r\nContent-Transfer-Encoding: binary\r\n\r\n"
+        f"GET /data/Currencies('USD') HTTP/1.1\r\nAccept: application/json\r\n\r\n\r\n"
+    )
+    return (
+        f"--{boundary}\r\nContent-Type: multipart/mixed; boundary={changeset}\r\n\r\n"
+        + "".join(parts)
+        + f"--{changeset}--\r\n"
+        + get_part
+        + f"--{boundary}--\r\n"
+    )
 
 
 def post_batch(env: Env, body: str, boundary: str = "batch_b1") -> httpx.Response:
-    return env.http.post("/data/$batch", content=body.encode(), headers={
-        **env.headers(), "Content-Type": f"multipart/mixed; boundary={boundary}", "Accept": "multipart/mixed"})
+    return env.http.post(
+        "/data/$batch",
+        content=body.encode(),
+        headers={**env.headers(), "Content-Type": f"multipart/mixed; boundary={boundary}", "Accept": "multipart/mixed"},
+    )
 
 
 def line(ref: str, n: int, **extra: Any) -> dict:
-    return {"dataAreaId": "usmf", "HeaderReference": ref, "InvoiceLineNumber": n, "Amount": 10 * n,
-            "MainAccountDisplayValue": "600150", **extra}
+    return {
+        "dataAreaId": "usmf",
+        "HeaderReference": ref,
+        "InvoiceLineNumber": n,
+        "Amount": 10 * n,
+        "MainAccountDisplayValue": "600150",
+        **extra,
+    }
 
 
 def test_batch_changeset_success(env: Env) -> None:
@@ -636,7 +887,9 @@ def test_batch_failing_changeset_is_rolled_back(env: Env) -> None:
     text = resp.text
     assert re.findall(r"Content-ID: (\d+)\r\n\r\nHTTP/1.1 (\d{3})", text) == [("3", "500")]
     assert "HTTP/1.1 500 Internal Server Error" in text
-    payload = json.loads(text.split("HTTP/1.1 500 Internal Server Error", 1)[1].split("\r\n\r\n", 1)[1].split("\r\n--")[0])
+    payload = json.loads(
+        text.split("HTTP/1.1 500 Internal Server Error", 1)[1].split("\r\n\r\n", 1)[1].split("\r\n--")[0]
+    )
     assert "The value 'NOPE' in field 'Item number'" in payload["error"]["innererror"]["message"]
     assert env.sb.state.find("VendorInvoiceHeaders", HeaderReference="BATCH-2") == []
     assert env.sb.state.find("VendorInvoiceLines", HeaderReference="BATCH-2") == []
@@ -663,11 +916,21 @@ def test_service_protection_429() -> None:
         assert throttled.status_code == 429
         assert throttled.headers["retry-after"] == "7"
         assert throttled.json()["error"]["message"] == (
-            "This request could not be processed at this time due to system experiencing high resource utilization.")
+            "This request could not be processed at this time due to system experiencing high resource utilization."
+        )
         # token calls do not count against the budget
-        assert e.http.post(f"/{TENANT}/oauth2/v2.0/token", data={
-            "grant_type": "client_credentials", "client_id": CLIENT, "client_secret": SECRET,
-            "scope": f"{e.url}/.default"}).status_code == 200
+        assert (
+            e.http.post(
+                f"/{TENANT}/oauth2/v2.0/token",
+                data={
+                    "grant_type": "client_credentials",
+                    "client_id": CLIENT,
+                    "client_secret": SECRET,
+                    "scope": f"{e.url}/.default",
+                },
+            ).status_code
+            == 200
+        )
         e.sb.reset_budget()
         # a batch with 4 operations exceeds a budget of 3 as a whole
         resp = post_batch(e, batch_body(e, "B", [line("B", 1), line("B", 2)]))
@@ -688,7 +951,8 @@ def test_control_endpoints_and_request_log(env: Env) -> None:
     assert "GBP" in {r["CurrencyCode"] for r in env.sb.state.records("Currencies")}
     log = env.http.get("/_sandbox/requests").json()
     assert [(r["method"], r["path"], r["status"]) for r in log if r["path"].startswith("/data")] == [
-        ("GET", "/data/Currencies", 200)]
+        ("GET", "/data/Currencies", 200)
+    ]
     assert all(not r["path"].startswith("/_sandbox") for r in log)
 
 
@@ -723,6 +987,7 @@ def test_string_eq_is_a_wildcard_and_case_insensitive_but_key_lookups_are_exact(
     """Issue 9: F&O reads ``*`` inside an ``eq`` literal as a wildcard and compares strings with a
     case-insensitive collation; a key predicate in the URL is an exact (case-insensitive) lookup.
     The connector's natural-key lookups rely on the sandbox behaving like that."""
+
     def accounts(flt: str) -> list[str]:
         resp = env.get("/data/VendorsV2", **{"$filter": flt, "cross-company": "true"})
         assert resp.status_code == 200, resp.text
@@ -734,9 +999,11 @@ def test_string_eq_is_a_wildcard_and_case_insensitive_but_key_lookups_are_exact(
     # SQL LIKE characters are not wildcards in an OData literal
     assert accounts("VendorAccountNumber eq 'US-10%'") == []
     assert accounts("VendorAccountNumber eq 'US-10_'") == []
+
     def by_key(account: str, company: str = "usmf") -> httpx.Response:
-        return env.get(f"/data/VendorsV2(dataAreaId='{company}',VendorAccountNumber='{account}')",
-                       **{"cross-company": "true"})
+        return env.get(
+            f"/data/VendorsV2(dataAreaId='{company}',VendorAccountNumber='{account}')", **{"cross-company": "true"}
+        )
 
     assert by_key("US-101").status_code == 200
     assert by_key("*").status_code == 404 and by_key("US*").status_code == 404

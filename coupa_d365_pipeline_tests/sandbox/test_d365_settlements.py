@@ -3,9 +3,10 @@ records them (VendTrans SettleAmountCur/Closed/SysModifiedDateTime, VendSettleme
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -13,7 +14,7 @@ from coupa_d365_pipeline.common.clock import SimulatedClock
 from coupa_d365_pipeline.sandbox.d365.schema import EMPTY_DATE
 from coupa_d365_pipeline_tests.sandbox.test_d365_sandbox import HEADER, Env, start
 
-NOW = datetime(2026, 11, 30, 9, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -32,23 +33,33 @@ def env(clock: SimulatedClock) -> Iterator[Env]:
 
 
 def posted(env: Env, number: str, amount: int | str, **kwargs: Any) -> dict[str, Any]:
-    rec, _ = env.sb.state.create("VendorInvoiceHeaders", {**HEADER, "InvoiceNumber": number,
-                                                          "ImportedAmount": Decimal(str(amount))})
+    rec, _ = env.sb.state.create(
+        "VendorInvoiceHeaders", {**HEADER, "InvoiceNumber": number, "ImportedAmount": Decimal(str(amount))}
+    )
     return env.sb.state.post_invoice("usmf", rec["HeaderReference"], **kwargs)
 
 
 def trans(env: Env, number: str) -> dict[str, Any]:
-    rows = env.get("/data/VendTransBiEntities", **{
-        "cross-company": "true", "$filter": f"dataAreaId eq 'usmf' and AccountNum eq 'US-101' and Invoice eq '{number}'"
-    }).json()["value"]
+    rows = env.get(
+        "/data/VendTransBiEntities",
+        **{
+            "cross-company": "true",
+            "$filter": f"dataAreaId eq 'usmf' and AccountNum eq 'US-101' and Invoice eq '{number}'",
+        },
+    ).json()["value"]
     assert len(rows) == 1, rows
     return rows[0]
 
 
 def settlements_of(env: Env, source_key: int) -> list[dict[str, Any]]:
-    return env.get("/data/VendSettlementBiEntities", **{
-        "cross-company": "true", "$filter": f"dataAreaId eq 'usmf' and TransRecId eq {source_key}",
-        "$orderby": "SourceKey"}).json()["value"]
+    return env.get(
+        "/data/VendSettlementBiEntities",
+        **{
+            "cross-company": "true",
+            "$filter": f"dataAreaId eq 'usmf' and TransRecId eq {source_key}",
+            "$orderby": "SourceKey",
+        },
+    ).json()["value"]
 
 
 def test_posting_and_settling_stamp_sys_modified_date_time_and_rec_version(env: Env, clock: SimulatedClock) -> None:
@@ -61,9 +72,14 @@ def test_posting_and_settling_stamp_sys_modified_date_time_and_rec_version(env: 
     after = trans(env, "INV-MOD-1")
     assert after["SysModifiedDateTime"] == "2026-11-30T09:05:00Z" and after["CreatedOn"] == before["CreatedOn"]
     assert after["SysRecVersion"] != before["SysRecVersion"]
-    changed = env.get("/data/VendTransBiEntities", **{
-        "cross-company": "true", "$filter": "dataAreaId eq 'usmf' and SysModifiedDateTime ge 2026-11-30T09:01:00Z",
-        "$select": "Invoice,TransType"}).json()["value"]
+    changed = env.get(
+        "/data/VendTransBiEntities",
+        **{
+            "cross-company": "true",
+            "$filter": "dataAreaId eq 'usmf' and SysModifiedDateTime ge 2026-11-30T09:01:00Z",
+            "$select": "Invoice,TransType",
+        },
+    ).json()["value"]
     assert sorted(r["TransType"] for r in changed) == ["Payment", "Purch"]
 
 
@@ -75,7 +91,8 @@ def test_a_long_posting_keeps_its_early_created_on(env: Env, clock: SimulatedClo
 
 
 def test_reversing_a_payment_settlement_removes_the_row_and_reopens_both_transactions(
-        env: Env, clock: SimulatedClock) -> None:
+    env: Env, clock: SimulatedClock
+) -> None:
     posted(env, "INV-REV-1", 150)
     first = env.sb.state.settle_invoice("usmf", "INV-REV-1", "US-101", Decimal("100"), "2026-11-25", "PAY-A")
     env.sb.state.settle_invoice("usmf", "INV-REV-1", "US-101", Decimal("50"), "2026-11-27", "PAY-B")
@@ -84,8 +101,10 @@ def test_reversing_a_payment_settlement_removes_the_row_and_reopens_both_transac
     clock.advance(timedelta(minutes=7))
     settlement_count = len(env.sb.state.records("VendSettlementBiEntities"))
 
-    resp = env.http.post("/_sandbox/d365/reverse_settlement",
-                         json={"dataAreaId": "usmf", "SourceKey": first["VendSettlementBiEntity"]["SourceKey"]})
+    resp = env.http.post(
+        "/_sandbox/d365/reverse_settlement",
+        json={"dataAreaId": "usmf", "SourceKey": first["VendSettlementBiEntity"]["SourceKey"]},
+    )
     assert resp.status_code == 200, resp.text
 
     invoice = trans(env, "INV-REV-1")
@@ -94,16 +113,22 @@ def test_reversing_a_payment_settlement_removes_the_row_and_reopens_both_transac
     assert invoice["SysModifiedDateTime"] == "2026-11-30T09:07:00Z"
     assert [s["SettleAmountCur"] for s in settlements_of(env, invoice["SourceKey"])] == [-50]
     assert len(env.sb.state.records("VendSettlementBiEntities")) == settlement_count - 1  # deleted, nothing added
-    payment = env.sb.state.get("VendTransBiEntities", {"dataAreaId": "usmf",
-                                                       "SourceKey": first["PaymentVendTrans"]["SourceKey"]})
+    payment = env.sb.state.get(
+        "VendTransBiEntities", {"dataAreaId": "usmf", "SourceKey": first["PaymentVendTrans"]["SourceKey"]}
+    )
     assert payment["SettleAmountCur"] == 0 and payment["Closed"] == EMPTY_DATE  # the payment is open again
     assert payment["SysModifiedDateTime"] == "2026-11-30T09:07:00Z"
     # the same amount can be settled again: a new settlement row with a new SourceKey
     again = env.sb.state.settle_invoice("usmf", "INV-REV-1", "US-101", Decimal("100"), "2026-11-29", "PAY-A2")
     assert again["VendSettlementBiEntity"]["SourceKey"] != first["VendSettlementBiEntity"]["SourceKey"]
     assert trans(env, "INV-REV-1")["SettleAmountCur"] == -150
-    assert env.http.post("/_sandbox/d365/reverse_settlement", json={
-        "dataAreaId": "usmf", "SourceKey": first["VendSettlementBiEntity"]["SourceKey"]}).status_code == 404
+    assert (
+        env.http.post(
+            "/_sandbox/d365/reverse_settlement",
+            json={"dataAreaId": "usmf", "SourceKey": first["VendSettlementBiEntity"]["SourceKey"]},
+        ).status_code
+        == 404
+    )
 
 
 def test_credit_note_settled_against_an_invoice_writes_one_row_per_side_and_no_payment(env: Env) -> None:
@@ -111,9 +136,17 @@ def test_credit_note_settled_against_an_invoice_writes_one_row_per_side_and_no_p
     credit = posted(env, "CN-1", -40)
     assert credit["VendInvoiceJourBiEntity"]["InvoiceAmount"] == Decimal("-40")
     assert credit["VendTransBiEntity"]["AmountCur"] == Decimal("40")  # a credit note is a debit on the vendor
-    resp = env.http.post("/_sandbox/d365/settle_credit_note", json={
-        "dataAreaId": "usmf", "InvoiceId": "INV-CN-1", "CreditNoteId": "CN-1", "VendorAccount": "US-101",
-        "Amount": 40, "Date": "2026-11-26"})
+    resp = env.http.post(
+        "/_sandbox/d365/settle_credit_note",
+        json={
+            "dataAreaId": "usmf",
+            "InvoiceId": "INV-CN-1",
+            "CreditNoteId": "CN-1",
+            "VendorAccount": "US-101",
+            "Amount": 40,
+            "Date": "2026-11-26",
+        },
+    )
     assert resp.status_code == 200, resp.text
     invoice, note = trans(env, "INV-CN-1"), trans(env, "CN-1")
     assert invoice["SettleAmountCur"] == -40 and invoice["Closed"] == EMPTY_DATE
@@ -133,7 +166,7 @@ def test_credit_note_settled_against_an_invoice_writes_one_row_per_side_and_no_p
 def test_credit_note_refund_keeps_f_and_o_signs(env: Env) -> None:
     posted(env, "CN-REFUND", -30)
     result = env.sb.state.settle_invoice("usmf", "CN-REFUND", "US-101", Decimal("30"), "2026-11-26", "REFUND-1")
-    assert result["PaymentVendTrans"]["AmountCur"] == Decimal("-30")        # money coming back from the vendor
+    assert result["PaymentVendTrans"]["AmountCur"] == Decimal("-30")  # money coming back from the vendor
     assert result["VendSettlementBiEntity"]["SettleAmountCur"] == Decimal("30")
     note = trans(env, "CN-REFUND")
     assert note["SettleAmountCur"] == 30 and note["Closed"] == "2026-11-26T12:00:00Z"

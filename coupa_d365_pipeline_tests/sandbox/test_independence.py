@@ -37,13 +37,19 @@ def test_sandbox_modules_import_no_dagster_and_no_connector_code():
         for name in _imports(path):
             if name == "dagster" or name.startswith("dagster"):
                 problems.append(f"{rel} imports {name}")
-            elif name.startswith("coupa_d365_pipeline") and not name.startswith("coupa_d365_pipeline.sandbox") \
-                    and name not in ALLOWED_CONNECTOR_IMPORTS.get(rel, set()):
+            elif (
+                name.startswith("coupa_d365_pipeline")
+                and not name.startswith("coupa_d365_pipeline.sandbox")
+                and name not in ALLOWED_CONNECTOR_IMPORTS.get(rel, set())
+            ):
                 problems.append(f"{rel} imports {name}")
     assert not problems, "sandboxes must stay independent of the connector and of Dagster: " + "; ".join(problems)
 
 
 def test_no_sandbox_module_is_over_about_500_lines():
-    long = {p.relative_to(SANDBOX).as_posix(): n for p in SANDBOX.rglob("*.py")
-            if (n := len(p.read_text(encoding="utf-8").splitlines())) > 520}
+    long = {
+        p.relative_to(SANDBOX).as_posix(): n
+        for p in SANDBOX.rglob("*.py")
+        if (n := len(p.read_text(encoding="utf-8").splitlines())) > 520
+    }
     assert not long, f"split these modules along their seams: {long}"

@@ -97,21 +97,24 @@ def test_enum_literals() -> None:
         match("Flag eq Microsoft.Dynamics.DataEntities.Gender'Male'")
 
 
-@pytest.mark.parametrize("text, fragment", [
-    ("Flag has Microsoft.Dynamics.DataEntities.NoYes'Yes'", "'has' operator is not supported"),
-    ("Name in ('a','b')", "'in' operator is not supported"),
-    ("Nope eq 1", "Could not find a property named 'Nope' on type 'Microsoft.Dynamics.DataEntities.Thing'."),
-    ("Name eq 'open", "Unterminated string literal"),
-    ("Amount eq", "expression expected"),
-    ("(Amount eq 1", "')' expected"),
-    ("Amount eq 1 Count", "unexpected 'Count'"),
-    ("Name eq 1", "incompatible types"),
-    ("Amount", "single boolean value"),
-    ("contains(Name,'x')", "function 'contains' is not supported"),
-    ("Amount add 1 eq 2", "arithmetic operator 'add'"),
-    ("Name eq 'x' ; drop", "not valid"),
-    ("", "empty"),
-])
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("Flag has Microsoft.Dynamics.DataEntities.NoYes'Yes'", "'has' operator is not supported"),
+        ("Name in ('a','b')", "'in' operator is not supported"),
+        ("Nope eq 1", "Could not find a property named 'Nope' on type 'Microsoft.Dynamics.DataEntities.Thing'."),
+        ("Name eq 'open", "Unterminated string literal"),
+        ("Amount eq", "expression expected"),
+        ("(Amount eq 1", "')' expected"),
+        ("Amount eq 1 Count", "unexpected 'Count'"),
+        ("Name eq 1", "incompatible types"),
+        ("Amount", "single boolean value"),
+        ("contains(Name,'x')", "function 'contains' is not supported"),
+        ("Amount add 1 eq 2", "arithmetic operator 'add'"),
+        ("Name eq 'x' ; drop", "not valid"),
+        ("", "empty"),
+    ],
+)
 def test_errors(text: str, fragment: str) -> None:
     with pytest.raises(ODataFilterError) as exc:
         match(text)

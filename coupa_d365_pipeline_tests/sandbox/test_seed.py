@@ -11,8 +11,9 @@ import pytest
 
 from coupa_d365_pipeline.sandbox.seed import SeedConfig, generate_seed
 
-ENTITIES = json.loads((Path(__import__("coupa_d365_pipeline.d365", fromlist=["x"]).__file__).parent
-                       / "entities.json").read_text())["entity_sets"]
+ENTITIES = json.loads(
+    (Path(__import__("coupa_d365_pipeline.d365", fromlist=["x"]).__file__).parent / "entities.json").read_text()
+)["entity_sets"]
 
 
 @pytest.fixture
@@ -22,8 +23,9 @@ def seed():
 
 def test_deterministic_and_seed_sensitive(seed):
     again = generate_seed()
-    assert json.dumps(again.__dict__, sort_keys=True, default=str) == json.dumps(seed.__dict__, sort_keys=True,
-                                                                                  default=str)
+    assert json.dumps(again.__dict__, sort_keys=True, default=str) == json.dumps(
+        seed.__dict__, sort_keys=True, default=str
+    )
     other = generate_seed(SeedConfig(seed=7))
     assert other.coupa_invoices != seed.coupa_invoices
 
@@ -61,7 +63,8 @@ def test_invoice_shape_and_totals(seed):
         for ln in lines:
             assert ln["type"] in ("InvoiceQuantityLine", "InvoiceAmountLine")
             assert Decimal(ln["total"]) == (Decimal(ln["quantity"]) * Decimal(ln["price"])).quantize(
-                Decimal("0.01"), rounding="ROUND_HALF_UP")
+                Decimal("0.01"), rounding="ROUND_HALF_UP"
+            )
             acc = ln["account"]
             assert acc["code"] == "-".join(acc[f"segment-{k}"] for k in range(1, 5) if acc[f"segment-{k}"])
             assert acc["account-type"] == inv["account-type"]
@@ -70,8 +73,10 @@ def test_invoice_shape_and_totals(seed):
         assert Decimal(inv["total-with-taxes"]) == total + Decimal(inv["tax-amount"])
     # foreign-currency invoice in a mapped legal entity
     le_cur = {"US Manufacturing": "USD", "DE Manufacturing": "EUR", "UK Manufacturing": "GBP"}
-    assert any(le_cur.get(i["account-type"]["name"], i["currency"]["code"]) != i["currency"]["code"]
-               for i in seed.coupa_invoices)
+    assert any(
+        le_cur.get(i["account-type"]["name"], i["currency"]["code"]) != i["currency"]["code"]
+        for i in seed.coupa_invoices
+    )
     segs3 = {ln["account"]["segment-3"] for i in seed.coupa_invoices for ln in i["invoice-lines"]}
     assert "CC-10" in segs3
     assert any(ln["account"]["segment-4"] == "" for i in seed.coupa_invoices for ln in i["invoice-lines"])
@@ -112,8 +117,13 @@ def test_suppliers(seed):
 def test_unmappables_are_real(seed):
     by_id = {i["id"]: i for i in seed.coupa_invoices}
     unm = seed.expectations["unmappable_invoices"]
-    assert set(unm.values()) == {"main_account_not_in_d365", "main_account_not_in_legal_entity",
-                                 "account_type_unmapped", "supplier_number_null", "item_not_released"}
+    assert set(unm.values()) == {
+        "main_account_not_in_d365",
+        "main_account_not_in_legal_entity",
+        "account_type_unmapped",
+        "supplier_number_null",
+        "item_not_released",
+    }
     main_ids = {m["MainAccountId"] for m in seed.d365["MainAccounts"]}
     active = {(m["MainAccountId"], m["LegalEntityId"]) for m in seed.d365["MainAccountLegalEntities"]}
     released = {(r["dataAreaId"], r["ItemNumber"]) for r in seed.d365["ReleasedProductsV2"]}
@@ -146,8 +156,7 @@ def test_unmappables_are_real(seed):
 def test_d365_records_valid_against_entities(seed):
     d = seed.d365
     assert {le["LegalEntityId"] for le in d["LegalEntities"]} == {"usmf", "demf", "gbsi"}
-    assert seed.legal_entities == {"US Manufacturing": "usmf", "DE Manufacturing": "demf",
-                                   "UK Manufacturing": "gbsi"}
+    assert seed.legal_entities == {"US Manufacturing": "usmf", "DE Manufacturing": "demf", "UK Manufacturing": "gbsi"}
     for entity_set, records in d.items():
         spec = ENTITIES[entity_set]
         props, enums = spec["properties"], spec.get("enums", {})

@@ -30,7 +30,7 @@ from coupa_d365_pipeline_tests.state.conftest import IDENTITY, T0
 def ledger_for(engine, clock, **kwargs) -> Ledger:
     kwargs.setdefault("lease", timedelta(minutes=30))
     kwargs.setdefault("identity", IDENTITY)
-    kwargs.setdefault("heartbeat_s", 3600)   # tests renew explicitly unless they test the thread
+    kwargs.setdefault("heartbeat_s", 3600)  # tests renew explicitly unless they test the thread
     return Ledger(engine, clock=clock, **kwargs)
 
 
@@ -76,7 +76,7 @@ def test_dead_process_on_this_host_loses_its_claim_but_not_a_namesake_in_another
     dead = _dead_pid()
     killed = ledger_for(engine, clock, pid=dead)
     assert killed.claim("invoice", 1, "run-killed") is not None
-    same_host = ledger_for(engine, clock)                        # same hostname, namespace and boot
+    same_host = ledger_for(engine, clock)  # same hostname, namespace and boot
     assert same_host.claim("invoice", 1, "run-new") is not None  # the holder's PID is gone: taken over
 
     killed_elsewhere = ledger_for(engine, clock, pid=dead, identity="worker-1|pid:[4026532000]|0a1b2c3d")
@@ -96,12 +96,12 @@ def test_renewed_leases_survive_long_waits_and_a_lost_claim_is_dropped(engine, c
     b = ledger_for(engine, clock)
     row = a.claim("invoice", 1, "run-a")
     assert row is not None
-    for _ in range(5):                      # 5 x 20 min: a request waiting on Retry-After five times
+    for _ in range(5):  # 5 x 20 min: a request waiting on Retry-After five times
         clock.advance(timedelta(minutes=20))
         assert a.renew_claims() == 1
         assert b.claim("invoice", 1, "run-b") is None
     assert a.update(row, "run-a", state=WRITTEN).state == WRITTEN
-    clock.advance(timedelta(minutes=31))    # not renewed: b takes over, a's next renewal notices
+    clock.advance(timedelta(minutes=31))  # not renewed: b takes over, a's next renewal notices
     assert b.claim("invoice", 1, "run-b") is not None
     assert a.renew_claims() == 0 and a.held_claims() == {}
 
@@ -156,7 +156,7 @@ def test_failures_are_never_starved_by_many_quarantined_documents(engine, clock)
     assert row is not None
     ledger.update(row, "run-0", release=True, state=FAILED, reason="HTTP 503")
     retried_in: list[int] = []
-    for run in range(1, 4):                 # every run tries 500 and touches what it tried
+    for run in range(1, 4):  # every run tries 500 and touches what it tried
         clock.advance(timedelta(minutes=5))
         batch = ledger.retry_candidates("invoice", limit=500)
         assert len(batch) == 500
@@ -184,23 +184,34 @@ def test_retry_candidates_include_booked_documents_with_a_problem_and_skip_the_w
 def test_a_database_from_the_previous_version_is_upgraded_and_its_keys_kept(tmp_path, clock):
     url = f"sqlite:///{tmp_path / 'old.db'}"
     engine = make_engine(url)
-    with engine.begin() as conn:      # the table as the previous release created it
-        conn.execute(sa.text(
-            "CREATE TABLE sync_ledger (id INTEGER PRIMARY KEY, doc_type VARCHAR(32) NOT NULL, coupa_id BIGINT NOT NULL,"
-            " scope VARCHAR(16) NOT NULL DEFAULT '', state VARCHAR(32) NOT NULL DEFAULT 'new', legal_entity VARCHAR(8),"
-            " natural_key VARCHAR(255), d365_key TEXT, coupa_hash VARCHAR(64), payload_hash VARCHAR(64),"
-            " coupa_updated_at VARCHAR(40), reason TEXT, alerted_reason TEXT, coupa_notified BOOLEAN NOT NULL DEFAULT 0,"
-            " attempts INTEGER NOT NULL DEFAULT 0, last_run_id VARCHAR(64), claimed_by VARCHAR(64),"
-            " claim_token VARCHAR(32), claimed_at DATETIME, claim_host VARCHAR(255), claim_pid INTEGER,"
-            " created_at DATETIME NOT NULL, updated_at DATETIME NOT NULL,"
-            " CONSTRAINT uq_sync_ledger_document UNIQUE (doc_type, coupa_id, scope))"))
-        for coupa_id, doc_type, scope, natural in ((1, "invoice", "", "usmf|US-101|INV|7"),
-                                                   (2, "purchase_order", "", "usmf|PO-9"),
-                                                   (3, "vendor", "usmf", "US-101")):
-            conn.execute(sa.text(
-                "INSERT INTO sync_ledger (doc_type, coupa_id, scope, state, legal_entity, natural_key, created_at,"
-                " updated_at) VALUES (:t, :i, :s, 'written', 'usmf', :n, '2026-11-01', '2026-11-01')"),
-                {"t": doc_type, "i": coupa_id, "s": scope, "n": natural})
+    with engine.begin() as conn:  # the table as the previous release created it
+        conn.execute(
+            sa.text(
+                "CREATE TABLE sync_ledger (id INTEGER PRIMARY KEY, doc_type VARCHAR(32) NOT NULL, "
+                "coupa_id BIGINT NOT NULL,"
+                " scope VARCHAR(16) NOT NULL DEFAULT '', state VARCHAR(32) NOT NULL DEFAULT 'new', "
+                "legal_entity VARCHAR(8),"
+                " natural_key VARCHAR(255), d365_key TEXT, coupa_hash VARCHAR(64), payload_hash VARCHAR(64),"
+                " coupa_updated_at VARCHAR(40), reason TEXT, alerted_reason TEXT, "
+                "coupa_notified BOOLEAN NOT NULL DEFAULT 0,"
+                " attempts INTEGER NOT NULL DEFAULT 0, last_run_id VARCHAR(64), claimed_by VARCHAR(64),"
+                " claim_token VARCHAR(32), claimed_at DATETIME, claim_host VARCHAR(255), claim_pid INTEGER,"
+                " created_at DATETIME NOT NULL, updated_at DATETIME NOT NULL,"
+                " CONSTRAINT uq_sync_ledger_document UNIQUE (doc_type, coupa_id, scope))"
+            )
+        )
+        for coupa_id, doc_type, scope, natural in (
+            (1, "invoice", "", "usmf|US-101|INV|7"),
+            (2, "purchase_order", "", "usmf|PO-9"),
+            (3, "vendor", "usmf", "US-101"),
+        ):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO sync_ledger (doc_type, coupa_id, scope, state, legal_entity, natural_key, created_at,"
+                    " updated_at) VALUES (:t, :i, :s, 'written', 'usmf', :n, '2026-11-01', '2026-11-01')"
+                ),
+                {"t": doc_type, "i": coupa_id, "s": scope, "n": natural},
+            )
     ledger = ledger_for(engine, clock)
     invoice = ledger.get("invoice", 1)
     assert invoice is not None and invoice.natural_key == NaturalKey("usmf", "US-101", "INV|7")

@@ -19,8 +19,8 @@ ROUNDS = 4
 def _create_schema(url: str, barrier, errors) -> None:
     try:
         barrier.wait(timeout=60)
-        store = SyncStore(url)   # what every step process does when its sync_state resource starts
-        Ledger(store.engine)     # ... and when a sync step builds its services
+        store = SyncStore(url)  # what every step process does when its sync_state resource starts
+        Ledger(store.engine)  # ... and when a sync step builds its services
         StatusEvents(store.engine)
         store.dispose()
     except BaseException as exc:  # noqa: BLE001 - reported to the parent

@@ -24,21 +24,29 @@ def ledger_for(engine, clock) -> Ledger:
     return Ledger(engine, clock=clock, lease=timedelta(minutes=30), identity=IDENTITY, heartbeat_s=3600)
 
 
-def put(ledger: Ledger, doc_type: str, coupa_id: int, state, *, notified: bool = False, problem=None,
-        release: bool = True, reason: str | None = None) -> None:
+def put(
+    ledger: Ledger,
+    doc_type: str,
+    coupa_id: int,
+    state,
+    *,
+    notified: bool = False,
+    problem=None,
+    release: bool = True,
+    reason: str | None = None,
+) -> None:
     row = ledger.claim(doc_type, coupa_id, "run-0")
     assert row is not None
-    ledger.update(row, "run-0", release=release, state=state, coupa_notified=notified, problem=problem,
-                  reason=reason)
+    ledger.update(row, "run-0", release=release, state=state, coupa_notified=notified, problem=problem, reason=reason)
 
 
 def test_checks_list_writes_left_unfinished_and_bookings_coupa_was_never_told_about(engine, clock):
     ledger = ledger_for(engine, clock)
-    put(ledger, "invoice", 1, WRITTEN, notified=True)             # done
-    put(ledger, "invoice", 2, WRITTEN)                            # booked, Coupa not told
-    put(ledger, "invoice", 3, POSTED)                             # posted, Coupa not told
-    put(ledger, "invoice", 4, WRITING)                            # write interrupted, claim released
-    put(ledger, "invoice", 5, VOIDED)                             # nothing to tell Coupa
+    put(ledger, "invoice", 1, WRITTEN, notified=True)  # done
+    put(ledger, "invoice", 2, WRITTEN)  # booked, Coupa not told
+    put(ledger, "invoice", 3, POSTED)  # posted, Coupa not told
+    put(ledger, "invoice", 4, WRITING)  # write interrupted, claim released
+    put(ledger, "invoice", 5, VOIDED)  # nothing to tell Coupa
     put(ledger, "invoice", 6, QUARANTINED, reason="unknown chart")
     put(ledger, "invoice", 7, WRITTEN, problem=Problem.FAILED, reason="HTTP 503")
     clock.advance(timedelta(hours=2))
@@ -58,18 +66,18 @@ def test_purchase_orders_closed_or_cancelled_but_not_told_are_listed_vendors_nev
     put(ledger, "purchase_order", 1, WRITTEN)
     put(ledger, "purchase_order", 2, CLOSED)
     put(ledger, "purchase_order", 3, CANCELLED, notified=True)
-    put(ledger, "vendor", 10, WRITTEN)      # vendors are never notified to Coupa
+    put(ledger, "vendor", 10, WRITTEN)  # vendors are never notified to Coupa
     assert [i.row.coupa_id for i in ledger.unfinished("purchase_order")] == [1, 2]
     assert ledger.unfinished("vendor") == []
 
 
 def test_a_write_in_progress_is_not_stuck_until_its_claim_goes_stale(engine, clock):
     ledger = ledger_for(engine, clock)
-    put(ledger, "invoice", 1, WRITING, release=False)              # a run is writing it right now
-    put(ledger, "invoice", 2, WRITTEN, release=False)              # ... or notifying Coupa right now
+    put(ledger, "invoice", 1, WRITING, release=False)  # a run is writing it right now
+    put(ledger, "invoice", 2, WRITTEN, release=False)  # ... or notifying Coupa right now
     clock.advance(timedelta(minutes=10))
     assert ledger.unfinished("invoice") == []
-    clock.advance(timedelta(minutes=25))                           # lease (30 min) expired: nobody renews it
+    clock.advance(timedelta(minutes=25))  # lease (30 min) expired: nobody renews it
     assert [i.row.coupa_id for i in ledger.unfinished("invoice")] == [1, 2]
 
 

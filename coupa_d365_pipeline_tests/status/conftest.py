@@ -5,9 +5,10 @@ would run them — each "run" with its own run id, clients and ledger handle."""
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -34,7 +35,7 @@ class Booked:
     vendor: str
     number: str
     header_reference: str
-    amount: Decimal          # the D365 invoice amount, Coupa's sign (credit note < 0)
+    amount: Decimal  # the D365 invoice amount, Coupa's sign (credit note < 0)
 
 
 class StatusHarness:
@@ -48,10 +49,12 @@ class StatusHarness:
         self.ledger = Ledger(self.store.engine)
         self._clients: list[Any] = []
         self._runs = itertools.count(1)
-        self._invoices = iter([i for i in sandboxes.seed.coupa_invoices
-                               if i["status"] == "approved" and not i.get("is-credit-note")])
-        self._credit_notes = iter([i for i in sandboxes.seed.coupa_invoices
-                                   if i["status"] == "approved" and i.get("is-credit-note")])
+        self._invoices = iter(
+            [i for i in sandboxes.seed.coupa_invoices if i["status"] == "approved" and not i.get("is-credit-note")]
+        )
+        self._credit_notes = iter(
+            [i for i in sandboxes.seed.coupa_invoices if i["status"] == "approved" and i.get("is-credit-note")]
+        )
 
     def close(self) -> None:
         for client in self._clients:
@@ -63,12 +66,27 @@ class StatusHarness:
         invoice = next(self._credit_notes if credit_note else self._invoices)
         coupa_id, number = int(invoice["id"]), str(invoice["invoice-number"])
         ref = f"STATUS-{coupa_id}"
-        self.d365.load("VendorInvoiceHeaders", [{
-            "dataAreaId": LEGAL_ENTITY, "HeaderReference": ref, "InvoiceNumber": number, "InvoiceAccount": VENDOR,
-            "VendorAccount": VENDOR, "InvoiceDate": "2026-11-20T12:00:00Z", "Currency": "USD",
-            "ImportedAmount": Decimal(str(amount))}])
-        self.set_state(coupa_id, state, natural_key=NaturalKey(LEGAL_ENTITY, VENDOR, number),
-                       d365_key={"dataAreaId": LEGAL_ENTITY, "HeaderReference": ref})
+        self.d365.load(
+            "VendorInvoiceHeaders",
+            [
+                {
+                    "dataAreaId": LEGAL_ENTITY,
+                    "HeaderReference": ref,
+                    "InvoiceNumber": number,
+                    "InvoiceAccount": VENDOR,
+                    "VendorAccount": VENDOR,
+                    "InvoiceDate": "2026-11-20T12:00:00Z",
+                    "Currency": "USD",
+                    "ImportedAmount": Decimal(str(amount)),
+                }
+            ],
+        )
+        self.set_state(
+            coupa_id,
+            state,
+            natural_key=NaturalKey(LEGAL_ENTITY, VENDOR, number),
+            d365_key={"dataAreaId": LEGAL_ENTITY, "HeaderReference": ref},
+        )
         return Booked(coupa_id, LEGAL_ENTITY, VENDOR, number, ref, Decimal(str(amount)))
 
     def set_state(self, coupa_id: int, state: DocState, **fields: Any) -> None:
@@ -81,8 +99,9 @@ class StatusHarness:
         return self.d365.post_invoice(booked.legal_entity, booked.header_reference, **kwargs)
 
     def settle(self, booked: Booked, amount: Decimal | str, date: str, reference: str, **kwargs: Any) -> dict:
-        return self.d365.settle_invoice(booked.legal_entity, booked.number, booked.vendor, Decimal(str(amount)),
-                                        date, reference, **kwargs)
+        return self.d365.settle_invoice(
+            booked.legal_entity, booked.number, booked.vendor, Decimal(str(amount)), date, reference, **kwargs
+        )
 
     def reverse(self, settled: dict[str, Any]) -> dict:
         row = settled.get("VendSettlementBiEntity") or settled["InvoiceSettlement"]
@@ -92,9 +111,15 @@ class StatusHarness:
     def services(self, run_id: str | None = None) -> SyncServices:
         coupa, d365 = make_coupa_client(self.sandboxes), make_d365_client(self.sandboxes)
         self._clients += [coupa, d365]
-        return SyncServices(coupa=coupa, d365=d365, store=self.store, ledger=Ledger(self.store.engine),
-                            mapping=self.mapping, master=D365MasterData(),
-                            run_id=run_id or f"status-run-{next(self._runs)}")
+        return SyncServices(
+            coupa=coupa,
+            d365=d365,
+            store=self.store,
+            ledger=Ledger(self.store.engine),
+            mapping=self.mapping,
+            master=D365MasterData(),
+            run_id=run_id or f"status-run-{next(self._runs)}",
+        )
 
     def read(self, services: SyncServices | None = None) -> dict[str, int]:
         return StatusReader(services or self.services(), self.events).read()
@@ -115,12 +140,18 @@ class StatusHarness:
         return [(Decimal(p["amount-paid"]), p.get("notes") or "") for p in self.invoice(booked)["payments"]]
 
     def history(self, booked: Booked, code: str) -> list[dict[str, Any]]:
-        return [r for r in self.coupa.records("integration_history_records")
-                if r["document-id"] == booked.coupa_id and r["responses"][0]["response-code"] == code]
+        return [
+            r
+            for r in self.coupa.records("integration_history_records")
+            if r["document-id"] == booked.coupa_id and r["responses"][0]["response-code"] == code
+        ]
 
     def coupa_writes(self, after_seq: int = 0) -> list[Any]:
-        return [e for e in self.sandboxes.coupa.log.snapshot()
-                if e.seq > after_seq and e.method in ("PUT", "POST") and e.path.startswith("/api/")]
+        return [
+            e
+            for e in self.sandboxes.coupa.log.snapshot()
+            if e.seq > after_seq and e.method in ("PUT", "POST") and e.path.startswith("/api/")
+        ]
 
     def coupa_seq(self) -> int:
         return max((e.seq for e in self.sandboxes.coupa.log.snapshot()), default=0)

@@ -14,7 +14,7 @@ from coupa_d365_pipeline_tests.status.conftest import StatusHarness
 def test_two_overlapping_status_writers_send_a_payment_once(harness: StatusHarness) -> None:
     invoice = harness.book("1000.00")
     harness.post(invoice)
-    harness.run()                                        # the posting is in Coupa
+    harness.run()  # the posting is in Coupa
     harness.settle(invoice, "400.00", "2026-11-25T12:00:00Z", "PAY-OVERLAP")
     harness.read()
 
@@ -59,4 +59,4 @@ def test_a_status_writer_leaves_an_invoice_a_document_sync_holds_to_the_next_run
     assert report.counts()["updated"] == 1
     assert len(harness.payments(invoice)) == 1 and len(harness.history(invoice, "D365-POSTED")) == 1
     assert harness.events.unpushed_invoice_ids() == []
-    assert harness.ledger.get("invoice", invoice.coupa_id).claimed_by is None   # released after writing
+    assert harness.ledger.get("invoice", invoice.coupa_id).claimed_by is None  # released after writing

@@ -38,8 +38,11 @@ def test_the_production_instance_runs_one_invoice_status_run_at_a_time(tmp_path:
         limits = queue.tag_concurrency_limits
         job = defs.resolve_job_def("invoice_status_job")
         run_tags = dict(job.run_tags)
-        status_limits = [limit for limit in limits if limit["key"] in run_tags
-                         and limit.get("value") in (None, run_tags[limit["key"]])]
+        status_limits = [
+            limit
+            for limit in limits
+            if limit["key"] in run_tags and limit.get("value") in (None, run_tags[limit["key"]])
+        ]
         assert [limit["limit"] for limit in status_limits] == [1]
 
         running = DagsterRun(job_name=job.name, run_id="status-running", tags=run_tags)

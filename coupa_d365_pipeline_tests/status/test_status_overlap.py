@@ -11,10 +11,9 @@ import pytest
 from coupa_d365_pipeline_tests.status.conftest import StatusHarness
 
 
-def test_a_posting_committed_late_with_an_older_created_on_is_still_read(harness: StatusHarness,
-                                                                        sandbox_clock) -> None:
+def test_a_posting_committed_late_with_an_older_created_on_is_still_read(harness: StatusHarness, sandbox_clock) -> None:
     early, late = harness.book("100.00"), harness.book("200.00")
-    harness.post(early)                                   # CreatedOn 09:00 -> watermark 09:00
+    harness.post(early)  # CreatedOn 09:00 -> watermark 09:00
     harness.run()
     sandbox_clock.advance(timedelta(hours=2))
     # a batch posting that started at 08:30 commits now: its rows appear with CreatedOn 08:30,
@@ -34,20 +33,21 @@ def test_repeated_reads_over_the_overlap_send_nothing_twice(harness: StatusHarne
         harness.post(booked)
     harness.settle(paid, "400.00", "2026-11-25T12:00:00Z", "PAY-1")
     harness.settle(paid, "500.00", "2026-11-26T12:00:00Z", "PAY-2")
-    harness.d365.settle_credit_note(part.legal_entity, part.number, credit_note.number, part.vendor, "50.00",
-                                    "2026-11-26")
+    harness.d365.settle_credit_note(
+        part.legal_entity, part.number, credit_note.number, part.vendor, "50.00", "2026-11-26"
+    )
     harness.settle(part, "100.00", "2026-11-27T12:00:00Z", "PAY-3")
     first_counts, _ = harness.run()
     assert first_counts["posted_new"] == 3
     events = harness.events.counts()
     seq = harness.coupa_seq()
-    for _ in range(3):                                    # later runs, all well inside the overlap
+    for _ in range(3):  # later runs, all well inside the overlap
         sandbox_clock.advance(timedelta(minutes=30))
         counts, report = harness.run()
-        assert counts["rows_read"] > 0                    # the overlap re-reads the same rows ...
+        assert counts["rows_read"] > 0  # the overlap re-reads the same rows ...
         assert {k: v for k, v in counts.items() if k.endswith("_new")} == {k: 0 for k in counts if k.endswith("_new")}
         assert report.outcomes == []
-    assert harness.coupa_writes(seq) == []                # ... and sends nothing twice
+    assert harness.coupa_writes(seq) == []  # ... and sends nothing twice
     assert harness.events.counts() == events
     assert len(harness.payments(paid)) == 2 and len(harness.payments(part)) == 1
 

@@ -6,7 +6,13 @@ from __future__ import annotations
 import pytest
 
 from coupa_d365_pipeline.state.ledger import (
-    CHANGED_AFTER_POST, MISSING_IN_D365, POSTED, VOID_BLOCKED, WRITING, DocState, Ledger,
+    CHANGED_AFTER_POST,
+    MISSING_IN_D365,
+    POSTED,
+    VOID_BLOCKED,
+    WRITING,
+    DocState,
+    Ledger,
 )
 from coupa_d365_pipeline_tests.status.conftest import StatusHarness
 
@@ -25,8 +31,13 @@ def test_a_state_a_sync_wrote_between_the_status_read_and_its_claim_is_kept(harn
             interfered.append(coupa_id)
             sync = Ledger(harness.store.engine)
             row = sync.claim("invoice", coupa_id, "document-sync-run")
-            sync.update(row, "document-sync-run", release=True, state=VOID_BLOCKED,
-                        reason="voided in Coupa after D365 posted it")
+            sync.update(
+                row,
+                "document-sync-run",
+                release=True,
+                state=VOID_BLOCKED,
+                reason="voided in Coupa after D365 posted it",
+            )
         return claim(doc_type, coupa_id, run_id, scope)
 
     services.ledger.claim = a_sync_run_voids_it_first
@@ -37,7 +48,7 @@ def test_a_state_a_sync_wrote_between_the_status_read_and_its_claim_is_kept(harn
     row = harness.ledger.get("invoice", invoice.coupa_id)
     assert row.state == VOID_BLOCKED and row.reason == "voided in Coupa after D365 posted it"
     assert row.d365_key["LedgerVoucher"] == voucher and row.d365_key["HeaderReference"] == invoice.header_reference
-    assert len(harness.history(invoice, "D365-POSTED")) == 1       # Coupa still learns it was posted
+    assert len(harness.history(invoice, "D365-POSTED")) == 1  # Coupa still learns it was posted
 
 
 @pytest.mark.parametrize("state", [MISSING_IN_D365, WRITING])

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from coupa_d365_pipeline.sync.master_data import read_master_rows
 from coupa_d365_pipeline.mapping.config import load_mapping
 from coupa_d365_pipeline.mapping.master import D365MasterData
 from coupa_d365_pipeline.sandbox.launch import RunningSandboxes
@@ -19,6 +18,7 @@ from coupa_d365_pipeline.state.ledger import Ledger
 from coupa_d365_pipeline.state.store import SyncStore
 from coupa_d365_pipeline.sync.context import SyncServices
 from coupa_d365_pipeline.sync.invoices import InvoiceSync
+from coupa_d365_pipeline.sync.master_data import read_master_rows
 from coupa_d365_pipeline.sync.purchase_orders import PurchaseOrderSync
 from coupa_d365_pipeline.sync.report import Outcome
 from coupa_d365_pipeline.sync.vendors import VendorSync
@@ -33,8 +33,16 @@ def services(sandboxes: RunningSandboxes, tmp_path) -> Iterator[SyncServices]:
     store = SyncStore(f"sqlite:///{tmp_path / 'sync.db'}")
     mapping = load_mapping(None)
     master = D365MasterData.from_rows(read_master_rows(d365, mapping.mapped_legal_entities))
-    yield SyncServices(coupa=coupa, d365=d365, store=store, ledger=Ledger(store.engine), mapping=mapping,
-                       master=master, run_id="run-1", logger=logging.getLogger("test.sync"))
+    yield SyncServices(
+        coupa=coupa,
+        d365=d365,
+        store=store,
+        ledger=Ledger(store.engine),
+        mapping=mapping,
+        master=master,
+        run_id="run-1",
+        logger=logging.getLogger("test.sync"),
+    )
     coupa.close()
     d365.close()
     store.dispose()
@@ -64,16 +72,24 @@ def impatient_vendors(services: SyncServices) -> VendorSync:
 def mappable_invoice(sandboxes: RunningSandboxes, le: str = "usmf", skip: int = 0) -> dict[str, Any]:
     seed = sandboxes.seed
     unmappable = set(seed.expectations["unmappable_invoices"])
-    candidates = [i for i in seed.coupa_invoices
-                  if i["status"] == "approved" and i["id"] not in unmappable and not i.get("is-credit-note")
-                  and CHARTS.get(i["account-type"]["name"]) == le
-                  and not any(line.get("po-number") for line in i["invoice-lines"])]
+    candidates = [
+        i
+        for i in seed.coupa_invoices
+        if i["status"] == "approved"
+        and i["id"] not in unmappable
+        and not i.get("is-credit-note")
+        and CHARTS.get(i["account-type"]["name"]) == le
+        and not any(line.get("po-number") for line in i["invoice-lines"])
+    ]
     return candidates[skip]
 
 
 def pending_headers(sandboxes: RunningSandboxes, **equals: Any) -> list[dict[str, Any]]:
-    return [h for h in sandboxes.d365.state.records("VendorInvoiceHeaders")
-            if all(str(h.get(k)).casefold() == str(v).casefold() for k, v in equals.items())]
+    return [
+        h
+        for h in sandboxes.d365.state.records("VendorInvoiceHeaders")
+        if all(str(h.get(k)).casefold() == str(v).casefold() for k, v in equals.items())
+    ]
 
 
 def money(value: Any) -> Decimal:

@@ -8,12 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from coupa_d365_pipeline.state.ledger import (
-    MISSING_IN_D365,
-    WRITTEN,
-    NaturalKey,
-    Problem,
-)
+from coupa_d365_pipeline.state.ledger import MISSING_IN_D365, WRITTEN, NaturalKey, Problem
 from coupa_d365_pipeline.state.status import StatusEvents
 from coupa_d365_pipeline.sync.status import StatusReader
 from coupa_d365_pipeline_tests.flow.helpers import d365_writes, last_seq
@@ -36,8 +31,11 @@ def book(services, sandboxes, skip: int = 0) -> tuple[dict, dict]:
 
 
 def posted_journal(sandboxes, **equals) -> list[dict]:
-    return [j for j in sandboxes.d365.state.records("VendInvoiceJourBiEntities")
-            if all(str(j.get(k)).casefold() == str(v).casefold() for k, v in equals.items())]
+    return [
+        j
+        for j in sandboxes.d365.state.records("VendInvoiceJourBiEntities")
+        if all(str(j.get(k)).casefold() == str(v).casefold() for k, v in equals.items())
+    ]
 
 
 # -- defect 1: duplicate after posting when the natural key changes ---------------------------
@@ -56,14 +54,16 @@ def test_posted_invoice_is_never_booked_again_when_its_natural_key_changes(servi
         sandboxes.coupa.state.touch("invoices", invoice["id"], supplier=dict(invoice["supplier"], number="NEWNO-77"))
     else:  # the chart of accounts now maps to another legal entity
         legal_entities = dict(services.mapping.legal_entities, **{invoice["account-type"]["name"]: "demf"})
-        later = as_run(services, "run-2", mapping=services.mapping.model_copy(update={"legal_entities": legal_entities}))
+        later = as_run(
+            services, "run-2", mapping=services.mapping.model_copy(update={"legal_entities": legal_entities})
+        )
         sandboxes.coupa.state.touch("invoices", invoice["id"], **{"invoice-date": "2026-10-30T00:00:00Z"})
     seq = last_seq(sandboxes)
 
     outcome = sync_invoice(later, invoice["id"])
 
     assert outcome.action == "changed_after_post", outcome
-    assert len(sandboxes.d365.state.records("VendorInvoiceHeaders")) == pending_before   # no second booking
+    assert len(sandboxes.d365.state.records("VendorInvoiceHeaders")) == pending_before  # no second booking
     assert len(sandboxes.d365.state.records("VendInvoiceJourBiEntities")) == journal_before
     assert not [w for w in d365_writes(sandboxes, seq) if "VendorInvoice" in w.path or "$batch" in w.path]
     row = services.ledger.get("invoice", invoice["id"])
@@ -97,8 +97,11 @@ def test_amount_change_is_applied_after_the_vendor_was_busy(services, sandboxes)
     assert outcome.action == "updated", outcome
     [updated] = pending_headers(sandboxes, HeaderReference=header["HeaderReference"])
     assert money(updated["ImportedAmount"]) == new_gross
-    [first] = [l for l in sandboxes.d365.state.records("VendorInvoiceLines")
-               if l["HeaderReference"] == header["HeaderReference"] and money(l["InvoiceLineNumber"]) == line["line-num"]]
+    [first] = [
+        ln
+        for ln in sandboxes.d365.state.records("VendorInvoiceLines")
+        if ln["HeaderReference"] == header["HeaderReference"] and money(ln["InvoiceLineNumber"]) == line["line-num"]
+    ]
     assert money(first["UnitPrice"]) == new_price and money(first["Amount"]) == new_total
     row = services.ledger.get("invoice", invoice["id"])
     assert (row.state, row.problem, row.reason) == (WRITTEN, None, None)
@@ -116,7 +119,7 @@ def test_unmappable_later_version_keeps_the_booking_so_a_void_still_removes_it(s
     sandboxes.coupa.state.touch("invoices", invoice["id"], status="voided")
     outcome = sync_invoice(as_run(services, "run-3"), invoice["id"])
     assert outcome.action == "voided" and header["HeaderReference"] in outcome.detail
-    assert pending_headers(sandboxes, HeaderReference=header["HeaderReference"]) == []   # not left payable
+    assert pending_headers(sandboxes, HeaderReference=header["HeaderReference"]) == []  # not left payable
     assert services.ledger.get("invoice", invoice["id"]).state == "voided"
 
 
@@ -174,14 +177,15 @@ def test_interrupted_write_that_landed_and_was_posted_is_recognised_by_its_store
 
 def test_pending_invoice_deleted_in_d365_is_reported_not_silently_booked_again(services, sandboxes):
     invoice, header = book(services, sandboxes)
-    sandboxes.d365.state.delete("VendorInvoiceHeaders", {"dataAreaId": header["dataAreaId"],
-                                                         "HeaderReference": header["HeaderReference"]})
+    sandboxes.d365.state.delete(
+        "VendorInvoiceHeaders", {"dataAreaId": header["dataAreaId"], "HeaderReference": header["HeaderReference"]}
+    )
     sandboxes.coupa.state.touch("invoices", invoice["id"], **{"invoice-date": "2026-10-29T00:00:00Z"})
     outcome = sync_invoice(as_run(services, "run-2"), invoice["id"])
     assert outcome.action == "missing_in_d365" and "rebook_missing" in outcome.detail
     assert pending_headers(sandboxes, InvoiceNumber=invoice["invoice-number"]) == []
     assert services.ledger.get("invoice", invoice["id"]).state == MISSING_IN_D365
-    assert sync_invoice(as_run(services, "run-3"), invoice["id"]).action == "missing_in_d365"   # stays put
+    assert sync_invoice(as_run(services, "run-3"), invoice["id"]).action == "missing_in_d365"  # stays put
 
     outcome = sync_invoice(as_run(services, "replay"), invoice["id"], rebook_missing=True)
     assert outcome.action == "created"
@@ -199,8 +203,11 @@ def test_interrupted_write_that_landed_is_adopted_and_brought_up_to_date(service
     sandboxes.coupa.state.touch("invoices", invoice["id"], **{"invoice-lines": lines})
     outcome = sync_invoice(as_run(services, "run-2"), invoice["id"])
     assert outcome.action == "updated" and "1 lines changed" in outcome.detail
-    [last] = [l for l in sandboxes.d365.state.records("VendorInvoiceLines")
-              if l["HeaderReference"] == header["HeaderReference"] and money(l["InvoiceLineNumber"]) == line["line-num"]]
+    [last] = [
+        ln
+        for ln in sandboxes.d365.state.records("VendorInvoiceLines")
+        if ln["HeaderReference"] == header["HeaderReference"] and money(ln["InvoiceLineNumber"]) == line["line-num"]
+    ]
     assert last["LineDescription"].endswith("(corrected)")
     assert len(pending_headers(sandboxes, InvoiceNumber=invoice["invoice-number"])) == 1
     assert services.ledger.get("invoice", invoice["id"]).state == WRITTEN
@@ -241,8 +248,9 @@ def test_voucher_written_to_a_coupa_custom_field_is_not_a_change_after_post(serv
 
     assert outcome.action == "already_present", outcome
     assert services.ledger.get("invoice", invoice["id"]).state == "posted"
-    assert [r for r in sandboxes.coupa.state.records("integration_history_records") if r["status"] == "Error"] \
-        == alerts_before
+    assert [
+        r for r in sandboxes.coupa.state.records("integration_history_records") if r["status"] == "Error"
+    ] == alerts_before
 
 
 def test_a_real_custom_field_change_after_posting_is_still_reported(services, sandboxes):
@@ -262,10 +270,17 @@ def test_invoice_already_posted_in_d365_is_adopted_as_posted_not_booked_again(se
     from coupa_d365_pipeline.sync.vendors import VendorSync
 
     assert VendorSync(services).ensure(supplier, "usmf").action in ("created", "already_present")
-    sandboxes.d365.state.create("VendorInvoiceHeaders", {
-        "dataAreaId": "usmf", "HeaderReference": "AP-MANUAL-1", "InvoiceNumber": invoice["invoice-number"],
-        "InvoiceAccount": supplier["number"], "Currency": invoice["currency"]["code"],
-        "ImportedAmount": invoice["gross-total"]})
+    sandboxes.d365.state.create(
+        "VendorInvoiceHeaders",
+        {
+            "dataAreaId": "usmf",
+            "HeaderReference": "AP-MANUAL-1",
+            "InvoiceNumber": invoice["invoice-number"],
+            "InvoiceAccount": supplier["number"],
+            "Currency": invoice["currency"]["code"],
+            "ImportedAmount": invoice["gross-total"],
+        },
+    )
     posted = sandboxes.d365.state.post_invoice("usmf", "AP-MANUAL-1")
     voucher = posted["VendInvoiceJourBiEntity"]["LedgerVoucher"]
     seq = last_seq(sandboxes)
@@ -277,8 +292,11 @@ def test_invoice_already_posted_in_d365_is_adopted_as_posted_not_booked_again(se
     row = services.ledger.get("invoice", invoice["id"])
     assert row.state == "posted" and row.d365_key["LedgerVoucher"] == voucher
     assert any(h["action"] == "found_posted" for h in services.ledger.history("invoice", invoice["id"]))
-    told = [r for r in sandboxes.coupa.state.records("integration_history_records")
-            if r["document-id"] == invoice["id"] and r["document-type"] == "InvoiceHeader" and r["status"] == "Success"]
+    told = [
+        r
+        for r in sandboxes.coupa.state.records("integration_history_records")
+        if r["document-id"] == invoice["id"] and r["document-type"] == "InvoiceHeader" and r["status"] == "Success"
+    ]
     assert len(told) == 1 and voucher in told[0]["responses"][0]["response-message"]
     assert sandboxes.coupa.state.get("invoices", invoice["id"])["exported"] is True
 
@@ -308,7 +326,11 @@ def test_duplicate_key_answer_adopts_our_own_header_and_completes_it(services, s
 
     assert outcome.action == "repaired" and "adopted existing COUPA-" in outcome.detail
     [header] = pending_headers(sandboxes, InvoiceNumber=invoice["invoice-number"])
-    lines = [l for l in sandboxes.d365.state.records("VendorInvoiceLines") if l["HeaderReference"] == header["HeaderReference"]]
+    lines = [
+        ln
+        for ln in sandboxes.d365.state.records("VendorInvoiceLines")
+        if ln["HeaderReference"] == header["HeaderReference"]
+    ]
     assert len(lines) == len(invoice["invoice-lines"])
     history = services.ledger.history("invoice", invoice["id"])
     [create] = [h for h in history if h["action"] == "create"]
@@ -359,4 +381,6 @@ def test_adopting_a_pending_invoice_keyed_by_hand_patches_only_what_differs(serv
     assert outcome.action == "repaired" and "adopted existing AP-KEYED-1, 0 header fields" in outcome.detail
     writes = d365_writes(sandboxes, seq)
     assert [w for w in writes if w.method == "PATCH"] == []
-    assert sum(w.method == "POST" and w.path == "/data/VendorInvoiceLines" for w in writes) == len(invoice["invoice-lines"])
+    assert sum(w.method == "POST" and w.path == "/data/VendorInvoiceLines" for w in writes) == len(
+        invoice["invoice-lines"]
+    )

@@ -12,15 +12,25 @@ from coupa_d365_pipeline_tests.sync.conftest import as_run, sync_po
 
 
 def issued_po(sandboxes, skip: int = 0, lines_at_least: int = 2) -> dict[str, Any]:
-    candidates = [p for p in sandboxes.seed.coupa_purchase_orders
-                  if p["status"] == "issued" and len(p["order-lines"]) >= lines_at_least
-                  and CHARTS.get(p["order-lines"][0]["account"]["account-type"]["name"]) == "usmf"]
+    candidates = [
+        p
+        for p in sandboxes.seed.coupa_purchase_orders
+        if p["status"] == "issued"
+        and len(p["order-lines"]) >= lines_at_least
+        and CHARTS.get(p["order-lines"][0]["account"]["account-type"]["name"]) == "usmf"
+    ]
     return candidates[skip]
 
 
 def d365_lines(sandboxes, le: str, number: str) -> list[dict[str, Any]]:
-    return sorted((l for l in sandboxes.d365.state.records("PurchaseOrderLinesV2")
-                   if l["dataAreaId"] == le and l["PurchaseOrderNumber"] == number), key=lambda l: int(l["LineNumber"]))
+    return sorted(
+        (
+            ln
+            for ln in sandboxes.d365.state.records("PurchaseOrderLinesV2")
+            if ln["dataAreaId"] == le and ln["PurchaseOrderNumber"] == number
+        ),
+        key=lambda ln: int(ln["LineNumber"]),
+    )
 
 
 def book_po(services, sandboxes, skip: int = 0) -> dict[str, Any]:
@@ -35,24 +45,28 @@ def book_po(services, sandboxes, skip: int = 0) -> dict[str, Any]:
 def test_booked_po_cancelled_in_coupa_is_cancelled_in_d365_even_if_the_new_version_no_longer_maps(services, sandboxes):
     po = book_po(services, sandboxes)
     number = po["po-number"]
-    assert all(l["PurchaseOrderLineStatus"] != "Canceled" for l in d365_lines(sandboxes, "usmf", number))
-    unmappable_lines = [dict(line, account=dict(line["account"], **{"account-type": {"id": 99, "name": "Atlantis"}}))
-                        for line in po["order-lines"]]
+    assert all(ln["PurchaseOrderLineStatus"] != "Canceled" for ln in d365_lines(sandboxes, "usmf", number))
+    unmappable_lines = [
+        dict(line, account=dict(line["account"], **{"account-type": {"id": 99, "name": "Atlantis"}}))
+        for line in po["order-lines"]
+    ]
     sandboxes.coupa.state.touch("purchase_orders", po["id"], status="cancelled", **{"order-lines": unmappable_lines})
 
     outcome = sync_po(as_run(services, "run-2"), po["id"])
 
     assert outcome.action == "cancelled", outcome
     lines = d365_lines(sandboxes, "usmf", number)
-    assert lines and all(l["PurchaseOrderLineStatus"] == "Canceled" for l in lines)
+    assert lines and all(ln["PurchaseOrderLineStatus"] == "Canceled" for ln in lines)
     row = services.ledger.get("purchase_order", po["id"])
     assert row.state == "cancelled" and row.d365_key == {"dataAreaId": "usmf", "PurchaseOrderNumber": number}
 
 
 def test_unmappable_change_to_a_booked_po_keeps_its_booking(services, sandboxes):
     po = book_po(services, sandboxes)
-    unmappable_lines = [dict(line, account=dict(line["account"], **{"account-type": {"id": 99, "name": "Atlantis"}}))
-                        for line in po["order-lines"]]
+    unmappable_lines = [
+        dict(line, account=dict(line["account"], **{"account-type": {"id": 99, "name": "Atlantis"}}))
+        for line in po["order-lines"]
+    ]
     sandboxes.coupa.state.touch("purchase_orders", po["id"], **{"order-lines": unmappable_lines})
     outcome = sync_po(as_run(services, "run-2"), po["id"])
     assert outcome.action == "quarantined"
@@ -63,15 +77,34 @@ def test_unmappable_change_to_a_booked_po_keeps_its_booking(services, sandboxes)
 
 def test_native_d365_po_with_the_same_number_is_never_adopted_or_changed(services, sandboxes):
     po = issued_po(sandboxes)
-    native_vendor = next(v["VendorAccountNumber"] for v in sandboxes.d365.state.records("VendorsV2")
-                         if v["dataAreaId"] == "usmf" and v["VendorAccountNumber"] != po["supplier"]["number"])
-    sandboxes.d365.state.create("PurchaseOrderHeadersV2", {
-        "dataAreaId": "usmf", "PurchaseOrderNumber": po["po-number"], "OrderVendorAccountNumber": native_vendor,
-        "InvoiceVendorAccountNumber": native_vendor, "CurrencyCode": "USD", "PurchaseOrderName": "Native D365 PO"})
-    sandboxes.d365.state.create("PurchaseOrderLinesV2", {
-        "dataAreaId": "usmf", "PurchaseOrderNumber": po["po-number"], "LineNumber": 1, "ItemNumber": "M-1000",
-        "OrderedPurchaseQuantity": 3, "PurchasePrice": 10})
-    before = [dict(l) for l in d365_lines(sandboxes, "usmf", po["po-number"])]
+    native_vendor = next(
+        v["VendorAccountNumber"]
+        for v in sandboxes.d365.state.records("VendorsV2")
+        if v["dataAreaId"] == "usmf" and v["VendorAccountNumber"] != po["supplier"]["number"]
+    )
+    sandboxes.d365.state.create(
+        "PurchaseOrderHeadersV2",
+        {
+            "dataAreaId": "usmf",
+            "PurchaseOrderNumber": po["po-number"],
+            "OrderVendorAccountNumber": native_vendor,
+            "InvoiceVendorAccountNumber": native_vendor,
+            "CurrencyCode": "USD",
+            "PurchaseOrderName": "Native D365 PO",
+        },
+    )
+    sandboxes.d365.state.create(
+        "PurchaseOrderLinesV2",
+        {
+            "dataAreaId": "usmf",
+            "PurchaseOrderNumber": po["po-number"],
+            "LineNumber": 1,
+            "ItemNumber": "M-1000",
+            "OrderedPurchaseQuantity": 3,
+            "PurchasePrice": 10,
+        },
+    )
+    before = [dict(ln) for ln in d365_lines(sandboxes, "usmf", po["po-number"])]
     seq = last_seq(sandboxes)
 
     outcome = sync_po(services, po["id"])
@@ -80,6 +113,9 @@ def test_native_d365_po_with_the_same_number_is_never_adopted_or_changed(service
     assert "did not create" in outcome.detail and native_vendor in outcome.detail
     assert [w for w in d365_writes(sandboxes, seq) if "PurchaseOrder" in w.path or "PurchaseOrder" in w.body] == []
     assert d365_lines(sandboxes, "usmf", po["po-number"]) == before
-    [header] = [h for h in sandboxes.d365.state.records("PurchaseOrderHeadersV2")
-                if h["dataAreaId"] == "usmf" and h["PurchaseOrderNumber"] == po["po-number"]]
+    [header] = [
+        h
+        for h in sandboxes.d365.state.records("PurchaseOrderHeadersV2")
+        if h["dataAreaId"] == "usmf" and h["PurchaseOrderNumber"] == po["po-number"]
+    ]
     assert header["PurchaseOrderName"] == "Native D365 PO"

@@ -29,12 +29,17 @@ def _negative_quantity(invoice: dict[str, Any]) -> dict[str, Any]:
 
 # name -> (changes made in Coupa, expected action, words the reason must contain)
 HOSTILE: dict[str, tuple[Any, str, tuple[str, ...]]] = {
-    "nul_number": (lambda inv: {"invoice-number": "INV\x00001"}, "quarantined",
-                   ("invoice-number", "control character U+0000", "InvoiceNumber")),
-    "long_number": (lambda inv: {"invoice-number": "N" * 300}, "quarantined",
-                    ("300 characters", "at most 20")),
-    "supplier_abc": (lambda inv: {"supplier": dict(inv["supplier"], id="abc")}, "quarantined",
-                     ("supplier id 'abc' is not a Coupa supplier id",)),
+    "nul_number": (
+        lambda inv: {"invoice-number": "INV\x00001"},
+        "quarantined",
+        ("invoice-number", "control character U+0000", "InvoiceNumber"),
+    ),
+    "long_number": (lambda inv: {"invoice-number": "N" * 300}, "quarantined", ("300 characters", "at most 20")),
+    "supplier_abc": (
+        lambda inv: {"supplier": dict(inv["supplier"], id="abc")},
+        "quarantined",
+        ("supplier id 'abc' is not a Coupa supplier id",),
+    ),
     "string_currency": (lambda inv: {"currency": inv["currency"]["code"]}, "created", ()),
     "negative_quantity": (_negative_quantity, "quarantined", ("quantity -3 on an invoice that is not a credit note",)),
 }
@@ -63,10 +68,10 @@ def test_hostile_invoices_never_stop_the_window(window_services, sandboxes):
     documents = [services.coupa.get("invoices", inv["id"]) for inv in [*hostile.values(), *good]]
     documents.append({"id": "not-a-number", "invoice-number": "X-1", "status": "approved"})
 
-    staged = services.store.stage("invoice", documents, run_id="run-1")   # PostgreSQL: NUL and 300 chars too
+    staged = services.store.stage("invoice", documents, run_id="run-1")  # PostgreSQL: NUL and 300 chars too
     assert staged.new == len(documents) - 1 and [r.coupa_id for r in staged.rejected] == ["not-a-number"]
     nul = services.store.documents_by_id("invoice", [hostile["nul_number"]["id"]])[hostile["nul_number"]["id"]]
-    assert nul["invoice-number"] == "INV\x00001"                        # stored as Coupa sent it
+    assert nul["invoice-number"] == "INV\x00001"  # stored as Coupa sent it
 
     report = InvoiceSync(services).sync_many(documents)
 
@@ -92,8 +97,9 @@ def test_hostile_invoices_never_stop_the_window(window_services, sandboxes):
 def test_a_document_without_a_usable_id_is_counted_failed_and_logged(services, sandboxes, caplog):
     good = mappable_invoice(sandboxes)
     with caplog.at_level(logging.ERROR):
-        report = InvoiceSync(services).sync_many([{"id": None}, {"id": True}, {"id": "12abc"},
-                                                  services.coupa.get("invoices", good["id"])])
+        report = InvoiceSync(services).sync_many(
+            [{"id": None}, {"id": True}, {"id": "12abc"}, services.coupa.get("invoices", good["id"])]
+        )
     assert [o.action for o in report.outcomes] == ["failed", "failed", "failed", "created"]
     assert sum("cannot be tracked or booked" in r.getMessage() for r in caplog.records) == 3
 
@@ -102,14 +108,19 @@ def test_a_document_without_a_usable_id_is_counted_failed_and_logged(services, s
 def test_staging_on_postgres_stores_what_it_can_and_names_what_it_cannot(postgres_database):
     store = SyncStore(f"postgresql+psycopg2://postgres@127.0.0.1:5432/{postgres_database}")
     try:
-        documents = [{"id": 1, "status": "approved\x00", "updated-at": "2026-11-02T10:00:00Z", "x": "a\x00b"},
-                     {"id": 2, "status": "s" * 300, "updated-at": "garbage\x00" * 10},
-                     {"id": "abc", "status": "approved"}, {"status": "approved"},
-                     {"id": 3, "status": "approved", "updated-at": "2026-11-02T11:00:00Z"}]
+        documents = [
+            {"id": 1, "status": "approved\x00", "updated-at": "2026-11-02T10:00:00Z", "x": "a\x00b"},
+            {"id": 2, "status": "s" * 300, "updated-at": "garbage\x00" * 10},
+            {"id": "abc", "status": "approved"},
+            {"status": "approved"},
+            {"id": 3, "status": "approved", "updated-at": "2026-11-02T11:00:00Z"},
+        ]
         result = store.stage("invoice", documents)
         assert (result.new, len(result.rejected)) == (3, 2)
-        assert [r.reason for r in result.rejected] == ["the id 'abc' is not a Coupa id (a whole number)",
-                                                       "the document has no id"]
+        assert [r.reason for r in result.rejected] == [
+            "the id 'abc' is not a Coupa id (a whole number)",
+            "the document has no id",
+        ]
         assert store.documents_by_id("invoice", [1])[1]["x"] == "a\x00b"
         assert store.documents_updated_between("invoice", "2026-11-02T00:00:00Z", "2026-11-03T00:00:00Z")[-1]["id"] == 3
     finally:

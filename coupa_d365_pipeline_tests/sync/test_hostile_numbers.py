@@ -16,14 +16,24 @@ import pytest
 
 from coupa_d365_pipeline.state.ledger import WRITTEN
 from coupa_d365_pipeline_tests.flow.helpers import d365_writes, last_seq
-from coupa_d365_pipeline_tests.sync.conftest import as_run, mappable_invoice, money, pending_headers, sync_invoice, sync_po
+from coupa_d365_pipeline_tests.sync.conftest import (
+    as_run,
+    mappable_invoice,
+    money,
+    pending_headers,
+    sync_invoice,
+    sync_po,
+)
 from coupa_d365_pipeline_tests.sync.test_booked_invoices import posted_journal
 from coupa_d365_pipeline_tests.sync.test_booked_purchase_orders import book_po, d365_lines, issued_po
 
 
 def success_records(sandboxes, coupa_id: int) -> list[dict[str, Any]]:
-    return [r for r in sandboxes.coupa.state.records("integration_history_records")
-            if r["document-id"] == coupa_id and r["document-type"] == "InvoiceHeader" and r["status"] == "Success"]
+    return [
+        r
+        for r in sandboxes.coupa.state.records("integration_history_records")
+        if r["document-id"] == coupa_id and r["document-type"] == "InvoiceHeader" and r["status"] == "Success"
+    ]
 
 
 def book_first(services, sandboxes, where: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -38,8 +48,9 @@ def book_first(services, sandboxes, where: str) -> tuple[dict[str, Any], dict[st
     return invoice, header
 
 
-def second_invoice_of_the_same_supplier(sandboxes, first: dict[str, Any], number: str, *,
-                                        same_amount: bool = False) -> dict[str, Any]:
+def second_invoice_of_the_same_supplier(
+    sandboxes, first: dict[str, Any], number: str, *, same_amount: bool = False
+) -> dict[str, Any]:
     """Invoice B: another approved invoice, moved to A's supplier and renumbered (optionally A's lines)."""
     other = mappable_invoice(sandboxes, skip=1)
     changes: dict[str, Any] = {"supplier": dict(first["supplier"]), "invoice_number": number}
@@ -53,16 +64,19 @@ def invoice_writes(sandboxes, seq: int) -> list[Any]:
 
 
 def d365_state(sandboxes) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
-    return ([dict(r) for r in sandboxes.d365.state.records("VendorInvoiceHeaders")],
-            [dict(r) for r in sandboxes.d365.state.records("VendorInvoiceLines")],
-            [dict(r) for r in sandboxes.d365.state.records("VendInvoiceJourBiEntities")])
+    return (
+        [dict(r) for r in sandboxes.d365.state.records("VendorInvoiceHeaders")],
+        [dict(r) for r in sandboxes.d365.state.records("VendorInvoiceLines")],
+        [dict(r) for r in sandboxes.d365.state.records("VendInvoiceJourBiEntities")],
+    )
 
 
 # -- a number F&O would read as a pattern finds only itself -------------------------------------
 @pytest.mark.parametrize("where", ["pending", "posted"])
 @pytest.mark.parametrize("hostile", ["*", "prefix*", "%", "_"])
 def test_invoice_with_a_wildcard_number_is_booked_as_its_own_invoice_never_adopted_as_another(
-        services, sandboxes, where, hostile):
+    services, sandboxes, where, hostile
+):
     first, record = book_first(services, sandboxes, where)
     number = first["invoice-number"][:3] + "*" if hostile == "prefix*" else hostile
     second = second_invoice_of_the_same_supplier(sandboxes, first, number)
@@ -73,7 +87,7 @@ def test_invoice_with_a_wildcard_number_is_booked_as_its_own_invoice_never_adopt
     assert outcome.action == "created", outcome
     [own] = pending_headers(sandboxes, HeaderReference=f"COUPA-{second['id']}")
     assert own["InvoiceNumber"] == number and money(own["ImportedAmount"]) == money(second["gross-total"])
-    for ref, before in headers_before.items():   # the first invoice is untouched
+    for ref, before in headers_before.items():  # the first invoice is untouched
         assert pending_headers(sandboxes, HeaderReference=ref) == [before]
     if where == "posted":
         assert posted_journal(sandboxes, InvoiceId=first["invoice-number"]) == [record]
@@ -86,7 +100,8 @@ def test_invoice_with_a_wildcard_number_is_booked_as_its_own_invoice_never_adopt
 # -- the same number from the same supplier that is not ours is a duplicate invoice number -------
 @pytest.mark.parametrize("where", ["pending", "posted"])
 def test_same_number_same_supplier_different_amount_is_quarantined_as_a_duplicate_invoice_number(
-        services, sandboxes, where):
+    services, sandboxes, where
+):
     first, record = book_first(services, sandboxes, where)
     second = second_invoice_of_the_same_supplier(sandboxes, first, first["invoice-number"])
     assert money(second["gross-total"]) != money(first["gross-total"])
@@ -113,8 +128,7 @@ def test_same_number_same_supplier_different_amount_is_quarantined_as_a_duplicat
 @pytest.mark.parametrize("where", ["pending", "posted"])
 def test_number_differing_only_in_case_is_quarantined_even_with_the_same_amount(services, sandboxes, where):
     first, _ = book_first(services, sandboxes, where)
-    second = second_invoice_of_the_same_supplier(sandboxes, first, first["invoice-number"].swapcase(),
-                                                 same_amount=True)
+    second = second_invoice_of_the_same_supplier(sandboxes, first, first["invoice-number"].swapcase(), same_amount=True)
     assert second["invoice-number"] != first["invoice-number"]
     before = d365_state(sandboxes)
     seq = last_seq(sandboxes)
@@ -151,9 +165,17 @@ def test_invoice_keyed_by_hand_with_another_amount_is_quarantined_not_patched(se
     supplier = next(s for s in sandboxes.seed.coupa_suppliers if s["id"] == invoice["supplier"]["id"])
     assert VendorSync(services).ensure(supplier, "usmf").action in ("created", "already_present")
     other_amount = money(invoice["gross-total"]) + Decimal("1000")
-    sandboxes.d365.state.create("VendorInvoiceHeaders", {
-        "dataAreaId": "usmf", "HeaderReference": "AP-MANUAL-9", "InvoiceNumber": invoice["invoice-number"],
-        "InvoiceAccount": supplier["number"], "Currency": invoice["currency"]["code"], "ImportedAmount": other_amount})
+    sandboxes.d365.state.create(
+        "VendorInvoiceHeaders",
+        {
+            "dataAreaId": "usmf",
+            "HeaderReference": "AP-MANUAL-9",
+            "InvoiceNumber": invoice["invoice-number"],
+            "InvoiceAccount": supplier["number"],
+            "Currency": invoice["currency"]["code"],
+            "ImportedAmount": other_amount,
+        },
+    )
     if where == "posted":
         sandboxes.d365.state.post_invoice("usmf", "AP-MANUAL-9")
     before = d365_state(sandboxes)
@@ -172,7 +194,7 @@ def test_invoice_keyed_by_hand_with_another_amount_is_quarantined_not_patched(se
 # -- purchase orders ------------------------------------------------------------------------------
 def test_po_numbered_wildcard_reads_and_cancels_only_its_own_lines(services, sandboxes):
     other = book_po(services, sandboxes)
-    others_before = [dict(l) for l in d365_lines(sandboxes, "usmf", other["po-number"])]
+    others_before = [dict(ln) for ln in d365_lines(sandboxes, "usmf", other["po-number"])]
     candidate = next(p for n in range(1, 30) if (p := issued_po(sandboxes, n))["id"] != other["id"])
     sandboxes.coupa.state.touch("purchase_orders", candidate["id"], po_number="*")
     assert sync_po(services, candidate["id"]).action == "created"
@@ -184,7 +206,7 @@ def test_po_numbered_wildcard_reads_and_cancels_only_its_own_lines(services, san
 
     assert outcome.action == "cancelled", outcome
     assert outcome.detail.startswith(f"{len(own)} unreceived lines cancelled"), outcome.detail
-    assert all(l["PurchaseOrderLineStatus"] == "Canceled" for l in d365_lines(sandboxes, "usmf", "*"))
+    assert all(ln["PurchaseOrderLineStatus"] == "Canceled" for ln in d365_lines(sandboxes, "usmf", "*"))
     assert d365_lines(sandboxes, "usmf", other["po-number"]) == others_before
 
 
@@ -199,9 +221,10 @@ def test_po_number_differing_only_in_case_is_not_adopted_as_another_coupa_po(ser
     else:
         raise AssertionError("no mappable issued PO in the seed")
     candidate = next(p for n in range(n + 1, 40) if (p := issued_po(sandboxes, n))["id"] != first["id"])
-    sandboxes.coupa.state.touch("purchase_orders", candidate["id"], po_number=number.swapcase(),
-                                supplier=dict(first["supplier"]))
-    before = [dict(l) for l in d365_lines(sandboxes, "usmf", number)]
+    sandboxes.coupa.state.touch(
+        "purchase_orders", candidate["id"], po_number=number.swapcase(), supplier=dict(first["supplier"])
+    )
+    before = [dict(ln) for ln in d365_lines(sandboxes, "usmf", number)]
     seq = last_seq(sandboxes)
 
     outcome = sync_po(as_run(services, "run-2"), candidate["id"])

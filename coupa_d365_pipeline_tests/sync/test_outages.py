@@ -20,8 +20,11 @@ STORM = FaultConfig(rate_5xx=1.0, status_5xx=503, retry_after_on_5xx=True, retry
 
 
 def history(sandboxes, coupa_id: int, status: str) -> list[dict]:
-    return [r for r in sandboxes.coupa.state.records("integration_history_records")
-            if r["document-id"] == coupa_id and r["status"] == status]
+    return [
+        r
+        for r in sandboxes.coupa.state.records("integration_history_records")
+        if r["document-id"] == coupa_id and r["status"] == status
+    ]
 
 
 def staged_invoices(sandboxes, services, n: int) -> list[dict]:
@@ -36,12 +39,12 @@ def test_lost_batch_answer_after_d365_applied_it_is_booked_once_without_an_error
     coupa_id = invoice["id"]
     sandboxes.d365.injector.script(ScriptedFault(kind=kind, method="POST", path_regex=r"^/data/\$batch$"))
     outcome = sync_invoice(services, coupa_id)
-    assert [e for e in sandboxes.d365.log.snapshot() if (e.fault or "").startswith(kind)]   # the fault fired
+    assert [e for e in sandboxes.d365.log.snapshot() if (e.fault or "").startswith(kind)]  # the fault fired
     assert outcome.action == "created", outcome.detail
     row = services.ledger.get("invoice", coupa_id)
     assert row.state == "written" and row.coupa_notified and row.problem is None
     assert len(pending_headers(sandboxes, HeaderReference=f"COUPA-{coupa_id}")) == 1
-    assert len([e for e in sandboxes.d365.log.snapshot() if e.path == "/data/$batch"]) == 1   # never resent
+    assert len([e for e in sandboxes.d365.log.snapshot() if e.path == "/data/$batch"]) == 1  # never resent
     assert len(history(sandboxes, coupa_id, "Success")) == 1 and history(sandboxes, coupa_id, "Error") == []
     assert "create_ambiguous" in [h["action"] for h in services.ledger.history("invoice", coupa_id)]
 
@@ -56,12 +59,12 @@ def test_d365_5xx_storm_stops_the_sync_documents_keep_their_state_and_the_next_r
     message = str(err.value)
     assert message.startswith("D365 is unavailable: 3 requests in a row failed") and "HTTP 503" in message
     assert "\n" not in message
-    assert len(sandboxes.d365.log.snapshot()) - before <= 3 * 6      # stopped early: 3 requests x 6 attempts
+    assert len(sandboxes.d365.log.snapshot()) - before <= 3 * 6  # stopped early: 3 requests x 6 attempts
     rows = [services.ledger.get("invoice", i) for i in ids]
-    assert all(r is None or r.claimed_by is None for r in rows)      # every claim released
+    assert all(r is None or r.claimed_by is None for r in rows)  # every claim released
     touched = [r for r in rows if r is not None and r.state != "new"]
     assert len(touched) <= 2 and all(r.state == "failed" and "RetriesExhaustedError" in r.reason for r in touched)
-    assert all(history(sandboxes, i, "Error") == [] for i in ids)    # an outage is not the document's fault
+    assert all(history(sandboxes, i, "Error") == [] for i in ids)  # an outage is not the document's fault
     assert [o.action for o in err.value.report.outcomes] == ["failed"] * len(touched)
 
     sandboxes.d365.injector.clear()
@@ -75,8 +78,13 @@ def test_d365_5xx_storm_stops_the_sync_documents_keep_their_state_and_the_next_r
 def test_wrong_d365_secret_stops_at_the_first_document_and_marks_nothing(sandboxes, services):
     invoices = staged_invoices(sandboxes, services, 3)
     env = sandboxes.env()
-    with D365Client(env["D365_BASE_URL"], env["D365_TENANT_ID"], env["D365_CLIENT_ID"], "expired-secret-42",
-                    authority_url=env["D365_AUTHORITY_URL"]) as wrong:
+    with D365Client(
+        env["D365_BASE_URL"],
+        env["D365_TENANT_ID"],
+        env["D365_CLIENT_ID"],
+        "expired-secret-42",
+        authority_url=env["D365_AUTHORITY_URL"],
+    ) as wrong:
         with pytest.raises(SystemUnavailableError) as err:
             InvoiceSync(as_run(services, "run-1", d365=wrong)).sync_many(invoices)
     message = str(err.value)

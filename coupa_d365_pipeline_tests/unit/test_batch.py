@@ -2,8 +2,12 @@ from coupa_d365_pipeline.d365.batch import BatchOperation, Changeset, encode_bat
 
 
 def test_encode_batch_assigns_content_ids_and_uses_crlf():
-    cs = Changeset([BatchOperation("POST", "VendorInvoiceHeaders", {"dataAreaId": "usmf"}),
-                    BatchOperation("POST", "VendorInvoiceLines", {"dataAreaId": "usmf", "InvoiceLineNumber": 1})])
+    cs = Changeset(
+        [
+            BatchOperation("POST", "VendorInvoiceHeaders", {"dataAreaId": "usmf"}),
+            BatchOperation("POST", "VendorInvoiceLines", {"dataAreaId": "usmf", "InvoiceLineNumber": 1}),
+        ]
+    )
     content_type, body = encode_batch("https://env.example", [cs])
     text = body.decode()
     assert content_type.startswith("multipart/mixed; boundary=batch_")
@@ -20,7 +24,8 @@ RESPONSE = (
     "Content-Type: application/http\r\nContent-Transfer-Encoding: binary\r\nContent-ID: 1\r\n\r\n"
     "HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json; odata.metadata=minimal\r\n\r\n"
     '{"error":{"code":"","message":"An error has occurred.","innererror":{"message":"Write failed. '
-    'The record already exists..","type":"Microsoft.Dynamics.Platform.Integration.Services.OData.AxODataWriteException"}}}\r\n'
+    'The record already exists..","type":"Microsoft.Dynamics.'
+    'Platform.Integration.Services.OData.AxODataWriteException"}}}\r\n'
     "--changesetresponse_2--\r\n"
     "--batchresponse_1\r\n"
     "Content-Type: multipart/mixed; boundary=changesetresponse_3\r\n\r\n"
@@ -47,7 +52,13 @@ def test_parse_batch_response_reads_every_part():
 
 def test_encode_batch_sends_decimals_exactly():
     from decimal import Decimal
-    cs = Changeset([BatchOperation("POST", "VendorInvoiceLines", {"Amount": Decimal("12345678901234567.89"),
-                                                                  "UnitPrice": Decimal("0.1")})])
+
+    cs = Changeset(
+        [
+            BatchOperation(
+                "POST", "VendorInvoiceLines", {"Amount": Decimal("12345678901234567.89"), "UnitPrice": Decimal("0.1")}
+            )
+        ]
+    )
     _, body = encode_batch("https://env.example", [cs])
     assert b'{"Amount":12345678901234567.89,"UnitPrice":0.1}' in body

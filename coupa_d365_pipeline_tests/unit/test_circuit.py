@@ -6,16 +6,22 @@ import logging
 import httpx
 import pytest
 
-from coupa_d365_pipeline.common.http import (
-    RetriesExhaustedError, RetryingSender, RetryPolicy, SystemUnavailableError,
-)
+from coupa_d365_pipeline.common.http import RetriesExhaustedError, RetryingSender, RetryPolicy, SystemUnavailableError
 from coupa_d365_pipeline_tests.clients.fake_time import FakeClock
 
 
 def sender_for(handler, clock, policy=None, **kwargs):
     http = httpx.Client(transport=httpx.MockTransport(handler))
-    return RetryingSender(http, policy or RetryPolicy(), logging.getLogger("test"), "D365", sleep=clock.sleep, now=clock,
-                          monotonic=clock, **kwargs)
+    return RetryingSender(
+        http,
+        policy or RetryPolicy(),
+        logging.getLogger("test"),
+        "D365",
+        sleep=clock.sleep,
+        now=clock,
+        monotonic=clock,
+        **kwargs,
+    )
 
 
 def get(sender, path="/data/VendorsV2"):
@@ -39,7 +45,7 @@ def test_after_three_requests_failed_for_good_no_further_request_is_sent():
     assert sent == 18
     with pytest.raises(SystemUnavailableError):
         get(sender, "/data/VendorInvoiceHeaders")
-    assert len(calls) == sent               # open: nothing sent any more
+    assert len(calls) == sent  # open: nothing sent any more
     message = str(err.value)
     assert message.startswith("D365 is unavailable: 3 requests in a row failed") and "HTTP 503" in message
     assert "next run" in message and err.value.system == "D365"
@@ -64,7 +70,7 @@ def test_a_slow_system_costs_a_bounded_time_per_request():
     clock = FakeClock()
 
     def slow(request):
-        clock.advance(60.0)                 # every attempt runs into the 60 s read timeout
+        clock.advance(60.0)  # every attempt runs into the 60 s read timeout
         raise httpx.ReadTimeout("timed out", request=request)
 
     sender = sender_for(slow, clock, policy=RetryPolicy(max_attempts=6, deadline_s=150.0))
@@ -76,4 +82,4 @@ def test_a_slow_system_costs_a_bounded_time_per_request():
         get(sender)
     with pytest.raises(SystemUnavailableError, match="ReadTimeout"):
         get(sender)
-    assert clock() - started < 10 * 60      # the whole run fails in under ten minutes, not hours
+    assert clock() - started < 10 * 60  # the whole run fails in under ten minutes, not hours

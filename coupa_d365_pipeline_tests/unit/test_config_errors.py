@@ -16,7 +16,7 @@ from coupa_d365_pipeline_tests.unit.test_settings import GOOD
 def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])   # closed again when we return: nothing listens there
+        return int(sock.getsockname()[1])  # closed again when we return: nothing listens there
 
 
 def _one_line(exc: BaseException) -> str:
@@ -34,15 +34,18 @@ def test_a_mapping_file_that_is_not_utf8_is_named_with_the_fix(tmp_path):
     assert str(path) in text and "UTF-8" in text and "COUPA_D365_MAPPING_FILE" in text
 
 
-@pytest.mark.parametrize("url, expected", [
-    ("not a url", "not a database URL"),
-    ("mysql://sync:hunter2@db.example.com/sync", "driver"),
-    ("postgresql+asyncpg://sync:hunter2@db.example.com/sync", "asyncpg"),
-    ("oracle+nosuch://sync:hunter2@db.example.com/sync", "postgresql"),
-    ("nosuchdb://sync:hunter2@db.example.com/sync", "postgresql"),
-    ("sqlite:///{file}/sync.db", "cannot create"),
-    ("postgresql://sync:hunter2@127.0.0.1:{port}/sync", "connection refused"),
-])
+@pytest.mark.parametrize(
+    "url, expected",
+    [
+        ("not a url", "not a database URL"),
+        ("mysql://sync:hunter2@db.example.com/sync", "driver"),
+        ("postgresql+asyncpg://sync:hunter2@db.example.com/sync", "asyncpg"),
+        ("oracle+nosuch://sync:hunter2@db.example.com/sync", "postgresql"),
+        ("nosuchdb://sync:hunter2@db.example.com/sync", "postgresql"),
+        ("sqlite:///{file}/sync.db", "cannot create"),
+        ("postgresql://sync:hunter2@127.0.0.1:{port}/sync", "connection refused"),
+    ],
+)
 def test_every_sync_database_url_problem_names_the_variable_and_hides_the_password(tmp_path, url, expected):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
@@ -63,14 +66,19 @@ def test_the_dagster_resource_gives_the_same_database_message():
     with pytest.raises(ConfigError) as direct:
         SyncStore(url)
     with pytest.raises(ConfigError) as resource:
-        SyncStateResource(database_url=url).store   # noqa: B018 - the property opens the store
+        SyncStateResource(database_url=url).store  # noqa: B018 - the property opens the store
     assert str(resource.value) == str(direct.value)
 
 
-@pytest.mark.parametrize("name, value", [("COUPA_MAX_REQUESTS_PER_SECOND", "fast"),
-                                         ("COUPA_MAX_REQUESTS_PER_SECOND", "0"),
-                                         ("COUPA_TOKEN_WARMUP_SECONDS", "five"),
-                                         ("COUPA_TOKEN_WARMUP_SECONDS", "nan")])
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("COUPA_MAX_REQUESTS_PER_SECOND", "fast"),
+        ("COUPA_MAX_REQUESTS_PER_SECOND", "0"),
+        ("COUPA_TOKEN_WARMUP_SECONDS", "five"),
+        ("COUPA_TOKEN_WARMUP_SECONDS", "nan"),
+    ],
+)
 def test_non_numeric_coupa_tuning_is_one_line_on_both_config_paths(monkeypatch, name, value):
     from coupa_d365_pipeline.defs.resources import CoupaResource
 

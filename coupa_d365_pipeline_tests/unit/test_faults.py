@@ -6,8 +6,9 @@ from coupa_d365_pipeline.sandbox.faults import FaultConfig, FaultInjector, Logge
 
 
 def decisions(seed: int, n: int = 400):
-    injector = FaultInjector(FaultConfig(seed=seed, rate_429=0.1, rate_5xx=0.05, rate_drop=0.02,
-                                         latency_ms=5, latency_jitter_ms=10))
+    injector = FaultInjector(
+        FaultConfig(seed=seed, rate_429=0.1, rate_5xx=0.05, rate_drop=0.02, latency_ms=5, latency_jitter_ms=10)
+    )
     return [(round(lat, 6), d.kind if d else None) for lat, d in (injector.decide("GET", "/api/x") for _ in range(n))]
 
 

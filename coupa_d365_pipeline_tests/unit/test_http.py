@@ -5,14 +5,20 @@ import httpx
 import pytest
 
 from coupa_d365_pipeline.common.http import (
-    AmbiguousWriteError, RateLimiter, RetriesExhaustedError, RetryingSender, RetryPolicy, parse_retry_after,
+    AmbiguousWriteError,
+    RateLimiter,
+    RetriesExhaustedError,
+    RetryingSender,
+    RetryPolicy,
+    parse_retry_after,
 )
 from coupa_d365_pipeline_tests.clients.fake_time import FakeClock
 
 
-def make_sender(handler, sleeps, policy=RetryPolicy(max_attempts=4), now=None):
+def make_sender(handler, sleeps, policy=None, now=None):
     http = httpx.Client(transport=httpx.MockTransport(handler))
     kwargs = {"now": now} if now is not None else {}
+    policy = policy or RetryPolicy(max_attempts=4)
     return RetryingSender(http, policy, logging.getLogger("test"), "Test", sleep=sleeps.append, **kwargs)
 
 
@@ -51,8 +57,11 @@ def test_429_with_http_date_retry_after_waits_until_that_date_by_the_injected_no
     for seconds_later, expected_wait in ((0.0, 12.0), (5.0, 7.0)):
         answers = iter([httpx.Response(429, headers={"Retry-After": retry_at}), httpx.Response(200)])
         sleeps: list[float] = []
-        sender = make_sender(lambda request, answers=answers: next(answers), sleeps,
-                             now=lambda seconds_later=seconds_later: clock() + seconds_later)
+        sender = make_sender(
+            lambda request, answers=answers: next(answers),
+            sleeps,
+            now=lambda seconds_later=seconds_later: clock() + seconds_later,
+        )
         assert sender.send(lambda: httpx.Request("GET", "http://x/a")).status_code == 200
         assert sleeps == [expected_wait] and sender.retry_wait_s == expected_wait
 
@@ -121,8 +130,7 @@ def test_rate_limiter_caps_requests_per_second():
     assert len(clock.sleeps) == 40 and all(s == pytest.approx(0.05) for s in clock.sleeps)
     assert released_at[-1] == pytest.approx(2.0)
     # token bucket bound: any span of t seconds releases at most burst + rate * t requests
-    assert all(j - i + 1 <= 20 + 20 * (released_at[j] - released_at[i]) + 1e-6
-               for i in range(60) for j in range(i, 60))
+    assert all(j - i + 1 <= 20 + 20 * (released_at[j] - released_at[i]) + 1e-6 for i in range(60) for j in range(i, 60))
 
 
 def test_rate_limiter_refills_while_idle_but_never_beyond_its_burst():

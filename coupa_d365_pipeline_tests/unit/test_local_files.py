@@ -25,7 +25,7 @@ def mode(path: Path) -> int:
 def open_umask():
     import os
 
-    old = os.umask(0o022)   # the usual umask: without care, files come out world-readable
+    old = os.umask(0o022)  # the usual umask: without care, files come out world-readable
     yield
     os.umask(old)
 
@@ -35,7 +35,7 @@ def test_sandbox_env_file_is_written_0600_and_never_world_readable(tmp_path, ope
 
     target = tmp_path / ".sandbox.env"
     target.write_text("old\n")
-    os.chmod(target, 0o644)                     # an older, world-readable copy is replaced, not reused
+    os.chmod(target, 0o644)  # an older, world-readable copy is replaced, not reused
     seen: list[int] = []
     real_write = os.write
 
@@ -47,7 +47,7 @@ def test_sandbox_env_file_is_written_0600_and_never_world_readable(tmp_path, ope
     write_env_file(target, ["export COUPA_CLIENT_SECRET=sandbox-coupa-secret"])
     assert target.read_text() == "export COUPA_CLIENT_SECRET=sandbox-coupa-secret\n"
     assert mode(target) == 0o600 and seen and all(m == 0o600 for m in seen)
-    assert [p.name for p in tmp_path.iterdir()] == [".sandbox.env"]   # no temporary file left behind
+    assert [p.name for p in tmp_path.iterdir()] == [".sandbox.env"]  # no temporary file left behind
 
 
 def test_sandbox_env_file_is_git_ignored():

@@ -15,16 +15,35 @@ def test_table_limits_rows_and_says_how_many_more():
 
 
 def test_problems_markdown_escapes_document_and_reason_alike():
-    report = SyncReport([Outcome("invoice", 7, "quarantined", "INV|1", "usmf", "bad | value\nsecond line"),
-                         Outcome("invoice", 8, Action.CREATED, "INV-2", "usmf")])
-    assert report.problems_markdown().splitlines()[2] == "| 7 | INV\\|1 | usmf | quarantined | bad \\| value second line |"
+    report = SyncReport(
+        [
+            Outcome("invoice", 7, "quarantined", "INV|1", "usmf", "bad | value\nsecond line"),
+            Outcome("invoice", 8, Action.CREATED, "INV-2", "usmf"),
+        ]
+    )
+    assert (
+        report.problems_markdown().splitlines()[2] == "| 7 | INV\\|1 | usmf | quarantined | bad \\| value second line |"
+    )
     assert SyncReport().problems_markdown() == "No problems."
 
 
 def test_outcome_vocabulary_keeps_its_words():
     counts = SyncReport([Outcome("po", 1, "void_blocked_posted"), Outcome("po", 2, Action.BUSY)]).metadata_counts("po")
-    assert list(counts) == ["created", "updated", "already_present", "repaired", "quarantined", "failed", "voided",
-                            "void_blocked_posted", "changed_after_post", "cancelled", "closed", "change_blocked",
-                            "busy", "skipped"]
+    assert list(counts) == [
+        "created",
+        "updated",
+        "already_present",
+        "repaired",
+        "quarantined",
+        "failed",
+        "voided",
+        "void_blocked_posted",
+        "changed_after_post",
+        "cancelled",
+        "closed",
+        "change_blocked",
+        "busy",
+        "skipped",
+    ]
     assert counts["void_blocked_posted"] == 1 and counts["busy"] == 1
     assert Outcome("po", 1, "busy").action is Action.BUSY and f"{Action.BUSY}" == "busy"

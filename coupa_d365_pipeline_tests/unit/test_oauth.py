@@ -9,12 +9,7 @@ import httpx
 import pytest
 
 from coupa_d365_pipeline.common.http import RetryingSender, RetryPolicy, SystemUnavailableError
-from coupa_d365_pipeline.common.oauth import (
-    TokenEndpoint,
-    TokenHolder,
-    renew_at_five_sixths,
-    renew_two_minutes_early,
-)
+from coupa_d365_pipeline.common.oauth import TokenEndpoint, TokenHolder, renew_at_five_sixths, renew_two_minutes_early
 from coupa_d365_pipeline.common.redact import redact
 from coupa_d365_pipeline.coupa.client import CoupaAuthError, coupa_endpoint
 from coupa_d365_pipeline.d365.auth import EntraAuthError, entra_endpoint
@@ -56,12 +51,17 @@ class Provider:
 
 def make_holder(provider, clock=None, warmup_s=0.0, renew_after=renew_at_five_sixths, refused=None):
     http = httpx.Client(transport=httpx.MockTransport(provider))
-    sender = RetryingSender(http, RetryPolicy(max_attempts=2), logging.getLogger("test.oauth"), "Test",
-                            sleep=lambda s: None)
-    endpoint = TokenEndpoint(system="Test", url="http://idp/token",
-                             form={"grant_type": "client_credentials", "client_id": "me", "client_secret": SECRET},
-                             refused=refused or (lambda status, payload: Refused(f"refused {status} {payload}")),
-                             renew_after=renew_after, warmup_s=warmup_s)
+    sender = RetryingSender(
+        http, RetryPolicy(max_attempts=2), logging.getLogger("test.oauth"), "Test", sleep=lambda s: None
+    )
+    endpoint = TokenEndpoint(
+        system="Test",
+        url="http://idp/token",
+        form={"grant_type": "client_credentials", "client_id": "me", "client_secret": SECRET},
+        refused=refused or (lambda status, payload: Refused(f"refused {status} {payload}")),
+        renew_after=renew_after,
+        warmup_s=warmup_s,
+    )
     clock = clock or FakeClock()
     return TokenHolder(endpoint, sender, clock=clock, sleep=clock.sleep)
 
@@ -74,10 +74,10 @@ def call_api(holder):
 
 
 def test_renewal_rules_of_coupa_and_entra():
-    assert renew_at_five_sixths(86399) == pytest.approx(86399 * 5 / 6)     # 20 h of Coupa's 24 h
-    assert renew_at_five_sixths(120) == 60                                  # at least a minute early
-    assert renew_two_minutes_early(3599) == 3599 - 120                      # Entra's hour
-    assert renew_two_minutes_early(300) == 250                              # 5/6 of a short lifetime
+    assert renew_at_five_sixths(86399) == pytest.approx(86399 * 5 / 6)  # 20 h of Coupa's 24 h
+    assert renew_at_five_sixths(120) == 60  # at least a minute early
+    assert renew_two_minutes_early(3599) == 3599 - 120  # Entra's hour
+    assert renew_two_minutes_early(300) == 250  # 5/6 of a short lifetime
 
 
 def test_token_is_cached_and_renewed_by_the_endpoint_rule_on_the_injected_clock():
@@ -127,7 +127,7 @@ def test_a_401_renews_and_resends_once_then_the_callers_error(caplog):
     provider = Provider()
     holder = make_holder(provider)
     assert call_api(holder).status_code == 200
-    provider.minted.append("revoked-all-earlier-tokens")          # the cached token is no longer accepted
+    provider.minted.append("revoked-all-earlier-tokens")  # the cached token is no longer accepted
     with caplog.at_level(logging.INFO, logger="test.oauth"):
         assert call_api(holder).status_code == 200
     assert holder.tokens_minted == 2
@@ -154,24 +154,37 @@ def test_a_refused_or_tokenless_answer_raises_the_endpoints_error():
 def test_coupa_and_entra_endpoints_differ_only_in_their_request_and_rules():
     coupa = coupa_endpoint("https://acme.coupahost.com", "cid", SECRET, "core.invoice.read", "R39", 5.0)
     assert coupa.url == "https://acme.coupahost.com/oauth2/token"
-    assert coupa.form == {"grant_type": "client_credentials", "client_id": "cid", "client_secret": SECRET,
-                          "scope": "core.invoice.read"}
+    assert coupa.form == {
+        "grant_type": "client_credentials",
+        "client_id": "cid",
+        "client_secret": SECRET,
+        "scope": "core.invoice.read",
+    }
     assert coupa.headers["X-COUPA-API-VERSION"] == "R39" and coupa.warmup_s == 5.0
     assert coupa.renew_after is renew_at_five_sixths and coupa.default_lifetime_s == 86399
     error = coupa.refused(401, {"error": "invalid_client"})
     assert isinstance(error, CoupaAuthError) and isinstance(error, SystemUnavailableError)
-    assert str(error) == ("Coupa token request failed: HTTP 401 invalid_client; "
-                          "check COUPA_CLIENT_ID and COUPA_CLIENT_SECRET")
+    assert str(error) == (
+        "Coupa token request failed: HTTP 401 invalid_client; check COUPA_CLIENT_ID and COUPA_CLIENT_SECRET"
+    )
     assert str(coupa.refused(200, {})) == "Coupa token response has no access_token"
 
-    entra = entra_endpoint(authority_url="https://login.microsoftonline.com/", tenant_id="t1", client_id="cid",
-                           client_secret=SECRET, resource="https://contoso.operations.dynamics.com/")
+    entra = entra_endpoint(
+        authority_url="https://login.microsoftonline.com/",
+        tenant_id="t1",
+        client_id="cid",
+        client_secret=SECRET,
+        resource="https://contoso.operations.dynamics.com/",
+    )
     assert entra.url == "https://login.microsoftonline.com/t1/oauth2/v2.0/token"
     assert entra.form["scope"] == "https://contoso.operations.dynamics.com/.default"
     assert entra.renew_after is renew_two_minutes_early and entra.warmup_s == 0.0
-    error = entra.refused(400, {"error": "invalid_request",
-                                "error_description": "AADSTS90002: Tenant 't1' not found.\r\nTrace ID: abc"})
+    error = entra.refused(
+        400, {"error": "invalid_request", "error_description": "AADSTS90002: Tenant 't1' not found.\r\nTrace ID: abc"}
+    )
     assert isinstance(error, EntraAuthError) and error.system == "D365" and "Trace ID" not in str(error)
-    assert str(error) == ("Entra token request failed: HTTP 400 invalid_request AADSTS90002: Tenant 't1' not found.; "
-                          "check D365_TENANT_ID and D365_AUTHORITY_URL")
+    assert str(error) == (
+        "Entra token request failed: HTTP 400 invalid_request AADSTS90002: Tenant 't1' not found.; "
+        "check D365_TENANT_ID and D365_AUTHORITY_URL"
+    )
     assert SECRET not in repr(coupa) + repr(entra)

@@ -1,6 +1,6 @@
 import hashlib
 import json
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from importlib import resources
 
@@ -12,8 +12,7 @@ from coupa_d365_pipeline.d365.schema import entity_set, known_entity_sets
 
 def test_string_literal_doubles_quotes():
     assert odata.literal("O'NEIL-2026-001") == "'O''NEIL-2026-001'"
-    assert odata.eq("InvoiceNumber", "x' or 1 eq 1 or 'a' eq 'a") == \
-        "InvoiceNumber eq 'x'' or 1 eq 1 or ''a'' eq ''a'"
+    assert odata.eq("InvoiceNumber", "x' or 1 eq 1 or 'a' eq 'a") == "InvoiceNumber eq 'x'' or 1 eq 1 or ''a'' eq ''a'"
 
 
 def test_other_literals():
@@ -22,7 +21,7 @@ def test_other_literals():
     assert odata.literal(12) == "12"
     assert odata.literal(Decimal("-10.50")) == "-10.50"
     assert odata.literal(odata.Enum("NoYes", "Yes")) == "Microsoft.Dynamics.DataEntities.NoYes'Yes'"
-    assert odata.literal(datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)) == "2026-01-02T03:04:05Z"
+    assert odata.literal(datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)) == "2026-01-02T03:04:05Z"
     assert odata.literal(date(2026, 1, 2)) == "2026-01-02T12:00:00Z"
 
 
@@ -62,11 +61,17 @@ def test_schema_is_served_from_the_package_copy_of_entities_json():
 
 def test_dumps_renders_decimals_with_their_exact_digits():
     from decimal import Decimal as D
+
     body = {"a": D("12345678901234567.89"), "b": D("0.1"), "c": D("1E+2"), "d": [D("-0.30")], "e": "x\u0000y"}
     text = odata.dumps(body).decode()
     assert text == '{"a":12345678901234567.89,"b":0.1,"c":100,"d":[-0.30],"e":"x\\u0000y"}'
-    assert json.loads(text, parse_float=D) == {"a": D("12345678901234567.89"), "b": D("0.1"), "c": 100,
-                                               "d": [D("-0.30")], "e": "x\u0000y"}
+    assert json.loads(text, parse_float=D) == {
+        "a": D("12345678901234567.89"),
+        "b": D("0.1"),
+        "c": 100,
+        "d": [D("-0.30")],
+        "e": "x\u0000y",
+    }
     with pytest.raises(ValueError, match="not a finite number"):
         odata.dumps({"a": D("NaN")})
 
@@ -75,11 +80,18 @@ def test_dumps_renders_decimals_with_their_exact_digits():
 def test_all_eq_is_a_superset_query_and_exactly_keeps_only_equal_rows():
     """There is no documented escape for ``*`` in F&O OData: ``eq '*'`` matches every row. The
     lookup keeps the quoted eq (the narrowest superset) and the rows are post-filtered."""
-    assert odata.all_eq({"InvoiceNumber": "INV*", "InvoiceAccount": "V-1"}) == \
-        "InvoiceNumber eq 'INV*' and InvoiceAccount eq 'V-1'"
-    rows = [{"InvoiceNumber": "INV-1", "InvoiceAccount": "V-1"}, {"InvoiceNumber": "*", "InvoiceAccount": "V-1"},
-            {"InvoiceNumber": "inv*", "InvoiceAccount": "v-1"}, {"InvoiceNumber": "%", "InvoiceAccount": "V-1"},
-            {"InvoiceNumber": "_", "InvoiceAccount": "V-1"}, {"InvoiceNumber": None, "InvoiceAccount": "V-1"}]
+    assert (
+        odata.all_eq({"InvoiceNumber": "INV*", "InvoiceAccount": "V-1"})
+        == "InvoiceNumber eq 'INV*' and InvoiceAccount eq 'V-1'"
+    )
+    rows = [
+        {"InvoiceNumber": "INV-1", "InvoiceAccount": "V-1"},
+        {"InvoiceNumber": "*", "InvoiceAccount": "V-1"},
+        {"InvoiceNumber": "inv*", "InvoiceAccount": "v-1"},
+        {"InvoiceNumber": "%", "InvoiceAccount": "V-1"},
+        {"InvoiceNumber": "_", "InvoiceAccount": "V-1"},
+        {"InvoiceNumber": None, "InvoiceAccount": "V-1"},
+    ]
     assert odata.exactly(rows, {"InvoiceNumber": "*", "InvoiceAccount": "V-1"}) == [rows[1]]
     # the collation is case-insensitive: a number differing only in case is the same key to F&O
     assert odata.exactly(rows, {"InvoiceNumber": "INV*", "InvoiceAccount": "V-1"}) == [rows[2]]

@@ -5,9 +5,14 @@ import pytest
 from coupa_d365_pipeline.settings import ENV_VARS, ConfigError, load_settings
 
 GOOD = {
-    "COUPA_BASE_URL": "https://acme.coupahost.com/", "COUPA_CLIENT_ID": "cid", "COUPA_CLIENT_SECRET": "s3cret-value",
-    "D365_BASE_URL": "https://Contoso.Operations.Dynamics.com/", "D365_TENANT_ID": "tenant",
-    "D365_CLIENT_ID": "app", "D365_CLIENT_SECRET": "d365-s3cret", "D365_DEFAULT_LEGAL_ENTITY": "USMF",
+    "COUPA_BASE_URL": "https://acme.coupahost.com/",
+    "COUPA_CLIENT_ID": "cid",
+    "COUPA_CLIENT_SECRET": "s3cret-value",
+    "D365_BASE_URL": "https://Contoso.Operations.Dynamics.com/",
+    "D365_TENANT_ID": "tenant",
+    "D365_CLIENT_ID": "app",
+    "D365_CLIENT_SECRET": "d365-s3cret",
+    "D365_DEFAULT_LEGAL_ENTITY": "USMF",
 }
 
 
@@ -31,8 +36,14 @@ def test_every_missing_required_variable_is_named_with_its_fix():
 
 
 def test_invalid_values_are_explained():
-    bad = dict(GOOD, D365_BASE_URL="https://contoso.operations.dynamics.com/data", COUPA_BASE_URL="acme",
-               SYNC_START_DATE="01/02/2026", D365_DEFAULT_LEGAL_ENTITY="us-mf", COUPA_D365_MAPPING_FILE="/nope.yaml")
+    bad = dict(
+        GOOD,
+        D365_BASE_URL="https://contoso.operations.dynamics.com/data",
+        COUPA_BASE_URL="acme",
+        SYNC_START_DATE="01/02/2026",
+        D365_DEFAULT_LEGAL_ENTITY="us-mf",
+        COUPA_D365_MAPPING_FILE="/nope.yaml",
+    )
     with pytest.raises(ConfigError) as err:
         load_settings(bad)
     text = str(err.value)

@@ -23,9 +23,14 @@ def test_expected_failure():
 
 def run_pytest(directory: Path, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"} | {"PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:randomly",
-                           "-q", *args, "test_sample.py"],
-                          cwd=directory, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:randomly", "-q", *args, "test_sample.py"],
+        cwd=directory,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_unlisted_skip_fails_the_run_only_with_fail_on_skip(tmp_path):
@@ -47,7 +52,8 @@ def test_allowed_skip_reason_keeps_the_run_green(tmp_path):
     (tmp_path / "conftest.py").write_text(
         "from coupa_d365_pipeline_tests.conftest import SkipPolicy\n\n"
         "def pytest_configure(config):\n"
-        "    config.pluginmanager.register(SkipPolicy({'^no server': 'documented reason'}))\n")
+        "    config.pluginmanager.register(SkipPolicy({'^no server': 'documented reason'}))\n"
+    )
     result = run_pytest(tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "ALLOWED_SKIPS" not in result.stdout and "1 skipped" in result.stdout

@@ -46,8 +46,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
-from typing import Any, Callable
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -78,21 +79,34 @@ from .common import (
 from .filters import _validate_filter_values, build_filters
 from .state import CoupaState
 
-__all__ = ["CoupaSandboxConfig", "CoupaState", "CoupaSandbox", "create_coupa_app", "KNOWN_SCOPES",
-           "RESOURCES", "ApiError"]
+__all__ = [
+    "CoupaSandboxConfig",
+    "CoupaState",
+    "CoupaSandbox",
+    "create_coupa_app",
+    "KNOWN_SCOPES",
+    "RESOURCES",
+    "ApiError",
+]
 
 
 class CoupaSandbox:
     """One Coupa instance: ``state``, ``log``, ``injector``, ``app`` (FaultMiddleware-wrapped ASGI app)."""
 
-    def __init__(self, config: CoupaSandboxConfig | None = None, seed: SeedData | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        config: CoupaSandboxConfig | None = None,
+        seed: SeedData | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.config = config or CoupaSandboxConfig()
         self.clock = clock
         self.state = CoupaState(seed, clock=clock)
         self.log = RequestLog()
         self.injector = FaultInjector(self.config.fault, clock=clock)
-        self.tokens = CoupaTokens(self.config, clock, mint=lambda client_id, scopes: self.issue_token(client_id, scopes))
+        self.tokens = CoupaTokens(
+            self.config, clock, mint=lambda client_id, scopes: self.issue_token(client_id, scopes)
+        )
         self.starlette = Starlette(routes=self._routes())
         self.app = FaultMiddleware(self.starlette, self.injector, self.log)
 
@@ -111,8 +125,11 @@ class CoupaSandbox:
             return None
         ctype = request.headers.get("content-type", "")
         if "application/json" not in ctype.lower():
-            raise _bad(f"Unsupported Content-Type {ctype!r}: send 'Content-Type: application/json' "
-                       "(Coupa requires Content-Type to match Accept)", status=415)
+            raise _bad(
+                f"Unsupported Content-Type {ctype!r}: send 'Content-Type: application/json' "
+                "(Coupa requires Content-Type to match Accept)",
+                status=415,
+            )
         try:
             return json.loads(raw)
         except ValueError:
@@ -125,6 +142,7 @@ class CoupaSandbox:
                     return await fn(request)
                 except ApiError as exc:
                     return exc.response()
+
             return endpoint
 
         routes = control_routes(self.log, self.injector) + [
@@ -186,17 +204,19 @@ class CoupaSandbox:
             if order_by == "id":
                 hits.sort(key=lambda r: r["id"], reverse=direction == "desc")
             else:
+
                 def key(r: dict) -> tuple:
                     v = r.get(order_by)
                     if _is_dt_attr(order_by):
                         v = parse_dt(v)
                         v = v.timestamp() if v else float("-inf")
                     return (v is None, v if v is not None else 0, r["id"])
+
                 try:
                     hits.sort(key=key, reverse=direction == "desc")
                 except TypeError:
                     raise _bad(f"Cannot order by '{order_by}'") from None
-            page = _copy(hits[offset:offset + limit])
+            page = _copy(hits[offset : offset + limit])
         return JSONResponse(page)
 
     async def _show(self, request: Request) -> Response:
@@ -233,8 +253,11 @@ class CoupaSandbox:
         errors: dict[str, list[str]] = {}
         for key in body:
             if key not in INVOICE_WRITABLE:
-                errors[key] = ["is read-only or not writable through this API" if key in
-                               self.state.attrs("invoices") else "is not a valid attribute"]
+                errors[key] = [
+                    "is read-only or not writable through this API"
+                    if key in self.state.attrs("invoices")
+                    else "is not a valid attribute"
+                ]
         header: dict[str, Any] = {}
         if "paid" in body:
             v = body["paid"]
@@ -256,8 +279,10 @@ class CoupaSandbox:
             else:
                 unknown = sorted(set(fields) - INVOICE_CUSTOM_FIELDS)
                 if unknown:
-                    errors["custom-fields"] = [f"{', '.join(unknown)} is not an API-editable custom field "
-                                               f"(editable: {', '.join(sorted(INVOICE_CUSTOM_FIELDS))})"]
+                    errors["custom-fields"] = [
+                        f"{', '.join(unknown)} is not an API-editable custom field "
+                        f"(editable: {', '.join(sorted(INVOICE_CUSTOM_FIELDS))})"
+                    ]
                 else:
                     header["custom-fields"] = {k: None if v is None else str(v) for k, v in fields.items()}
         payments: list[dict] = []
@@ -267,15 +292,14 @@ class CoupaSandbox:
                 raw = raw["payment"]
                 raw = [raw] if isinstance(raw, dict) else raw
             if not isinstance(raw, list):
-                errors["payments"] = ["must be an array of payments or {\"payment\": [...]}"]
+                errors["payments"] = ['must be an array of payments or {"payment": [...]}']
                 raw = []
             for n, p in enumerate(raw):
                 if not isinstance(p, dict):
                     errors[f"payments[{n}]"] = ["must be an object"]
                     continue
                 p = {_norm(k): v for k, v in p.items()}
-                bad = set(p) - {"amount-paid", "notes", "check-number", "payment-date", "payable-type",
-                                "payable-id"}
+                bad = set(p) - {"amount-paid", "notes", "check-number", "payment-date", "payable-type", "payable-id"}
                 if bad:
                     errors[f"payments[{n}]"] = [f"unknown attribute(s): {', '.join(sorted(bad))}"]
                     continue
@@ -293,15 +317,17 @@ class CoupaSandbox:
                     errors[f"payments[{n}].payment-date"] = ["is not a valid date"]
                     continue
                 too_long = [k for k in ("notes", "check-number") if len(str(p.get(k) or "")) > PAYMENT_TEXT_MAX]
-                if too_long:   # R39 Payment: notes / check-number are string(255)
+                if too_long:  # R39 Payment: notes / check-number are string(255)
                     errors[f"payments[{n}].{too_long[0]}"] = [f"is too long (maximum is {PAYMENT_TEXT_MAX} characters)"]
                     continue
-                payments.append({
-                    "amount-paid": str(amount.quantize(Decimal("0.01"))),
-                    "notes": p.get("notes", p.get("check-number")),
-                    "check-number": p.get("check-number"),
-                    "payment-date": _fmt_dt(p.get("payment-date")),
-                })
+                payments.append(
+                    {
+                        "amount-paid": str(amount.quantize(Decimal("0.01"))),
+                        "notes": p.get("notes", p.get("check-number")),
+                        "check-number": p.get("check-number"),
+                        "payment-date": _fmt_dt(p.get("payment-date")),
+                    }
+                )
         if errors:
             raise ApiError(400, {"errors": errors})
         inv = self.state.add_payments(rid, header, payments)
@@ -332,8 +358,9 @@ class CoupaSandbox:
             except (TypeError, ValueError):
                 errors["document-id"] = ["is not a number"]
             else:
-                target = {"InvoiceHeader": "invoices", "OrderHeader": "purchase_orders",
-                          "Supplier": "suppliers"}.get(str(dtype))
+                target = {"InvoiceHeader": "invoices", "OrderHeader": "purchase_orders", "Supplier": "suppliers"}.get(
+                    str(dtype)
+                )
                 if target and self.state.get(target, doc_id) is None:
                     errors["document-id"] = [f"{dtype} {doc_id} can't be found"]
         cat = body.get("contact-alert-type")
@@ -348,7 +375,7 @@ class CoupaSandbox:
             responses = []
         integ = body.get("integration")
         if integ is not None and not (isinstance(integ, dict) and integ.get("code")):
-            errors["integration"] = ["must be {\"code\": ...}"]
+            errors["integration"] = ['must be {"code": ...}']
         if errors:
             raise ApiError(400, {"errors": errors})
         rec = dict(body)
@@ -430,5 +457,6 @@ def create_coupa_app(config: CoupaSandboxConfig | None = None, seed: SeedData | 
     """ASGI app for ``uvicorn coupa_d365_pipeline.sandbox.coupa:create_coupa_app --factory``."""
     if seed is None:
         from ..seed import generate_seed
+
         seed = generate_seed()
     return CoupaSandbox(config, seed).app

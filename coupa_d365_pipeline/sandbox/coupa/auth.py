@@ -12,8 +12,8 @@ import base64
 import json
 import secrets
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 from urllib.parse import parse_qs
 
 from starlette.requests import Request
@@ -44,8 +44,12 @@ def _b64(data: bytes) -> str:
 class CoupaTokens:
     """The token endpoint and token registry of one Coupa sandbox."""
 
-    def __init__(self, config: CoupaSandboxConfig, clock: Callable[[], float],
-                 mint: Callable[[str, frozenset[str]], tuple[str, _Token]] | None = None) -> None:
+    def __init__(
+        self,
+        config: CoupaSandboxConfig,
+        clock: Callable[[], float],
+        mint: Callable[[str, frozenset[str]], tuple[str, _Token]] | None = None,
+    ) -> None:
         self.config = config
         # what the token endpoint calls to issue a token; the sandbox routes it through its own issue_token
         # so a test can wrap that one method to see every token issued
@@ -61,10 +65,19 @@ class CoupaTokens:
     def issue_token(self, client_id: str, scopes: frozenset[str]) -> tuple[str, _Token]:
         now = self.clock()
         header = _b64(json.dumps({"alg": "RS256", "typ": "JWT", "kid": "sandbox"}).encode())
-        payload = _b64(json.dumps({"iss": "coupa-sandbox", "sub": client_id, "client_id": client_id,
-                                   "scope": " ".join(sorted(scopes)), "iat": int(now),
-                                   "exp": int(now + self.config.token_lifetime_s),
-                                   "jti": secrets.token_hex(16)}).encode())
+        payload = _b64(
+            json.dumps(
+                {
+                    "iss": "coupa-sandbox",
+                    "sub": client_id,
+                    "client_id": client_id,
+                    "scope": " ".join(sorted(scopes)),
+                    "iat": int(now),
+                    "exp": int(now + self.config.token_lifetime_s),
+                    "jti": secrets.token_hex(16),
+                }
+            ).encode()
+        )
         token = f"{header}.{payload}.{_b64(secrets.token_bytes(64))}"
         tok = _Token(client_id, scopes, now + self.config.token_lifetime_s)
         with self._tokens_lock:
@@ -75,17 +88,32 @@ class CoupaTokens:
         """Raise the ApiError Coupa answers when ``request`` may not read/write ``resource``."""
         auth = request.headers.get("authorization", "")
         if not auth.lower().startswith("bearer ") or not auth[7:].strip():
-            raise ApiError(401, {"errors": {"base": ["Unauthorized: missing bearer access token"]}},
-                           {"WWW-Authenticate": 'Bearer realm="coupa"'})
+            raise ApiError(
+                401,
+                {"errors": {"base": ["Unauthorized: missing bearer access token"]}},
+                {"WWW-Authenticate": 'Bearer realm="coupa"'},
+            )
         with self._tokens_lock:
             tok = self._tokens.get(auth[7:].strip())
         if tok is None or tok.expires_at <= self.clock():
-            raise ApiError(401, {"errors": {"base": ["Unauthorized: invalid or expired access token"]}},
-                           {"WWW-Authenticate": 'Bearer realm="coupa", error="invalid_token"'})
+            raise ApiError(
+                401,
+                {"errors": {"base": ["Unauthorized: invalid or expired access token"]}},
+                {"WWW-Authenticate": 'Bearer realm="coupa", error="invalid_token"'},
+            )
         accept = request.headers.get("accept", "")
         if "application/json" not in accept.lower():
-            raise ApiError(406, {"errors": {"base": [
-                f"Not Acceptable: this sandbox only serves JSON; send 'Accept: application/json' (got {accept!r})"]}})
+            raise ApiError(
+                406,
+                {
+                    "errors": {
+                        "base": [
+                            f"Not Acceptable: this sandbox only serves JSON; "
+                            f"send 'Accept: application/json' (got {accept!r})"
+                        ]
+                    }
+                },
+            )
         scope = SCOPES[resource][1 if write else 0]
         if scope not in tok.scopes:
             raise ApiError(403, {"errors": {"base": [f"Forbidden: access token lacks scope {scope}"]}})
@@ -93,12 +121,18 @@ class CoupaTokens:
     async def token_endpoint(self, request: Request) -> Response:
         ctype = request.headers.get("content-type", "")
         if "application/x-www-form-urlencoded" not in ctype.lower():
-            return JSONResponse({"error": "invalid_request",
-                                 "error_description": "Content-Type must be application/x-www-form-urlencoded"},
-                                status_code=400)
+            return JSONResponse(
+                {
+                    "error": "invalid_request",
+                    "error_description": "Content-Type must be application/x-www-form-urlencoded",
+                },
+                status_code=400,
+            )
         # parsed by hand: starlette's request.form() needs python-multipart, which is not a dependency
-        form = {k: v[-1] for k, v in parse_qs((await request.body()).decode("utf-8", "replace"),
-                                               keep_blank_values=True).items()}
+        form = {
+            k: v[-1]
+            for k, v in parse_qs((await request.body()).decode("utf-8", "replace"), keep_blank_values=True).items()
+        }
         client_id, secret = form.get("client_id"), form.get("client_secret")
         auth = request.headers.get("authorization", "")
         if auth.lower().startswith("basic "):
@@ -108,18 +142,29 @@ class CoupaTokens:
             except Exception:
                 return JSONResponse({"error": "invalid_client"}, status_code=401)
         if not client_id or self.config.clients.get(str(client_id)) != secret or secret is None:
-            return JSONResponse({"error": "invalid_client", "error_description": "Client authentication failed"},
-                                status_code=401)
+            return JSONResponse(
+                {"error": "invalid_client", "error_description": "Client authentication failed"}, status_code=401
+            )
         if form.get("grant_type") != "client_credentials":
-            return JSONResponse({"error": "unsupported_grant_type",
-                                 "error_description": "Only client_credentials is supported"}, status_code=400)
+            return JSONResponse(
+                {"error": "unsupported_grant_type", "error_description": "Only client_credentials is supported"},
+                status_code=400,
+            )
         requested = str(form.get("scope") or "").split()
         unknown = [s for s in requested if s not in KNOWN_SCOPES]
         if unknown:
-            return JSONResponse({"error": "invalid_scope",
-                                 "error_description": f"Unknown scope(s): {' '.join(unknown)}"}, status_code=400)
+            return JSONResponse(
+                {"error": "invalid_scope", "error_description": f"Unknown scope(s): {' '.join(unknown)}"},
+                status_code=400,
+            )
         scopes = frozenset(requested) if requested else KNOWN_SCOPES
         token, tok = self.mint(str(client_id), scopes)
-        return JSONResponse({"access_token": token, "token_type": "bearer",
-                             "expires_in": self.config.token_lifetime_s, "scope": " ".join(sorted(scopes))},
-                            headers={"Cache-Control": "no-store"})
+        return JSONResponse(
+            {
+                "access_token": token,
+                "token_type": "bearer",
+                "expires_in": self.config.token_lifetime_s,
+                "scope": " ".join(sorted(scopes)),
+            },
+            headers={"Cache-Control": "no-store"},
+        )

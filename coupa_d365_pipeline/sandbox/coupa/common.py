@@ -8,24 +8,42 @@ timestamp the sandbox writes is UTC ISO 8601 with ``Z`` and whole seconds.
 from __future__ import annotations
 
 import json
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from typing import Any
 
 from starlette.responses import JSONResponse, Response
 
-KNOWN_SCOPES = frozenset({
-    "core.invoice.read", "core.invoice.write", "core.invoice.create", "core.invoice.delete",
-    "core.invoice.approval.write", "core.invoice.approval.bypass",
-    "core.purchase_order.read", "core.purchase_order.write",
-    "core.supplier.read", "core.supplier.write",
-    "core.integration.read", "core.integration.write",
-    "core.common.read", "core.common.write",
-    "core.accounting.read", "core.accounting.write",
-    "core.requisition.read", "core.requisition.write",
-    "core.user.read", "core.user.write",
-    "core.payables.invoice.read", "core.payables.invoice.write",
-    "openid", "email", "profile", "login", "offline_access",
-})
+KNOWN_SCOPES = frozenset(
+    {
+        "core.invoice.read",
+        "core.invoice.write",
+        "core.invoice.create",
+        "core.invoice.delete",
+        "core.invoice.approval.write",
+        "core.invoice.approval.bypass",
+        "core.purchase_order.read",
+        "core.purchase_order.write",
+        "core.supplier.read",
+        "core.supplier.write",
+        "core.integration.read",
+        "core.integration.write",
+        "core.common.read",
+        "core.common.write",
+        "core.accounting.read",
+        "core.accounting.write",
+        "core.requisition.read",
+        "core.requisition.write",
+        "core.user.read",
+        "core.user.write",
+        "core.payables.invoice.read",
+        "core.payables.invoice.write",
+        "openid",
+        "email",
+        "profile",
+        "login",
+        "offline_access",
+    }
+)
 
 RESOURCES = ("suppliers", "purchase_orders", "invoices", "integration_history_records")
 SCOPES = {  # resource -> (read scope, write scope)
@@ -36,24 +54,105 @@ SCOPES = {  # resource -> (read scope, write scope)
 }
 # attributes filterable even when no record carries them yet
 BASE_ATTRS = {
-    "suppliers": {"id", "name", "display-name", "number", "status", "created-at", "updated-at", "tax-id",
-                  "payment-term", "primary-address", "primary-contact", "po-email", "on-hold", "exported"},
-    "purchase_orders": {"id", "po-number", "status", "version", "supplier", "currency", "created-at", "updated-at",
-                        "exported", "last-exported-at", "order-lines", "payment-term", "ship-to-address"},
-    "invoices": {"id", "invoice-number", "invoice-date", "status", "document-type", "is-credit-note", "currency",
-                 "supplier", "account-type", "payment-term", "exported", "last-exported-at", "paid",
-                 "payment-date", "created-at", "updated-at", "invoice-lines", "gross-total", "total-with-taxes",
-                 "amount-due"},
-    "integration_history_records": {"id", "document-type", "document-id", "document-status", "status",
-                                    "resolved", "contact-alert-type", "external-id", "integration",
-                                    "created-at", "updated-at", "responses", "alert"},
+    "suppliers": {
+        "id",
+        "name",
+        "display-name",
+        "number",
+        "status",
+        "created-at",
+        "updated-at",
+        "tax-id",
+        "payment-term",
+        "primary-address",
+        "primary-contact",
+        "po-email",
+        "on-hold",
+        "exported",
+    },
+    "purchase_orders": {
+        "id",
+        "po-number",
+        "status",
+        "version",
+        "supplier",
+        "currency",
+        "created-at",
+        "updated-at",
+        "exported",
+        "last-exported-at",
+        "order-lines",
+        "payment-term",
+        "ship-to-address",
+    },
+    "invoices": {
+        "id",
+        "invoice-number",
+        "invoice-date",
+        "status",
+        "document-type",
+        "is-credit-note",
+        "currency",
+        "supplier",
+        "account-type",
+        "payment-term",
+        "exported",
+        "last-exported-at",
+        "paid",
+        "payment-date",
+        "created-at",
+        "updated-at",
+        "invoice-lines",
+        "gross-total",
+        "total-with-taxes",
+        "amount-due",
+    },
+    "integration_history_records": {
+        "id",
+        "document-type",
+        "document-id",
+        "document-status",
+        "status",
+        "resolved",
+        "contact-alert-type",
+        "external-id",
+        "integration",
+        "created-at",
+        "updated-at",
+        "responses",
+        "alert",
+    },
 }
-HISTORY_DOC_TYPES = {"OrderHeader", "ExternalOrderHeader", "InvoiceHeader", "Supplier", "Payment",
-                     "RemitToAddress", "Account", "ExpenseReport", "Requisition", "User", "Contract",
-                     "InventoryTransaction", "ReceiptTransaction"}
-HISTORY_WRITABLE = {"document-type", "document-id", "document-status", "document-revision", "status",
-                    "contact-alert-type", "integration", "integration-run", "integration-run-id", "responses",
-                    "external-id", "integration-filename", "creation-method"}
+HISTORY_DOC_TYPES = {
+    "OrderHeader",
+    "ExternalOrderHeader",
+    "InvoiceHeader",
+    "Supplier",
+    "Payment",
+    "RemitToAddress",
+    "Account",
+    "ExpenseReport",
+    "Requisition",
+    "User",
+    "Contract",
+    "InventoryTransaction",
+    "ReceiptTransaction",
+}
+HISTORY_WRITABLE = {
+    "document-type",
+    "document-id",
+    "document-status",
+    "document-revision",
+    "status",
+    "contact-alert-type",
+    "integration",
+    "integration-run",
+    "integration-run-id",
+    "responses",
+    "external-id",
+    "integration-filename",
+    "creation-method",
+}
 INVOICE_WRITABLE = {"paid", "payment-date", "payment-notes", "payments", "custom-fields"}
 PAYMENT_TEXT_MAX = 255  # R39 Payment.notes and check-number: string(255)
 # Custom fields an admin made API-editable on invoices (real Coupa rejects others).
@@ -69,8 +168,11 @@ class ApiError(Exception):
         self.headers = headers or {}
 
     def response(self) -> Response:
-        body = self.errors if isinstance(self.errors, dict) and ("error" in self.errors or "errors" in self.errors) \
+        body = (
+            self.errors
+            if isinstance(self.errors, dict) and ("error" in self.errors or "errors" in self.errors)
             else {"errors": self.errors if isinstance(self.errors, dict) else {"base": [str(self.errors)]}}
+        )
         return JSONResponse(body, status_code=self.status, headers=self.headers)
 
 
@@ -79,7 +181,7 @@ def _bad(msg: str, key: str = "base", status: int = 400) -> ApiError:
 
 
 def iso_z(ts: float) -> str:
-    return datetime.fromtimestamp(int(ts), tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(int(ts), tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_dt(value: Any) -> datetime | None:
@@ -87,18 +189,18 @@ def parse_dt(value: Any) -> datetime | None:
     if value is None:
         return None
     if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
     s = str(value).strip()
     if not s:
         return None
     try:
         if len(s) == 10:
             d = date.fromisoformat(s)
-            return datetime(d.year, d.month, d.day, tzinfo=timezone.utc)
+            return datetime(d.year, d.month, d.day, tzinfo=UTC)
         dt = datetime.fromisoformat(s.replace("Z", "+00:00") if s.endswith("Z") else s)
     except ValueError:
         return None
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
 def _norm(name: str) -> str:
@@ -115,4 +217,4 @@ def _copy(obj: Any) -> Any:
 
 def _fmt_dt(value: Any) -> str | None:
     dt = parse_dt(value)
-    return None if dt is None else dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return None if dt is None else dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

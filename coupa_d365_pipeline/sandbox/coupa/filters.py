@@ -9,13 +9,13 @@ compare numerically for ``gt``/``lt``/…, everything else as text; a filter nev
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
-from typing import Any, Callable
+from typing import Any
 
 from .common import _bad, _is_dt_attr, _norm, parse_dt
 
-OPS = {"gt", "lt", "gt_or_eq", "lt_or_eq", "not_eq", "in", "not_in", "contains", "starts_with", "ends_with",
-       "blank"}
+OPS = {"gt", "lt", "gt_or_eq", "lt_or_eq", "not_eq", "in", "not_in", "contains", "starts_with", "ends_with", "blank"}
 IGNORED_PARAMS = {"fields", "return_object", "filter", "show_deleted_lines", "limit", "offset", "order_by", "dir"}
 _PARAM_RE = re.compile(r"^([^\[\]]+)((?:\[[^\[\]]*\])*)$")
 
@@ -146,8 +146,9 @@ def build_filters(resource: str, params: list[tuple[str, str]], known: set[str])
             if top.endswith("-id") and top[:-3] in known and len(path) == 1:
                 path = [top[:-3], "id"]
             else:
-                raise _bad(f"Unknown attribute '{key}' for {resource}; filterable attributes: "
-                           + ", ".join(sorted(known)))
+                raise _bad(
+                    f"Unknown attribute '{key}' for {resource}; filterable attributes: " + ", ".join(sorted(known))
+                )
         attr = path[-1]
 
         def pred(rec: dict, path=path, op=op, raw=raw, attr=attr) -> bool:

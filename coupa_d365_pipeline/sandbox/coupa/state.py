@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..seed import SeedData
 from .common import BASE_ATTRS, RESOURCES, _copy, _norm, iso_z, parse_dt
@@ -32,9 +33,11 @@ class CoupaState:
         self._next_payment_id = 1
         self._max_updated = 0.0
         if seed is not None:
-            for resource, records in (("suppliers", seed.coupa_suppliers),
-                                      ("purchase_orders", seed.coupa_purchase_orders),
-                                      ("invoices", seed.coupa_invoices)):
+            for resource, records in (
+                ("suppliers", seed.coupa_suppliers),
+                ("purchase_orders", seed.coupa_purchase_orders),
+                ("invoices", seed.coupa_invoices),
+            ):
                 store = self._store(resource)
                 for rec in _copy(records):
                     store[int(rec["id"])] = rec
@@ -140,8 +143,14 @@ class CoupaState:
                 inv["custom-fields"] = {**(inv.get("custom-fields") or {}), **header["custom-fields"]}
             rows = inv.setdefault("payments", [])
             for p in payments:
-                row = {"id": self._next_payment_id, **p, "payable-type": "InvoiceHeader",
-                       "payable-id": invoice_id, "created-at": now, "updated-at": now}
+                row = {
+                    "id": self._next_payment_id,
+                    **p,
+                    "payable-type": "InvoiceHeader",
+                    "payable-id": invoice_id,
+                    "created-at": now,
+                    "updated-at": now,
+                }
                 self._next_payment_id += 1
                 rows.append(row)
             inv["updated-at"] = now

@@ -17,5 +17,14 @@ from .odata import THROTTLE_MESSAGE, ODataError, Resp, split_display_value
 from .query import parse_key_predicate
 from .state import D365State
 
-__all__ = ["D365Sandbox", "D365SandboxConfig", "D365State", "ENTITY_INFO", "ODataError", "Resp", "THROTTLE_MESSAGE",
-           "parse_key_predicate", "split_display_value"]
+__all__ = [
+    "D365Sandbox",
+    "D365SandboxConfig",
+    "D365State",
+    "ENTITY_INFO",
+    "ODataError",
+    "Resp",
+    "THROTTLE_MESSAGE",
+    "parse_key_predicate",
+    "split_display_value",
+]

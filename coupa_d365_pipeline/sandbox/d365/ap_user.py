@@ -43,8 +43,9 @@ class SimulatedAPUser:
                 return Decimal(line[prop])
         return Decimal(line.get("ReceiveNow") or 0) * Decimal(line.get("UnitPrice") or 0)
 
-    def post_invoice(self, data_area_id: str, header_reference: str, *,
-                     created_on: str | datetime | None = None) -> dict:
+    def post_invoice(
+        self, data_area_id: str, header_reference: str, *, created_on: str | datetime | None = None
+    ) -> dict:
         """Post a pending invoice as an AP user would: the pending header and lines disappear and a
         ``VendInvoiceJourBiEntities`` + ``VendTransBiEntities`` (TransType Purch; AmountCur negative for an
         invoice, positive for a credit note) appear.
@@ -57,13 +58,21 @@ class SimulatedAPUser:
         """
         company = data_area_id.lower()
         with self.store.lock:
-            header = self.store.get("VendorInvoiceHeaders", {"dataAreaId": company, "HeaderReference": header_reference})
+            header = self.store.get(
+                "VendorInvoiceHeaders", {"dataAreaId": company, "HeaderReference": header_reference}
+            )
             if header is None:
                 raise KeyError(f"pending vendor invoice {data_area_id}/{header_reference} not found")
-            lines = [r for r in self.store._tables["VendorInvoiceLines"].values()
-                     if _same(r["dataAreaId"], company) and _same(r["HeaderReference"], header["HeaderReference"])]
-            amount = sum((self._line_amount(line) for line in lines), Decimal(0)) if lines else Decimal(
-                header.get("ImportedAmount") or 0)
+            lines = [
+                r
+                for r in self.store._tables["VendorInvoiceLines"].values()
+                if _same(r["dataAreaId"], company) and _same(r["HeaderReference"], header["HeaderReference"])
+            ]
+            amount = (
+                sum((self._line_amount(line) for line in lines), Decimal(0))
+                if lines
+                else Decimal(header.get("ImportedAmount") or 0)
+            )
             invoice_account = header.get("InvoiceAccount") or header.get("VendorAccount") or ""
             order_account = header.get("VendorAccount") or invoice_account
             voucher = f"APVOU-{self.store._next(f'voucher:inv:{company}'):06d}"
@@ -71,29 +80,67 @@ class SimulatedAPUser:
             invoice_date = header.get("InvoiceDate") or EMPTY_DATE
             trans_date = invoice_date if invoice_date != EMPTY_DATE else normalize_datetime(self.store.now().date())
             currency = header.get("Currency") or ""
-            journal = self.store._insert_raw("VendInvoiceJourBiEntities", {
-                "dataAreaId": company, "SourceKey": self.store._next("recid", FIRST_RECID),
-                "InvoiceId": header.get("InvoiceNumber", ""), "InvoiceAccount": invoice_account,
-                "OrderAccount": order_account, "InvoiceDate": invoice_date, "DocumentDate": header.get("Date") or EMPTY_DATE,
-                "DueDate": header.get("DueDate") or EMPTY_DATE, "InvoiceAmount": amount, "InvoiceAmountMST": amount,
-                "CurrencyCode": currency, "LedgerVoucher": voucher, "InternalInvoiceId": voucher,
-                "PurchId": header.get("PurchaseOrderNumber", ""), "Description": header.get("InvoiceDescription", ""),
-                "CreatedOn": now, "SysModifiedDateTime": now, "SysRecVersion": 1, "SysDataAreaId": company,
-            })
-            trans = self.store._insert_raw("VendTransBiEntities", {
-                "dataAreaId": company, "SourceKey": self.store._next("recid", FIRST_RECID), "AccountNum": invoice_account,
-                "Invoice": header.get("InvoiceNumber", ""), "Voucher": voucher, "TransType": "Purch",
-                "AmountCur": -amount, "AmountMST": -amount, "SettleAmountCur": Decimal(0), "SettleAmountMST": Decimal(0),
-                "Closed": EMPTY_DATE, "TransDate": trans_date, "DocumentDate": header.get("Date") or EMPTY_DATE,
-                "DueDate": header.get("DueDate") or EMPTY_DATE, "CurrencyCode": currency, "Approved": "Yes",
-                "Txt": header.get("InvoiceDescription", ""), "CreatedOn": now, "SysModifiedDateTime": now,
-                "SysRecVersion": 1, "SysDataAreaId": company,
-            })
+            journal = self.store._insert_raw(
+                "VendInvoiceJourBiEntities",
+                {
+                    "dataAreaId": company,
+                    "SourceKey": self.store._next("recid", FIRST_RECID),
+                    "InvoiceId": header.get("InvoiceNumber", ""),
+                    "InvoiceAccount": invoice_account,
+                    "OrderAccount": order_account,
+                    "InvoiceDate": invoice_date,
+                    "DocumentDate": header.get("Date") or EMPTY_DATE,
+                    "DueDate": header.get("DueDate") or EMPTY_DATE,
+                    "InvoiceAmount": amount,
+                    "InvoiceAmountMST": amount,
+                    "CurrencyCode": currency,
+                    "LedgerVoucher": voucher,
+                    "InternalInvoiceId": voucher,
+                    "PurchId": header.get("PurchaseOrderNumber", ""),
+                    "Description": header.get("InvoiceDescription", ""),
+                    "CreatedOn": now,
+                    "SysModifiedDateTime": now,
+                    "SysRecVersion": 1,
+                    "SysDataAreaId": company,
+                },
+            )
+            trans = self.store._insert_raw(
+                "VendTransBiEntities",
+                {
+                    "dataAreaId": company,
+                    "SourceKey": self.store._next("recid", FIRST_RECID),
+                    "AccountNum": invoice_account,
+                    "Invoice": header.get("InvoiceNumber", ""),
+                    "Voucher": voucher,
+                    "TransType": "Purch",
+                    "AmountCur": -amount,
+                    "AmountMST": -amount,
+                    "SettleAmountCur": Decimal(0),
+                    "SettleAmountMST": Decimal(0),
+                    "Closed": EMPTY_DATE,
+                    "TransDate": trans_date,
+                    "DocumentDate": header.get("Date") or EMPTY_DATE,
+                    "DueDate": header.get("DueDate") or EMPTY_DATE,
+                    "CurrencyCode": currency,
+                    "Approved": "Yes",
+                    "Txt": header.get("InvoiceDescription", ""),
+                    "CreatedOn": now,
+                    "SysModifiedDateTime": now,
+                    "SysRecVersion": 1,
+                    "SysDataAreaId": company,
+                },
+            )
             self.store._delete_cascade("VendorInvoiceHeaders", header)
-            self.store._remove("VendorInvoiceHeaders", self.store._key(self.store._schema("VendorInvoiceHeaders"), header))
+            self.store._remove(
+                "VendorInvoiceHeaders", self.store._key(self.store._schema("VendorInvoiceHeaders"), header)
+            )
             self.store._mark_posted((company, header["HeaderReference"].casefold()))
-            result = {"HeaderReference": header["HeaderReference"], "dataAreaId": company,
-                      "VendInvoiceJourBiEntity": dict(journal), "VendTransBiEntity": dict(trans)}
+            result = {
+                "HeaderReference": header["HeaderReference"],
+                "dataAreaId": company,
+                "VendInvoiceJourBiEntity": dict(journal),
+                "VendTransBiEntity": dict(trans),
+            }
             self.store.posting_log.append({"action": "post_invoice", **to_jsonable(result)})
             return result
 
@@ -109,9 +156,14 @@ class SimulatedAPUser:
 
     def _posted_trans(self, company: str, vendor_account: str, invoice_id: str) -> dict[str, Any]:
         """The VendTrans of a posted invoice or credit note (not a payment); KeyError when none."""
-        matches = [r for r in self.store._tables["VendTransBiEntities"].values()
-                   if _same(r["dataAreaId"], company) and _same(r["AccountNum"], vendor_account)
-                   and _same(r["Invoice"], invoice_id) and r["TransType"] != "Payment"]
+        matches = [
+            r
+            for r in self.store._tables["VendTransBiEntities"].values()
+            if _same(r["dataAreaId"], company)
+            and _same(r["AccountNum"], vendor_account)
+            and _same(r["Invoice"], invoice_id)
+            and r["TransType"] != "Payment"
+        ]
         if not matches:
             raise KeyError(f"no posted invoice {invoice_id} for vendor {vendor_account} in {company}")
         return matches[-1]
@@ -127,8 +179,15 @@ class SimulatedAPUser:
         rec["SysRecVersion"] = int(rec.get("SysRecVersion") or 0) + 1
         self.store._put(entity_set, self.store._key(self.store._schema(entity_set), rec), rec)
 
-    def _apply_settlement(self, trans: dict[str, Any], movement: Decimal, when: str, offset: dict[str, Any],
-                          settlement_voucher: str, modified: str) -> dict[str, Any]:
+    def _apply_settlement(
+        self,
+        trans: dict[str, Any],
+        movement: Decimal,
+        when: str,
+        offset: dict[str, Any],
+        settlement_voucher: str,
+        modified: str,
+    ) -> dict[str, Any]:
         """Move ``trans``' SettleAmountCur by ``movement`` (its own sign) and record the last settlement."""
         updated = dict(trans)
         updated["SettleAmountCur"] = Decimal(trans["SettleAmountCur"]) + movement
@@ -141,21 +200,52 @@ class SimulatedAPUser:
         self._touch("VendTransBiEntities", updated, modified)
         return updated
 
-    def _settlement_row(self, trans: dict[str, Any], offset: dict[str, Any], movement: Decimal, when: str,
-                        settlement_voucher: str, group: int, created: str) -> dict[str, Any]:
-        return self.store._insert_raw("VendSettlementBiEntities", {
-            "dataAreaId": trans["dataAreaId"], "SourceKey": self.store._next("recid", FIRST_RECID),
-            "TransRecId": trans["SourceKey"], "OffsetRecid": offset["SourceKey"], "SettleAmountCur": movement,
-            "SettleAmountMST": movement, "TransDate": when, "SettlementVoucher": settlement_voucher,
-            "OffsetTransVoucher": offset["Voucher"], "AccountNum": trans["AccountNum"],
-            "OffsetAccountNum": offset["AccountNum"], "TransCompany": trans["dataAreaId"],
-            "OffsetCompany": offset["dataAreaId"], "DueDate": trans["DueDate"], "TransType": trans["TransType"],
-            "CanBeReversed": "Yes", "SettlementGroup": group, "SysDataAreaId": trans["dataAreaId"],
-            "CreatedOn": created,
-        })
+    def _settlement_row(
+        self,
+        trans: dict[str, Any],
+        offset: dict[str, Any],
+        movement: Decimal,
+        when: str,
+        settlement_voucher: str,
+        group: int,
+        created: str,
+    ) -> dict[str, Any]:
+        return self.store._insert_raw(
+            "VendSettlementBiEntities",
+            {
+                "dataAreaId": trans["dataAreaId"],
+                "SourceKey": self.store._next("recid", FIRST_RECID),
+                "TransRecId": trans["SourceKey"],
+                "OffsetRecid": offset["SourceKey"],
+                "SettleAmountCur": movement,
+                "SettleAmountMST": movement,
+                "TransDate": when,
+                "SettlementVoucher": settlement_voucher,
+                "OffsetTransVoucher": offset["Voucher"],
+                "AccountNum": trans["AccountNum"],
+                "OffsetAccountNum": offset["AccountNum"],
+                "TransCompany": trans["dataAreaId"],
+                "OffsetCompany": offset["dataAreaId"],
+                "DueDate": trans["DueDate"],
+                "TransType": trans["TransType"],
+                "CanBeReversed": "Yes",
+                "SettlementGroup": group,
+                "SysDataAreaId": trans["dataAreaId"],
+                "CreatedOn": created,
+            },
+        )
 
-    def settle_invoice(self, data_area_id: str, invoice_id: str, vendor_account: str, amount: Decimal | float,
-                       date: str, payment_reference: str, *, created_on: str | datetime | None = None) -> dict:
+    def settle_invoice(
+        self,
+        data_area_id: str,
+        invoice_id: str,
+        vendor_account: str,
+        amount: Decimal | float,
+        date: str,
+        payment_reference: str,
+        *,
+        created_on: str | datetime | None = None,
+    ) -> dict:
         """Pay (part of) a posted invoice — or refund (part of) a posted credit note: adds a payment
         VendTrans (TransType Payment, AmountCur of the opposite sign, settled at once) and one
         VendSettlement row on the invoice side (simplification: the payment side's row is not
@@ -173,30 +263,58 @@ class SimulatedAPUser:
         with self.store.lock:
             inv = self._posted_trans(company, vendor_account, invoice_id)
             direction = Decimal(-1) if Decimal(inv["AmountCur"]) < 0 else Decimal(1)
-            movement = direction * pay                      # on the invoice, with the invoice's sign
+            movement = direction * pay  # on the invoice, with the invoice's sign
             open_amount = self._open_amount(inv)
             if direction * open_amount < pay:
                 raise ValueError(f"settlement {pay} exceeds the open amount {direction * open_amount}")
             pay_voucher = f"APPAY-{self.store._next(f'voucher:pay:{company}'):06d}"
-            payment = self.store._insert_raw("VendTransBiEntities", {
-                "dataAreaId": company, "SourceKey": self.store._next("recid", FIRST_RECID), "AccountNum": inv["AccountNum"],
-                "Voucher": pay_voucher, "TransType": "Payment", "AmountCur": -movement, "AmountMST": -movement,
-                "SettleAmountCur": -movement, "SettleAmountMST": -movement, "PaymReference": payment_reference,
-                "TransDate": when, "Closed": when, "CurrencyCode": inv["CurrencyCode"], "LastSettleVoucher": inv["Voucher"],
-                "LastSettleDate": when, "LastSettleAccountNum": inv["AccountNum"], "LastSettleCompany": company,
-                "Approved": "Yes", "SysDataAreaId": company, "CreatedOn": created, "SysModifiedDateTime": created,
-                "SysRecVersion": 1,
-            })
+            payment = self.store._insert_raw(
+                "VendTransBiEntities",
+                {
+                    "dataAreaId": company,
+                    "SourceKey": self.store._next("recid", FIRST_RECID),
+                    "AccountNum": inv["AccountNum"],
+                    "Voucher": pay_voucher,
+                    "TransType": "Payment",
+                    "AmountCur": -movement,
+                    "AmountMST": -movement,
+                    "SettleAmountCur": -movement,
+                    "SettleAmountMST": -movement,
+                    "PaymReference": payment_reference,
+                    "TransDate": when,
+                    "Closed": when,
+                    "CurrencyCode": inv["CurrencyCode"],
+                    "LastSettleVoucher": inv["Voucher"],
+                    "LastSettleDate": when,
+                    "LastSettleAccountNum": inv["AccountNum"],
+                    "LastSettleCompany": company,
+                    "Approved": "Yes",
+                    "SysDataAreaId": company,
+                    "CreatedOn": created,
+                    "SysModifiedDateTime": created,
+                    "SysRecVersion": 1,
+                },
+            )
             group = self.store._next("settlement_group")
             settlement = self._settlement_row(inv, payment, movement, when, pay_voucher, group, created)
             updated = self._apply_settlement(inv, movement, when, payment, pay_voucher, created)
-            result = {"VendSettlementBiEntity": dict(settlement), "PaymentVendTrans": dict(payment),
-                      "InvoiceVendTrans": dict(updated)}
+            result = {
+                "VendSettlementBiEntity": dict(settlement),
+                "PaymentVendTrans": dict(payment),
+                "InvoiceVendTrans": dict(updated),
+            }
             self.store.posting_log.append({"action": "settle_invoice", **to_jsonable(result)})
             return result
 
-    def settle_credit_note(self, data_area_id: str, invoice_id: str, credit_note_id: str, vendor_account: str,
-                           amount: Decimal | float, date: str) -> dict:
+    def settle_credit_note(
+        self,
+        data_area_id: str,
+        invoice_id: str,
+        credit_note_id: str,
+        vendor_account: str,
+        amount: Decimal | float,
+        date: str,
+    ) -> dict:
         """Settle a posted credit note against a posted invoice of the same vendor (no cash moves): one
         VendSettlement row per side (invoice side negative, credit-note side positive, same
         SettlementGroup), both VendTrans move towards closed.
@@ -214,20 +332,27 @@ class SimulatedAPUser:
             inv = self._posted_trans(company, vendor_account, invoice_id)
             credit = self._posted_trans(company, vendor_account, credit_note_id)
             if not Decimal(inv["AmountCur"]) < 0 < Decimal(credit["AmountCur"]):
-                raise ValueError(f"{invoice_id} must be an invoice (AmountCur < 0) and {credit_note_id} a credit "
-                                 "note (AmountCur > 0)")
+                raise ValueError(
+                    f"{invoice_id} must be an invoice (AmountCur < 0) and {credit_note_id} a credit "
+                    "note (AmountCur > 0)"
+                )
             open_invoice, open_credit = -self._open_amount(inv), self._open_amount(credit)
             if applied > open_invoice or applied > open_credit:
-                raise ValueError(f"settlement {applied} exceeds the open amount (invoice {open_invoice}, "
-                                 f"credit note {open_credit})")
+                raise ValueError(
+                    f"settlement {applied} exceeds the open amount (invoice {open_invoice}, credit note {open_credit})"
+                )
             group = self.store._next("settlement_group")
             voucher = credit["Voucher"]  # which voucher F&O shows as SettlementVoucher here is UNCONFIRMED
             invoice_side = self._settlement_row(inv, credit, -applied, when, voucher, group, modified)
             credit_side = self._settlement_row(credit, inv, applied, when, voucher, group, modified)
             updated_invoice = self._apply_settlement(inv, -applied, when, credit, voucher, modified)
             updated_credit = self._apply_settlement(credit, applied, when, inv, voucher, modified)
-            result = {"InvoiceSettlement": dict(invoice_side), "CreditNoteSettlement": dict(credit_side),
-                      "InvoiceVendTrans": dict(updated_invoice), "CreditNoteVendTrans": dict(updated_credit)}
+            result = {
+                "InvoiceSettlement": dict(invoice_side),
+                "CreditNoteSettlement": dict(credit_side),
+                "InvoiceVendTrans": dict(updated_invoice),
+                "CreditNoteVendTrans": dict(updated_credit),
+            }
             self.store.posting_log.append({"action": "settle_credit_note", **to_jsonable(result)})
             return result
 
@@ -250,18 +375,23 @@ class SimulatedAPUser:
                 raise KeyError(f"no settlement {settlement_source_key} in {company}")
             if row.get("CanBeReversed") == "No":
                 raise ValueError(f"settlement {settlement_source_key} in {company} cannot be reversed")
-            group = [r for r in settlements.values()
-                     if r["SettlementGroup"] == row["SettlementGroup"] and r["SettlementGroup"]] or [row]
+            group = [
+                r
+                for r in settlements.values()
+                if r["SettlementGroup"] == row["SettlementGroup"] and r["SettlementGroup"]
+            ] or [row]
             trans_table = self.store._tables["VendTransBiEntities"]
             movements: dict[tuple, Decimal] = {}
-            for part in group:   # the rows say how far each VendTrans moved (their own sign)
+            for part in group:  # the rows say how far each VendTrans moved (their own sign)
                 key = (_norm(part["TransCompany"] or part["dataAreaId"]), _norm(part["TransRecId"]))
                 movements[key] = movements.get(key, Decimal(0)) + Decimal(part["SettleAmountCur"])
             offset_key = (_norm(row["OffsetCompany"] or company), _norm(row["OffsetRecid"]))
             if offset_key not in movements:  # a payment: its own side has no row here, it moved by the opposite
                 movements[offset_key] = -Decimal(row["SettleAmountCur"])
             for part in group:
-                self.store._remove("VendSettlementBiEntities", self.store._key(self.store._schema("VendSettlementBiEntities"), part))
+                self.store._remove(
+                    "VendSettlementBiEntities", self.store._key(self.store._schema("VendSettlementBiEntities"), part)
+                )
             restored = []
             for key, movement in movements.items():
                 trans = trans_table.get(key)
@@ -272,9 +402,14 @@ class SimulatedAPUser:
                 updated["SettleAmountMST"] = Decimal(trans["SettleAmountMST"]) - movement
                 settled = updated["SettleAmountCur"] == Decimal(updated["AmountCur"]) != 0
                 updated["Closed"] = trans["Closed"] if settled else EMPTY_DATE
-                remaining = sorted((r for r in settlements.values() if r["TransRecId"] == trans["SourceKey"]
-                                    and _same(r["dataAreaId"], trans["dataAreaId"])),
-                                   key=lambda r: (r["TransDate"], r["SourceKey"]))
+                remaining = sorted(
+                    (
+                        r
+                        for r in settlements.values()
+                        if r["TransRecId"] == trans["SourceKey"] and _same(r["dataAreaId"], trans["dataAreaId"])
+                    ),
+                    key=lambda r: (r["TransDate"], r["SourceKey"]),
+                )
                 last = remaining[-1] if remaining else None
                 updated["LastSettleDate"] = last["TransDate"] if last else EMPTY_DATE
                 updated["LastSettleVoucher"] = last["SettlementVoucher"] if last else ""

@@ -52,8 +52,9 @@ import json
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from decimal import Decimal
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import parse_qsl, quote
 
 from starlette.applications import Starlette
@@ -96,20 +97,31 @@ from .state import D365State
 class D365Sandbox:
     """The sandbox: state + Entra token endpoint + OData service, wrapped in FaultMiddleware."""
 
-    def __init__(self, config: D365SandboxConfig, master_data: dict[str, list[dict]] | None = None,
-                 schema: D365Schema | None = None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        config: D365SandboxConfig,
+        master_data: dict[str, list[dict]] | None = None,
+        schema: D365Schema | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.config = config
         self.clock = clock
         self.schema = schema or load_schema()
         self.env_url = config.environment_url.rstrip("/")
-        self.state = D365State(self.schema, master_data, default_company=config.default_company,
-                               dimension_format=config.dimension_format,
-                               dimension_delimiter=config.dimension_delimiter,
-                               number_sequences=config.number_sequences, clock=clock)
+        self.state = D365State(
+            self.schema,
+            master_data,
+            default_company=config.default_company,
+            dimension_format=config.dimension_format,
+            dimension_delimiter=config.dimension_delimiter,
+            number_sequences=config.number_sequences,
+            clock=clock,
+        )
         self.log = RequestLog()
         self.injector = FaultInjector(config.fault, clock=clock)
-        self.tokens = EntraTokens(config, clock, self.state.now,
-                                  mint=lambda client_id, audience: self.issue_token(client_id, audience))
+        self.tokens = EntraTokens(
+            config, clock, self.state.now, mint=lambda client_id, audience: self.issue_token(client_id, audience)
+        )
         self._budget: deque[float] = deque()
         self._budget_lock = threading.Lock()
         self.throttled_count = 0
@@ -142,8 +154,12 @@ class D365Sandbox:
             self._budget.clear()
 
     def _throttled(self) -> Resp:
-        err = ODataError(429, THROTTLE_MESSAGE, outer_message=THROTTLE_MESSAGE,
-                         headers={"Retry-After": str(self.config.budget_retry_after_s)})
+        err = ODataError(
+            429,
+            THROTTLE_MESSAGE,
+            outer_message=THROTTLE_MESSAGE,
+            headers={"Retry-After": str(self.config.budget_retry_after_s)},
+        )
         return Resp.error(err)
 
     # ---- OData dispatch (shared by plain requests and $batch parts) ----------------------------
@@ -161,10 +177,17 @@ class D365Sandbox:
         if subpath == "":
             if method != "GET":
                 raise ODataError(405, "The requested resource does not support this HTTP method.")
-            return Resp.json(200, {"@odata.context": f"{self.env_url}/data/$metadata", "value": [
-                {"name": n, "kind": "EntitySet", "url": n} for n in self.schema.entity_sets]})
+            return Resp.json(
+                200,
+                {
+                    "@odata.context": f"{self.env_url}/data/$metadata",
+                    "value": [{"name": n, "kind": "EntitySet", "url": n} for n in self.schema.entity_sets],
+                },
+            )
         if subpath == "$metadata":
-            return Resp(200, metadata_xml(self.schema).encode(), {"Content-Type": "application/xml", "OData-Version": "4.0"})
+            return Resp(
+                200, metadata_xml(self.schema).encode(), {"Content-Type": "application/xml", "OData-Version": "4.0"}
+            )
         name, key_text, rest = subpath, None, ""
         cut = min([i for i in (subpath.find("("), subpath.find("/")) if i >= 0], default=-1)
         if cut >= 0:
@@ -174,7 +197,7 @@ class D365Sandbox:
                 close = _matching_paren(tail)
                 if close < 0:
                     raise _bad_request(f"Bad Request - Error in query syntax: unbalanced parentheses in '{subpath}'.")
-                key_text, rest = tail[1:close], tail[close + 1:]
+                key_text, rest = tail[1:close], tail[close + 1 :]
             else:
                 rest = tail
         sch = self.schema.get(name)
@@ -197,12 +220,16 @@ class D365Sandbox:
             return Resp(200, str(len(rows)).encode(), {"Content-Type": "text/plain", "OData-Version": "4.0"})
         if key_text is None:
             if method == "GET":
-                return get_collection(self.state, sch, params, options, cross, env_url=self.env_url,
-                                      page_size=self.config.page_size)
+                return get_collection(
+                    self.state, sch, params, options, cross, env_url=self.env_url, page_size=self.config.page_size
+                )
             if method == "POST":
                 return self._post(sch, headers, body)
-            raise ODataError(405, f"The HTTP method '{method}' is not allowed on the entity set '{name}'; address a "
-                                  "single entity by its full key.")
+            raise ODataError(
+                405,
+                f"The HTTP method '{method}' is not allowed on the entity set '{name}'; address a "
+                "single entity by its full key.",
+            )
         key_values = parse_key_predicate(key_text, sch)
         if method == "GET":
             rec = self.state.get(name, key_values, cross)
@@ -215,8 +242,14 @@ class D365Sandbox:
         if method in ("PATCH", "PUT", "MERGE"):
             payload = self._json_body(body)
             try:
-                etag = self.state.update(name, key_values, payload, cross_company=cross, replace=(method == "PUT"),
-                                         if_match=headers.get("if-match"))
+                etag = self.state.update(
+                    name,
+                    key_values,
+                    payload,
+                    cross_company=cross,
+                    replace=(method == "PUT"),
+                    if_match=headers.get("if-match"),
+                )
             except ODataError as err:
                 if err.status == 404:
                     raise _not_found_segment(f"{name}({key_text})") from None
@@ -250,13 +283,22 @@ class D365Sandbox:
         out_headers = {"Location": location, "ETag": etag, "OData-EntityId": location}
         if "return=minimal" in headers.get("prefer", ""):
             return Resp(204, b"", {"OData-Version": "4.0", "Preference-Applied": "return=minimal", **out_headers})
-        return Resp.json(201, {"@odata.context": f"{self.env_url}/data/$metadata#{sch.name}/$entity",
-                               **shape(sch, rec, None, etag)}, out_headers)
+        return Resp.json(
+            201,
+            {"@odata.context": f"{self.env_url}/data/$metadata#{sch.name}/$entity", **shape(sch, rec, None, etag)},
+            out_headers,
+        )
 
     # ---- $batch (see :mod:`.batch`) --------------------------------------------------------------
     def handle_batch(self, content_type: str, body: bytes) -> Resp:
-        return batch.handle_batch(content_type, body, state=self.state, handle=self.handle,
-                                  consume_budget=self._consume_budget, throttled=self._throttled)
+        return batch.handle_batch(
+            content_type,
+            body,
+            state=self.state,
+            handle=self.handle,
+            consume_budget=self._consume_budget,
+            throttled=self._throttled,
+        )
 
     # ---- Starlette app -------------------------------------------------------------------------
     def _build_app(self) -> Starlette:
@@ -265,7 +307,7 @@ class D365Sandbox:
             if reason is not None:
                 www = "Bearer" if reason == "" else f'Bearer error="invalid_token", error_description="{reason}"'
                 return Response(status_code=401, headers={"WWW-Authenticate": www})
-            subpath = request.scope["path"][len("/data"):]
+            subpath = request.scope["path"][len("/data") :]
             body = await request.body()
             if subpath.strip("/") == "$batch":
                 if request.method != "POST":
@@ -304,6 +346,13 @@ def _to_starlette(resp: Resp) -> Response:
 
 
 __all__ = [
-    "D365Sandbox", "D365SandboxConfig", "D365State", "ODataError", "Resp", "parse_key_predicate",
-    "split_display_value", "ENTITY_INFO", "THROTTLE_MESSAGE",
+    "D365Sandbox",
+    "D365SandboxConfig",
+    "D365State",
+    "ODataError",
+    "Resp",
+    "parse_key_predicate",
+    "split_display_value",
+    "ENTITY_INFO",
+    "THROTTLE_MESSAGE",
 ]

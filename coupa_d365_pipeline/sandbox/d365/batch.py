@@ -10,7 +10,8 @@ budget and is throttled whole when the budget cannot take all of them; batches d
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from .odata import ODataError, Resp, _bad_request, _not_found_segment
@@ -21,18 +22,36 @@ if TYPE_CHECKING:
 # (method, subpath, query, headers, body) -> the answer; the sandbox's plain OData dispatcher
 Handler = Callable[[str, str, str, dict[str, str], bytes], Resp]
 
-_REASONS = {200: "OK", 201: "Created", 204: "No Content", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
-            405: "Method Not Allowed", 412: "Precondition Failed", 429: "Too Many Requests",
-            500: "Internal Server Error", 503: "Service Unavailable"}
+_REASONS = {
+    200: "OK",
+    201: "Created",
+    204: "No Content",
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    412: "Precondition Failed",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
 
 
-def handle_batch(content_type: str, body: bytes, *, state: D365State, handle: Handler,
-                 consume_budget: Callable[[int], bool], throttled: Callable[[], Resp]) -> Resp:
+def handle_batch(
+    content_type: str,
+    body: bytes,
+    *,
+    state: D365State,
+    handle: Handler,
+    consume_budget: Callable[[int], bool],
+    throttled: Callable[[], Resp],
+) -> Resp:
     """Serve one ``$batch`` request: parse it, take its operations from the budget, run it."""
     boundary = _boundary(content_type)
     if not content_type.lower().startswith("multipart/mixed") or not boundary:
-        return Resp.error(_bad_request("The content type of a $batch request must be multipart/mixed with a "
-                                       "boundary parameter."))
+        return Resp.error(
+            _bad_request("The content type of a $batch request must be multipart/mixed with a boundary parameter.")
+        )
     try:
         parts = _split_multipart(body.decode("utf-8"), boundary)
         items: list[tuple[str, Any]] = []
@@ -83,8 +102,9 @@ def handle_batch(content_type: str, body: bytes, *, state: D365State, handle: Ha
             inner = "".join(f"--{cs_boundary}\r\n{r}" for r in responses) + f"--{cs_boundary}--\r\n"
             chunks.append(f"Content-Type: multipart/mixed; boundary={cs_boundary}\r\n\r\n{inner}")
     text = "".join(f"--{out_boundary}\r\n{c}" for c in chunks) + f"--{out_boundary}--\r\n"
-    return Resp(200, text.encode("utf-8"), {"Content-Type": f"multipart/mixed; boundary={out_boundary}",
-                                             "OData-Version": "4.0"})
+    return Resp(
+        200, text.encode("utf-8"), {"Content-Type": f"multipart/mixed; boundary={out_boundary}", "OData-Version": "4.0"}
+    )
 
 
 def _run_part(handle: Handler, req: tuple[str, str, dict[str, str], bytes]) -> Resp:
@@ -94,7 +114,7 @@ def _run_part(handle: Handler, req: tuple[str, str, dict[str, str], bytes]) -> R
     if split.scheme or path.startswith("/"):
         if not path.startswith("/data/") and path != "/data":
             return Resp.error(_not_found_segment(path.strip("/").split("/")[0]))
-        path = path[len("/data"):]
+        path = path[len("/data") :]
     if path.strip("/") == "$batch":
         return Resp.error(_bad_request("A $batch request cannot be nested in a $batch request."))
     return handle(method, path, split.query, headers, body)

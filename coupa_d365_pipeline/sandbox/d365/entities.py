@@ -20,14 +20,26 @@ ENTITY_INFO: dict[str, tuple[str, str]] = {
     "PurchaseOrderLines": ("PurchPurchaseOrderLineEntity", "Purchase order lines (PurchLine)"),
 }
 FIELD_LABELS: dict[str, str] = {
-    "HeaderReference": "Header reference", "VendorAccountNumber": "Vendor account",
-    "PurchaseOrderNumber": "Purchase order", "InvoiceLineNumber": "Line number", "LineNumber": "Line number",
-    "VendorGroupId": "Group", "DefaultPaymentTermsName": "Terms of payment", "CurrencyCode": "Currency",
-    "Currency": "Currency", "InvoiceAccount": "Invoice account", "VendorAccount": "Vendor account",
-    "InvoiceNumber": "Invoice", "ItemNumber": "Item number", "MainAccountDisplayValue": "Main account",
-    "PurchaseOrder": "Purchase order", "PurchLineNumber": "Line number",
-    "OrderVendorAccountNumber": "Vendor account", "InvoiceVendorAccountNumber": "Invoice account",
-    "PurchaseUnitSymbol": "Unit", "ProcurementProductCategoryName": "Procurement category",
+    "HeaderReference": "Header reference",
+    "VendorAccountNumber": "Vendor account",
+    "PurchaseOrderNumber": "Purchase order",
+    "InvoiceLineNumber": "Line number",
+    "LineNumber": "Line number",
+    "VendorGroupId": "Group",
+    "DefaultPaymentTermsName": "Terms of payment",
+    "CurrencyCode": "Currency",
+    "Currency": "Currency",
+    "InvoiceAccount": "Invoice account",
+    "VendorAccount": "Vendor account",
+    "InvoiceNumber": "Invoice",
+    "ItemNumber": "Item number",
+    "MainAccountDisplayValue": "Main account",
+    "PurchaseOrder": "Purchase order",
+    "PurchLineNumber": "Line number",
+    "OrderVendorAccountNumber": "Vendor account",
+    "InvoiceVendorAccountNumber": "Invoice account",
+    "PurchaseUnitSymbol": "Unit",
+    "ProcurementProductCategoryName": "Procurement category",
     "dataAreaId": "Company",
 }
 DEFAULT_NUMBER_SEQUENCES: dict[str, tuple[str, str]] = {
@@ -40,11 +52,15 @@ DEFAULT_NUMBER_SEQUENCES: dict[str, tuple[str, str]] = {
 }
 # header set -> (line set, columns linking line to header)
 CASCADES: dict[str, list[tuple[str, list[tuple[str, str]]]]] = {
-    "VendorInvoiceHeaders": [("VendorInvoiceLines", [("dataAreaId", "dataAreaId"), ("HeaderReference", "HeaderReference")])],
-    "PurchaseOrderHeadersV2": [("PurchaseOrderLinesV2", [("dataAreaId", "dataAreaId"),
-                                                         ("PurchaseOrderNumber", "PurchaseOrderNumber")])],
-    "PurchaseOrderHeaders": [("PurchaseOrderLines", [("dataAreaId", "dataAreaId"),
-                                                     ("PurchaseOrderNumber", "PurchaseOrderNumber")])],
+    "VendorInvoiceHeaders": [
+        ("VendorInvoiceLines", [("dataAreaId", "dataAreaId"), ("HeaderReference", "HeaderReference")])
+    ],
+    "PurchaseOrderHeadersV2": [
+        ("PurchaseOrderLinesV2", [("dataAreaId", "dataAreaId"), ("PurchaseOrderNumber", "PurchaseOrderNumber")])
+    ],
+    "PurchaseOrderHeaders": [
+        ("PurchaseOrderLines", [("dataAreaId", "dataAreaId"), ("PurchaseOrderNumber", "PurchaseOrderNumber")])
+    ],
 }
 VENDOR_SETS = ("VendorsV2", "VendorsV3", "Vendors")
 PO_HEADER_SETS = ("PurchaseOrderHeadersV2", "PurchaseOrderHeaders")

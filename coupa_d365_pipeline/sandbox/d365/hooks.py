@@ -11,8 +11,9 @@ refuse answers 400, otherwise the hook's result as JSON.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from decimal import Decimal
-from typing import Any, Callable
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -25,27 +26,34 @@ from .state import D365State
 
 def hook_routes(state: D365State, schema: D365Schema, default_company: str) -> list[Route]:
     """The test-hook routes of one sandbox, in the order they must be matched (the raw set route last)."""
+
     async def post_invoice(request: Request) -> Response:
         body = await _hook_body(request)
         if isinstance(body, Response):
             return body
-        return _hook_result(lambda: state.post_invoice(
-            _pick(body, "dataAreaId", "data_area_id", default=default_company),
-            _pick(body, "HeaderReference", "header_reference"),
-            created_on=_pick(body, "CreatedOn", "created_on")))
+        return _hook_result(
+            lambda: state.post_invoice(
+                _pick(body, "dataAreaId", "data_area_id", default=default_company),
+                _pick(body, "HeaderReference", "header_reference"),
+                created_on=_pick(body, "CreatedOn", "created_on"),
+            )
+        )
 
     async def settle(request: Request) -> Response:
         body = await _hook_body(request)
         if isinstance(body, Response):
             return body
-        return _hook_result(lambda: state.settle_invoice(
-            _pick(body, "dataAreaId", "data_area_id", default=default_company),
-            _pick(body, "InvoiceId", "invoice_id", "Invoice"),
-            _pick(body, "VendorAccount", "vendor_account", "AccountNum"),
-            Decimal(str(_pick(body, "Amount", "amount"))),
-            _pick(body, "Date", "date", default=state.now().date().isoformat()),
-            _pick(body, "PaymentReference", "payment_reference", default=""),
-            created_on=_pick(body, "CreatedOn", "created_on")))
+        return _hook_result(
+            lambda: state.settle_invoice(
+                _pick(body, "dataAreaId", "data_area_id", default=default_company),
+                _pick(body, "InvoiceId", "invoice_id", "Invoice"),
+                _pick(body, "VendorAccount", "vendor_account", "AccountNum"),
+                Decimal(str(_pick(body, "Amount", "amount"))),
+                _pick(body, "Date", "date", default=state.now().date().isoformat()),
+                _pick(body, "PaymentReference", "payment_reference", default=""),
+                created_on=_pick(body, "CreatedOn", "created_on"),
+            )
+        )
 
     async def settle_credit_note(request: Request) -> Response:
         body = await _hook_body(request)
@@ -55,12 +63,19 @@ def hook_routes(state: D365State, schema: D365Schema, default_company: str) -> l
         vendor = _pick(body, "VendorAccount", "vendor_account", "AccountNum")
         amount = _pick(body, "Amount", "amount")
         if None in (invoice, credit, vendor, amount):
-            return JSONResponse({"error": "InvoiceId, CreditNoteId, VendorAccount and Amount are required"},
-                                status_code=400)
-        return _hook_result(lambda: state.settle_credit_note(
-            _pick(body, "dataAreaId", "data_area_id", default=default_company), str(invoice),
-            str(credit), str(vendor), Decimal(str(amount)),
-            _pick(body, "Date", "date", default=state.now().date().isoformat())))
+            return JSONResponse(
+                {"error": "InvoiceId, CreditNoteId, VendorAccount and Amount are required"}, status_code=400
+            )
+        return _hook_result(
+            lambda: state.settle_credit_note(
+                _pick(body, "dataAreaId", "data_area_id", default=default_company),
+                str(invoice),
+                str(credit),
+                str(vendor),
+                Decimal(str(amount)),
+                _pick(body, "Date", "date", default=state.now().date().isoformat()),
+            )
+        )
 
     async def reverse_settlement(request: Request) -> Response:
         body = await _hook_body(request)
@@ -68,8 +83,11 @@ def hook_routes(state: D365State, schema: D365Schema, default_company: str) -> l
             return body
         if _pick(body, "SourceKey") is None:
             return JSONResponse({"error": "SourceKey (the VendSettlement row) is required"}, status_code=400)
-        return _hook_result(lambda: state.reverse_settlement(
-            str(_pick(body, "dataAreaId", default=default_company)), int(body["SourceKey"])))
+        return _hook_result(
+            lambda: state.reverse_settlement(
+                str(_pick(body, "dataAreaId", default=default_company)), int(body["SourceKey"])
+            )
+        )
 
     async def receive(request: Request) -> Response:
         body = await _hook_body(request)
@@ -79,12 +97,16 @@ def hook_routes(state: D365State, schema: D365Schema, default_company: str) -> l
         line_number = _pick(body, "LineNumber", "line_number", "PurchaseOrderLineNumber")
         quantity = _pick(body, "Quantity", "quantity", "ReceivedPurchaseQuantity")
         if po is None or line_number is None or quantity is None:
-            return JSONResponse({"error": "PurchaseOrderNumber, LineNumber and Quantity are required"},
-                                status_code=400)
-        return _hook_result(lambda: state.receive_po_line(
-            str(_pick(body, "dataAreaId", "data_area_id", default=default_company)), str(po),
-            line_number, quantity, str(_pick(body, "Date", "date", "ProductReceiptDate",
-                                             default="2026-11-20T12:00:00Z"))))
+            return JSONResponse({"error": "PurchaseOrderNumber, LineNumber and Quantity are required"}, status_code=400)
+        return _hook_result(
+            lambda: state.receive_po_line(
+                str(_pick(body, "dataAreaId", "data_area_id", default=default_company)),
+                str(po),
+                line_number,
+                quantity,
+                str(_pick(body, "Date", "date", "ProductReceiptDate", default="2026-11-20T12:00:00Z")),
+            )
+        )
 
     async def raw_set(request: Request) -> Response:
         name = request.path_params["entity_set"]

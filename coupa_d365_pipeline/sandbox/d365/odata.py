@@ -16,16 +16,23 @@ from typing import Any
 
 ODATA_EXCEPTION = "Microsoft.OData.ODataException"
 WRITE_EXCEPTION = "Microsoft.Dynamics.Platform.Integration.Services.OData.AxODataWriteException"
-THROTTLE_MESSAGE = ("This request could not be processed at this time due to system experiencing high resource "
-                    "utilization.")
+THROTTLE_MESSAGE = (
+    "This request could not be processed at this time due to system experiencing high resource utilization."
+)
 JSON_CT = "application/json; odata.metadata=minimal; odata.streaming=true; IEEE754Compatible=false; charset=utf-8"
 
 
 class ODataError(Exception):
     """An F&O OData error: HTTP status + ``innererror.message`` + ``innererror.type``."""
 
-    def __init__(self, status: int, message: str, type_: str = "", outer_message: str = "An error has occurred.",
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str = "",
+        outer_message: str = "An error has occurred.",
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
@@ -34,8 +41,13 @@ class ODataError(Exception):
         self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"code": "", "message": self.outer_message,
-                          "innererror": {"message": self.message, "type": self.type, "stacktrace": ""}}}
+        return {
+            "error": {
+                "code": "",
+                "message": self.outer_message,
+                "innererror": {"message": self.message, "type": self.type, "stacktrace": ""},
+            }
+        }
 
 
 def _bad_request(message: str) -> ODataError:
@@ -43,8 +55,9 @@ def _bad_request(message: str) -> ODataError:
 
 
 def _query_error(message: str) -> ODataError:
-    return ODataError(400, message, ODATA_EXCEPTION,
-                      outer_message=f"The query specified in the URI is not valid. {message}")
+    return ODataError(
+        400, message, ODATA_EXCEPTION, outer_message=f"The query specified in the URI is not valid. {message}"
+    )
 
 
 def _not_found_segment(segment: str) -> ODataError:
@@ -112,7 +125,6 @@ def _format_key_value(value: Any) -> str:
     return str(value)
 
 
-
 @dataclass
 class Resp:
     status: int
@@ -120,11 +132,11 @@ class Resp:
     headers: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def json(cls, status: int, obj: Any, headers: dict[str, str] | None = None) -> "Resp":
+    def json(cls, status: int, obj: Any, headers: dict[str, str] | None = None) -> Resp:
         merged = {"Content-Type": JSON_CT, "OData-Version": "4.0"}
         merged.update(headers or {})
         return cls(status, dumps(obj), merged)
 
     @classmethod
-    def error(cls, err: ODataError) -> "Resp":
+    def error(cls, err: ODataError) -> Resp:
         return cls.json(err.status, err.body(), err.headers)

@@ -14,9 +14,10 @@ Server collation behind F&O. Nothing is ever ``eval``-ed.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from .schema import NAMESPACE, parse_datetime
 
@@ -29,15 +30,20 @@ class ODataFilterError(ValueError):
 
 _COMPARISON = {"eq", "ne", "gt", "ge", "lt", "le"}
 _ARITH = {"add", "sub", "mul", "div", "divby", "mod"}
-_OP_KIND = {"eq": "Equal", "ne": "NotEqual", "gt": "GreaterThan", "ge": "GreaterThanOrEqual",
-            "lt": "LessThan", "le": "LessThanOrEqual"}
+_OP_KIND = {
+    "eq": "Equal",
+    "ne": "NotEqual",
+    "gt": "GreaterThan",
+    "ge": "GreaterThanOrEqual",
+    "lt": "LessThan",
+    "le": "LessThanOrEqual",
+}
 
 _TOKEN_RES: list[tuple[str, re.Pattern[str]]] = [
     ("WS", re.compile(r"\s+")),
     ("ENUM", re.compile(r"([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+)'((?:[^']|'')*)'")),
     ("STRING", re.compile(r"'((?:[^']|'')*)'")),
-    ("DATETIME", re.compile(
-        r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|z|[+-]\d{2}:\d{2})")),
+    ("DATETIME", re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|z|[+-]\d{2}:\d{2})")),
     ("GUID", re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}(?![\w-])")),
     ("DATE", re.compile(r"\d{4}-\d{2}-\d{2}(?![\w:])")),
     ("NUMBER", re.compile(r"-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?[mMdDfFlL]?(?![\w.])")),
@@ -81,9 +87,7 @@ def tokenize(text: str) -> list[Token]:
         else:
             if text[pos] == "'":
                 raise ODataFilterError(f"Unterminated string literal at position {pos} in '{text}'.")
-            raise ODataFilterError(
-                f"Syntax error: character '{text[pos]}' is not valid at position {pos} in '{text}'."
-            )
+            raise ODataFilterError(f"Syntax error: character '{text[pos]}' is not valid at position {pos} in '{text}'.")
     return tokens
 
 
@@ -92,8 +96,9 @@ def tokenize(text: str) -> list[Token]:
 
 
 class _Parser:
-    def __init__(self, text: str, properties: Mapping[str, str], type_name: str,
-                 enum_members: Mapping[str, Sequence[str]] | None) -> None:
+    def __init__(
+        self, text: str, properties: Mapping[str, str], type_name: str, enum_members: Mapping[str, Sequence[str]] | None
+    ) -> None:
         self.text = text
         self.tokens = tokenize(text)
         self.i = 0
@@ -241,23 +246,39 @@ class _Parser:
             t = self.properties[node[1]]
             if t.startswith(NAMESPACE):
                 return "enum:" + t
-            return {"Edm.String": "string", "Edm.Decimal": "number", "Edm.Double": "number", "Edm.Int32": "number",
-                    "Edm.Int64": "number", "Edm.Boolean": "bool", "Edm.DateTimeOffset": "datetime",
-                    "Edm.Date": "datetime", "Edm.Guid": "guid"}.get(t, "binary")
+            return {
+                "Edm.String": "string",
+                "Edm.Decimal": "number",
+                "Edm.Double": "number",
+                "Edm.Int32": "number",
+                "Edm.Int64": "number",
+                "Edm.Boolean": "bool",
+                "Edm.DateTimeOffset": "datetime",
+                "Edm.Date": "datetime",
+                "Edm.Guid": "guid",
+            }.get(t, "binary")
         return "boolexpr"
 
     def _edm(self, node: tuple) -> str:
         if node[0] == "prop":
             return self.properties[node[1]]
         kind = self._kind(node)
-        return {"string": "Edm.String", "number": "Edm.Decimal", "bool": "Edm.Boolean", "datetime": "Edm.DateTimeOffset",
-                "guid": "Edm.Guid", "null": "<null>", "boolexpr": "Edm.Boolean"}.get(kind, kind.removeprefix("enum:"))
+        return {
+            "string": "Edm.String",
+            "number": "Edm.Decimal",
+            "bool": "Edm.Boolean",
+            "datetime": "Edm.DateTimeOffset",
+            "guid": "Edm.Guid",
+            "null": "<null>",
+            "boolexpr": "Edm.Boolean",
+        }.get(kind, kind.removeprefix("enum:"))
 
     def _require_boolean(self, node: tuple) -> None:
         kind = self._kind(node)
         if kind not in ("boolexpr", "bool"):
             raise ODataFilterError(
-                f"The $filter expression must evaluate to a single boolean value; found an operand of type '{self._edm(node)}'."
+                f"The $filter expression must evaluate to a single boolean value; "
+                f"found an operand of type '{self._edm(node)}'."
             )
 
     def _check_comparison(self, op: str, left: tuple, right: tuple) -> tuple:
@@ -375,11 +396,9 @@ def _evaluate(node: tuple, record: Mapping[str, Any], properties: Mapping[str, s
         a = _value_of(left, record, properties)
         b = _value_of(right, record, properties)
         wildcard = None
-        if (op in ("eq", "ne") and left[0] == "prop" and right[0] == "lit" and right[1] == "string"
-                and "*" in right[2]):
+        if op in ("eq", "ne") and left[0] == "prop" and right[0] == "lit" and right[1] == "string" and "*" in right[2]:
             wildcard = right[2]
-        elif (op in ("eq", "ne") and right[0] == "prop" and left[0] == "lit" and left[1] == "string"
-              and "*" in left[2]):
+        elif op in ("eq", "ne") and right[0] == "prop" and left[0] == "lit" and left[1] == "string" and "*" in left[2]:
             wildcard = left[2]
             a, b = b, a
         return _compare(op, a, b, wildcard)
@@ -401,8 +420,12 @@ class ODataFilter:
         return self.matches(record)
 
 
-def parse_filter(text: str, properties: Mapping[str, str], type_name: str = "Entity",
-                 enum_members: Mapping[str, Sequence[str]] | None = None) -> ODataFilter:
+def parse_filter(
+    text: str,
+    properties: Mapping[str, str],
+    type_name: str = "Entity",
+    enum_members: Mapping[str, Sequence[str]] | None = None,
+) -> ODataFilter:
     """Parse ``text`` for an entity whose properties map name -> Edm type (or enum type).
 
     Raises :class:`ODataFilterError` (HTTP 400 in the sandbox) for syntax errors, unknown
@@ -412,8 +435,12 @@ def parse_filter(text: str, properties: Mapping[str, str], type_name: str = "Ent
     return ODataFilter(text, parser.parse(), properties)
 
 
-def compile_filter(text: str, properties: Mapping[str, str], type_name: str = "Entity",
-                   enum_members: Mapping[str, Sequence[str]] | None = None) -> Callable[[Mapping[str, Any]], bool]:
+def compile_filter(
+    text: str,
+    properties: Mapping[str, str],
+    type_name: str = "Entity",
+    enum_members: Mapping[str, Sequence[str]] | None = None,
+) -> Callable[[Mapping[str, Any]], bool]:
     return parse_filter(text, properties, type_name, enum_members).matches
 
 

@@ -34,13 +34,13 @@ flagged **UNCONFIRMED** explicitly.
    quantity of a PO line is the sum of ``ReceivedPurchaseQuantity`` over its receipt lines (``dataAreaId``,
    ``PurchaseOrderNumber``, ``PurchaseOrderLineNumber``). A line becomes ``Received`` when fully received,
    otherwise stays ``Backorder``. Over-receipt is refused (real F&O allows over-delivery up to the item's
-   over-delivery percentage, **UNCONFIRMED** that it is 0 by default; the sandbox assumes 0). Receiving a ``Canceled`` or
-   ``Invoiced`` line, a quantity <= 0, or a PO whose ``DocumentApprovalStatus`` is not
+   over-delivery percentage, **UNCONFIRMED** that it is 0 by default; the sandbox assumes 0).
+   Receiving a ``Canceled`` or ``Invoiced`` line, a quantity <= 0, or a PO whose ``DocumentApprovalStatus`` is not
    ``Approved``/``Confirmed``/``Finalized`` is refused too (the last is an assumption: F&O does not let
    unapproved POs be confirmed or received).
 3. Header status is derived from the lines (PurchTable behaviour as we understand it, **UNCONFIRMED**:
-   the lowest status of the lines, ``Backorder`` < ``Received`` < ``Invoiced``, ignoring canceled lines; ``Canceled`` when every
-   line is canceled). It is recomputed whenever a line is created, updated, deleted, received or
+   the lowest status of the lines, ``Backorder`` < ``Received`` < ``Invoiced``, ignoring canceled lines;
+   ``Canceled`` when every line is canceled). It is recomputed whenever a line is created, updated, deleted, received or
    canceled; a header without lines keeps its status. ``None`` on a line counts as ``Backorder``.
 4. Write rules, answered like F&O answers a failed validateWrite/validateDelete: HTTP 500
    ``AxODataWriteException``, ``Write failed for table row of type '<AOT entity>'. Infolog: Warning: …``.
@@ -97,11 +97,22 @@ from .store import EntityStore
 RECEIPT_LINE_SETS = ("ProductReceiptLinesV2", "ProductReceiptLines")
 RECEIPT_NUMBER_FORMAT = "PR-{n:06d}"
 # fields frozen once a PO line has been received (or invoiced)
-PO_LINE_LOCKED_WHEN_RECEIVED = ("OrderedPurchaseQuantity", "PurchasePrice", "ItemNumber", "PurchaseUnitSymbol",
-                                "LineAmount", "ProcurementProductCategoryName")
+PO_LINE_LOCKED_WHEN_RECEIVED = (
+    "OrderedPurchaseQuantity",
+    "PurchasePrice",
+    "ItemNumber",
+    "PurchaseUnitSymbol",
+    "LineAmount",
+    "ProcurementProductCategoryName",
+)
 # the only fields a canceled PO line still accepts
-PO_LINE_EDITABLE_WHEN_CANCELED = ("LineDescription", "RequestedDeliveryDate", "ConfirmedDeliveryDate",
-                                  "RequestedShippingDate", "ConfirmedShippingDate")
+PO_LINE_EDITABLE_WHEN_CANCELED = (
+    "LineDescription",
+    "RequestedDeliveryDate",
+    "ConfirmedDeliveryDate",
+    "RequestedShippingDate",
+    "ConfirmedShippingDate",
+)
 PURCH_STATUS_ORDER = ("Backorder", "Received", "Invoiced")  # header status = lowest non-canceled line status
 APPROVED_STATES = ("Approved", "Confirmed", "Finalized")
 
@@ -124,8 +135,9 @@ class PurchaseOrderRules(EntityStore):
             if "PurchaseOrderLineStatus" not in given:
                 rec["PurchaseOrderLineStatus"] = "Backorder"
             if "LineAmount" not in given:
-                rec["LineAmount"] = self._amount(Decimal(rec.get("OrderedPurchaseQuantity") or 0)
-                                                 * Decimal(rec.get("PurchasePrice") or 0))
+                rec["LineAmount"] = self._amount(
+                    Decimal(rec.get("OrderedPurchaseQuantity") or 0) * Decimal(rec.get("PurchasePrice") or 0)
+                )
 
     def _receipt_lines(self, company: str, po: str, line_number: int | None = None) -> list[dict[str, Any]]:
         """Product receipt lines of a PO (or of one PO line), ``ProductReceiptLines`` rows not mirrored in V2
@@ -133,17 +145,24 @@ class PurchaseOrderRules(EntityStore):
         found: dict[tuple, dict[str, Any]] = {}
         for es in reversed(RECEIPT_LINE_SETS):  # V2 last: it wins for a shared RecordId
             for key, r in self._tables[es].items():
-                if (_same(r.get("dataAreaId"), company) and _same(r.get("PurchaseOrderNumber"), po)
-                        and (line_number is None or r.get("PurchaseOrderLineNumber") == line_number)):
+                if (
+                    _same(r.get("dataAreaId"), company)
+                    and _same(r.get("PurchaseOrderNumber"), po)
+                    and (line_number is None or r.get("PurchaseOrderLineNumber") == line_number)
+                ):
                     found[key] = r
         return list(found.values())
 
     def received_quantity(self, data_area_id: str, purchase_order_number: str, line_number: int) -> Decimal:
         """Sum of ``ReceivedPurchaseQuantity`` over the product receipt lines of one PO line."""
         with self.lock:
-            return sum((Decimal(r.get("ReceivedPurchaseQuantity") or 0)
-                        for r in self._receipt_lines(data_area_id, purchase_order_number, int(line_number))),
-                       Decimal(0))
+            return sum(
+                (
+                    Decimal(r.get("ReceivedPurchaseQuantity") or 0)
+                    for r in self._receipt_lines(data_area_id, purchase_order_number, int(line_number))
+                ),
+                Decimal(0),
+            )
 
     @staticmethod
     def _line_status(line: dict[str, Any]) -> str:
@@ -159,8 +178,11 @@ class PurchaseOrderRules(EntityStore):
         return f"Purchase order line {line['PurchaseOrderNumber']} line {line['LineNumber']}"
 
     def _po_lines(self, line_set: str, company: str, po: str) -> list[dict[str, Any]]:
-        return [r for r in self._tables[line_set].values()
-                if _same(r.get("dataAreaId"), company) and _same(r.get("PurchaseOrderNumber"), po)]
+        return [
+            r
+            for r in self._tables[line_set].values()
+            if _same(r.get("dataAreaId"), company) and _same(r.get("PurchaseOrderNumber"), po)
+        ]
 
     def _refresh_po_status(self, line_set: str, company: str, po: str) -> None:
         """Derive the header's PurchaseOrderStatus from its lines (module docstring, item 3)."""
@@ -181,8 +203,9 @@ class PurchaseOrderRules(EntityStore):
             updated["PurchaseOrderStatus"] = status
             self._put(header_set, self._key(hsch, updated), updated)
 
-    def _guard_po_update(self, sch: EntitySchema, current: dict[str, Any], rec: dict[str, Any],
-                         data: dict[str, Any], replace: bool) -> None:
+    def _guard_po_update(
+        self, sch: EntitySchema, current: dict[str, Any], rec: dict[str, Any], data: dict[str, Any], replace: bool
+    ) -> None:
         """Rules F&O enforces on PO header/line updates (module docstring, item 4); may adjust ``rec``."""
         status_field = "PurchaseOrderLineStatus" if sch.name in PO_LINE_TO_HEADER else "PurchaseOrderStatus"
         if replace and status_field not in data:
@@ -191,9 +214,13 @@ class PurchaseOrderRules(EntityStore):
         aot, _ = self._aot(sch)
         if sch.name in PO_HEADER_TO_LINE:
             if status_field in changed:
-                raise self._write_failed(sch, [
-                    f"Warning: The status of purchase order {current['PurchaseOrderNumber']} is set by D365 itself "
-                    f"from its lines and cannot be changed to '{rec[status_field]}'."])
+                raise self._write_failed(
+                    sch,
+                    [
+                        f"Warning: The status of purchase order {current['PurchaseOrderNumber']} is set by D365 itself "
+                        f"from its lines and cannot be changed to '{rec[status_field]}'."
+                    ],
+                )
             return
         label = self._line_label(current)
         status = self._line_status(current)
@@ -202,9 +229,14 @@ class PurchaseOrderRules(EntityStore):
         if status_field in changed:
             target = rec[status_field]
             if target != "Canceled":
-                raise self._write_failed(sch, [
-                    f"Warning: The status of {label[0].lower() + label[1:]} is set by D365 itself (product receipt, "
-                    f"invoicing, cancellation) and cannot be changed to '{target}'."])
+                raise self._write_failed(
+                    sch,
+                    [
+                        f"Warning: The status of {label[0].lower() + label[1:]} is set by "
+                        f"D365 itself (product receipt, "
+                        f"invoicing, cancellation) and cannot be changed to '{target}'."
+                    ],
+                )
             if received:
                 raise self._write_failed(sch, [f"Warning: {label} has been {verb} and cannot be canceled."])
             if status != "Backorder":
@@ -212,40 +244,57 @@ class PurchaseOrderRules(EntityStore):
         if status == "Canceled":
             blocked = sorted(changed - set(PO_LINE_EDITABLE_WHEN_CANCELED))
             if blocked:
-                raise self._write_failed(sch, [
-                    f"Warning: {label} is canceled; only the description and the delivery dates can be changed."]
-                    + [f"Warning: validateField failed on field '{aot}.{f}'." for f in blocked])
+                raise self._write_failed(
+                    sch,
+                    [f"Warning: {label} is canceled; only the description and the delivery dates can be changed."]
+                    + [f"Warning: validateField failed on field '{aot}.{f}'." for f in blocked],
+                )
         if received:
             blocked = [f for f in PO_LINE_LOCKED_WHEN_RECEIVED if f in changed]
             if blocked:
                 infolog = [f"Warning: {label} has been {verb}; quantity, price, item and unit cannot be changed."]
                 new_qty = rec.get("OrderedPurchaseQuantity")
                 if "OrderedPurchaseQuantity" in changed and new_qty is not None and new_qty < received_qty:
-                    infolog.append(f"Warning: The ordered quantity {_format_key_value(Decimal(new_qty))} is less "
-                                   f"than the quantity already received ({_format_key_value(received_qty)}).")
+                    infolog.append(
+                        f"Warning: The ordered quantity {_format_key_value(Decimal(new_qty))} is less "
+                        f"than the quantity already received ({_format_key_value(received_qty)})."
+                    )
                 infolog += [f"Warning: validateField failed on field '{aot}.{f}'." for f in blocked]
                 raise self._write_failed(sch, infolog)
         if "LineAmount" not in data and (replace or changed & {"OrderedPurchaseQuantity", "PurchasePrice"}):
-            rec["LineAmount"] = self._amount(Decimal(rec.get("OrderedPurchaseQuantity") or 0)
-                                             * Decimal(rec.get("PurchasePrice") or 0))
+            rec["LineAmount"] = self._amount(
+                Decimal(rec.get("OrderedPurchaseQuantity") or 0) * Decimal(rec.get("PurchasePrice") or 0)
+            )
 
     def _guard_po_delete(self, sch: EntitySchema, rec: dict[str, Any]) -> None:
         if sch.name in PO_LINE_TO_HEADER:
             received, _ = self._line_is_received(rec)
             if received:
                 verb = "invoiced" if self._line_status(rec) == "Invoiced" else "received"
-                raise self._write_failed(sch, [f"Warning: {self._line_label(rec)} has been {verb} and cannot be "
-                                               "deleted."])
+                raise self._write_failed(
+                    sch, [f"Warning: {self._line_label(rec)} has been {verb} and cannot be deleted."]
+                )
             return
         company, po = rec["dataAreaId"], rec["PurchaseOrderNumber"]
         lines = self._po_lines(PO_HEADER_TO_LINE[sch.name], company, po)
-        if self._receipt_lines(company, po) or any(self._line_is_received(r)[0] for r in lines) or any(
+        if (
+            self._receipt_lines(company, po)
+            or any(self._line_is_received(r)[0] for r in lines)
+            or any(
                 _same(h.get("dataAreaId"), company) and _same(h.get("PurchaseOrderNumber"), po)
-                for h in self._tables["ProductReceiptHeaders"].values()):
+                for h in self._tables["ProductReceiptHeaders"].values()
+            )
+        ):
             raise self._write_failed(sch, [f"Warning: Purchase order {po} has been received and cannot be deleted."])
 
-    def receive_po_line(self, data_area_id: str, purchase_order_number: str, line_number: int,
-                        quantity: Decimal | float | int | str, date: str = "2026-11-20T12:00:00Z") -> dict:
+    def receive_po_line(
+        self,
+        data_area_id: str,
+        purchase_order_number: str,
+        line_number: int,
+        quantity: Decimal | float | int | str,
+        date: str = "2026-11-20T12:00:00Z",
+    ) -> dict:
         """Post a product receipt for one PO line, as a warehouse user would (module docstring, item 2).
 
         Writes a ``ProductReceiptHeaders`` row and a ``ProductReceiptLinesV2`` row (mirrored into
@@ -264,8 +313,9 @@ class PurchaseOrderRules(EntityStore):
         try:
             line_no = int(line_number)
         except (TypeError, ValueError):
-            raise KeyError(f"purchase order line {purchase_order_number}/{line_number} not found in "
-                           f"{company}") from None
+            raise KeyError(
+                f"purchase order line {purchase_order_number}/{line_number} not found in {company}"
+            ) from None
         with self.lock:
             line_set = line = None
             for es in PO_LINE_TO_HEADER:
@@ -284,31 +334,49 @@ class PurchaseOrderRules(EntityStore):
             if status in ("Canceled", "Invoiced"):
                 raise ValueError(f"{label} is {status.lower()} and cannot be received")
             if header.get("DocumentApprovalStatus") not in APPROVED_STATES:
-                raise ValueError(f"purchase order {line['PurchaseOrderNumber']} is not approved "
-                                 f"(DocumentApprovalStatus {header.get('DocumentApprovalStatus')})")
+                raise ValueError(
+                    f"purchase order {line['PurchaseOrderNumber']} is not approved "
+                    f"(DocumentApprovalStatus {header.get('DocumentApprovalStatus')})"
+                )
             ordered = Decimal(line.get("OrderedPurchaseQuantity") or 0)
             before = self.received_quantity(company, line["PurchaseOrderNumber"], line_no)
             if before + qty > ordered:
-                raise ValueError(f"receiving {qty} on {label} exceeds the ordered quantity {ordered} "
-                                 f"(already received {before}, remaining {ordered - before})")
+                raise ValueError(
+                    f"receiving {qty} on {label} exceeds the ordered quantity {ordered} "
+                    f"(already received {before}, remaining {ordered - before})"
+                )
             remaining = ordered - before - qty
             number = RECEIPT_NUMBER_FORMAT.format(n=self._next(f"seq:ProductReceipt:{company}"))
             header_recid = self._next("recid", FIRST_RECID)
-            receipt_header = self._insert_raw("ProductReceiptHeaders", {
-                "dataAreaId": company, "RecordId": header_recid, "PurchaseOrderNumber": line["PurchaseOrderNumber"],
-                "ProductReceiptNumber": number, "ProductReceiptDate": when,
-                "OrderVendorAccountNumber": header.get("OrderVendorAccountNumber", ""),
-            })
+            receipt_header = self._insert_raw(
+                "ProductReceiptHeaders",
+                {
+                    "dataAreaId": company,
+                    "RecordId": header_recid,
+                    "PurchaseOrderNumber": line["PurchaseOrderNumber"],
+                    "ProductReceiptNumber": number,
+                    "ProductReceiptDate": when,
+                    "OrderVendorAccountNumber": header.get("OrderVendorAccountNumber", ""),
+                },
+            )
             line_data = {
-                "dataAreaId": company, "RecordId": self._next("recid", FIRST_RECID),
-                "ProductReceiptHeaderRecordId": header_recid, "ProductReceiptNumber": number,
-                "ProductReceiptDate": when, "LineNumber": 1, "PurchaseOrderNumber": line["PurchaseOrderNumber"],
-                "PurchaseOrderLineNumber": line_no, "ItemNumber": line.get("ItemNumber", ""),
+                "dataAreaId": company,
+                "RecordId": self._next("recid", FIRST_RECID),
+                "ProductReceiptHeaderRecordId": header_recid,
+                "ProductReceiptNumber": number,
+                "ProductReceiptDate": when,
+                "LineNumber": 1,
+                "PurchaseOrderNumber": line["PurchaseOrderNumber"],
+                "PurchaseOrderLineNumber": line_no,
+                "ItemNumber": line.get("ItemNumber", ""),
                 "LineDescription": line.get("LineDescription", ""),
                 "ProcurementProductCategoryName": line.get("ProcurementProductCategoryName", ""),
-                "PurchaseUnitSymbol": line.get("PurchaseUnitSymbol", ""), "OrderedPurchaseQuantity": ordered,
-                "ReceivedPurchaseQuantity": qty, "RemainingPurchaseQuantity": remaining,
-                "ReceivedInventoryQuantity": qty, "RemainingInventoryQuantity": remaining,
+                "PurchaseUnitSymbol": line.get("PurchaseUnitSymbol", ""),
+                "OrderedPurchaseQuantity": ordered,
+                "ReceivedPurchaseQuantity": qty,
+                "RemainingPurchaseQuantity": remaining,
+                "ReceivedInventoryQuantity": qty,
+                "RemainingInventoryQuantity": remaining,
                 "ExpectedDeliveryDate": line.get("RequestedDeliveryDate") or EMPTY_DATE,
                 "ReceivingSiteId": line.get("ReceivingSiteId", ""),
                 "ReceivingWarehouseId": line.get("ReceivingWarehouseId", ""),
@@ -320,8 +388,13 @@ class PurchaseOrderRules(EntityStore):
             self._put(line_set, self._key(self._schema(line_set), updated_line), updated_line)
             self._refresh_po_status(line_set, company, line["PurchaseOrderNumber"])
             header_after = self._tables[header_set][(_norm(company), _norm(purchase_order_number))]
-            result = {"ProductReceiptHeader": dict(receipt_header), "ProductReceiptLine": dict(receipt_line),
-                      "PurchaseOrderLine": dict(updated_line), "PurchaseOrderHeader": dict(header_after),
-                      "ReceivedQuantity": before + qty, "RemainingQuantity": remaining}
+            result = {
+                "ProductReceiptHeader": dict(receipt_header),
+                "ProductReceiptLine": dict(receipt_line),
+                "PurchaseOrderLine": dict(updated_line),
+                "PurchaseOrderHeader": dict(header_after),
+                "ReceivedQuantity": before + qty,
+                "RemainingQuantity": remaining,
+            }
             self.posting_log.append({"action": "receive_po_line", **to_jsonable(result)})
             return result

@@ -27,7 +27,8 @@ def parse_key_predicate(text: str, sch: EntitySchema) -> dict[str, Any]:
     """Parse ``dataAreaId='usmf',Key='A',Num=1`` (the text between the parentheses)."""
     mismatch = _bad_request(
         "The number of keys specified in the URI does not match number of key properties for the resource "
-        f"'{sch.full_type_name}'.")
+        f"'{sch.full_type_name}'."
+    )
     parts: list[tuple[str | None, str, bool]] = []
     i, n = 0, len(text)
     while i < n:
@@ -74,8 +75,9 @@ def parse_key_predicate(text: str, sch: EntitySchema) -> dict[str, Any]:
             i += 1
         if i < n:
             if text[i] != ",":
-                raise _bad_request(f"Bad Request - Error in query syntax: unexpected '{text[i]}' in the key segment "
-                                   f"'({text})'.")
+                raise _bad_request(
+                    f"Bad Request - Error in query syntax: unexpected '{text[i]}' in the key segment '({text})'."
+                )
             i += 1
             if i >= n:
                 raise mismatch
@@ -96,8 +98,9 @@ def parse_key_predicate(text: str, sch: EntitySchema) -> dict[str, Any]:
             values[name] = raw
         else:
             if quoted:
-                raise _bad_request(f"The key value '{raw}' for the property '{name}' of type '{prop.type}' must "
-                                   "not be quoted.")
+                raise _bad_request(
+                    f"The key value '{raw}' for the property '{name}' of type '{prop.type}' must not be quoted."
+                )
             try:
                 values[name] = prop.coerce(Decimal(raw.rstrip("mMlL")))
             except Exception:
@@ -117,7 +120,7 @@ def parse_select(sch: EntitySchema, text: str | None) -> list[str] | None:
 
 def shape(sch: EntitySchema, rec: dict[str, Any], select: list[str] | None, etag: str) -> dict[str, Any]:
     out: dict[str, Any] = {"@odata.etag": etag}
-    for name in (select if select is not None else list(sch.properties)):
+    for name in select if select is not None else list(sch.properties):
         out[name] = rec.get(name)
     return out
 
@@ -131,8 +134,16 @@ def filtered_rows(state: D365State, sch: EntitySchema, options: dict[str, str], 
     return rows
 
 
-def get_collection(state: D365State, sch: EntitySchema, params: list[tuple[str, str]], options: dict[str, str],
-                   cross: bool, *, env_url: str, page_size: int) -> Resp:
+def get_collection(
+    state: D365State,
+    sch: EntitySchema,
+    params: list[tuple[str, str]],
+    options: dict[str, str],
+    cross: bool,
+    *,
+    env_url: str,
+    page_size: int,
+) -> Resp:
     select = parse_select(sch, options.get("$select"))
 
     def non_negative(opt: str) -> int | None:
@@ -140,8 +151,10 @@ def get_collection(state: D365State, sch: EntitySchema, params: list[tuple[str, 
         if raw is None:
             return None
         if not raw.strip().isdigit():
-            raise _query_error(f"Invalid value '{raw}' for {opt} query option found. The {opt} query option "
-                               "requires a non-negative integer value.")
+            raise _query_error(
+                f"Invalid value '{raw}' for {opt} query option found. The {opt} query option "
+                "requires a non-negative integer value."
+            )
         return int(raw)
 
     top, skip = non_negative("$top"), non_negative("$skip") or 0
@@ -156,7 +169,7 @@ def get_collection(state: D365State, sch: EntitySchema, params: list[tuple[str, 
     remaining = rows[skip:]
     if top is not None:
         remaining = remaining[:top]
-    page = remaining[: page_size]
+    page = remaining[:page_size]
     with state.lock:
         value = [shape(sch, r, select, state.etag_of(sch.name, r)) for r in page]
     ctx = f"{env_url}/data/$metadata#{sch.name}" + (f"({','.join(select)})" if select else "")
@@ -188,12 +201,17 @@ def parse_orderby(sch: EntitySchema, text: str | None) -> list[tuple[str, bool]]
 
 
 def metadata_xml(schema: D365Schema) -> str:
-    parts = ['<?xml version="1.0" encoding="utf-8"?>',
-             '<edmx:Edmx Version="4.0" xmlns:edmx="http://docs.oasis-open.org/odata/ns/edmx"><edmx:DataServices>',
-             '<Schema Namespace="Microsoft.Dynamics.DataEntities" xmlns="http://docs.oasis-open.org/odata/ns/edm">']
+    parts = [
+        '<?xml version="1.0" encoding="utf-8"?>',
+        '<edmx:Edmx Version="4.0" xmlns:edmx="http://docs.oasis-open.org/odata/ns/edmx"><edmx:DataServices>',
+        '<Schema Namespace="Microsoft.Dynamics.DataEntities" xmlns="http://docs.oasis-open.org/odata/ns/edm">',
+    ]
     for sch in schema.entity_sets.values():
-        parts.append(f'<EntityType Name="{sch.type_name}"><Key>'
-                     + "".join(f'<PropertyRef Name="{k}"/>' for k in sch.keys) + "</Key>")
+        parts.append(
+            f'<EntityType Name="{sch.type_name}"><Key>'
+            + "".join(f'<PropertyRef Name="{k}"/>' for k in sch.keys)
+            + "</Key>"
+        )
         for p in sch.properties.values():
             parts.append(f'<Property Name="{p.name}" Type="{p.type}" Nullable="{str(p.nullable).lower()}"/>')
         parts.append("</EntityType>")

@@ -17,7 +17,7 @@ import json
 import re
 import uuid
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -29,9 +29,7 @@ ZERO_GUID = "00000000-0000-0000-0000-000000000000"
 SCHEMA_FILE = Path(__file__).resolve().parents[2] / "d365" / "entities.json"
 
 _INT_RANGES = {"Edm.Int32": (-(2**31), 2**31 - 1), "Edm.Int64": (-(2**63), 2**63 - 1)}
-_DT_RE = re.compile(
-    r"^(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2})(\.\d+)?)?(Z|z|[+-]\d{2}:\d{2})?)?$"
-)
+_DT_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2})(\.\d+)?)?(Z|z|[+-]\d{2}:\d{2})?)?$")
 _GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 
@@ -51,11 +49,11 @@ def parse_datetime(text: str) -> datetime:
         sign = 1 if tz[0] == "+" else -1
         offset = sign * (int(tz[1:3]) * 60 + int(tz[4:6]))
         dt = dt - timedelta(minutes=offset)
-    return dt.replace(tzinfo=timezone.utc)
+    return dt.replace(tzinfo=UTC)
 
 
 def format_datetime(dt: datetime) -> str:
-    dt = dt.astimezone(timezone.utc)
+    dt = dt.astimezone(UTC)
     if dt.microsecond:
         return dt.strftime("%Y-%m-%dT%H:%M:%S.%f").rstrip("0") + "Z"
     return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -64,7 +62,7 @@ def format_datetime(dt: datetime) -> str:
 def normalize_datetime(value: str | datetime | date) -> str:
     """Canonical text form of a DateTimeOffset; a date-only value becomes 12:00:00Z like F&O dates."""
     if isinstance(value, datetime):
-        return format_datetime(value if value.tzinfo else value.replace(tzinfo=timezone.utc))
+        return format_datetime(value if value.tzinfo else value.replace(tzinfo=UTC))
     if isinstance(value, date):
         return f"{value.isoformat()}T12:00:00Z"
     text = value.strip()
@@ -130,7 +128,8 @@ class PropertyDef:
                     f"{', '.join(self.enum_members)}."
                 )
             raise ValueConversionError(
-                f"Cannot read the value '{value}' as a quoted JSON string value for property '{self.name}' of enum type '{t}'."
+                f"Cannot read the value '{value}' as a quoted JSON string value "
+                f"for property '{self.name}' of enum type '{t}'."
             )
         if t == "Edm.String":
             if not isinstance(value, str):
@@ -205,10 +204,20 @@ class PropertyDef:
 STRING_MAX_LENGTH: dict[str, dict[str, int]] = {
     "VendorInvoiceHeaders": {"InvoiceNumber": 20, "InvoiceAccount": 20, "Currency": 3},
     "VendorInvoiceLines": {"ItemNumber": 20, "Currency": 3, "PurchaseOrder": 20},
-    "VendorsV2": {"VendorAccountNumber": 20, "VendorOrganizationName": 100, "AddressCity": 60,
-                  "AddressZipCode": 10, "AddressStreet": 250, "CurrencyCode": 3},
-    "PurchaseOrderHeadersV2": {"PurchaseOrderNumber": 20, "OrderVendorAccountNumber": 20,
-                               "InvoiceVendorAccountNumber": 20, "CurrencyCode": 3},
+    "VendorsV2": {
+        "VendorAccountNumber": 20,
+        "VendorOrganizationName": 100,
+        "AddressCity": 60,
+        "AddressZipCode": 10,
+        "AddressStreet": 250,
+        "CurrencyCode": 3,
+    },
+    "PurchaseOrderHeadersV2": {
+        "PurchaseOrderNumber": 20,
+        "OrderVendorAccountNumber": 20,
+        "InvoiceVendorAccountNumber": 20,
+        "CurrencyCode": 3,
+    },
     "PurchaseOrderLinesV2": {"PurchaseOrderNumber": 20, "ItemNumber": 20},
 }
 _NUL_OR_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -219,12 +228,15 @@ def check_text(entity_set: str, name: str, value: str) -> None:
     than tab/line breaks (NUL among them)."""
     bad = _NUL_OR_CONTROL.search(value)
     if bad:
-        raise ValueConversionError(f"The value for property '{name}' contains the control character "
-                                   f"U+{ord(bad.group()):04X}, which the field cannot hold.")
+        raise ValueConversionError(
+            f"The value for property '{name}' contains the control character "
+            f"U+{ord(bad.group()):04X}, which the field cannot hold."
+        )
     limit = STRING_MAX_LENGTH.get(entity_set, {}).get(name)
     if limit is not None and len(value) > limit:
-        raise ValueConversionError(f"The value for property '{name}' is too long: {len(value)} characters, "
-                                   f"the field holds at most {limit}.")
+        raise ValueConversionError(
+            f"The value for property '{name}' is too long: {len(value)} characters, the field holds at most {limit}."
+        )
 
 
 def _singular(name: str) -> str:

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import datetime, timezone
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any
 
 from .entities import CASCADES, DEFAULT_NUMBER_SEQUENCES, ENTITY_INFO
 from .odata import WRITE_EXCEPTION, ODataError, _bad_request, _etag, _norm, _same
@@ -30,10 +31,16 @@ from .schema import D365Schema, EntitySchema, ValueConversionError, check_text, 
 class EntityStore:
     """Tables of all entity sets plus the primitives every write goes through. Thread-safe (one RLock)."""
 
-    def __init__(self, schema: D365Schema | None = None, *,
-                 default_company: str = "dat", dimension_format: list[str] | None = None,
-                 dimension_delimiter: str = "-", number_sequences: dict[str, tuple[str, str]] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        schema: D365Schema | None = None,
+        *,
+        default_company: str = "dat",
+        dimension_format: list[str] | None = None,
+        dimension_delimiter: str = "-",
+        number_sequences: dict[str, tuple[str, str]] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.schema = schema or load_schema()
         self.clock = clock
         self.lock = threading.RLock()
@@ -67,6 +74,7 @@ class EntityStore:
         self._version_seq += 1
         self._versions[(entity_set, key)] = self._version_seq
         if self._journal is not None:
+
             def undo() -> None:
                 if old is None:
                     table.pop(key, None)
@@ -74,6 +82,7 @@ class EntityStore:
                 else:
                     table[key] = old
                     self._versions[(entity_set, key)] = old_version  # type: ignore[assignment]
+
             self._journal.append(undo)
         return self._version_seq
 
@@ -82,10 +91,12 @@ class EntityStore:
         old = table.pop(key)
         old_version = self._versions.pop((entity_set, key), None)
         if self._journal is not None:
+
             def undo() -> None:
                 table[key] = old
                 if old_version is not None:
                     self._versions[(entity_set, key)] = old_version
+
             self._journal.append(undo)
 
     def _next(self, counter: str, start: int = 1) -> int:
@@ -93,11 +104,13 @@ class EntityStore:
         value = (old if old is not None else start - 1) + 1
         self._counters[counter] = value
         if self._journal is not None:
+
             def undo() -> None:
                 if old is None:
                     self._counters.pop(counter, None)
                 else:
                     self._counters[counter] = old
+
             self._journal.append(undo)
         return value
 
@@ -135,13 +148,17 @@ class EntityStore:
 
     def companies(self) -> set[str]:
         return {str(r.get("LegalEntityId", "")).casefold() for r in self._tables.get("LegalEntities", {}).values()} | {
-            self.default_company}
+            self.default_company
+        }
 
     def find(self, entity_set: str, **conds: Any) -> list[dict[str, Any]]:
         """Records whose properties equal ``conds`` (case-insensitive for strings)."""
         with self.lock:
-            return [dict(r) for r in self._tables.get(entity_set, {}).values()
-                    if all(_same(r.get(k), v) for k, v in conds.items())]
+            return [
+                dict(r)
+                for r in self._tables.get(entity_set, {}).values()
+                if all(_same(r.get(k), v) for k, v in conds.items())
+            ]
 
     def _exists(self, entity_sets: Iterable[str], **conds: Any) -> bool:
         for es in entity_sets:
@@ -179,8 +196,9 @@ class EntityStore:
 
     def _write_failed(self, sch: EntitySchema, infolog: list[str]) -> ODataError:
         aot, _ = self._aot(sch)
-        return ODataError(500, f"Write failed for table row of type '{aot}'. Infolog: " + "; ".join(infolog),
-                          WRITE_EXCEPTION)
+        return ODataError(
+            500, f"Write failed for table row of type '{aot}'. Infolog: " + "; ".join(infolog), WRITE_EXCEPTION
+        )
 
     def coerce_body(self, sch: EntitySchema, body: Any) -> dict[str, Any]:
         if not isinstance(body, dict):
@@ -190,8 +208,9 @@ class EntityStore:
             if k.startswith("@") or k.startswith("odata."):
                 continue  # @odata.type, @odata.etag, @odata.context are allowed annotations
             if "@" in k:
-                raise _bad_request(f"The property annotation '{k}' is not supported by the sandbox "
-                                   "(no @odata.bind / deep insert).")
+                raise _bad_request(
+                    f"The property annotation '{k}' is not supported by the sandbox (no @odata.bind / deep insert)."
+                )
             if k not in sch.properties:
                 raise _bad_request(sch.unknown_property_message(k))
             try:
@@ -205,8 +224,9 @@ class EntityStore:
     def _delete_cascade(self, entity_set: str, header: dict[str, Any]) -> None:
         for child_set, links in CASCADES.get(entity_set, []):
             child_sch = self._schema(child_set)
-            for child in [r for r in self._tables[child_set].values()
-                          if all(_same(r.get(c), header.get(p)) for p, c in links)]:
+            for child in [
+                r for r in self._tables[child_set].values() if all(_same(r.get(c), header.get(p)) for p, c in links)
+            ]:
                 self._remove(child_set, self._key(child_sch, child))
 
     def _insert_raw(self, entity_set: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -217,4 +237,4 @@ class EntityStore:
 
     def now(self) -> datetime:
         """The sandbox's current instant (its injected clock, not necessarily the calendar)."""
-        return datetime.fromtimestamp(self.clock(), tz=timezone.utc)
+        return datetime.fromtimestamp(self.clock(), tz=UTC)

@@ -19,14 +19,26 @@ from .schema import EntitySchema
 from .store import EntityStore
 
 FIELD_LABELS: dict[str, str] = {
-    "HeaderReference": "Header reference", "VendorAccountNumber": "Vendor account",
-    "PurchaseOrderNumber": "Purchase order", "InvoiceLineNumber": "Line number", "LineNumber": "Line number",
-    "VendorGroupId": "Group", "DefaultPaymentTermsName": "Terms of payment", "CurrencyCode": "Currency",
-    "Currency": "Currency", "InvoiceAccount": "Invoice account", "VendorAccount": "Vendor account",
-    "InvoiceNumber": "Invoice", "ItemNumber": "Item number", "MainAccountDisplayValue": "Main account",
-    "PurchaseOrder": "Purchase order", "PurchLineNumber": "Line number",
-    "OrderVendorAccountNumber": "Vendor account", "InvoiceVendorAccountNumber": "Invoice account",
-    "PurchaseUnitSymbol": "Unit", "ProcurementProductCategoryName": "Procurement category",
+    "HeaderReference": "Header reference",
+    "VendorAccountNumber": "Vendor account",
+    "PurchaseOrderNumber": "Purchase order",
+    "InvoiceLineNumber": "Line number",
+    "LineNumber": "Line number",
+    "VendorGroupId": "Group",
+    "DefaultPaymentTermsName": "Terms of payment",
+    "CurrencyCode": "Currency",
+    "Currency": "Currency",
+    "InvoiceAccount": "Invoice account",
+    "VendorAccount": "Vendor account",
+    "InvoiceNumber": "Invoice",
+    "ItemNumber": "Item number",
+    "MainAccountDisplayValue": "Main account",
+    "PurchaseOrder": "Purchase order",
+    "PurchLineNumber": "Line number",
+    "OrderVendorAccountNumber": "Vendor account",
+    "InvoiceVendorAccountNumber": "Invoice account",
+    "PurchaseUnitSymbol": "Unit",
+    "ProcurementProductCategoryName": "Procurement category",
     "dataAreaId": "Company",
 }
 
@@ -36,27 +48,34 @@ class ValidatingStore(EntityStore):
 
     def _fk(self, sch: EntitySchema, prop: str, value: Any, related: str) -> list[str]:
         aot, _ = self._aot(sch)
-        return [f"Warning: The value '{value}' in field '{FIELD_LABELS.get(prop, prop)}' is not found in the related "
-                f"table '{related}'.", f"Warning: validateField failed on field '{aot}.{prop}'."]
+        return [
+            f"Warning: The value '{value}' in field '{FIELD_LABELS.get(prop, prop)}' is not found in the related "
+            f"table '{related}'.",
+            f"Warning: validateField failed on field '{aot}.{prop}'.",
+        ]
 
     def _must_fill(self, prop: str) -> str:
         return f"Warning: Field '{FIELD_LABELS.get(prop, prop)}' must be filled in."
 
-    def _check_dimensions(self, sch: EntitySchema, prop: str, text: str, company: str,
-                          names: list[str]) -> list[str]:
+    def _check_dimensions(self, sch: EntitySchema, prop: str, text: str, company: str, names: list[str]) -> list[str]:
         infolog: list[str] = []
         segments = split_display_value(text, self.dimension_delimiter)
         for name, seg in zip(names, segments, strict=False):  # extra segments are dropped, like F&O
             if seg == "":
                 continue
-            ok = any(_same(r.get("FinancialDimension"), name) and _same(r.get("DimensionValue"), seg)
-                     and (_same(r.get("LegalEntityId"), company) or r.get("LegalEntityId") in ("", None))
-                     for r in self._tables["FinancialDimensionValues"].values())
+            ok = any(
+                _same(r.get("FinancialDimension"), name)
+                and _same(r.get("DimensionValue"), seg)
+                and (_same(r.get("LegalEntityId"), company) or r.get("LegalEntityId") in ("", None))
+                for r in self._tables["FinancialDimensionValues"].values()
+            )
             if not ok:
                 aot, _ = self._aot(sch)
-                infolog += [f"Warning: The value '{seg}' in field '{name}' is not found in the related table "
-                            f"'Financial dimension values'.",
-                            f"Warning: validateField failed on field '{aot}.{prop}'."]
+                infolog += [
+                    f"Warning: The value '{seg}' in field '{name}' is not found in the related table "
+                    f"'Financial dimension values'.",
+                    f"Warning: validateField failed on field '{aot}.{prop}'.",
+                ]
         return infolog
 
     def _check_main_account(self, sch: EntitySchema, prop: str, text: str, company: str) -> list[str]:
@@ -70,9 +89,15 @@ class ValidatingStore(EntityStore):
             ok = self._exists(["MainAccounts"], MainAccountId=account)
         infolog = [] if ok else self._fk(sch, prop, account, "Main accounts")
         if len(segments) > 1:  # ledger format: main account first, then the dimensions
-            infolog += self._check_dimensions(sch, prop, self.dimension_delimiter.join(
-                s.replace(self.dimension_delimiter, "\\" + self.dimension_delimiter) for s in segments[1:]),
-                company, self.dimension_format)
+            infolog += self._check_dimensions(
+                sch,
+                prop,
+                self.dimension_delimiter.join(
+                    s.replace(self.dimension_delimiter, "\\" + self.dimension_delimiter) for s in segments[1:]
+                ),
+                company,
+                self.dimension_format,
+            )
         return infolog
 
     def _validate(self, sch: EntitySchema, rec: dict[str, Any], fields: set[str] | None) -> list[str]:
@@ -118,8 +143,11 @@ class ValidatingStore(EntityStore):
                 elif not self._exists(["VendorGroups"], dataAreaId=company, VendorGroupId=group):
                     infolog.extend(self._fk(sch, "VendorGroupId", group, "Vendor groups"))
             terms = rec.get("DefaultPaymentTermsName")
-            if check("DefaultPaymentTermsName") and terms and not self._exists(
-                    ["PaymentTerms"], dataAreaId=company, Name=terms):
+            if (
+                check("DefaultPaymentTermsName")
+                and terms
+                and not self._exists(["PaymentTerms"], dataAreaId=company, Name=terms)
+            ):
                 infolog.extend(self._fk(sch, "DefaultPaymentTermsName", terms, "Terms of payment"))
             currency("CurrencyCode")
         elif name == "VendorInvoiceHeaders":
@@ -130,14 +158,16 @@ class ValidatingStore(EntityStore):
             currency("Currency")
             dims("DimensionDisplayValue")
         elif name == "VendorInvoiceLines":
-            if fields is None and not self._exists(["VendorInvoiceHeaders"], dataAreaId=company,
-                                                   HeaderReference=rec.get("HeaderReference")):
+            if fields is None and not self._exists(
+                ["VendorInvoiceHeaders"], dataAreaId=company, HeaderReference=rec.get("HeaderReference")
+            ):
                 infolog.extend(self._fk(sch, "HeaderReference", rec.get("HeaderReference"), "Pending vendor invoices"))
             item("ItemNumber")
             currency("Currency")
             if check("MainAccountDisplayValue") and rec.get("MainAccountDisplayValue"):
-                infolog.extend(self._check_main_account(sch, "MainAccountDisplayValue",
-                                                        rec["MainAccountDisplayValue"], company))
+                infolog.extend(
+                    self._check_main_account(sch, "MainAccountDisplayValue", rec["MainAccountDisplayValue"], company)
+                )
             dims("DimensionDisplayValue")
             po, po_line = rec.get("PurchaseOrder"), rec.get("PurchLineNumber")
             if (check("PurchaseOrder") or check("PurchLineNumber")) and po:
@@ -151,16 +181,24 @@ class ValidatingStore(EntityStore):
             vendor("InvoiceVendorAccountNumber")
             currency("CurrencyCode")
         elif name in PO_LINE_SETS:
-            if fields is None and not self._exists(PO_HEADER_SETS, dataAreaId=company,
-                                                   PurchaseOrderNumber=rec.get("PurchaseOrderNumber")):
+            if fields is None and not self._exists(
+                PO_HEADER_SETS, dataAreaId=company, PurchaseOrderNumber=rec.get("PurchaseOrderNumber")
+            ):
                 infolog.extend(self._fk(sch, "PurchaseOrderNumber", rec.get("PurchaseOrderNumber"), "Purchase orders"))
             item("ItemNumber")
             unit = rec.get("PurchaseUnitSymbol")
-            if check("PurchaseUnitSymbol") and unit and self._tables["UnitsOfMeasure"] and not self._exists(
-                    ["UnitsOfMeasure"], UnitSymbol=unit):
+            if (
+                check("PurchaseUnitSymbol")
+                and unit
+                and self._tables["UnitsOfMeasure"]
+                and not self._exists(["UnitsOfMeasure"], UnitSymbol=unit)
+            ):
                 infolog.extend(self._fk(sch, "PurchaseUnitSymbol", unit, "Units"))
             category = rec.get("ProcurementProductCategoryName")
-            if check("ProcurementProductCategoryName") and category and not self._exists(
-                    ["ProcurementProductCategories"], CategoryName=category):
+            if (
+                check("ProcurementProductCategoryName")
+                and category
+                and not self._exists(["ProcurementProductCategories"], CategoryName=category)
+            ):
                 infolog.extend(self._fk(sch, "ProcurementProductCategoryName", category, "Category"))
         return infolog

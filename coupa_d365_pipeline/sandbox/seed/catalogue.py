@@ -84,14 +84,51 @@ FREE_TEXT = [
     ("Cable trays", "Raw Materials", "m"),
 ]
 
-_NAME_A = ["Acme", "Northwind", "Fabrikam", "Litware", "Adatum", "Tailspin", "Proseware", "Wingtip",
-           "Lamna", "Alpine", "Bluebird", "Coho", "Contour", "Fourth Coffee", "Humongous", "Lucerne",
-           "Margie", "Nod", "Relecloud", "Southridge", "Trey", "VanArsdel", "Woodgrove", "Wide World"]
-_NAME_B = ["Industrial Supply", "Metals", "Logistics", "Tooling", "Components", "Services", "Fasteners",
-           "Hydraulics", "Office Products", "Engineering"]
+_NAME_A = [
+    "Acme",
+    "Northwind",
+    "Fabrikam",
+    "Litware",
+    "Adatum",
+    "Tailspin",
+    "Proseware",
+    "Wingtip",
+    "Lamna",
+    "Alpine",
+    "Bluebird",
+    "Coho",
+    "Contour",
+    "Fourth Coffee",
+    "Humongous",
+    "Lucerne",
+    "Margie",
+    "Nod",
+    "Relecloud",
+    "Southridge",
+    "Trey",
+    "VanArsdel",
+    "Woodgrove",
+    "Wide World",
+]
+_NAME_B = [
+    "Industrial Supply",
+    "Metals",
+    "Logistics",
+    "Tooling",
+    "Components",
+    "Services",
+    "Fasteners",
+    "Hydraulics",
+    "Office Products",
+    "Engineering",
+]
 _NAME_C = {"US": "Inc.", "DE": "GmbH", "GB": "Ltd", "CA": "Corp."}
-_CITIES = {"US": ("Chicago", "IL", "60601"), "DE": ("Stuttgart", "BW", "70173"),
-           "GB": ("Birmingham", "", "B1 1AA"), "CA": ("Toronto", "ON", "M5H 2N2")}
+_CITIES = {
+    "US": ("Chicago", "IL", "60601"),
+    "DE": ("Stuttgart", "BW", "70173"),
+    "GB": ("Birmingham", "", "B1 1AA"),
+    "CA": ("Toronto", "ON", "M5H 2N2"),
+}
 
 
 def fmt_cents(c: int) -> str:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import gc
 import random
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 from .catalogue import (
     _CITIES,
@@ -84,8 +84,7 @@ class _Clock:
 
     def __init__(self, rng: random.Random, config: SeedConfig) -> None:
         self.rng = rng
-        self.start = datetime(config.start_date.year, config.start_date.month, config.start_date.day,
-                              tzinfo=timezone.utc)
+        self.start = datetime(config.start_date.year, config.start_date.month, config.start_date.day, tzinfo=UTC)
         self.span = max(1, config.days) * 86400
 
     @staticmethod
@@ -107,8 +106,9 @@ class _Clock:
         return self.iso(c), self.iso(u), c
 
 
-def _pick_goods(rng: random.Random, item_share: float, qty_max: int, amount_price_max_c: int,
-                unit_price_max_c: int) -> tuple[dict | None, str, str, str, bool, int, int]:
+def _pick_goods(
+    rng: random.Random, item_share: float, qty_max: int, amount_price_max_c: int, unit_price_max_c: int
+) -> tuple[dict | None, str, str, str, bool, int, int]:
     """A catalogue item (with probability ``item_share``) or a free-text line, with quantity
     (hundredths) and price (cents): (item, description, commodity, uom, amount_line, qty_h, price_c)."""
     if rng.random() < item_share:
@@ -176,7 +176,10 @@ def _generate(config: SeedConfig) -> SeedData:
                 "code": code,
                 "active": True,
                 "account-type": dict(acct_types[le[0]]),
-                "segment-1": seg1, "segment-2": seg2, "segment-3": seg3, "segment-4": seg4,
+                "segment-1": seg1,
+                "segment-2": seg2,
+                "segment-3": seg3,
+                "segment-4": seg4,
             }
             account_cache[key] = acc
         return dict(acc, **{"account-type": dict(acc["account-type"])})
@@ -221,28 +224,32 @@ def _generate(config: SeedConfig) -> SeedData:
         pt = pterm_obj[i % 3]
         city, state, postal = _CITIES[country]
         c_at, u_at, _ = clock.pair(created[i])
-        suppliers.append({
-            "id": sid,
-            "name": name,
-            "display-name": name,
-            "number": number,
-            "status": status,
-            "tax-id": f"{country}{rng.randrange(10**8, 10**9)}",
-            "payment-method": "invoice",
-            "on-hold": False,
-            "invoice-matching-level": "3-way" if i % 3 == 0 else "2-way",
-            "po-method": "email",
-            "payment-term": dict(pt),
-            "primary-address": {
-                "id": 1000 + sid,
-                "street1": f"{100 + i} Industrial Way",
-                "city": city, "state": state, "postal-code": postal,
-                "country": {"code": country, "name": COUNTRY_NAMES[country]},
-            },
-            "created-at": c_at,
-            "updated-at": u_at,
-            "exported": False,
-        })
+        suppliers.append(
+            {
+                "id": sid,
+                "name": name,
+                "display-name": name,
+                "number": number,
+                "status": status,
+                "tax-id": f"{country}{rng.randrange(10**8, 10**9)}",
+                "payment-method": "invoice",
+                "on-hold": False,
+                "invoice-matching-level": "3-way" if i % 3 == 0 else "2-way",
+                "po-method": "email",
+                "payment-term": dict(pt),
+                "primary-address": {
+                    "id": 1000 + sid,
+                    "street1": f"{100 + i} Industrial Way",
+                    "city": city,
+                    "state": state,
+                    "postal-code": postal,
+                    "country": {"code": country, "name": COUNTRY_NAMES[country]},
+                },
+                "created-at": c_at,
+                "updated-at": u_at,
+                "exported": False,
+            }
+        )
         sup_le[sid] = le
 
     def sup_ref(s: dict) -> dict:
@@ -272,34 +279,36 @@ def _generate(config: SeedConfig) -> SeedData:
             tot = _mul_round(qty_h, price_c)
             total_c += tot
             received_h = 0 if status == "cancelled" else rng.choice([0, qty_h, qty_h, qty_h // 2])
-            lines.append({
-                "id": line_id,
-                "line-num": str(ln),
-                "description": desc,
-                "type": "OrderAmountLine" if amount_line else "OrderQuantityLine",
-                "quantity": fmt_cents(qty_h),
-                "price": fmt_cents(price_c),
-                "total": fmt_cents(tot),
-                "uom": {"code": uom},
-                "item": item,
-                "commodity": {"name": commodity},
-                "account": random_account(le),
-                "need-by-date": clock.iso(c_dt + timedelta(days=rng.randint(7, 60))),
-                "received": fmt_cents(received_h),
-                "invoiced": "0.00",
-                "total-invoiced": "0.00",
-                "order-header-id": poid,
-                "order-header-number": po_number,
-                "currency": dict(currency_obj[le[3]]),
-                "match-type": "3-way" if item else "2-way",
-                "receipt-required": item is not None,
-                "status": "cancelled" if status == "cancelled" else "created",
-                "version": version,
-                "created-at": c_at,
-                "updated-at": u_at,
-                "_qty_h": qty_h,
-                "_price_c": price_c,
-            })
+            lines.append(
+                {
+                    "id": line_id,
+                    "line-num": str(ln),
+                    "description": desc,
+                    "type": "OrderAmountLine" if amount_line else "OrderQuantityLine",
+                    "quantity": fmt_cents(qty_h),
+                    "price": fmt_cents(price_c),
+                    "total": fmt_cents(tot),
+                    "uom": {"code": uom},
+                    "item": item,
+                    "commodity": {"name": commodity},
+                    "account": random_account(le),
+                    "need-by-date": clock.iso(c_dt + timedelta(days=rng.randint(7, 60))),
+                    "received": fmt_cents(received_h),
+                    "invoiced": "0.00",
+                    "total-invoiced": "0.00",
+                    "order-header-id": poid,
+                    "order-header-number": po_number,
+                    "currency": dict(currency_obj[le[3]]),
+                    "match-type": "3-way" if item else "2-way",
+                    "receipt-required": item is not None,
+                    "status": "cancelled" if status == "cancelled" else "created",
+                    "version": version,
+                    "created-at": c_at,
+                    "updated-at": u_at,
+                    "_qty_h": qty_h,
+                    "_price_c": price_c,
+                }
+            )
         po = {
             "id": poid,
             "po-number": po_number,
@@ -311,8 +320,11 @@ def _generate(config: SeedConfig) -> SeedData:
             "currency": dict(currency_obj[le[3]]),
             "payment-term": dict(s["payment-term"]),
             "ship-to-address": {
-                "id": 900 + le[0], "name": f"Contoso {le[1]}", "location-code": (le[2] or "caplant").upper(),
-                "city": _CITIES[le[4]][0], "postal-code": _CITIES[le[4]][2],
+                "id": 900 + le[0],
+                "name": f"Contoso {le[1]}",
+                "location-code": (le[2] or "caplant").upper(),
+                "city": _CITIES[le[4]][0],
+                "postal-code": _CITIES[le[4]][2],
                 "country": {"code": le[4], "name": COUNTRY_NAMES[le[4]]},
             },
             "account-type": dict(acct_types[le[0]]),
@@ -335,8 +347,13 @@ def _generate(config: SeedConfig) -> SeedData:
     inv_counter: dict[int, int] = {}
     created = clock.sorted_created(n_inv)
     # special invoice slots, spread deterministically over the index range
-    reasons = ["main_account_not_in_d365", "main_account_not_in_legal_entity", "account_type_unmapped",
-               "supplier_number_null", "item_not_released"]
+    reasons = [
+        "main_account_not_in_d365",
+        "main_account_not_in_legal_entity",
+        "account_type_unmapped",
+        "supplier_number_null",
+        "item_not_released",
+    ]
     per_reason = max(1, n_inv // 250) if n_inv >= 10 else 0
     special: dict[int, str] = {}
     if n_inv >= 10:
@@ -381,8 +398,7 @@ def _generate(config: SeedConfig) -> SeedData:
                 exp_foreign.append(iid)
         po = None
         cands = po_by_supplier.get(s["id"])
-        if cands and not credit and not is_special_unmappable \
-                and currency == le[3] and rng.random() < 0.5:
+        if cands and not credit and not is_special_unmappable and currency == le[3] and rng.random() < 0.5:
             po = cands[rng.randrange(len(cands))]
         c_at, u_at, c_dt = clock.pair(created[k])
         lines = []
@@ -398,17 +414,27 @@ def _generate(config: SeedConfig) -> SeedData:
                 price_c = pl["_price_c"]
                 tot = _mul_round(qty_h, price_c)
                 gross_c += tot
-                lines.append({
-                    "id": line_id, "line-num": ln, "description": pl["description"],
-                    "type": "InvoiceAmountLine" if pl["type"] == "OrderAmountLine" else "InvoiceQuantityLine",
-                    "quantity": fmt_cents(qty_h), "price": fmt_cents(price_c), "total": fmt_cents(tot),
-                    "uom": dict(pl["uom"]), "item": dict(pl["item"]) if pl["item"] else None,
-                    "commodity": dict(pl["commodity"]),
-                    "account": dict(pl["account"], **{"account-type": dict(pl["account"]["account-type"])}),
-                    "order-line-id": pl["id"], "order-line-num": pl["line-num"],
-                    "order-header-num": po["po-number"], "po-number": po["po-number"],
-                    "created-at": c_at, "updated-at": u_at,
-                })
+                lines.append(
+                    {
+                        "id": line_id,
+                        "line-num": ln,
+                        "description": pl["description"],
+                        "type": "InvoiceAmountLine" if pl["type"] == "OrderAmountLine" else "InvoiceQuantityLine",
+                        "quantity": fmt_cents(qty_h),
+                        "price": fmt_cents(price_c),
+                        "total": fmt_cents(tot),
+                        "uom": dict(pl["uom"]),
+                        "item": dict(pl["item"]) if pl["item"] else None,
+                        "commodity": dict(pl["commodity"]),
+                        "account": dict(pl["account"], **{"account-type": dict(pl["account"]["account-type"])}),
+                        "order-line-id": pl["id"],
+                        "order-line-num": pl["line-num"],
+                        "order-header-num": po["po-number"],
+                        "po-number": po["po-number"],
+                        "created-at": c_at,
+                        "updated-at": u_at,
+                    }
+                )
             exp_po_backed.append(iid)
         else:
             for ln in range(1, rng.randint(1, 10) + 1):
@@ -418,15 +444,27 @@ def _generate(config: SeedConfig) -> SeedData:
                     price_c = -price_c
                 tot = _mul_round(qty_h, price_c)
                 gross_c += tot
-                lines.append({
-                    "id": line_id, "line-num": ln, "description": desc,
-                    "type": "InvoiceAmountLine" if amount_line else "InvoiceQuantityLine",
-                    "quantity": fmt_cents(qty_h), "price": fmt_cents(price_c), "total": fmt_cents(tot),
-                    "uom": {"code": uom}, "item": item, "commodity": {"name": commodity},
-                    "account": random_account(le),
-                    "order-line-id": None, "order-line-num": None, "order-header-num": None, "po-number": None,
-                    "created-at": c_at, "updated-at": u_at,
-                })
+                lines.append(
+                    {
+                        "id": line_id,
+                        "line-num": ln,
+                        "description": desc,
+                        "type": "InvoiceAmountLine" if amount_line else "InvoiceQuantityLine",
+                        "quantity": fmt_cents(qty_h),
+                        "price": fmt_cents(price_c),
+                        "total": fmt_cents(tot),
+                        "uom": {"code": uom},
+                        "item": item,
+                        "commodity": {"name": commodity},
+                        "account": random_account(le),
+                        "order-line-id": None,
+                        "order-line-num": None,
+                        "order-header-num": None,
+                        "po-number": None,
+                        "created-at": c_at,
+                        "updated-at": u_at,
+                    }
+                )
         # inject the unmappable defect into the first line
         first = lines[0]
         if kind == "main_account_not_in_d365":
@@ -496,8 +534,11 @@ def _generate(config: SeedConfig) -> SeedData:
     existing_vendor_suppliers = [s for s in normal_suppliers[:4]]
     d365 = _d365_master_data(existing_vendor_suppliers, sup_le)
     legal_entities = {le[1]: str(le[2]) for le in MAPPED}
-    special_numbers = {inv["id"]: inv["invoice-number"] for inv in invoices
-                       if "'" in inv["invoice-number"] or "-" in inv["invoice-number"]}
+    special_numbers = {
+        inv["id"]: inv["invoice-number"]
+        for inv in invoices
+        if "'" in inv["invoice-number"] or "-" in inv["invoice-number"]
+    }
     expectations = {
         "unmappable_invoices": unmappable,
         "unmappable_suppliers": unmappable_suppliers,
@@ -508,8 +549,10 @@ def _generate(config: SeedConfig) -> SeedData:
         "po_backed_invoices": exp_po_backed,
         "foreign_currency_invoices": exp_foreign,
         "inactive_suppliers": inactive,
-        "existing_vendors": [{"dataAreaId": sup_le[s["id"]][2], "VendorAccountNumber": s["number"],
-                              "supplier_id": s["id"]} for s in existing_vendor_suppliers],
+        "existing_vendors": [
+            {"dataAreaId": sup_le[s["id"]][2], "VendorAccountNumber": s["number"], "supplier_id": s["id"]}
+            for s in existing_vendor_suppliers
+        ],
         "special_invoice_numbers": special_numbers,
         "unreleased_items": [UNRELEASED_ITEM],
         "invalid_main_accounts": [INVALID_MAIN_ACCOUNT],
