@@ -17,7 +17,8 @@ thread renews their leases, so a request waiting minutes on ``Retry-After`` neve
 Every attempt is also written to ``sync_audit`` (time, run, action, D365 entity and key, HTTP
 status, error, hash of the payload sent) so a record's history can be read and replayed.
 
-The states, tables, row and natural key live in :mod:`.ledger_schema` (re-exported here); this
+The states, tables, row and natural key live in :mod:`.ledger_schema` (re-exported here), the
+process identity and the lease heartbeat in :mod:`.claims`; this
 module holds the operations. No Dagster import.
 """
 
@@ -25,14 +26,11 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from enum import StrEnum
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -40,6 +38,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from ..common.clock import SYSTEM_CLOCK, Clock
+from .claims import ClaimLostError, Heartbeat, pid_alive, process_identity  # noqa: F401 - re-exported
+from .claims import Key as _Key
 from .ledger_schema import (  # noqa: F401 - re-exported: the ledger's vocabulary is imported from here
     BOOKED_STATES,
     CANCELLED,
@@ -73,66 +73,6 @@ from .ledger_schema import (  # noqa: F401 - re-exported: the ledger's vocabular
 from .store import db_text, ensure_schema
 
 
-class ClaimLostError(RuntimeError):
-    """Another run took the document over (our lease expired or our run was declared ended)."""
-
-
-def process_identity() -> str:
-    """Hostname + PID namespace + boot id: a PID is only meaningful inside this triple. Two
-    containers sharing a hostname but not a PID namespace never judge each other's PIDs."""
-    try:
-        pid_namespace = os.readlink("/proc/self/ns/pid")
-    except OSError:
-        pid_namespace = ""
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
-    except OSError:
-        boot = ""
-    return f"{socket.gethostname()}|{pid_namespace}|{boot}"[:255]
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-_Key = tuple[str, int, str]
-
-
-class _Heartbeat:
-    """Renews the leases of the claims this process holds, every ``interval`` seconds, on a daemon
-    thread that runs only while claims are held."""
-
-    def __init__(self, ledger: Ledger, interval_s: float) -> None:
-        self.ledger = ledger
-        self.interval_s = interval_s
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-
-    def ensure_running(self) -> None:
-        with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._loop, name="sync-ledger-heartbeat", daemon=True)
-                self._thread.start()
-
-    def _loop(self) -> None:
-        while True:
-            time.sleep(self.interval_s)
-            with self._lock:
-                if not self.ledger.held_claims():
-                    self._thread = None
-                    return
-            try:
-                self.ledger.renew_claims()
-            except Exception:  # noqa: BLE001 - a database hiccup must not kill the heartbeat
-                continue
-
-
 class Ledger:
     def __init__(
         self,
@@ -156,7 +96,7 @@ class Ledger:
         self._held: dict[_Key, str] = {}  # (doc_type, coupa_id, scope) -> claim token
         self._held_lock = threading.Lock()
         interval = heartbeat_s if heartbeat_s is not None else max(1.0, lease.total_seconds() / 6)
-        self._heartbeat = _Heartbeat(self, interval)
+        self._heartbeat = Heartbeat(self, interval)
 
     def now(self) -> datetime:
         return self.clock.now()
@@ -356,7 +296,7 @@ class Ledger:
             and "|pid:[" in self.host
             and row.claim_pid
             and row.claim_pid != self.pid
-            and not _pid_alive(row.claim_pid)
+            and not pid_alive(row.claim_pid)
         ):
             return True
         if self.is_run_finished is not None and self.is_run_finished(row.claimed_by):

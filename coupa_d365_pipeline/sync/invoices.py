@@ -25,7 +25,6 @@ from typing import Any
 from ..mapping.fields import changed_fields
 from ..mapping.invoices import MappedInvoice, Quarantine, legal_entity_for, map_invoice
 from ..state.ledger import (
-    BOOKED_STATES,
     CHANGED_AFTER_POST,
     MISSING_IN_D365,
     POSTED,
@@ -37,43 +36,22 @@ from ..state.ledger import (
     NaturalKey,
 )
 from ..state.store import payload_hash
-from .adoption import Verdict, judge
+from .adoption import Verdict
 from .base import Created, DocumentSync
 from .context import SyncServices
+from .invoice_lookups import (  # noqa: F401 - re-exported: tests and callers read them here
+    DOC,
+    HEADER_SET,
+    HEADER_UPDATE_FIELDS,
+    LINE_COMPARE_FIELDS,
+    LINE_SET,
+    POSTED_SET,
+    InvoiceLookups,
+    header_reference,
+)
 from .report import Action, Outcome
-from .settlements import posted_journal_rows
 from .vendors import VendorSync
 from .writer import DocumentWriter, ODataBatchWriter
-
-DOC = "invoice"
-HEADER_SET, LINE_SET, POSTED_SET = "VendorInvoiceHeaders", "VendorInvoiceLines", "VendInvoiceJourBiEntities"
-HEADER_UPDATE_FIELDS = (
-    "InvoiceNumber",
-    "InvoiceAccount",
-    "InvoiceDate",
-    "Currency",
-    "ImportedAmount",
-    "InvoiceDescription",
-)
-LINE_COMPARE_FIELDS = (
-    "LineDescription",
-    "ReceiveNow",
-    "UnitPrice",
-    "Amount",
-    "Currency",
-    "MainAccountDisplayValue",
-    "DimensionDisplayValue",
-    "ItemNumber",
-    "ProcurementCategoryName",
-    "PurchaseOrder",
-    "PurchLineNumber",
-)
-
-
-def header_reference(coupa_id: int) -> str:
-    """Our HeaderReference for a Coupa invoice: deterministic, so a repeated create collides
-    ("The record already exists.") instead of duplicating."""
-    return f"COUPA-{int(coupa_id)}"
 
 
 class InvoiceSync(DocumentSync):
@@ -91,7 +69,7 @@ class InvoiceSync(DocumentSync):
     ) -> None:
         super().__init__(services, vendors, writer)
         self.rebook_missing = rebook_missing  # operator's explicit "book it again" for missing_in_d365
-        self._po_lines: dict[tuple[str, str, str], bool] = {}
+        self.lookups = InvoiceLookups(services)
 
     def _default_writer(self) -> DocumentWriter:
         return ODataBatchWriter(self.s.d365, HEADER_SET, LINE_SET)
@@ -128,7 +106,7 @@ class InvoiceSync(DocumentSync):
         stopped = self._ensure_vendor(row, invoice, supplier, mapped.legal_entity, mapped.vendor_account, coupa_hash)
         if stopped is not None:
             return stopped
-        self._link_purchase_orders(mapped)
+        self.lookups.link_purchase_orders(mapped)
 
         if row.d365_key and row.state in (WRITING, WRITTEN, MISSING_IN_D365):
             return self._reconcile_booked(row, invoice, mapped, coupa_hash)
@@ -146,7 +124,7 @@ class InvoiceSync(DocumentSync):
         current = s.d365.get(HEADER_SET, {"dataAreaId": le, "HeaderReference": ref}) if le and ref else None
         if current is not None:
             return self._update_pending(row, invoice, mapped, coupa_hash, current)
-        posted = self._find_posted_for_row(row, mapped)
+        posted = self.lookups.posted_for_row(row, mapped)
         if posted is not None:
             row = s.ledger.update(
                 row,
@@ -207,9 +185,9 @@ class InvoiceSync(DocumentSync):
         natural = NaturalKey(le, mapped.vendor_account, number)
         row = s.ledger.update(row, run, natural_key=natural)
 
-        posted = self._find_posted(natural)
+        posted = self.lookups.posted(natural)
         if posted is not None:
-            verdict = self._judge(row, mapped, coupa_id, posted, posted=True)
+            verdict = self.lookups.judge(row, mapped, coupa_id, posted, posted=True)
             if not verdict.adoptable:
                 return self._duplicate(row, invoice, verdict, coupa_hash, le)
             self._audit(coupa_id, "found_posted", POSTED_SET, {"dataAreaId": le, "InvoiceId": number})
@@ -228,7 +206,7 @@ class InvoiceSync(DocumentSync):
         # Our own HeaderReference needs no lookup here: an earlier write of ours that landed is either
         # known to the ledger (reconciled above) or makes the create below answer "already exists".
         ref = header_reference(coupa_id)
-        pending, verdict = self._find_pending(row, mapped, coupa_id)
+        pending, verdict = self.lookups.pending(row, mapped, coupa_id)
         if verdict is not None and not verdict.adoptable:
             return self._duplicate(row, invoice, verdict, coupa_hash, le)
         if pending is not None:  # an earlier write of ours, or keyed by hand exactly as we would send it
@@ -271,110 +249,11 @@ class InvoiceSync(DocumentSync):
         lines = [dict(line, HeaderReference=ref) for line in mapped.lines]
         return header, lines
 
-    # -- lookups -----------------------------------------------------------------------------
-    def _find_pending(
-        self, row: LedgerRow, mapped: MappedInvoice, coupa_id: int
-    ) -> tuple[dict[str, Any] | None, Verdict | None]:
-        """The pending header to adopt, and the verdict on it — or, when none is ours, the verdict
-        on the first one found (a duplicate invoice number)."""
-        rows = list(
-            self.s.d365.query(
-                HEADER_SET,
-                legal_entity=mapped.legal_entity,
-                exact={"InvoiceNumber": mapped.invoice_number, "InvoiceAccount": mapped.vendor_account},
-                select=["HeaderReference", *HEADER_UPDATE_FIELDS],
-            )
-        )  # every field an adoption compares
-        if not rows:
-            return None, None
-        judged = sorted(
-            ((r, self._judge(row, mapped, coupa_id, r, posted=False)) for r in rows),
-            key=lambda pair: (not pair[1].adoptable, pair[1].adoption != "ours"),
-        )
-        if len(rows) > 1:
-            self.s.logger.warning(
-                "D365 holds %d pending invoices %s for %s in %s; judged %s",
-                len(rows),
-                mapped.invoice_number,
-                mapped.vendor_account,
-                mapped.legal_entity,
-                [(r["HeaderReference"], v.adoption.value) for r, v in judged],
-            )
-        found, verdict = judged[0]
-        return (found if verdict.adoptable else None), verdict
-
-    def _judge(
-        self, row: LedgerRow, mapped: MappedInvoice, coupa_id: int, record: dict[str, Any], *, posted: bool
-    ) -> Verdict:
-        """Ours or a duplicate invoice number? The ledger is read only when D365 holds a record."""
-        natural = NaturalKey(mapped.legal_entity, mapped.vendor_account, mapped.invoice_number).folded()
-        booked_for = [
-            r.coupa_id
-            for r in self.s.ledger.rows(DOC, (*BOOKED_STATES, WRITING))
-            if r.coupa_id != coupa_id and r.natural_key is not None and r.natural_key.folded() == natural
-        ]
-        ours = [header_reference(coupa_id), str((row.d365_key or {}).get("HeaderReference") or "")]
-        return judge(record, mapped, coupa_id, posted=posted, our_references=ours, booked_for=booked_for)
-
     def _duplicate(
         self, row: LedgerRow, invoice: dict[str, Any], verdict: Verdict, coupa_hash: str, le: str
     ) -> Outcome:
         self._audit(int(invoice["id"]), "duplicate_invoice_number", HEADER_SET, error=verdict.reason)
         return self._quarantine(row, invoice, verdict.reason, coupa_hash, legal_entity=le)
-
-    def _find_posted(self, natural: NaturalKey) -> dict[str, Any] | None:
-        rows = posted_journal_rows(self.s.d365, natural, top=1)
-        return rows[0] if rows else None
-
-    def _find_posted_for_row(
-        self, row: LedgerRow, mapped: MappedInvoice | None
-    ) -> tuple[NaturalKey, dict[str, Any]] | None:
-        """Posted under the key the ledger booked it with — or, if a change to it was under way, the new one."""
-        candidates = [k for k in (row.natural_key,) if k is not None]
-        if mapped is not None:
-            new_key = NaturalKey(mapped.legal_entity, mapped.vendor_account, mapped.invoice_number)
-            if all(new_key.folded() != k.folded() for k in candidates):
-                candidates.append(new_key)
-        for natural in candidates:
-            posted = self._find_posted(natural)
-            if posted is not None:
-                return natural, posted
-        return None
-
-    def _current_lines(self, le: str, ref: str) -> list[dict[str, Any]]:
-        return list(
-            self.s.d365.query(
-                LINE_SET,
-                legal_entity=le,
-                exact={"HeaderReference": ref},
-                select=["HeaderReference", "InvoiceLineNumber", *LINE_COMPARE_FIELDS],
-            )
-        )
-
-    def _link_purchase_orders(self, mapped: MappedInvoice) -> None:
-        """PO-backed lines reference the D365 PO line when that PO exists in D365."""
-        for index, (po_number, po_line) in mapped.po_lines.items():
-            cache_key = (mapped.legal_entity, str(po_number), str(po_line))
-            if cache_key not in self._po_lines:
-                try:
-                    line_number = int(str(po_line))
-                except ValueError:
-                    self._po_lines[cache_key] = False
-                    continue
-                self._po_lines[cache_key] = (
-                    self.s.d365.get(
-                        "PurchaseOrderLinesV2",
-                        {
-                            "dataAreaId": mapped.legal_entity,
-                            "PurchaseOrderNumber": str(po_number),
-                            "LineNumber": line_number,
-                        },
-                    )
-                    is not None
-                )
-            if self._po_lines[cache_key]:
-                mapped.lines[index]["PurchaseOrder"] = str(po_number)
-                mapped.lines[index]["PurchLineNumber"] = int(str(po_line))
 
     # -- changes, voids, failures ------------------------------------------------------------
     def _update_pending(
@@ -410,7 +289,7 @@ class InvoiceSync(DocumentSync):
                 row = s.ledger.update(
                     row, run, natural_key=NaturalKey(le, mapped.vendor_account, mapped.invoice_number)
                 )
-        existing = {Decimal(str(ln["InvoiceLineNumber"])): ln for ln in self._current_lines(le, ref)}
+        existing = {Decimal(str(ln["InvoiceLineNumber"])): ln for ln in self.lookups.current_lines(le, ref)}
         wanted = {Decimal(str(ln["InvoiceLineNumber"])): ln for ln in lines}
         changed = 0
         for number, line in wanted.items():
@@ -491,7 +370,7 @@ class InvoiceSync(DocumentSync):
         # Posted first (a read, by the key the ledger booked it under): a posted invoice must never
         # receive a DELETE, not even one that would 404.
         posted = row.state in (POSTED, CHANGED_AFTER_POST, VOID_BLOCKED) or (
-            row.state in (WRITTEN, WRITING, MISSING_IN_D365) and self._find_posted_for_row(row, None) is not None
+            row.state in (WRITTEN, WRITING, MISSING_IN_D365) and self.lookups.posted_for_row(row, None) is not None
         )
         if posted:
             return self._void_blocked(row, invoice, coupa_hash)
@@ -516,7 +395,7 @@ class InvoiceSync(DocumentSync):
                 )
                 return Outcome(DOC, coupa_id, Action.VOIDED, number, le, f"removed pending {ref}")
             # 404: gone since our lookup — AP may have posted it in between; look again
-            if self._find_posted_for_row(row, None) is not None:
+            if self.lookups.posted_for_row(row, None) is not None:
                 return self._void_blocked(row, invoice, coupa_hash)
         gone = row.state in (WRITTEN, MISSING_IN_D365)
         reason = (
