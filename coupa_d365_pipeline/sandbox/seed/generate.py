@@ -5,7 +5,9 @@ The customer is "Contoso Manufacturing": plants in three D365 legal entities (``
 legal entity. ``generate_seed`` returns Coupa suppliers, purchase orders and invoices (JSON
 shaped like Coupa's R39 API: hyphenated keys, decimals as strings like Rails' BigDecimal) and the
 D365 master data the connector needs (exact property names from ``d365/entities.json``; built in
-:mod:`.d365_master` from the catalogue in :mod:`.catalogue`).
+:mod:`.d365_master` from the catalogue in :mod:`.catalogue`). This module holds the public types, the
+invoices and the expectations; the suppliers, purchase orders, accounts and clock are built in
+:mod:`.documents`.
 
 Coupa money/quantity fields are decimal strings ("989.00", "-12.30"); line ``total`` =
 quantity*price rounded half-up to 2 dp; header ``gross-total`` = sum of line totals; account
@@ -28,35 +30,23 @@ from __future__ import annotations
 import gc
 import random
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 
 from .catalogue import (
-    _CITIES,
-    _NAME_A,
-    _NAME_B,
-    _NAME_C,
-    BUSINESS_UNITS,
     CA_PLANT,
-    COMMON_MAIN_ACCOUNTS,
-    COST_CENTERS,
-    COUNTRY_NAMES,
     CURRENCIES,
-    DEPARTMENTS,
-    FREE_TEXT,
     INVALID_MAIN_ACCOUNT,
     ITEMS,
     LEGAL_ENTITIES,
-    MAIN_ACCOUNTS,
     MAPPED,
     PAYMENT_TERMS,
-    RELEASED_ITEMS,
     UNRELEASED_ITEM,
-    UOMS,
     USMF_ONLY_MAIN_ACCOUNT,
     _mul_round,
     fmt_cents,
 )
 from .d365_master import _d365_master_data
+from .documents import _Accounts, _Clock, _pick_goods, build_purchase_orders, build_suppliers, sup_ref
 
 __all__ = ["SeedConfig", "SeedData", "generate_seed"]
 
@@ -77,51 +67,6 @@ class SeedData:
     d365: dict[str, list[dict]]
     legal_entities: dict[str, str]
     expectations: dict = field(default_factory=dict)
-
-
-class _Clock:
-    """Deterministic created-at/updated-at pairs inside [start, start + days)."""
-
-    def __init__(self, rng: random.Random, config: SeedConfig) -> None:
-        self.rng = rng
-        self.start = datetime(config.start_date.year, config.start_date.month, config.start_date.day, tzinfo=UTC)
-        self.span = max(1, config.days) * 86400
-
-    @staticmethod
-    def iso(dt: datetime) -> str:
-        return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-    def sorted_created(self, n: int) -> list[int]:
-        """n ascending second offsets (ids ascend with created-at)."""
-        r = self.rng
-        lo = -10 * 86400
-        return sorted(r.randrange(lo, self.span) for _ in range(n))
-
-    def pair(self, created_off: int) -> tuple[str, str, datetime]:
-        r = self.rng
-        upd_lo = max(created_off, 0)
-        upd_off = r.randrange(upd_lo, self.span) if upd_lo < self.span else self.span - 1
-        c = self.start + timedelta(seconds=created_off)
-        u = self.start + timedelta(seconds=upd_off)
-        return self.iso(c), self.iso(u), c
-
-
-def _pick_goods(
-    rng: random.Random, item_share: float, qty_max: int, amount_price_max_c: int, unit_price_max_c: int
-) -> tuple[dict | None, str, str, str, bool, int, int]:
-    """A catalogue item (with probability ``item_share``) or a free-text line, with quantity
-    (hundredths) and price (cents): (item, description, commodity, uom, amount_line, qty_h, price_c)."""
-    if rng.random() < item_share:
-        it = RELEASED_ITEMS[rng.randrange(len(RELEASED_ITEMS))]
-        item: dict | None = {"id": it[0], "name": it[2], "item-number": it[1]}
-        desc, commodity, uom = it[2], it[5], it[3]
-    else:
-        item = None
-        desc, commodity, uom = FREE_TEXT[rng.randrange(len(FREE_TEXT))]
-    amount_line = item is None and rng.random() < 0.3
-    qty_h = 100 if amount_line else rng.randint(1, qty_max) * (100 if UOMS[uom][2] == 0 else 25)
-    price_c = rng.randint(5000, amount_price_max_c) if amount_line else rng.randint(50, unit_price_max_c)
-    return item, desc, commodity, uom, amount_line, qty_h, price_c
 
 
 def generate_seed(config: SeedConfig = SeedConfig()) -> SeedData:
@@ -152,7 +97,7 @@ class _FastRandom(random.Random):
 
 def _generate(config: SeedConfig) -> SeedData:
     rng = _FastRandom(config.seed)
-    clock = _Clock(rng, config)
+    clock = _Clock(rng, config.start_date, config.days)
     n_inv = max(0, config.invoices)
     n_sup = max(50, min(5000, n_inv // 10))
     n_po = max(200, int(n_inv * 0.4))
@@ -161,184 +106,15 @@ def _generate(config: SeedConfig) -> SeedData:
     currency_obj = {code: {"id": v[0], "code": code} for code, v in CURRENCIES.items()}
     pterm_obj = [{"id": i, "code": c, "days-for-net-payment": d} for i, c, d in PAYMENT_TERMS]
     item_by_number = {it[1]: it for it in ITEMS}
+    accounts = _Accounts(rng, acct_types)
+    account = accounts.account
+    random_account = accounts.random_account
 
-    # ---------------------------------------------------------------- accounts (cached by code)
-    account_cache: dict[tuple[int, tuple[str, ...]], dict] = {}
-
-    def account(le, seg1: str, seg2: str, seg3: str, seg4: str) -> dict:
-        key = (le[0], (seg1, seg2, seg3, seg4))
-        acc = account_cache.get(key)
-        if acc is None:
-            code = "-".join(seg for seg in (seg1, seg2, seg3, seg4) if seg)
-            acc = {
-                "id": len(account_cache) + 1,
-                "name": f"{MAIN_ACCOUNTS.get(seg1, ('Unknown account',))[0]} / {code}",
-                "code": code,
-                "active": True,
-                "account-type": dict(acct_types[le[0]]),
-                "segment-1": seg1,
-                "segment-2": seg2,
-                "segment-3": seg3,
-                "segment-4": seg4,
-            }
-            account_cache[key] = acc
-        return dict(acc, **{"account-type": dict(acc["account-type"])})
-
-    def random_account(le, main: str | None = None) -> dict:
-        if main is None:
-            pool = COMMON_MAIN_ACCOUNTS + ([USMF_ONLY_MAIN_ACCOUNT] if le[2] == "usmf" else [])
-            main = str(rng.choice(pool))
-        return account(le, main, rng.choice(BUSINESS_UNITS), rng.choice(COST_CENTERS), rng.choice(DEPARTMENTS))
-
-    # ---------------------------------------------------------------- suppliers
-    suppliers: list[dict] = []
-    sup_le: dict[int, tuple] = {}
-    unmappable_suppliers: dict[int, str] = {}
-    inactive: list[int] = []
-    used_names: set[str] = set()
-    null_number_idx = {13, 37} if n_sup >= 50 else {13}
-    created = clock.sorted_created(n_sup)
-    for i in range(n_sup):
-        sid = i + 1
-        le = MAPPED[0] if i % 9 in (0, 1, 2, 3) else MAPPED[1] if i % 9 in (4, 5, 6) else MAPPED[2]
-        country = le[4]
-        if i == 5:
-            name = "O'Neil Industrial Supply"
-            le = MAPPED[0]
-            country = "US"
-        else:
-            name = f"{_NAME_A[i % len(_NAME_A)]} {_NAME_B[(i // len(_NAME_A)) % len(_NAME_B)]} {_NAME_C[country]}"
-            if name in used_names:
-                name = f"{name} ({sid})"
-        used_names.add(name)
-        if i in null_number_idx:
-            number = None
-            unmappable_suppliers[sid] = "supplier_number_null"
-        elif i % 20 == 7:
-            number = f"CP-{10001 + i}"
-        else:
-            number = str(10001 + i)
-        status = "inactive" if i % 16 == 15 else "active"
-        if status == "inactive":
-            inactive.append(sid)
-        pt = pterm_obj[i % 3]
-        city, state, postal = _CITIES[country]
-        c_at, u_at, _ = clock.pair(created[i])
-        suppliers.append(
-            {
-                "id": sid,
-                "name": name,
-                "display-name": name,
-                "number": number,
-                "status": status,
-                "tax-id": f"{country}{rng.randrange(10**8, 10**9)}",
-                "payment-method": "invoice",
-                "on-hold": False,
-                "invoice-matching-level": "3-way" if i % 3 == 0 else "2-way",
-                "po-method": "email",
-                "payment-term": dict(pt),
-                "primary-address": {
-                    "id": 1000 + sid,
-                    "street1": f"{100 + i} Industrial Way",
-                    "city": city,
-                    "state": state,
-                    "postal-code": postal,
-                    "country": {"code": country, "name": COUNTRY_NAMES[country]},
-                },
-                "created-at": c_at,
-                "updated-at": u_at,
-                "exported": False,
-            }
-        )
-        sup_le[sid] = le
-
-    def sup_ref(s: dict) -> dict:
-        return {"id": s["id"], "name": s["name"], "number": s["number"], "display-name": s["display-name"]}
-
+    suppliers, sup_le, unmappable_suppliers, inactive = build_suppliers(rng, clock, n_sup, pterm_obj)
     normal_suppliers = [s for s in suppliers if s["number"] is not None and s["status"] == "active"]
-
-    # ---------------------------------------------------------------- purchase orders
-    pos: list[dict] = []
-    po_by_supplier: dict[int, list[dict]] = {}
-    created = clock.sorted_created(n_po)
-    line_id = 0
-    for j in range(n_po):
-        poid = j + 1
-        s = normal_suppliers[rng.randrange(len(normal_suppliers))]
-        le = sup_le[s["id"]]
-        roll = rng.random()
-        status = "issued" if roll < 0.8 else "closed" if roll < 0.92 else "cancelled"
-        version = 1 + (rng.random() < 0.2) + (rng.random() < 0.05)
-        c_at, u_at, c_dt = clock.pair(created[j])
-        po_number = str(4000 + poid)
-        lines = []
-        total_c = 0
-        for ln in range(1, rng.randint(1, 6) + 1):
-            line_id += 1
-            item, desc, commodity, uom, amount_line, qty_h, price_c = _pick_goods(rng, 0.6, 200, 500000, 50000)
-            tot = _mul_round(qty_h, price_c)
-            total_c += tot
-            received_h = 0 if status == "cancelled" else rng.choice([0, qty_h, qty_h, qty_h // 2])
-            lines.append(
-                {
-                    "id": line_id,
-                    "line-num": str(ln),
-                    "description": desc,
-                    "type": "OrderAmountLine" if amount_line else "OrderQuantityLine",
-                    "quantity": fmt_cents(qty_h),
-                    "price": fmt_cents(price_c),
-                    "total": fmt_cents(tot),
-                    "uom": {"code": uom},
-                    "item": item,
-                    "commodity": {"name": commodity},
-                    "account": random_account(le),
-                    "need-by-date": clock.iso(c_dt + timedelta(days=rng.randint(7, 60))),
-                    "received": fmt_cents(received_h),
-                    "invoiced": "0.00",
-                    "total-invoiced": "0.00",
-                    "order-header-id": poid,
-                    "order-header-number": po_number,
-                    "currency": dict(currency_obj[le[3]]),
-                    "match-type": "3-way" if item else "2-way",
-                    "receipt-required": item is not None,
-                    "status": "cancelled" if status == "cancelled" else "created",
-                    "version": version,
-                    "created-at": c_at,
-                    "updated-at": u_at,
-                    "_qty_h": qty_h,
-                    "_price_c": price_c,
-                }
-            )
-        po = {
-            "id": poid,
-            "po-number": po_number,
-            "status": status,
-            "type": "OrderHeader",
-            "version": version,
-            "internal-revision": version + rng.randint(0, 2),
-            "supplier": sup_ref(s),
-            "currency": dict(currency_obj[le[3]]),
-            "payment-term": dict(s["payment-term"]),
-            "ship-to-address": {
-                "id": 900 + le[0],
-                "name": f"Contoso {le[1]}",
-                "location-code": (le[2] or "caplant").upper(),
-                "city": _CITIES[le[4]][0],
-                "postal-code": _CITIES[le[4]][2],
-                "country": {"code": le[4], "name": COUNTRY_NAMES[le[4]]},
-            },
-            "account-type": dict(acct_types[le[0]]),
-            "total": fmt_cents(total_c),
-            "exported": False,
-            "last-exported-at": None,
-            "transmission-status": "sent_via_email",
-            "order-lines": lines,
-            "created-at": c_at,
-            "updated-at": u_at,
-        }
-        pos.append(po)
-        if status in ("issued", "closed"):
-            po_by_supplier.setdefault(s["id"], []).append(po)
+    pos, po_by_supplier = build_purchase_orders(
+        rng, clock, n_po, normal_suppliers, sup_le, accounts, currency_obj, acct_types
+    )
 
     # ---------------------------------------------------------------- invoices
     invoices: list[dict] = []
