@@ -19,11 +19,11 @@ from decimal import Decimal
 from typing import Any
 
 from .ap_user import SimulatedAPUser
-from .entities import PO_HEADER_TO_LINE, PO_LINE_TO_HEADER
+from .entities import FIELD_LABELS, PO_HEADER_TO_LINE, PO_LINE_TO_HEADER
 from .odata import ODATA_EXCEPTION, ODataError, _bad_request, _etag, _format_key_value, _not_found_segment, _same
 from .purchase_orders import PurchaseOrderRules
 from .schema import D365Schema, EntitySchema
-from .validation import FIELD_LABELS, ValidatingStore
+from .validation import ValidatingStore
 
 
 class D365State(ValidatingStore, PurchaseOrderRules):

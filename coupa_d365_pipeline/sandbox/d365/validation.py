@@ -13,34 +13,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .entities import PO_HEADER_SETS, PO_LINE_SETS, VENDOR_SETS
+from .entities import FIELD_LABELS, PO_HEADER_SETS, PO_LINE_SETS, VENDOR_SETS
 from .odata import _same, split_display_value
 from .schema import EntitySchema
 from .store import EntityStore
-
-FIELD_LABELS: dict[str, str] = {
-    "HeaderReference": "Header reference",
-    "VendorAccountNumber": "Vendor account",
-    "PurchaseOrderNumber": "Purchase order",
-    "InvoiceLineNumber": "Line number",
-    "LineNumber": "Line number",
-    "VendorGroupId": "Group",
-    "DefaultPaymentTermsName": "Terms of payment",
-    "CurrencyCode": "Currency",
-    "Currency": "Currency",
-    "InvoiceAccount": "Invoice account",
-    "VendorAccount": "Vendor account",
-    "InvoiceNumber": "Invoice",
-    "ItemNumber": "Item number",
-    "MainAccountDisplayValue": "Main account",
-    "PurchaseOrder": "Purchase order",
-    "PurchLineNumber": "Line number",
-    "OrderVendorAccountNumber": "Vendor account",
-    "InvoiceVendorAccountNumber": "Invoice account",
-    "PurchaseUnitSymbol": "Unit",
-    "ProcurementProductCategoryName": "Procurement category",
-    "dataAreaId": "Company",
-}
 
 
 class ValidatingStore(EntityStore):
