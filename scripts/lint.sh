@@ -5,4 +5,4 @@ cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
 .venv/bin/ruff check coupa_d365_pipeline coupa_d365_pipeline_tests
 .venv/bin/ruff format --check coupa_d365_pipeline coupa_d365_pipeline_tests
-.venv/bin/pyright
+.venv/bin/pyright --project .
