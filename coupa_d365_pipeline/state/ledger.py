@@ -70,7 +70,7 @@ from .ledger_schema import (  # noqa: F401 - re-exported: the ledger's vocabular
     sync_audit,
     sync_ledger,
 )
-from .store import db_text, ensure_schema
+from .store import db_text, ensure_schema, staged_documents
 
 
 class Ledger:
@@ -245,8 +245,6 @@ class Ledger:
         """Coupa ids staged but never synced (no ledger row, or one still ``new``): what a run stopped by
         an outage (or a step that never ran) left behind. The next run of *any* partition picks them
         up, so nobody has to re-run the failed partition; claims keep a concurrent run from doubling."""
-        from .store import staged_documents
-
         excluded = {int(i) for i in exclude}
         c, staged = sync_ledger.c, staged_documents.c
         joined = staged_documents.outerjoin(
