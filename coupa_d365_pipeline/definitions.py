@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dagster as dg
 
-from .defs import documents, invoice_status, master_data, replay, resources
+from .defs import documents, invoice_status, master_data, replay, resources, webhooks
 
-defs = dg.Definitions.merge(resources.defs, master_data.defs, documents.defs, invoice_status.defs, replay.defs)
+defs = dg.Definitions.merge(
+    resources.defs, master_data.defs, documents.defs, invoice_status.defs, replay.defs, webhooks.defs
+)

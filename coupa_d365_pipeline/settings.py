@@ -45,6 +45,11 @@ DEFAULT_PING_TIMEOUT_S = 30.0  # `coupa-d365 ping --timeout`, both systems
 DEFAULT_COUPA_SUPPLIER_OVERLAP_MINUTES = 60
 DEFAULT_STATUS_READ_OVERLAP_MINUTES = 240
 DEFAULT_RETRY_LIMIT = 500  # unfinished documents of earlier runs re-tried per documents run
+DEFAULT_WEBHOOK_SENSOR_INTERVAL_S = 5  # coupa_webhook_sensor: minimum seconds between ticks
+DEFAULT_WEBHOOK_BATCH_SIZE = 100  # events per event-driven run
+DEFAULT_WEBHOOK_MAX_BATCHES_IN_FLIGHT = 4  # event-driven runs queued or running at once
+DEFAULT_WEBHOOK_MAX_ATTEMPTS = 3  # runs per batch before its events are moved to failed/
+DEFAULT_WEBHOOK_PROCESSED_RETENTION_DAYS = 7  # processed events kept (redelivery dedupe), then pruned
 
 # name -> (required, description shown in errors and --help)
 ENV_VARS: dict[str, tuple[bool, str]] = {
@@ -270,6 +275,11 @@ def load_d365_settings(env: Mapping[str, str], problems: list[str]) -> D365Setti
     )
 
 
+def webhook_staging_dir(env: Mapping[str, str]) -> Path:
+    """WEBHOOK_STAGING_DIR: where the receiver stages events and the sensor picks them up."""
+    return Path(env.get("WEBHOOK_STAGING_DIR") or DEFAULT_WEBHOOK_STAGING_DIR)
+
+
 def sync_database_url(env: Mapping[str, str]) -> str:
     """SYNC_DATABASE_URL, else the local SQLite default (the store validates it when it opens)."""
     return env.get("SYNC_DATABASE_URL") or DEFAULT_SYNC_DATABASE_URL
@@ -288,7 +298,7 @@ def load_sync_settings(env: Mapping[str, str], problems: list[str]) -> SyncSetti
     return SyncSettings(
         database_url=sync_database_url(env),
         start_date=parse_start_date(env.get("SYNC_START_DATE"), problems),
-        webhook_staging_dir=Path(env.get("WEBHOOK_STAGING_DIR") or DEFAULT_WEBHOOK_STAGING_DIR),
+        webhook_staging_dir=webhook_staging_dir(env),
         mapping_file=Path(mapping) if mapping else None,
         webhook_secret=SecretStr(secret) if secret else None,
     )

@@ -29,8 +29,10 @@ from ..settings import (
     load_d365_settings,
     mapping_file_path,
     sync_database_url,
+    webhook_staging_dir,
 )
 from ..state.store import SyncStore
+from ..webhooks.staging import WebhookStaging
 
 
 class _ClientResource(dg.ConfigurableResource):
@@ -163,6 +165,21 @@ class MappingResource(dg.ConfigurableResource):
         return load_mapping(self.resolved_path)
 
 
+class WebhookStagingResource(dg.ConfigurableResource):
+    """The directory the webhook receiver stages events in (WEBHOOK_STAGING_DIR; the receiver, the
+    code location running the sensor and the runs must all see the same directory)."""
+
+    directory: str | None = None  # WEBHOOK_STAGING_DIR
+
+    @property
+    def resolved_path(self) -> str:
+        return str(webhook_staging_dir(env_with({"WEBHOOK_STAGING_DIR": self.directory})).resolve())
+
+    @property
+    def staging(self) -> WebhookStaging:
+        return WebhookStaging(self.resolved_path)
+
+
 def build_resources() -> dict[str, dg.ConfigurableResource]:
     """Required values come from EnvVar (resolved at run start, shown by name in the UI); optional
     ones (scopes, API version, authority, rate, database, mapping file) are read from the environment
@@ -182,6 +199,7 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
         ),
         "sync_state": SyncStateResource(),
         "mapping": MappingResource(),
+        "webhook_staging": WebhookStagingResource(),
     }
 
 

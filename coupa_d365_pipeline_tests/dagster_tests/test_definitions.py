@@ -20,6 +20,7 @@ ASSETS_AND_GROUPS = {
     "d365/purchase_orders": "d365",
     "d365/vendor_invoices": "d365",
     "d365/invoice_status": "d365",
+    "webhooks/coupa_events": "webhooks",
 }
 ASSET_CHECKS = {
     "d365/legal_entities:default_legal_entity_exists",
@@ -28,8 +29,9 @@ ASSET_CHECKS = {
     "d365/purchase_orders:purchase_orders_not_stuck",
     "d365/vendor_invoices:vendor_invoices_not_stuck",
     "coupa/invoice_status:invoice_status_delivered",
+    "webhooks/coupa_events:webhook_events_delivered",
 }
-JOBS = {"master_data_job", "daily_documents_job", "invoice_status_job", "replay_invoices_job"}
+JOBS = {"master_data_job", "daily_documents_job", "invoice_status_job", "replay_invoices_job", "coupa_webhook_job"}
 SCHEDULES = {  # name -> (job, cron, UTC)
     "master_data_hourly": ("master_data_job", "5 * * * *"),
     "master_data_nightly_full": ("master_data_job", "5 2 * * *"),
@@ -37,8 +39,8 @@ SCHEDULES = {  # name -> (job, cron, UTC)
     "documents_yesterday": ("daily_documents_job", "30 1 * * *"),
     "invoice_status_every_30_minutes": ("invoice_status_job", "*/30 * * * *"),
 }
-SENSORS: set[str] = set()
-RESOURCES = {"coupa", "d365", "sync_state", "mapping"}
+SENSORS = {"coupa_webhook_sensor": ("coupa_webhook_job", dg.DefaultSensorStatus.RUNNING)}
+RESOURCES = {"coupa", "d365", "sync_state", "mapping", "webhook_staging"}
 
 
 def test_defs_is_exposed_and_loadable():
@@ -55,7 +57,7 @@ def test_every_asset_check_job_schedule_and_sensor_is_there_by_name():
     assert {j.name for j in defs.resolve_all_job_defs() if not j.name.startswith("__")} == JOBS
     assert {s.name: (s.job_name, s.cron_schedule) for s in defs.schedules} == SCHEDULES
     assert all(s.execution_timezone == "UTC" for s in defs.schedules)
-    assert {s.name for s in defs.sensors or []} == SENSORS
+    assert {s.name: (s.job_name, s.default_status) for s in defs.sensors or []} == SENSORS
     assert set(defs.resources) == RESOURCES
 
 
