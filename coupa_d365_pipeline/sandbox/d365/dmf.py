@@ -269,9 +269,12 @@ class DmfService:
 
     # ---- the import ----------------------------------------------------------------------------
     def _run(self, execution: Execution) -> None:
-        with self.state.lock:
-            for entity in execution.entities:
-                self._import_entity(execution, entity)
+        try:
+            with self.state.lock:
+                for entity in execution.entities:
+                    self._import_entity(execution, entity)
+        except Exception as exc:  # a sandbox bug must end the execution, not leave it Executing forever
+            self._fail(execution, "", f"The import stopped: {type(exc).__name__}: {exc}")
         landed = sum(execution.imported.values())
         if not execution.errors:
             status = "Succeeded"
