@@ -385,6 +385,32 @@ class D365Client:
             results.append(ChangesetResult(ok=not failed, parts=mine, error=error))
         return results
 
+    # -- bound actions and blob storage (used by :mod:`.dmf`) ------------------------------------
+    def action(self, bound_to: str, name: str, body: Mapping[str, Any], *, idempotent: bool) -> httpx.Response:
+        """POST ``/data/<bound_to>/Microsoft.Dynamics.DataEntities.<name>`` with a JSON body, through the
+        same token and retry rules as every other call. ``idempotent=False`` (an action that starts work,
+        e.g. ``ImportFromPackage``) is never re-sent after an ambiguous failure: the caller settles it."""
+        return self._send(
+            "POST",
+            self._url(f"{bound_to}/Microsoft.Dynamics.DataEntities.{name}"),
+            json=dict(body),
+            idempotent=idempotent,
+        )
+
+    def raise_for(self, response: httpx.Response, what: str) -> None:
+        """Raise :class:`D365Error` (with the Infolog text) for an answer of HTTP 400 or above."""
+        self._raise_for(response, what)
+
+    def storage(
+        self, method: str, url: str, *, content: bytes | None = None, headers: Mapping[str, str] | None = None
+    ) -> httpx.Response:
+        """A request to a SAS blob URL F&O handed out: no bearer token (the SAS signs it), same retry
+        rules (PUT/GET are idempotent). Logs and errors name the path only, never the SAS query."""
+        return self.sender.send(
+            lambda: self.http.build_request(method, url, content=content, headers=dict(headers or {})),
+            idempotent=method in ("GET", "PUT"),
+        )
+
     # -- checks ----------------------------------------------------------------------------
     def _check_record(self, entity_set: str, record: Mapping[str, Any], require_company: bool = True) -> None:
         schema = schema_for(entity_set)

@@ -28,6 +28,8 @@ What it emulates (see /work/shared/reference/d365-fo-api.md; one module per seam
   a reversal that leaves no row behind. Signs are F&O's vendor signs (invoice AmountCur < 0, credit
   note and payment > 0; a settlement row has the sign of the VendTrans it settles). Routes:
   ``POST /_sandbox/d365/{post_invoice,settle,settle_credit_note,reverse_settlement}``.
+- The DMF package API (``DataManagementDefinitionGroups`` actions) with blob storage hosted on the
+  sandbox and asynchronous imports through the same OData write rules, described in :mod:`.dmf`.
 - Purchase-order lifecycle (``PurchaseOrderHeadersV2``/``PurchaseOrderLinesV2``; the V1 sets
   ``PurchaseOrderHeaders``/``PurchaseOrderLines`` follow the same rules, each paired with its own header
   set), described in :mod:`.purchase_orders`.
@@ -66,6 +68,7 @@ from ..control import control_routes
 from ..faults import FaultInjector, FaultMiddleware, RequestLog
 from . import batch
 from .config import D365SandboxConfig
+from .dmf import DmfService, dmf_action
 from .entities import ENTITY_INFO
 from .entra import EntraTokens
 from .hooks import hook_routes
@@ -121,6 +124,15 @@ class D365Sandbox:
         self.injector = FaultInjector(config.fault, clock=clock)
         self.tokens = EntraTokens(
             config, clock, self.state.now, mint=lambda client_id, audience: self.issue_token(client_id, audience)
+        )
+        self.dmf = DmfService(
+            self.state,
+            self.env_url,
+            data_projects=config.dmf_data_projects,
+            execution_s=config.dmf_execution_s,
+            status_hidden_s=config.dmf_status_hidden_s,
+            error_keys_pending_calls=config.dmf_error_keys_pending_calls,
+            clock=clock,
         )
         self._budget: deque[float] = deque()
         self._budget_lock = threading.Lock()
@@ -315,6 +327,9 @@ class D365Sandbox:
                 return _to_starlette(self.handle_batch(request.headers.get("content-type", ""), body))
             if not self._consume_budget(1):
                 return _to_starlette(self._throttled())
+            action = dmf_action(subpath)
+            if action is not None:
+                return _to_starlette(self.dmf.handle_action(request.method, action, body))
             query = request.scope.get("query_string", b"").decode("utf-8", errors="replace")
             return _to_starlette(self.handle(request.method, subpath, query, dict(request.headers), body))
 
@@ -337,6 +352,7 @@ class D365Sandbox:
             *control_routes(self.log, self.injector),
             Route("/_sandbox/tokens/revoke", revoke, methods=["POST"]),
             *hook_routes(self.state, self.schema, self.config.default_company),
+            *self.dmf.routes(),
         ]
         return Starlette(routes=routes)
 

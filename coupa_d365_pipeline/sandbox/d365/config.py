@@ -29,6 +29,12 @@ class D365SandboxConfig:
     dimension_delimiter: str = "-"
     # entity set -> (key property, format with {n}) for keys F&O assigns from a number sequence
     number_sequences: dict[str, tuple[str, str]] = field(default_factory=lambda: dict(DEFAULT_NUMBER_SEQUENCES))
+    # DMF (see :mod:`.dmf`): data project name -> DMF entity labels the project maps itself (a package
+    # entity with no EntityMapList and not listed here imports zero rows and still "succeeds")
+    dmf_data_projects: dict[str, tuple[str, ...]] = field(default_factory=lambda: {"Coupa documents": ()})
+    dmf_execution_s: float = 0.5  # ImportFromPackage answers at once; the rows land this much later
+    dmf_status_hidden_s: float = 0.0  # GetExecutionSummaryStatus says "not found" this long after submission
+    dmf_error_keys_pending_calls: int = 1  # GetImportTargetErrorKeysFileUrl answers "" this often first
 
     @property
     def audience(self) -> str:
