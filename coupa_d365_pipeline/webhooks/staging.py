@@ -336,4 +336,3 @@ class WebhookStaging:
 
 def summary(staging: WebhookStaging) -> dict[str, Any]:
     return {place.value: staging.count(place) for place in (Place.INCOMING, Place.BATCHES, Place.FAILED)}
-
