@@ -154,6 +154,7 @@ class AccessLog:
         finally:
             webhook_id = next((v for k, v in scope.get("headers", []) if k == HEADER_ID.encode()), None)
             record = {
+                "ts": round(time.time(), 3),
                 "method": scope.get("method"),
                 "path": scope.get("path"),
                 "status": status["code"],

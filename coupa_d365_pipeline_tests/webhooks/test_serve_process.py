@@ -1,5 +1,5 @@
 """``coupa-d365 webhooks serve`` as a real process: an event answered 2xx survives SIGKILL right
-after the answer; the process refuses to start without a valid secret."""
+after the answer; the process refuses to start without a valid secret (one line, exit 2)."""
 
 from __future__ import annotations
 
@@ -100,7 +100,6 @@ def test_event_answered_2xx_survives_sigkill(tmp_path: Path):
     ("secret", "message"),
     [
         ("", "error: invalid configuration: COUPA_WEBHOOK_SECRET is not set"),
-        ("whsec_c2hvcnRrZXk=", "error: invalid configuration: COUPA_WEBHOOK_SECRET entry 1 of 1 decodes to 8 bytes"),
         ("supersecretvalue-no-prefix", "does not start with 'whsec_'"),
     ],
 )
@@ -114,21 +113,3 @@ def test_serve_refuses_to_start_without_a_valid_secret(tmp_path: Path, secret: s
     if secret:
         assert secret.removeprefix("whsec_") not in out.stderr
     assert not (tmp_path / "w").exists()
-
-
-def test_sign_command_prints_the_headers(tmp_path: Path):
-    body_file = tmp_path / "body.json"
-    body_file.write_bytes(b'{"test": 2432232314}')
-    out = subprocess.run(
-        CLI + ["sign", "--id", "msg_p5jXN8AQM9LWM0D4loKWxJek", "--timestamp", "1614265330", str(body_file)],
-        env={**os.environ, "COUPA_WEBHOOK_SECRET": SECRET},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines() == [
-        "webhook-id: msg_p5jXN8AQM9LWM0D4loKWxJek",
-        "webhook-timestamp: 1614265330",
-        "webhook-signature: v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=",
-    ]
