@@ -14,6 +14,7 @@ from pathlib import Path
 from .settings import (
     DEFAULT_PING_TIMEOUT_S,
     DEFAULT_SYNC_START_DATE,
+    DEFAULT_WEBHOOK_STAGING_DIR,
     ENV_VARS,
     ConfigError,
     coupa_client,
@@ -141,6 +142,29 @@ def _env(args: argparse.Namespace) -> int:
     return 0
 
 
+def _webhooks_serve(args: argparse.Namespace) -> int:
+    from .webhooks.service import serve
+
+    return serve(args.host, args.port, os.environ)
+
+
+def _webhooks_sign(args: argparse.Namespace) -> int:
+    from .webhooks.service import sign_command
+
+    body = sys.stdin.buffer.read() if args.body_file == "-" else Path(args.body_file).read_bytes()
+    try:
+        print(sign_command(args.id, args.timestamp, body, os.environ))
+    except UnicodeDecodeError:
+        print("error: the body is not UTF-8; Standard Webhooks events are JSON (UTF-8)", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="coupa-d365",
@@ -203,6 +227,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--state-dir", default=".sync_state", help="where the demo's sync database lives")
     demo.set_defaults(func=_demo)
+
+    webhooks = sub.add_parser(
+        "webhooks",
+        help="the Standard Webhooks receiver for Coupa events (serve) and a signing helper (sign)",
+        description="Coupa events reach the connector through a relay that signs them (Standard Webhooks v1) "
+        "with the secret(s) in COUPA_WEBHOOK_SECRET; accepted events are staged in WEBHOOK_STAGING_DIR for "
+        "the coupa_webhook_sensor.",
+    )
+    webhooks_sub = webhooks.add_subparsers(dest="webhooks_command", required=True)
+    serve = webhooks_sub.add_parser(
+        "serve",
+        help="run the receiver (POST /webhooks/coupa, GET /healthz) until Ctrl-C",
+        description="Run the webhook receiver on uvicorn. Needs COUPA_WEBHOOK_SECRET (whsec_<base64>, "
+        "comma-separated while rotating); stages events in WEBHOOK_STAGING_DIR (default "
+        f"{DEFAULT_WEBHOOK_STAGING_DIR}), created if missing. Serve it behind a TLS-terminating proxy "
+        "when the relay reaches it over a network.",
+    )
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="interface to bind (default 127.0.0.1, this machine only; use 0.0.0.0 behind a proxy)",
+    )
+    serve.add_argument("--port", type=int, default=8703, help="port to listen on (default 8703)")
+    serve.set_defaults(func=_webhooks_serve)
+    sign = webhooks_sub.add_parser(
+        "sign",
+        help="print the Standard Webhooks headers for a body (to check a relay's signatures)",
+        description="Sign a body with the first secret in COUPA_WEBHOOK_SECRET and print the webhook-id, "
+        "webhook-timestamp and webhook-signature headers, e.g. to compare with what a relay sends or to "
+        "send a test event with curl.",
+    )
+    sign.add_argument("--id", required=True, help="the webhook-id (unique per event, same on redelivery)")
+    sign.add_argument("--timestamp", type=int, default=None, help="Unix seconds to sign with (default: now)")
+    sign.add_argument("body_file", nargs="?", default="-", help="file holding the exact body bytes (default: stdin)")
+    sign.set_defaults(func=_webhooks_sign)
 
     env = sub.add_parser("env", help="list the configuration environment variables")
     env.set_defaults(func=_env)

@@ -61,7 +61,11 @@ ENV_VARS: dict[str, tuple[bool, str]] = {
         False,
         f"value pinned in the X-COUPA-API-VERSION header (default {DEFAULT_COUPA_API_VERSION})",
     ),
-    "COUPA_WEBHOOK_SECRET": (False, "shared secret for HMAC-signed webhooks (needed by the webhook receiver)"),
+    "COUPA_WEBHOOK_SECRET": (
+        False,
+        "the webhook relay's Standard Webhooks secret, whsec_<base64>, comma-separated while rotating "
+        "(needed by 'coupa-d365 webhooks serve')",
+    ),
     "D365_BASE_URL": (True, "F&O environment URL without /data, e.g. https://contoso.operations.dynamics.com"),
     "D365_TENANT_ID": (True, "Microsoft Entra tenant id (GUID or domain)"),
     "D365_CLIENT_ID": (True, "Entra application (client) id registered in F&O"),
