@@ -16,6 +16,11 @@ LOCAL_INSTANCE_YAML = """\
 # The production instance is the repository's root dagster.yaml.
 telemetry:
   enabled: false
+run_coordinator:
+  module: dagster.core.run_coordinator
+  class: QueuedRunCoordinator
+  config:
+    dequeue_interval_seconds: 2
 concurrency:
   runs:
     max_concurrent_runs: 2

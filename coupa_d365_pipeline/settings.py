@@ -47,7 +47,8 @@ DEFAULT_STATUS_READ_OVERLAP_MINUTES = 240
 DEFAULT_RETRY_LIMIT = 500  # unfinished documents of earlier runs re-tried per documents run
 DEFAULT_WEBHOOK_SENSOR_INTERVAL_S = 5  # coupa_webhook_sensor: minimum seconds between ticks
 DEFAULT_WEBHOOK_BATCH_SIZE = 100  # events per event-driven run
-DEFAULT_WEBHOOK_MAX_BATCHES_IN_FLIGHT = 4  # event-driven runs queued or running at once
+DEFAULT_WEBHOOK_MAX_BATCHES_IN_FLIGHT = 2  # event-driven runs queued or running at once (the rest wait and
+# join the next batch: a busy pipeline makes bigger batches instead of a queue of small runs)
 DEFAULT_WEBHOOK_MAX_ATTEMPTS = 3  # runs per batch before its events are moved to failed/
 DEFAULT_WEBHOOK_PROCESSED_RETENTION_DAYS = 7  # processed events kept (redelivery dedupe), then pruned
 

@@ -166,6 +166,9 @@ coupa_webhook_job = dg.define_asset_job(
     description="One batch of webhook events (launched by coupa_webhook_sensor): the documents they name, "
     "re-read from Coupa and synced.",
     tags={"coupa_d365/flow": "webhooks"},
+    # one process per run: a step subprocess per asset/check (the multiprocess default) costs seconds
+    # of interpreter start and resource setup each, which is most of a small batch's latency
+    executor_def=dg.in_process_executor,
 )
 
 
