@@ -148,6 +148,39 @@ def _webhooks_serve(args: argparse.Namespace) -> int:
     return serve(args.host, args.port, os.environ)
 
 
+def _webhook_staging(args: argparse.Namespace):
+    from .settings import webhook_staging_dir
+    from .webhooks.staging import WebhookStaging
+
+    staging = WebhookStaging(args.staging_dir or webhook_staging_dir(os.environ))
+    if not staging.exists():
+        print(f"error: no webhook staging directory at {staging.root} (set WEBHOOK_STAGING_DIR)", file=sys.stderr)
+        return None
+    return staging
+
+
+def _webhooks_status(args: argparse.Namespace) -> int:
+    from .webhooks.staging import Place
+
+    staging = _webhook_staging(args)
+    if staging is None:
+        return 2
+    for place in (Place.INCOMING, Place.BATCHES, Place.PROCESSED, Place.FAILED):
+        print(f"{place.value:<10} {staging.count(place)}")
+    for event in staging.failed_events(limit=50):
+        print(f"failed: {event.event_type.value} {event.coupa_id} (webhook-id {event.webhook_id}): {event.failure}")
+    return 0
+
+
+def _webhooks_requeue_failed(args: argparse.Namespace) -> int:
+    staging = _webhook_staging(args)
+    if staging is None:
+        return 2
+    moved = staging.requeue_failed()
+    print(f"{moved} failed event(s) moved back to incoming/; coupa_webhook_sensor picks them up on its next tick")
+    return 0
+
+
 def _webhooks_sign(args: argparse.Namespace) -> int:
     from .webhooks.service import sign_command
 
@@ -230,7 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     webhooks = sub.add_parser(
         "webhooks",
-        help="the Standard Webhooks receiver for Coupa events (serve) and a signing helper (sign)",
+        help="the Standard Webhooks receiver for Coupa events (serve), a signing helper (sign), and the staged "
+        "events (status, requeue-failed)",
         description="Coupa events reach the connector through a relay that signs them (Standard Webhooks v1) "
         "with the secret(s) in COUPA_WEBHOOK_SECRET; accepted events are staged in WEBHOOK_STAGING_DIR for "
         "the coupa_webhook_sensor.",
@@ -262,6 +296,20 @@ def build_parser() -> argparse.ArgumentParser:
     sign.add_argument("--timestamp", type=int, default=None, help="Unix seconds to sign with (default: now)")
     sign.add_argument("body_file", nargs="?", default="-", help="file holding the exact body bytes (default: stdin)")
     sign.set_defaults(func=_webhooks_sign)
+    status = webhooks_sub.add_parser(
+        "status",
+        help="count staged events (incoming, in runs, processed, failed) and list failed ones with the reason",
+    )
+    requeue = webhooks_sub.add_parser(
+        "requeue-failed",
+        help="give events that failed every attempt another round (after fixing the cause)",
+        description="Move every event in failed/ back to incoming/; coupa_webhook_sensor batches them again.",
+    )
+    for command, handler in ((status, _webhooks_status), (requeue, _webhooks_requeue_failed)):
+        command.add_argument(
+            "--staging-dir", default=None, help="the staging directory (default: WEBHOOK_STAGING_DIR or its default)"
+        )
+        command.set_defaults(func=handler)
 
     env = sub.add_parser("env", help="list the configuration environment variables")
     env.set_defaults(func=_env)

@@ -56,3 +56,35 @@ def test_sign_refuses_what_the_receiver_would_refuse(capsys, monkeypatch, tmp_pa
     body.write_bytes(content)
     assert main(["webhooks", "sign", "--id", webhook_id, str(body)]) == 2
     assert reason in capsys.readouterr().err
+
+
+def test_status_lists_failed_events_and_requeue_gives_them_another_round(capsys, monkeypatch, tmp_path):
+    from datetime import UTC, datetime
+
+    from coupa_d365_pipeline.webhooks.staging import EventType, Place, StagedEvent, WebhookStaging
+
+    monkeypatch.setenv("WEBHOOK_STAGING_DIR", str(tmp_path / "w"))
+    assert main(["webhooks", "status"]) == 2
+    assert "no webhook staging directory" in capsys.readouterr().err
+    staging = WebhookStaging(tmp_path / "w").ensure()
+    now = datetime.now(UTC)
+    for n in (1, 2):
+        staging.stage(
+            StagedEvent(
+                webhook_id=f"msg_{n}",
+                event_type=EventType.INVOICE_APPROVED,
+                coupa_id=40 + n,
+                updated_at=now,
+                event_timestamp=now,
+                received_at=now,
+            )
+        )
+    batch = staging.claim([e.key for e in staging.ready(10)])
+    staging.fail(batch.batch_id, "3 attempt(s) failed; last: run abc FAILURE")
+    assert main(["webhooks", "status"]) == 0
+    out = capsys.readouterr().out
+    assert "failed     2" in out and "incoming   0" in out
+    assert "invoice.approved 41 (webhook-id msg_1): 3 attempt(s) failed; last: run abc FAILURE" in out
+    assert main(["webhooks", "requeue-failed", "--staging-dir", str(tmp_path / "w")]) == 0
+    assert "2 failed event(s) moved back" in capsys.readouterr().out
+    assert staging.count(Place.FAILED) == 0 and staging.count(Place.INCOMING) == 2
