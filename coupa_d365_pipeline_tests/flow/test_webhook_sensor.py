@@ -182,3 +182,54 @@ def test_sensor_skips_cheaply_without_a_staging_directory(instance, tmp_path, mo
     result = coupa_webhook_sensor(sensor_context(instance))
     assert isinstance(result, dg.SkipReason) and "no staging directory" in (result.skip_message or "")
     assert not (tmp_path / "absent").exists()
+
+
+def test_supplier_and_purchase_order_events_go_first_and_unknown_or_unapproved_ones_write_nothing(
+    sandbox_env, sandboxes, instance, staging
+):
+    assert run_master(instance).success
+    # a supplier announced before any document uses it gets its vendor with its first document
+    [invoice] = unsynced_approved_invoices(sandboxes, 1)
+    staging.stage(event(EventType.SUPPLIER_UPDATED, invoice["supplier"]["id"], "too early"))
+    staging.stage(event(EventType.INVOICE_APPROVED, invoice["id"], "first invoice"))
+    first = launch(instance, tick(instance).run_requests[0])
+    assert first.success
+    outcomes = first.asset_materializations_for_node("webhooks__coupa_events")[0].metadata["outcomes"].value
+    assert outcomes == {"created": 1, "no_vendor_yet": 1}
+    tick(instance)
+    [vendor_row] = ledger(sandbox_env).rows("vendor", ["written"])
+    supplier = sandboxes.coupa.state.touch("suppliers", vendor_row.coupa_id, name="Renamed By Webhook Ltd")
+    po = next(p for p in sandboxes.coupa.state.records("purchase_orders") if p["status"] == "issued")
+    unapproved = next(i for i in sandboxes.coupa.state.records("invoices") if i["status"] == "pending_approval")
+    staging.stage(event(EventType.INVOICE_UPDATED, unapproved["id"], "unapproved"))
+    staging.stage(event(EventType.INVOICE_APPROVED, 987_654_321, "unknown"))
+    staging.stage(event(EventType.PURCHASE_ORDER_ISSUED, po["id"], "po"))
+    staging.stage(event(EventType.SUPPLIER_UPDATED, supplier["id"], "supplier"))
+
+    result = launch(instance, tick(instance).run_requests[0])
+    assert result.success
+    table = result.asset_materializations_for_node("webhooks__coupa_events")[0].metadata["events_table"].value
+    rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ")}
+    assert "updated" in rows["supplier.updated"]
+    assert "created" in rows["purchase_order.issued"]
+    assert "not_in_coupa" in rows["invoice.approved"]
+    assert "status_not_synced" in rows["invoice.updated"] and "pending_approval" in rows["invoice.updated"]
+    vendor = next(
+        v
+        for v in sandboxes.d365.state.records("VendorsV2")
+        if v["dataAreaId"] == vendor_row.scope
+        and v["VendorAccountNumber"] == vendor_row.d365_key["VendorAccountNumber"]
+    )
+    assert vendor["VendorOrganizationName"] == "Renamed By Webhook Ltd"
+    assert any(
+        h["PurchaseOrderNumber"] == po["po-number"] for h in sandboxes.d365.state.records("PurchaseOrderHeadersV2")
+    )
+    # neither the unknown nor the unapproved invoice was written: only the first batch's invoice is there
+    assert [number for (_, _, number) in d365_invoices(sandboxes)] == [invoice["invoice-number"]]
+    # the order of the table is the sync order: suppliers, then purchase orders, then invoices
+    order = [
+        line.split("|")[1].strip().split(".")[0]
+        for line in table.splitlines()
+        if line.startswith("| ") and "." in line.split("|")[1]
+    ]
+    assert order == sorted(order, key=["supplier", "purchase_order", "invoice"].index)
