@@ -2,7 +2,7 @@
 
 A full sync (master data, then every partition of the test seed) takes tens of seconds, and a dozen
 and a half tests start from one. It runs once per session (:func:`synced_snapshot`, on sandboxes and
-a sync database of its own, never handed to a test); each test that wants it (:func:`synced`) gets
+a sync database of its own, never handed to a test); each test that wants one (:func:`synced`, :func:`mastered`) gets
 its own sandboxes and sync database restored to a deep copy of what that run left — data, request
 logs, clock — so tests cannot see each other's changes, in any order, alone or together.
 """
@@ -42,11 +42,13 @@ class SyncedSnapshot:
     sandboxes: RunningSandboxes
     database: Path
     now: datetime  # the sandboxes' clock when the sync ended
-    documents: dg.ExecuteInProcessResult
+    result: dg.ExecuteInProcessResult  # the last run's (documents, or master data alone)
 
 
-@pytest.fixture(scope="session")
-def synced_snapshot(seed_data: SeedData, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SyncedSnapshot]:
+def _sync_once(
+    seed_data: SeedData, tmp_path_factory: pytest.TempPathFactory, *, documents: bool
+) -> Iterator[SyncedSnapshot]:
+    """Master data (and with ``documents`` every partition of the test seed) on sandboxes of its own."""
     database = tmp_path_factory.mktemp("synced") / "sync.db"
     clock = SimulatedClock(TEST_NOW)
     running = start_sandboxes(SandboxOptions(seed=TEST_SEED, clock=clock), seed=copy.deepcopy(seed_data))
@@ -55,14 +57,25 @@ def synced_snapshot(seed_data: SeedData, tmp_path_factory: pytest.TempPathFactor
         with pytest.MonkeyPatch.context() as patch, dg.instance_for_test() as instance:
             for name, value in env.items():
                 patch.setenv(name, value)
-            master = run_master(instance)
-            assert master.success
-            documents = run_documents(instance)
-            assert documents.success
+            result = run_master(instance)
+            assert result.success
+            if documents:
+                result = run_documents(instance)
+                assert result.success
         running.stop()
-        yield SyncedSnapshot(running, database, clock.now(), documents)
+        yield SyncedSnapshot(running, database, clock.now(), result)
     finally:
         running.stop()
+
+
+@pytest.fixture(scope="session")
+def synced_snapshot(seed_data: SeedData, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SyncedSnapshot]:
+    yield from _sync_once(seed_data, tmp_path_factory, documents=True)
+
+
+@pytest.fixture(scope="session")
+def master_snapshot(seed_data: SeedData, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SyncedSnapshot]:
+    yield from _sync_once(seed_data, tmp_path_factory, documents=False)
 
 
 def _restore(target: Any, source: Any, shared: dict[int, Any]) -> None:
@@ -97,7 +110,14 @@ def synced(sandbox_env, sandboxes, instance, synced_snapshot: SyncedSnapshot) ->
     """Master data, then every partition of the test seed in one single-run backfill (run once per
     session, restored here); returns that documents run's result."""
     restore_synced(synced_snapshot, sandboxes, sandbox_env["SYNC_DATABASE_URL"])
-    return synced_snapshot.documents
+    return synced_snapshot.result
+
+
+@pytest.fixture
+def mastered(sandbox_env, sandboxes, instance, master_snapshot: SyncedSnapshot) -> dg.ExecuteInProcessResult:
+    """A successful master-data run (run once per session, restored here); returns its result."""
+    restore_synced(master_snapshot, sandboxes, sandbox_env["SYNC_DATABASE_URL"])
+    return master_snapshot.result
 
 
 def ledger(sandbox_env) -> Ledger:
