@@ -35,6 +35,10 @@ class SandboxOptions:
     d365_token_lifetime_s: int = 3599
     d365_page_size: int = 10000
     d365_request_budget: int | None = None
+    # DMF package API of the D365 sandbox (see sandbox/d365/config.py): data projects (None: the default
+    # "Coupa documents") and how long an import executes before its final status
+    d365_dmf_data_projects: dict[str, tuple[str, ...]] | None = None
+    d365_dmf_execution_s: float = 0.5
     # what both sandboxes take as "now" (Unix seconds): tests pin it with a SimulatedClock
     clock: Callable[[], float] = SYSTEM_CLOCK
 
@@ -130,6 +134,8 @@ def start_sandboxes(options: SandboxOptions | None = None, seed: SeedData | None
             page_size=options.d365_page_size,
             request_budget=options.d365_request_budget,
             fault=options.d365_faults,
+            dmf_execution_s=options.d365_dmf_execution_s,
+            **({"dmf_data_projects": options.d365_dmf_data_projects} if options.d365_dmf_data_projects else {}),
         ),
         seed.d365,
         clock=options.clock,
