@@ -38,54 +38,36 @@ import hashlib
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
 from ..common.http import SystemUnavailableError
-from ..d365.dmf import DmfClient, DmfExecutionStatus, ImportCheck
-from ..d365.dmf_package import DMF_ENTITIES, DmfPackage, build_package, staging_field
+from ..d365.dmf import DmfClient, DmfExecutionStatus
+from ..d365.dmf_package import DmfPackage, build_package
 from ..d365.odata import fold
 from ..mapping.fields import Quarantine
 from ..mapping.invoices import map_invoice
 from ..mapping.purchase_orders import map_purchase_order
 from ..state.dmf_executions import DmfExecutions, ExecutionStage, RecordedExecution
-from ..state.ledger import FAILED, NEW, QUARANTINED, WRITING, WRITTEN, ClaimLostError, LedgerRow, NaturalKey, Problem
-from ..state.store import coupa_id_of, payload_hash
+from ..state.ledger import FAILED, WRITING, WRITTEN, ClaimLostError, LedgerRow, NaturalKey, Problem
+from ..state.store import payload_hash
 from .base import DocumentSync, UnbookableDocument
 from .context import error_text
 from .dmf_lookups import invoices_in_d365, purchase_orders_in_d365
+from .dmf_plan import (  # noqa: F401 - Route, RouteDecision, choose_route: the Dagster glue imports them from here
+    SPECS,
+    Route,
+    RouteDecision,
+    choose_route,
+    failure_reasons,
+    is_candidate,
+    landed_documents,
+    split_candidates,
+)
 from .invoice_lookups import header_reference
 from .report import Action, Outcome, SyncReport
 
 LOCK_DOC = "dmf_import"  # ledger rows (doc_type, 0, <environment>) serializing package imports
 MAX_DOCUMENTS_PER_PACKAGE = 5000
-PACKAGED_STATES = (NEW, QUARANTINED)  # never booked, no D365 key: a first write
-
-
-class Route(StrEnum):
-    ODATA = "odata"
-    DMF = "dmf"
-
-
-@dataclass(frozen=True)
-class RouteDecision:
-    route: Route
-    reason: str
-    to_write: int
-
-
-@dataclass
-class _Spec:
-    header_set: str
-    line_set: str
-    key_field: str
-    wanted_status: str
-
-
-SPECS = {
-    "invoice": _Spec("VendorInvoiceHeaders", "VendorInvoiceLines", "HeaderReference", "approved"),
-    "purchase_order": _Spec("PurchaseOrderHeadersV2", "PurchaseOrderLinesV2", "PurchaseOrderNumber", "issued"),
-}
 
 
 @dataclass
@@ -117,44 +99,6 @@ class DmfRunSummary:
     packaged: int = 0
     redriven: int = 0
     resumed: list[str] = field(default_factory=list)
-
-
-def _candidate(document: Any, row: LedgerRow | None, wanted_status: str) -> bool:
-    if not isinstance(document, dict) or coupa_id_of(document.get("id")) is None:
-        return False
-    if document.get("status") != wanted_status:
-        return False
-    return row is None or (row.state in PACKAGED_STATES and not row.d365_key and row.problem is None)
-
-
-def split_candidates(
-    services: Any, doc_type: str, documents: Iterable[dict[str, Any]]
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(first writes a package may carry, everything else), from the ledger alone; duplicates dropped."""
-    unique: dict[int, dict[str, Any]] = {}
-    others: list[dict[str, Any]] = []
-    for document in documents:
-        coupa_id = coupa_id_of(document.get("id")) if isinstance(document, dict) else None
-        if coupa_id is None:
-            others.append(document)
-        elif coupa_id not in unique:
-            unique[coupa_id] = document
-    rows = {r.coupa_id: r for r in services.ledger.rows(doc_type, coupa_ids=list(unique))} if unique else {}
-    candidates = []
-    for coupa_id, document in unique.items():
-        row = rows.get(coupa_id)
-        (candidates if _candidate(document, row, SPECS[doc_type].wanted_status) else others).append(document)
-    return candidates, others
-
-
-def choose_route(services: Any, doc_type: str, documents: list[dict[str, Any]], threshold: int) -> RouteDecision:
-    """DMF when more documents are to be written than ``threshold`` (0: always DMF), else OData."""
-    to_write = len(split_candidates(services, doc_type, documents)[0])
-    if threshold == 0:
-        return RouteDecision(Route.DMF, f"D365_DMF_THRESHOLD=0 (always DMF); {to_write} documents to write", to_write)
-    if to_write > threshold:
-        return RouteDecision(Route.DMF, f"{to_write} documents to write > D365_DMF_THRESHOLD={threshold}", to_write)
-    return RouteDecision(Route.ODATA, f"{to_write} documents to write <= D365_DMF_THRESHOLD={threshold}", to_write)
 
 
 def environment_scope(d365: Any) -> str:
@@ -307,7 +251,7 @@ class DmfRoute:
                     Outcome(self.doc_type, coupa_id, Action.BUSY, label, None, "another run holds this document")
                 )
                 continue
-            if not _candidate(document, row, self.spec.wanted_status):  # changed since the plan: OData decides
+            if not is_candidate(document, row, self.spec.wanted_status):  # changed since the plan: OData decides
                 s.ledger.release(row, run)
                 to_odata.append(document)
                 continue
@@ -468,8 +412,10 @@ class DmfRoute:
         status = self.dmf.status(execution_id).status
         self.summary.statuses[execution_id] = status.value
         check = self.dmf.read_back(package)
-        reasons = self._reasons(execution_id, package, status, check)
-        landed = self._landed(package, check)
+        complete = status == DmfExecutionStatus.SUCCEEDED and check.complete
+        errors = [] if complete else self.dmf.execution_errors(execution_id)
+        reasons = failure_reasons(errors, package, self.spec.key_field)
+        landed = landed_documents(check, self.spec.header_set, self.spec.line_set)
         redrive: list[dict[str, Any]] = []
         for item in items:
             ref = fold(item.key[self.spec.key_field])
@@ -494,34 +440,6 @@ class DmfRoute:
             self.syncer.sync_many(redrive, report)
             return []
         return redrive
-
-    def _landed(self, package: DmfPackage, check: ImportCheck) -> set[str]:
-        """Folded document keys whose header and every line are in D365."""
-        header = check.entity(self.spec.header_set)
-        lines = check.entity(self.spec.line_set)
-        landed = {fold(key[0]) for key in (header.found if header else {})}
-        if lines is not None:
-            landed -= {fold(key[0]) for key in lines.missing}
-        return landed
-
-    def _reasons(
-        self, execution_id: str, package: DmfPackage, status: DmfExecutionStatus, check: ImportCheck
-    ) -> dict[str, str]:
-        """Folded document key -> what DMF said about its failed rows (header or lines)."""
-        if status == DmfExecutionStatus.SUCCEEDED and check.complete:
-            return {}
-        reasons: dict[str, list[str]] = {}
-        key_column = staging_field(self.spec.key_field)
-        labels = {DMF_ENTITIES[e.entity_set].label: e for e in package.entities}
-        for error in self.dmf.execution_errors(execution_id):
-            ref = error.keys.get(key_column)
-            entity = labels.get(error.entity_name)
-            if ref is None and entity is not None and error.row_number and 0 < error.row_number <= entity.row_count:
-                ref = str(entity.keys[error.row_number - 1][0])
-            if ref is not None:
-                where = f"{error.entity_name} row {error.row_number}" if error.row_number else error.entity_name
-                reasons.setdefault(fold(ref), []).append(f"{where}: {error.message}")
-        return {ref: "; ".join(dict.fromkeys(messages)) for ref, messages in reasons.items()}
 
     def _written(self, item: _Packaged, execution_id: str, report: SyncReport) -> None:
         """The document landed: the ledger fields the OData path sets after its create, then Coupa is told."""

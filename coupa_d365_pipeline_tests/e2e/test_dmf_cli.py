@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pytest
@@ -47,10 +48,11 @@ def test_partition_range_materialize_takes_the_dmf_route(sandboxes, sandbox_env,
         for path in (["d365", "purchase_orders"], ["d365", "vendor_invoices"]):
             event = instance.get_latest_materialization_event(dg.AssetKey(path))
             assert event is not None and event.asset_materialization is not None
-            meta = {k: v.value for k, v in event.asset_materialization.metadata.items()}
+            meta: dict[str, Any] = {k: v.value for k, v in event.asset_materialization.metadata.items()}
             assert meta["route"] == "dmf" and meta["partitions"] == 2, meta
             assert meta["dmf_packaged"] == meta["created"] > 0
             run = instance.get_run_by_id(event.run_id)
+            assert run is not None
             assert all(e.startswith(f"coupa-d365-{run.run_id[:8]}-") for e in meta["dmf_executions"].split(", "))
     log = sandboxes.d365.log.snapshot()
     assert any(e.path.endswith(".ImportFromPackage") for e in log)

@@ -83,8 +83,11 @@ def plant_unknown_vendors(services: SyncServices, sandboxes, invoices: list[dict
         if per_vendor[pair] != 1 or le is None or invoice["id"] in unmappable or len(chosen) == 3:
             continue
         supplier = services.supplier(invoice["supplier"]["id"])
+        assert supplier is not None
         assert VendorSync(services).ensure(supplier, le).action in (Action.CREATED, Action.ALREADY_PRESENT)
-        key = services.ledger.get("vendor", supplier["id"], scope=le).d365_key
+        vendor = services.ledger.get("vendor", supplier["id"], scope=le)
+        assert vendor is not None and vendor.d365_key
+        key = vendor.d365_key
         sandboxes.d365.state.delete("VendorsV2", key)
         chosen.append(invoice["id"])
     assert len(chosen) == 3
@@ -92,7 +95,7 @@ def plant_unknown_vendors(services: SyncServices, sandboxes, invoices: list[dict
 
 
 def test_bad_rows_end_failed_with_reasons_the_rest_booked_and_a_rerun_imports_nothing(services, sandboxes):
-    invoices = approved_invoices(sandboxes)
+    invoices = approved_invoices(sandboxes)[:80]  # 3 refused of 80: ~4 %
     services.store.stage("invoice", invoices, run_id="run-1")
     bad = plant_unknown_vendors(services, sandboxes, invoices)
     unmappable = set(sandboxes.seed.expectations["unmappable_invoices"]) & {i["id"] for i in invoices}
