@@ -40,8 +40,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..common.http import SystemUnavailableError
-from ..d365.dmf import DmfClient, DmfExecutionStatus
+from ..common.http import AmbiguousWriteError, SystemUnavailableError
+from ..d365.client import D365Error
+from ..d365.dmf import DmfClient, DmfError, DmfExecutionStatus
 from ..d365.dmf_package import DmfPackage, build_package
 from ..d365.odata import fold
 from ..mapping.fields import Quarantine
@@ -328,11 +329,30 @@ class DmfRoute:
         self.summary.packaged += len(items)
         # held until the final status; if this run dies first, its claim goes stale with the run
         lock = self._lock()
-        self.dmf.submit(package, execution_id=execution_id)
+        try:
+            self.dmf.submit(package, execution_id=execution_id)
+        except (DmfError, D365Error) as exc:
+            if isinstance(exc, (AmbiguousWriteError, SystemUnavailableError)):
+                raise  # may have reached D365, or D365 is down: the next run resumes this execution id
+            # D365 answered "no" (data project, legal entity, package, blob): nothing was imported
+            s.ledger.release(lock, run)
+            return self._refused(execution_id, items, exc)
         self.executions.mark(execution_id, ExecutionStage.SUBMITTED)
         self.dmf.wait(execution_id, timeout_s=self.wait_timeout_s)
         s.ledger.release(lock, run)
         return self._settle(execution_id, package, items, report, redrive_now=False)
+
+    def _refused(self, execution_id: str, items: list[_Packaged], exc: Exception) -> list[dict[str, Any]]:
+        """D365 refused the package before importing anything: the documents (recorded as ``writing``)
+        go through the OData path in this run, whose lookups settle an interrupted write."""
+        reason = f"DMF refused execution {execution_id}: {error_text(exc)}; the documents go through OData"
+        self.s.logger.warning("%s", reason)
+        self.executions.mark(execution_id, ExecutionStage.ABANDONED, detail=reason)
+        for item in items:
+            self.syncer._audit(item.row.coupa_id, "dmf_refused", self.spec.header_set, item.key, error=reason)
+            self.s.ledger.release(item.row, self.s.run_id)
+        self.summary.statuses[execution_id] = "refused"
+        return [item.document for item in items]
 
     def _lock(self) -> LedgerRow:
         """One package import at a time per D365 environment (see the module docstring)."""

@@ -186,3 +186,20 @@ def test_a_run_killed_after_import_is_resumed_by_the_next_run_and_never_imported
     refs = Counter(h["HeaderReference"] for h in sandboxes.d365.state.records("VendorInvoiceHeaders"))
     assert refs == Counter(f"COUPA-{i['id']}" for i in invoices)
     assert Counter(o.action for o in rerun.outcomes) == Counter({Action.CREATED: len(invoices)})
+
+
+def test_a_package_d365_refuses_outright_goes_through_odata_in_the_same_run(services, sandboxes):
+    invoices = [
+        i for i in approved_invoices(sandboxes) if i["id"] not in sandboxes.seed.expectations["unmappable_invoices"]
+    ][:5]
+    services.store.stage("invoice", invoices, run_id="run-1")
+    bulk = DmfRoute(InvoiceSync(services), data_project="No such project", dmf=fast_dmf(services))
+    report = bulk.sync_many(invoices)
+    assert Counter(o.action for o in report.outcomes) == Counter({Action.CREATED: len(invoices)})
+    assert set(bulk.summary.statuses.values()) == {"refused"}
+    executions = DmfExecutions(services.ledger.engine)
+    assert not executions.unfinished("invoice")
+    recorded = [executions.get(e) for e in bulk.summary.executions]
+    assert all(r is not None and r.stage == ExecutionStage.ABANDONED for r in recorded)
+    assert {r.state for r in services.ledger.rows("invoice")} == {"written"}
+    assert len(sandboxes.d365.state.records("VendorInvoiceHeaders")) == len(invoices)
