@@ -51,6 +51,8 @@ DEFAULT_WEBHOOK_MAX_BATCHES_IN_FLIGHT = 2  # event-driven runs queued or running
 # join the next batch: a busy pipeline makes bigger batches instead of a queue of small runs)
 DEFAULT_WEBHOOK_MAX_ATTEMPTS = 3  # runs per batch before its events are moved to failed/
 DEFAULT_WEBHOOK_PROCESSED_RETENTION_DAYS = 7  # processed events kept (redelivery dedupe), then pruned
+DEFAULT_D365_DMF_THRESHOLD = 500  # a documents run writing more new documents than this goes through DMF
+DEFAULT_D365_DMF_DATA_PROJECT = "Coupa documents"  # the DMF data project (definition group) packages import into
 
 # name -> (required, description shown in errors and --help)
 ENV_VARS: dict[str, tuple[bool, str]] = {
@@ -102,6 +104,15 @@ ENV_VARS: dict[str, tuple[bool, str]] = {
         False,
         "wait between minting a Coupa token and first use "
         f"(default {DEFAULT_COUPA_TOKEN_WARMUP_SECONDS:g}, as Coupa asks)",
+    ),
+    "D365_DMF_THRESHOLD": (
+        False,
+        "a documents run with more new invoices/POs to write than this imports them through the DMF "
+        f"package API instead of OData (default {DEFAULT_D365_DMF_THRESHOLD}; 0 = always DMF)",
+    ),
+    "D365_DMF_DATA_PROJECT": (
+        False,
+        f"the D365 DMF data project packages are imported into (default {DEFAULT_D365_DMF_DATA_PROJECT!r})",
     ),
 }
 
@@ -277,6 +288,33 @@ def load_d365_settings(env: Mapping[str, str], problems: list[str]) -> D365Setti
         client_secret=SecretStr(_required(env, "D365_CLIENT_SECRET", problems)),
         authority_url=normalize_base_url(authority, "D365_AUTHORITY_URL", problems),
         default_legal_entity=legal_entity,
+    )
+
+
+def dmf_threshold(env: Mapping[str, str] | None = None) -> int:
+    """D365_DMF_THRESHOLD (read when called, i.e. at run start): a whole number >= 0; unset -> the default."""
+    raw = ((os.environ if env is None else env).get("D365_DMF_THRESHOLD") or "").strip()
+    if not raw:
+        return DEFAULT_D365_DMF_THRESHOLD
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ConfigError(
+            [
+                f"D365_DMF_THRESHOLD={raw!r} is not a whole number >= 0: set the number of new documents "
+                "above which a run imports through DMF (0 = always), or unset it for the default "
+                f"{DEFAULT_D365_DMF_THRESHOLD}"
+            ]
+        )
+    return value
+
+
+def dmf_data_project(env: Mapping[str, str] | None = None) -> str:
+    """D365_DMF_DATA_PROJECT, else the default data project name."""
+    return ((os.environ if env is None else env).get("D365_DMF_DATA_PROJECT") or "").strip() or (
+        DEFAULT_D365_DMF_DATA_PROJECT
     )
 
 

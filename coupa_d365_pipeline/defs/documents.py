@@ -7,11 +7,14 @@ from typing import Any
 
 import dagster as dg
 
-from ..settings import DEFAULT_RETRY_LIMIT
+from ..settings import DEFAULT_RETRY_LIMIT, dmf_data_project, dmf_threshold
 from ..state.ledger import Ledger
+from ..state.store import coupa_id_of
 from ..sync.base import DocumentSync
+from ..sync.dmf_route import DmfRoute, Route, choose_route
 from ..sync.invoices import InvoiceSync
 from ..sync.purchase_orders import PurchaseOrderSync
+from ..sync.report import SyncReport
 from .coupa_staging import iso, stage_window
 from .master_data import d365_gl_mapping, d365_vendors
 from .metadata import StepMeter, sync_metadata
@@ -56,7 +59,10 @@ def _sync_window(
     context: dg.AssetExecutionContext, services: Any, doc_type: str, syncer: DocumentSync, meter: StepMeter
 ) -> dg.MaterializeResult:
     """Sync the staged documents of the partition window, plus earlier unfinished ones (quarantined,
-    failed, interrupted, not yet told to Coupa) and staged ones no run has tried yet."""
+    failed, interrupted, not yet told to Coupa) and staged ones no run has tried yet — through DMF when
+    more of them are to be written than D365_DMF_THRESHOLD (``sync/dmf_route.py``), else through OData.
+    DMF imports an earlier run left unsettled are resumed first, on either route."""
+    threshold = dmf_threshold()  # read at run start; a bad value fails the step naming the variable
     meter.count_requests(coupa=services.coupa, d365=services.d365)
     window = context.partition_time_window
     documents = services.store.documents_updated_between(doc_type, iso(window.start), iso(window.end))
@@ -68,7 +74,16 @@ def _sync_window(
     # staged but never synced: left behind by a run an outage stopped, whatever partition it covered
     retry_ids += services.ledger.never_tried(doc_type, exclude=in_window | set(retry_ids), limit=DEFAULT_RETRY_LIMIT)
     retries = list(services.store.documents_by_id(doc_type, retry_ids).values())
-    report = syncer.sync_many([*documents, *retries])
+    bulk = DmfRoute(syncer, data_project=dmf_data_project())
+    report = SyncReport()
+    settled = bulk.resume(report)
+    todo = [d for d in [*documents, *retries] if not (isinstance(d, dict) and coupa_id_of(d.get("id")) in settled)]
+    decision = choose_route(services, doc_type, todo, threshold)
+    context.log.info("%s: route %s (%s)", doc_type, decision.route, decision.reason)
+    if decision.route == Route.DMF:
+        report = bulk.sync_many(todo, report)
+    else:
+        report = syncer.sync_many(todo, report)
     context.log.info("%s %s..%s: %s", doc_type, iso(window.start), iso(window.end), dict(report.counts(doc_type)))
     fail_if_all_failed_by_system(report, doc_type)
     return dg.MaterializeResult(
@@ -80,7 +95,14 @@ def _sync_window(
             window_end=iso(window.end),
             partitions=len(context.partition_keys),
             retried_from_earlier_runs=len(retries),
-            route="odata",
+            route=decision.route.value,
+            route_reason=decision.reason,
+            documents_to_write=decision.to_write,
+            dmf_executions=", ".join(bulk.summary.executions) or "-",
+            dmf_statuses=", ".join(f"{k}: {v}" for k, v in bulk.summary.statuses.items()) or "-",
+            dmf_packaged=bulk.summary.packaged,
+            dmf_redriven_through_odata=bulk.summary.redriven,
+            dmf_resumed=", ".join(bulk.summary.resumed) or "-",
         )
     )
 

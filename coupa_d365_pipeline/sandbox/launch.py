@@ -35,6 +35,10 @@ class SandboxOptions:
     d365_token_lifetime_s: int = 3599
     d365_page_size: int = 10000
     d365_request_budget: int | None = None
+    # DMF package API of the D365 sandbox (see sandbox/d365/config.py): data projects (None: the default
+    # "Coupa documents") and how long an import executes before its final status
+    d365_dmf_data_projects: dict[str, tuple[str, ...]] | None = None
+    d365_dmf_execution_s: float = 0.5
     # what both sandboxes take as "now" (Unix seconds): tests pin it with a SimulatedClock
     clock: Callable[[], float] = SYSTEM_CLOCK
 
@@ -121,19 +125,19 @@ def start_sandboxes(options: SandboxOptions | None = None, seed: SeedData | None
     )
     d365_socket = bind_socket(options.host, options.d365_port)  # its URL is the token audience: bind first
     d365_port = int(d365_socket.getsockname()[1])
-    d365 = D365Sandbox(
-        D365SandboxConfig(
-            environment_url=f"http://{options.host}:{d365_port}",
-            tenant_id=D365_TENANT_ID,
-            clients={D365_CLIENT_ID: D365_CLIENT_SECRET},
-            token_lifetime_s=options.d365_token_lifetime_s,
-            page_size=options.d365_page_size,
-            request_budget=options.d365_request_budget,
-            fault=options.d365_faults,
-        ),
-        seed.d365,
-        clock=options.clock,
+    d365_config = D365SandboxConfig(
+        environment_url=f"http://{options.host}:{d365_port}",
+        tenant_id=D365_TENANT_ID,
+        clients={D365_CLIENT_ID: D365_CLIENT_SECRET},
+        token_lifetime_s=options.d365_token_lifetime_s,
+        page_size=options.d365_page_size,
+        request_budget=options.d365_request_budget,
+        fault=options.d365_faults,
+        dmf_execution_s=options.d365_dmf_execution_s,
     )
+    if options.d365_dmf_data_projects is not None:
+        d365_config.dmf_data_projects = dict(options.d365_dmf_data_projects)
+    d365 = D365Sandbox(d365_config, seed.d365, clock=options.clock)
     coupa_server = SandboxServer(coupa.app, host=options.host, port=options.coupa_port).start()
     d365_server = SandboxServer(d365.app, host=options.host, sock=d365_socket).start()
     return RunningSandboxes(seed, coupa, d365, coupa_server, d365_server, options.seed.start_date, clock=options.clock)

@@ -53,3 +53,17 @@ def test_invalid_values_are_explained():
     assert "is not a dataAreaId" in text
     assert "/nope.yaml" in text and "does not exist" in text
     assert GOOD["COUPA_CLIENT_SECRET"] not in text
+
+
+def test_dmf_threshold_defaults_accepts_zero_and_explains_a_bad_value():
+    from coupa_d365_pipeline.settings import DEFAULT_D365_DMF_THRESHOLD, dmf_data_project, dmf_threshold
+
+    assert dmf_threshold({}) == DEFAULT_D365_DMF_THRESHOLD == 500
+    assert dmf_threshold({"D365_DMF_THRESHOLD": " 0 "}) == 0
+    assert dmf_threshold({"D365_DMF_THRESHOLD": "1200"}) == 1200
+    for bad in ("-1", "many", "1.5"):
+        with pytest.raises(ConfigError, match=r"D365_DMF_THRESHOLD=.* is not a whole number >= 0.*default 500"):
+            dmf_threshold({"D365_DMF_THRESHOLD": bad})
+    assert dmf_data_project({}) == "Coupa documents"
+    assert dmf_data_project({"D365_DMF_DATA_PROJECT": "AP import"}) == "AP import"
+    assert "D365_DMF_THRESHOLD" in ENV_VARS and "D365_DMF_DATA_PROJECT" in ENV_VARS

@@ -1,0 +1,109 @@
+"""What the DMF route decides before and reads after an import (plain functions; no Dagster):
+which route a run takes, which documents a package may carry, which packaged documents landed and
+what DMF said about the others."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from ..d365.dmf import DmfRowError, ImportCheck
+from ..d365.dmf_package import DMF_ENTITIES, DmfPackage, staging_field
+from ..d365.odata import fold
+from ..state.ledger import NEW, QUARANTINED, LedgerRow
+from ..state.store import coupa_id_of
+
+PACKAGED_STATES = (NEW, QUARANTINED)  # never booked, no D365 key: a first write
+
+
+class Route(StrEnum):
+    ODATA = "odata"
+    DMF = "dmf"
+
+
+@dataclass(frozen=True)
+class RouteDecision:
+    route: Route
+    reason: str
+    to_write: int
+
+
+@dataclass
+class DocumentSpec:
+    header_set: str
+    line_set: str
+    key_field: str
+    wanted_status: str
+
+
+SPECS = {
+    "invoice": DocumentSpec("VendorInvoiceHeaders", "VendorInvoiceLines", "HeaderReference", "approved"),
+    "purchase_order": DocumentSpec("PurchaseOrderHeadersV2", "PurchaseOrderLinesV2", "PurchaseOrderNumber", "issued"),
+}
+
+
+def is_candidate(document: Any, row: LedgerRow | None, wanted_status: str) -> bool:
+    if not isinstance(document, dict) or coupa_id_of(document.get("id")) is None:
+        return False
+    if document.get("status") != wanted_status:
+        return False
+    return row is None or (row.state in PACKAGED_STATES and not row.d365_key and row.problem is None)
+
+
+def split_candidates(
+    services: Any, doc_type: str, documents: Iterable[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(first writes a package may carry, everything else), from the ledger alone; duplicates dropped."""
+    unique: dict[int, dict[str, Any]] = {}
+    others: list[dict[str, Any]] = []
+    for document in documents:
+        coupa_id = coupa_id_of(document.get("id")) if isinstance(document, dict) else None
+        if coupa_id is None:
+            others.append(document)
+        elif coupa_id not in unique:
+            unique[coupa_id] = document
+    rows = {r.coupa_id: r for r in services.ledger.rows(doc_type, coupa_ids=list(unique))} if unique else {}
+    candidates = []
+    for coupa_id, document in unique.items():
+        row = rows.get(coupa_id)
+        (candidates if is_candidate(document, row, SPECS[doc_type].wanted_status) else others).append(document)
+    return candidates, others
+
+
+def choose_route(services: Any, doc_type: str, documents: list[dict[str, Any]], threshold: int) -> RouteDecision:
+    """DMF when more documents are to be written than ``threshold`` (0: always DMF), else OData."""
+    to_write = len(split_candidates(services, doc_type, documents)[0])
+    if threshold == 0:
+        return RouteDecision(Route.DMF, f"D365_DMF_THRESHOLD=0 (always DMF); {to_write} documents to write", to_write)
+    if to_write > threshold:
+        return RouteDecision(Route.DMF, f"{to_write} documents to write > D365_DMF_THRESHOLD={threshold}", to_write)
+    return RouteDecision(Route.ODATA, f"{to_write} documents to write <= D365_DMF_THRESHOLD={threshold}", to_write)
+
+
+def landed_documents(check: ImportCheck, header_set: str, line_set: str) -> set[str]:
+    """Folded document keys (the first key field) whose header and every line are in D365."""
+    header = check.entity(header_set)
+    lines = check.entity(line_set)
+    landed = {fold(key[0]) for key in (header.found if header else {})}
+    if lines is not None:
+        landed -= {fold(key[0]) for key in lines.missing}
+    return landed
+
+
+def failure_reasons(errors: Sequence[DmfRowError], package: DmfPackage, key_field: str) -> dict[str, str]:
+    """Folded document key -> what DMF said about its failed rows (header or lines), matched by the
+    error's staging keys or else by its row number in the entity's data file."""
+    reasons: dict[str, list[str]] = {}
+    key_column = staging_field(key_field)
+    labels = {DMF_ENTITIES[e.entity_set].label: e for e in package.entities}
+    for error in errors:
+        ref = error.keys.get(key_column)
+        entity = labels.get(error.entity_name)
+        if ref is None and entity is not None and error.row_number and 0 < error.row_number <= entity.row_count:
+            ref = str(entity.keys[error.row_number - 1][0])
+        if ref is not None:
+            where = f"{error.entity_name} row {error.row_number}" if error.row_number else error.entity_name
+            reasons.setdefault(fold(ref), []).append(f"{where}: {error.message}")
+    return {ref: "; ".join(dict.fromkeys(messages)) for ref, messages in reasons.items()}

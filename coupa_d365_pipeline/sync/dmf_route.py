@@ -1,0 +1,496 @@
+"""The bulk route: new invoices and purchase orders of a documents run imported into D365 through
+the Data Management (DMF) package API, one package per legal entity. Plain Python; no Dagster.
+
+Which route (:func:`choose_route`): a run with more documents to write than ``D365_DMF_THRESHOLD``
+(0 = always) takes this route. "To write" is read from the ledger alone: an approved invoice / issued
+PO with no ledger row, or one that is new or quarantined (never booked, no D365 key). Everything else
+— updates of booked documents, voids, cancellations, interrupted writes, documents whose last attempt
+failed — goes through the OData path as before, in the same run.
+
+Per candidate (:meth:`DmfRoute.sync_many`), the same rules as the OData path, in bulk:
+1. map it with the OData path's mapping; a mapping problem -> the OData path quarantines it, as always;
+2. look D365 up per legal entity, many documents per request (``sync/dmf_lookups.py``): whatever D365
+   already holds (pending or posted invoice with that natural key or our HeaderReference, a PO with
+   that number) is left out of the package and goes through the OData path, which adopts it or
+   quarantines the duplicate — dedupe holds across routes;
+3. claim the ledger row, make sure the vendor exists (OData, as always), record the intent — state
+   ``writing`` with the D365 key (HeaderReference ``COUPA-<id>`` / PO number) and the natural key —
+   before anything is imported, exactly as the OData path does before its write;
+4. one package per legal entity; the execution id (``coupa-d365-<run id[:8]>-<le>-<n>``) and the
+   package are recorded in ``dmf_executions`` *before* ``ImportFromPackage``; upload, import, wait;
+5. read every packaged row back by its key: a document whose header and lines all landed is
+   ``written`` (same ledger fields as the OData path) and Coupa is told (export flag + history record,
+   the OData path's own notify code); every other document is marked ``failed`` with the reason DMF
+   gave and re-driven at once through the OData path, which finds a half-landed header through its
+   usual lookups and completes it (or records why D365 refuses it).
+
+Crash safety: a run that dies after recording the execution resumes it on the next documents run
+(:meth:`DmfRoute.resume`): status polled, rows read back, ledger settled — never imported twice. An
+execution D365 never heard of is abandoned; its ``writing`` documents are settled by the OData path's
+lookups. One package import at a time per D365 environment: the import holds a ledger claim on
+(``dmf_import``, 0, <environment>) from submission to the final status (lease + heartbeat like any
+claim; a run that dies releases it when Dagster marks the run finished or the process is gone).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..common.http import AmbiguousWriteError, SystemUnavailableError
+from ..d365.client import D365Error
+from ..d365.dmf import DmfClient, DmfError, DmfExecutionStatus
+from ..d365.dmf_package import DmfPackage, build_package
+from ..d365.odata import fold
+from ..mapping.fields import Quarantine
+from ..mapping.invoices import map_invoice
+from ..mapping.purchase_orders import map_purchase_order
+from ..state.dmf_executions import DmfExecutions, ExecutionStage, RecordedExecution
+from ..state.ledger import FAILED, WRITING, WRITTEN, ClaimLostError, LedgerRow, NaturalKey, Problem
+from ..state.store import payload_hash
+from .base import DocumentSync, UnbookableDocument
+from .context import error_text
+from .dmf_lookups import invoices_in_d365, purchase_orders_in_d365
+from .dmf_plan import (  # noqa: F401 - Route, RouteDecision, choose_route: the Dagster glue imports them from here
+    SPECS,
+    Route,
+    RouteDecision,
+    choose_route,
+    failure_reasons,
+    is_candidate,
+    landed_documents,
+    split_candidates,
+)
+from .invoice_lookups import header_reference
+from .report import Action, Outcome, SyncReport
+
+LOCK_DOC = "dmf_import"  # ledger rows (doc_type, 0, <environment>) serializing package imports
+MAX_DOCUMENTS_PER_PACKAGE = 5000
+
+
+@dataclass
+class _Packaged:
+    """A document whose intent is recorded: claimed row, bodies and key."""
+
+    document: dict[str, Any]
+    row: LedgerRow
+    key: dict[str, Any]
+    header: dict[str, Any]
+    lines: list[dict[str, Any]]
+    coupa_hash: str
+    label: str
+
+
+@dataclass
+class _Mapped:
+    document: dict[str, Any]
+    supplier: dict[str, Any]
+    mapped: Any  # MappedInvoice | MappedPurchaseOrder
+
+
+@dataclass
+class DmfRunSummary:
+    """What the route did, for the materialization metadata."""
+
+    executions: list[str] = field(default_factory=list)
+    statuses: dict[str, str] = field(default_factory=dict)
+    packaged: int = 0
+    redriven: int = 0
+    resumed: list[str] = field(default_factory=list)
+
+
+def environment_scope(d365: Any) -> str:
+    """The lock scope of a D365 environment (the ledger's scope column holds 16 characters)."""
+    return hashlib.sha256(str(getattr(d365, "base_url", "")).lower().encode()).hexdigest()[:16]
+
+
+class DmfRoute:
+    """Imports the first writes of a run through DMF; everything else is left to ``syncer`` (the
+    OData path of the same document type)."""
+
+    def __init__(
+        self,
+        syncer: DocumentSync,
+        *,
+        data_project: str,
+        dmf: DmfClient | None = None,
+        executions: DmfExecutions | None = None,
+        wait_timeout_s: float = 3600.0,
+        lock_wait_s: float = 3600.0,
+        not_found_grace_s: float = 30.0,
+    ) -> None:
+        self.syncer = syncer
+        self.s = syncer.s
+        self.doc_type = syncer.DOC
+        self.spec = SPECS[self.doc_type]
+        self.data_project = data_project
+        self.dmf = dmf or DmfClient(self.s.d365, logger=None)
+        self.executions = executions or DmfExecutions(self.s.ledger.engine, clock=self.s.ledger.clock)
+        self.wait_timeout_s = wait_timeout_s
+        self.lock_wait_s = lock_wait_s
+        self.not_found_grace_s = not_found_grace_s
+        self.summary = DmfRunSummary()
+
+    # -- entry points ------------------------------------------------------------------------
+    def sync_many(self, documents: Iterable[dict[str, Any]], report: SyncReport | None = None) -> SyncReport:
+        report = report or SyncReport()
+        candidates, others = split_candidates(self.s, self.doc_type, documents)
+        try:
+            mapped, to_odata = self._map(candidates)
+            packaged, more = self._prepare(mapped, report)
+            to_odata += more
+            by_entity: dict[str, list[_Packaged]] = {}
+            for item in packaged:
+                by_entity.setdefault(item.key["dataAreaId"], []).append(item)
+            redrive: list[dict[str, Any]] = []
+            for legal_entity, items in sorted(by_entity.items()):
+                for start in range(0, len(items), MAX_DOCUMENTS_PER_PACKAGE):
+                    redrive += self._import(legal_entity, items[start : start + MAX_DOCUMENTS_PER_PACKAGE], report)
+        except SystemUnavailableError as exc:
+            exc.report = report  # type: ignore[attr-defined]
+            raise
+        self.summary.redriven += len(redrive)
+        return self.syncer.sync_many([*to_odata, *others, *redrive], report)
+
+    def resume(self, report: SyncReport) -> set[int]:
+        """Settle the executions earlier runs of this document type recorded and never settled. Returns
+        the Coupa ids settled (their documents need nothing more in this run)."""
+        settled: set[int] = set()
+        for execution in self.executions.unfinished(self.doc_type):
+            if execution.run_id == self.s.run_id:
+                continue
+            rows = self._claim_all(execution)
+            if rows is None:
+                self.s.logger.info("DMF execution %s: its documents are held by a live run; left to it", execution)
+                continue
+            self.summary.resumed.append(execution.execution_id)
+            known = self._status_after_grace(execution.execution_id)
+            if not known:
+                self.executions.mark(
+                    execution.execution_id,
+                    ExecutionStage.ABANDONED,
+                    detail="D365 does not know this execution id: never imported; the OData path settles its documents",
+                )
+                for row in rows.values():
+                    self.s.ledger.release(row, self.s.run_id)
+                continue
+            items = self._items_from_ledger(execution, rows)
+            self._settle(execution.execution_id, execution.package, items, report, redrive_now=True)
+            settled.update(item.row.coupa_id for item in items)
+        return settled
+
+    # -- planning ----------------------------------------------------------------------------
+    def _map(self, candidates: list[dict[str, Any]]) -> tuple[list[_Mapped], list[dict[str, Any]]]:
+        """Map each candidate; those that do not map, or that D365 already holds, go to OData."""
+        mapped: list[_Mapped] = []
+        to_odata: list[dict[str, Any]] = []
+        for document in candidates:
+            try:
+                supplier = self.syncer._supplier(document)
+            except SystemUnavailableError:
+                raise
+            except Exception:  # noqa: BLE001 - unbookable supplier or a Coupa error: the OData path records it
+                to_odata.append(document)
+                continue
+            result = self._map_one(document, supplier)
+            if supplier is None or isinstance(result, Quarantine):
+                to_odata.append(document)  # the OData path quarantines it with the same reasons
+                continue
+            mapped.append(_Mapped(document, supplier, result))
+        found = self._in_d365(mapped)
+        keep = [m for m in mapped if self._natural(m) not in found]
+        to_odata += [m.document for m in mapped if self._natural(m) in found]
+        return keep, to_odata
+
+    def _map_one(self, document: dict[str, Any], supplier: dict[str, Any] | None) -> Any:
+        if self.doc_type == "invoice":
+            return map_invoice(document, self.s.mapping, self.s.master, supplier=supplier)
+        return map_purchase_order(document, self.s.mapping, self.s.master, supplier=supplier)
+
+    def _bodies(self, document: dict[str, Any], mapped: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Header and lines exactly as the OData path would send them."""
+        if self.doc_type == "invoice":
+            self.syncer.lookups.link_purchase_orders(mapped)  # type: ignore[attr-defined]
+            return self.syncer._bodies(mapped, header_reference(int(document["id"])))  # type: ignore[attr-defined]
+        return mapped.header, mapped.lines
+
+    def _natural(self, m: _Mapped) -> tuple[str, str, str]:
+        number = m.mapped.invoice_number if self.doc_type == "invoice" else m.mapped.purchase_order_number
+        return fold(m.mapped.legal_entity), fold(m.mapped.vendor_account), fold(number)
+
+    def _in_d365(self, mapped: list[_Mapped]) -> set[tuple[str, str, str]]:
+        by_entity: dict[str, list[_Mapped]] = {}
+        for m in mapped:
+            by_entity.setdefault(m.mapped.legal_entity, []).append(m)
+        found: set[tuple[str, str, str]] = set()
+        for le, items in by_entity.items():
+            if self.doc_type == "invoice":
+                wanted = [
+                    (header_reference(int(m.document["id"])), m.mapped.vendor_account, m.mapped.invoice_number)
+                    for m in items
+                ]
+                found |= {(fold(le), account, number) for account, number in invoices_in_d365(self.s.d365, le, wanted)}
+            else:
+                numbers = purchase_orders_in_d365(self.s.d365, le, [m.mapped.purchase_order_number for m in items])
+                found |= {self._natural(m) for m in items if fold(m.mapped.purchase_order_number) in numbers}
+        return found
+
+    def _prepare(self, mapped: list[_Mapped], report: SyncReport) -> tuple[list[_Packaged], list[dict[str, Any]]]:
+        """Claim, ensure the vendor and record the intent of each mapped candidate."""
+        s, run = self.s, self.s.run_id
+        packaged: list[_Packaged] = []
+        to_odata: list[dict[str, Any]] = []
+        for m in mapped:
+            document = m.document
+            coupa_id, label = int(document["id"]), self.syncer.label(document)
+            row = s.ledger.claim(self.doc_type, coupa_id, run)
+            if row is None:
+                report.add(
+                    Outcome(self.doc_type, coupa_id, Action.BUSY, label, None, "another run holds this document")
+                )
+                continue
+            if not is_candidate(document, row, self.spec.wanted_status):  # changed since the plan: OData decides
+                s.ledger.release(row, run)
+                to_odata.append(document)
+                continue
+            coupa_hash = self.syncer.content_hash(document)
+            try:
+                item = self._intent(row, m, coupa_hash, label)
+            except UnbookableDocument as exc:
+                report.add(self.syncer._quarantine(row, document, exc.reason, coupa_hash))
+                continue
+            except ClaimLostError as exc:
+                report.add(Outcome(self.doc_type, coupa_id, Action.BUSY, label, row.legal_entity, str(exc)))
+                continue
+            except SystemUnavailableError:
+                s.ledger.release(row, run)
+                for done in packaged:  # intent recorded, nothing imported: the next run's lookups settle them
+                    s.ledger.release(done.row, run)
+                raise
+            except Exception as exc:  # noqa: BLE001 - one document's trouble never stops the others
+                reason = error_text(exc)
+                s.logger.warning("%s %s (%s) failed before packaging: %s", self.doc_type, coupa_id, label, reason)
+                current = s.ledger.get(self.doc_type, coupa_id) or row
+                s.ledger.record_problem(current, run, Problem.FAILED, reason)
+                report.add(Outcome(self.doc_type, coupa_id, Action.FAILED, label, row.legal_entity, reason))
+                continue
+            if isinstance(item, Outcome):
+                report.add(item)
+            else:
+                packaged.append(item)
+        return packaged, to_odata
+
+    def _intent(self, row: LedgerRow, m: _Mapped, coupa_hash: str, label: str) -> _Packaged | Outcome:
+        s, run, mapped = self.s, self.s.run_id, m.mapped
+        stopped = self.syncer._ensure_vendor(
+            row, m.document, m.supplier, mapped.legal_entity, mapped.vendor_account, coupa_hash
+        )
+        if stopped is not None:
+            return stopped
+        header, lines = self._bodies(m.document, mapped)
+        if self.doc_type == "invoice":
+            number = mapped.invoice_number
+            key = {"dataAreaId": mapped.legal_entity, "HeaderReference": header["HeaderReference"]}
+        else:
+            number = mapped.purchase_order_number
+            key = {"dataAreaId": mapped.legal_entity, "PurchaseOrderNumber": number}
+        natural = NaturalKey(mapped.legal_entity, mapped.vendor_account, number)
+        row = s.ledger.update(row, run, natural_key=natural, state=WRITING, d365_key=key)  # intent first
+        return _Packaged(m.document, row, key, header, lines, coupa_hash, label)
+
+    # -- import ------------------------------------------------------------------------------
+    def _import(self, legal_entity: str, items: list[_Packaged], report: SyncReport) -> list[dict[str, Any]]:
+        """Package, record, submit, wait and settle ``items`` of one legal entity; returns the
+        documents to re-drive through OData."""
+        s, run = self.s, self.s.run_id
+        package = build_package(
+            {
+                self.spec.header_set: [i.header for i in items],
+                self.spec.line_set: [line for i in items for line in i.lines],
+            },
+            legal_entity=legal_entity,
+            definition_group=self.data_project,
+            description=f"Coupa {self.doc_type}s of Dagster run {run}",
+        )
+        execution_id = self.executions.next_execution_id(run, legal_entity)
+        self.executions.record(execution_id, run, self.doc_type, package, [i.row.coupa_id for i in items])
+        for item in items:
+            self.syncer._audit(
+                item.row.coupa_id,
+                "dmf_packaged",
+                self.spec.header_set,
+                dict(item.key, executionId=execution_id),
+                payload_sha256=payload_hash([item.header, item.lines]),
+            )
+        self.summary.executions.append(execution_id)
+        self.summary.packaged += len(items)
+        # held until the final status; if this run dies first, its claim goes stale with the run
+        lock = self._lock()
+        try:
+            self.dmf.submit(package, execution_id=execution_id)
+        except (DmfError, D365Error) as exc:
+            if isinstance(exc, (AmbiguousWriteError, SystemUnavailableError)):
+                raise  # may have reached D365, or D365 is down: the next run resumes this execution id
+            # D365 answered "no" (data project, legal entity, package, blob): nothing was imported
+            s.ledger.release(lock, run)
+            return self._refused(execution_id, items, exc)
+        self.executions.mark(execution_id, ExecutionStage.SUBMITTED)
+        self.dmf.wait(execution_id, timeout_s=self.wait_timeout_s)
+        s.ledger.release(lock, run)
+        return self._settle(execution_id, package, items, report, redrive_now=False)
+
+    def _refused(self, execution_id: str, items: list[_Packaged], exc: Exception) -> list[dict[str, Any]]:
+        """D365 refused the package before importing anything: the documents (recorded as ``writing``)
+        go through the OData path in this run, whose lookups settle an interrupted write."""
+        reason = f"DMF refused execution {execution_id}: {error_text(exc)}; the documents go through OData"
+        self.s.logger.warning("%s", reason)
+        self.executions.mark(execution_id, ExecutionStage.ABANDONED, detail=reason)
+        for item in items:
+            self.syncer._audit(item.row.coupa_id, "dmf_refused", self.spec.header_set, item.key, error=reason)
+            self.s.ledger.release(item.row, self.s.run_id)
+        self.summary.statuses[execution_id] = "refused"
+        return [item.document for item in items]
+
+    def _lock(self) -> LedgerRow:
+        """One package import at a time per D365 environment (see the module docstring)."""
+        scope = environment_scope(self.s.d365)
+        deadline = time.monotonic() + self.lock_wait_s
+        while True:
+            row = self.s.ledger.claim(LOCK_DOC, 0, self.s.run_id, scope=scope)
+            if row is not None:
+                return row
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"another run has been importing a DMF package into {self.s.d365.base_url} for more than "
+                    f"{self.lock_wait_s:.0f} s; look at its run (dmf_executions table) and re-run this one later"
+                )
+            time.sleep(2.0)
+
+    def _status_after_grace(self, execution_id: str) -> bool:
+        """Does D365 know the execution? "Not found" right after a submission can mean "not yet", so ask
+        again for ``not_found_grace_s`` before concluding that it never arrived."""
+        deadline = time.monotonic() + self.not_found_grace_s
+        while True:
+            if self.dmf.status(execution_id).found:
+                self.dmf.wait(execution_id, timeout_s=self.wait_timeout_s)
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(min(2.0, self.not_found_grace_s))
+
+    def _claim_all(self, execution: RecordedExecution) -> dict[int, LedgerRow] | None:
+        rows: dict[int, LedgerRow] = {}
+        for coupa_id in execution.coupa_ids:
+            row = self.s.ledger.claim(self.doc_type, coupa_id, self.s.run_id)
+            if row is None:
+                for taken in rows.values():
+                    self.s.ledger.release(taken, self.s.run_id)
+                return None
+            rows[coupa_id] = row
+        return rows
+
+    def _items_from_ledger(self, execution: RecordedExecution, rows: dict[int, LedgerRow]) -> list[_Packaged]:
+        """The packaged documents of a recorded execution, from the ledger and the staged documents."""
+        documents = self.s.store.documents_by_id(self.doc_type, list(rows))
+        items: list[_Packaged] = []
+        for coupa_id, row in rows.items():
+            document = documents.get(coupa_id)
+            if document is None or row.state != WRITING or not row.d365_key:
+                self.s.ledger.release(row, self.s.run_id)  # settled some other way since: nothing to do here
+                continue
+            header: dict[str, Any] = {}
+            lines: list[dict[str, Any]] = []
+            try:  # the bodies as packaged (mapping is deterministic), for the payload hash the ledger keeps
+                mapped = self._map_one(document, self.syncer._supplier(document))
+                if not isinstance(mapped, Quarantine):
+                    header, lines = self._bodies(document, mapped)
+            except SystemUnavailableError:
+                raise
+            except Exception:  # noqa: BLE001 - only the payload hash is lost
+                pass
+            items.append(
+                _Packaged(
+                    document,
+                    row,
+                    dict(row.d365_key),
+                    header,
+                    lines,
+                    self.syncer.content_hash(document),
+                    self.syncer.label(document),
+                )
+            )
+        return items
+
+    # -- settle ------------------------------------------------------------------------------
+    def _settle(
+        self, execution_id: str, package: DmfPackage, items: list[_Packaged], report: SyncReport, *, redrive_now: bool
+    ) -> list[dict[str, Any]]:
+        s, run = self.s, self.s.run_id
+        status = self.dmf.status(execution_id).status
+        self.summary.statuses[execution_id] = status.value
+        check = self.dmf.read_back(package)
+        complete = status == DmfExecutionStatus.SUCCEEDED and check.complete
+        errors = [] if complete else self.dmf.execution_errors(execution_id)
+        reasons = failure_reasons(errors, package, self.spec.key_field)
+        landed = landed_documents(check, self.spec.header_set, self.spec.line_set)
+        redrive: list[dict[str, Any]] = []
+        for item in items:
+            ref = fold(item.key[self.spec.key_field])
+            coupa_id = item.row.coupa_id
+            if ref in landed:
+                self._written(item, execution_id, report)
+                continue
+            reason = reasons.get(ref) or (
+                "DMF reported Succeeded but the rows are not in D365 (the data project may lack the entity mapping)"
+                if status == DmfExecutionStatus.SUCCEEDED
+                else f"DMF execution ended {status.value} without naming this document's rows"
+            )
+            reason = f"DMF import {execution_id}: {reason}; re-driven through OData"
+            self.syncer._audit(coupa_id, "dmf_failed", self.spec.header_set, item.key, error=reason)
+            s.ledger.update(
+                item.row, run, release=True, state=FAILED, problem=None, reason=reason, attempts=item.row.attempts + 1
+            )
+            redrive.append(item.document)
+        self.executions.mark(execution_id, ExecutionStage.SETTLED, status=status.value)
+        if redrive_now and redrive:
+            self.summary.redriven += len(redrive)
+            self.syncer.sync_many(redrive, report)
+            return []
+        return redrive
+
+    def _written(self, item: _Packaged, execution_id: str, report: SyncReport) -> None:
+        """The document landed: the ledger fields the OData path sets after its create, then Coupa is told."""
+        s, run = self.s, self.s.run_id
+        coupa_id = item.row.coupa_id
+        digest = payload_hash([item.header, item.lines]) if item.header else item.row.payload_hash
+        self.syncer._audit(coupa_id, "create", self.spec.header_set, item.key, 201, payload_sha256=digest)
+        row = s.ledger.update(
+            item.row,
+            run,
+            state=WRITTEN,
+            coupa_hash=item.coupa_hash,
+            payload_hash=digest,
+            reason=None,
+            problem=None,
+            attempts=item.row.attempts + 1,
+        )
+        le = str(item.key["dataAreaId"])
+        try:
+            if self.doc_type == "invoice":
+                self.syncer._notify_booked(row, item.document)  # type: ignore[attr-defined]
+                detail = str(item.key["HeaderReference"])
+            else:
+                self.syncer._notify(row, item.document, self.syncer._message(row, "issued"))  # type: ignore[attr-defined]
+                detail = f"{len(item.lines)} lines" if item.lines else ""
+        except SystemUnavailableError:
+            s.ledger.release(row, run)  # booked, Coupa not told: the next run tells it
+            raise
+        except Exception as exc:  # noqa: BLE001 - the booking stands; telling Coupa is retried next run
+            reason = error_text(exc)
+            s.ledger.record_problem(s.ledger.get(self.doc_type, coupa_id) or row, run, Problem.FAILED, reason)
+            report.add(Outcome(self.doc_type, coupa_id, Action.FAILED, item.label, le, reason))
+            return
+        report.add(Outcome(self.doc_type, coupa_id, Action.CREATED, item.label, le, f"{detail} (DMF {execution_id})"))
