@@ -101,7 +101,7 @@ def coupa_events(
     )
 
 
-def delivery_check_result(staging: WebhookStaging, now: datetime) -> dg.AssetCheckResult:
+def delivery_check_result(staging: WebhookStaging) -> dg.AssetCheckResult:
     """ERROR: events whose runs failed every attempt (named, with the reason); WARN: incoming events
     older than BACKLOG_WARN_AFTER (the sensor is stopped, or cannot keep up)."""
     if not staging.exists():
@@ -109,8 +109,7 @@ def delivery_check_result(staging: WebhookStaging, now: datetime) -> dg.AssetChe
             passed=True, description=f"No staging directory at {staging.root}: no webhook was received yet."
         )
     failed = staging.failed_events()
-    oldest = staging.ready(limit=1)
-    backlog_age = (now.timestamp() - oldest[0].mtime_ns / 1e9) if oldest else 0.0
+    backlog_age = staging.oldest_incoming_age_s()
     counts = summary(staging)
     details = table(
         ["event", "Coupa id", "webhook-id", "received", "why it failed"],
@@ -157,7 +156,7 @@ def delivery_check_result(staging: WebhookStaging, now: datetime) -> dg.AssetChe
     description="No webhook event failed every attempt, and none waits longer than 15 minutes for a run.",
 )
 def webhook_events_delivered(webhook_staging: WebhookStagingResource) -> dg.AssetCheckResult:
-    return delivery_check_result(webhook_staging.staging, datetime.now(UTC))
+    return delivery_check_result(webhook_staging.staging)
 
 
 coupa_webhook_job = dg.define_asset_job(
@@ -205,9 +204,9 @@ def _run_requests(plan: TickPlan) -> list[dg.RunRequest]:
 def _prune_if_due(staging: WebhookStaging, cursor: str | None, now: datetime) -> str | None:
     """Forget processed events after the retention, at most once an hour (the cursor holds the time)."""
     last = float(cursor) if cursor and cursor.replace(".", "", 1).isdigit() else 0.0
-    if now.timestamp() - last < 3600:
+    if 0 <= now.timestamp() - last < 3600:
         return cursor
-    staging.prune_processed(now - timedelta(days=DEFAULT_WEBHOOK_PROCESSED_RETENTION_DAYS))
+    staging.prune_processed(timedelta(days=DEFAULT_WEBHOOK_PROCESSED_RETENTION_DAYS))
     return str(int(now.timestamp()))
 
 
@@ -235,7 +234,7 @@ def coupa_webhook_sensor(
             dg.AssetCheckEvaluation(
                 asset_key=EVENTS_KEY,
                 check_name=CHECK_NAME,
-                **_evaluation_fields(delivery_check_result(staging, now)),
+                **_evaluation_fields(delivery_check_result(staging)),
             )
         )
     if not plan.changed and not asset_events:

@@ -25,7 +25,7 @@ import shutil
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -277,10 +277,24 @@ class WebhookStaging:
         _fsync_dir(self.dir(Place.FAILED))
         return moved
 
-    def prune_processed(self, older_than: datetime) -> int:
-        """Forget processed events older than ``older_than`` (after that a redelivery of the same
+    def filesystem_now(self) -> float:
+        """The staging filesystem's clock (the mtime of a file written now). Ages of staged files are
+        measured against it, not against this host's clock: on shared storage the two may differ."""
+        probe = _write_temporary(self.dir(Place.TMP), b"")
+        try:
+            return probe.stat().st_mtime
+        finally:
+            probe.unlink(missing_ok=True)
+
+    def oldest_incoming_age_s(self) -> float:
+        """Seconds the oldest incoming event has waited for a run (0 when none waits)."""
+        oldest = self.ready(limit=1)
+        return max(0.0, self.filesystem_now() - oldest[0].mtime_ns / 1e9) if oldest else 0.0
+
+    def prune_processed(self, max_age: timedelta) -> int:
+        """Forget processed events older than ``max_age`` (after that a redelivery of the same
         webhook-id is staged again; harmless, the pipeline re-reads Coupa and the ledger dedupes)."""
-        cutoff = older_than.timestamp()
+        cutoff = self.filesystem_now() - max_age.total_seconds()
         removed = 0
         with os.scandir(self.dir(Place.PROCESSED)) as entries:
             for entry in entries:

@@ -3,6 +3,7 @@ instance: the sensor batches staged events, each run books exactly the documents
 never repeat for a retry, failed batches end in failed/ and in the check, and a poll overlapping the
 event-driven runs books nothing twice."""
 
+import os
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -149,14 +150,14 @@ def test_a_failed_batch_is_retried_under_new_keys_then_reported_failed(sandbox_e
     evaluations = [e for e in result.asset_events if isinstance(e, dg.AssetCheckEvaluation)]
     assert len(evaluations) == 1 and not evaluations[0].passed
     assert evaluations[0].asset_key == EVENTS_KEY and evaluations[0].check_name == CHECK_NAME
-    check = delivery_check_result(staging, datetime.now(UTC))
+    check = delivery_check_result(staging)
     assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR
     assert "999001" in check.metadata["failed_events"].value and "3 attempt(s) failed" in str(
         check.metadata["failed_events"].value
     )
     # the operator fixes the cause and gives the events another round
     assert staging.requeue_failed() == 1 and staging.count(Place.INCOMING) == 1
-    assert delivery_check_result(staging, datetime.now(UTC)).passed
+    assert delivery_check_result(staging).passed
 
 
 def test_a_tick_over_ten_thousand_staged_events_stays_far_under_the_sensor_timeout(instance, staging):
@@ -233,3 +234,15 @@ def test_supplier_and_purchase_order_events_go_first_and_unknown_or_unapproved_o
         if line.startswith("| ") and "." in line.split("|")[1]
     ]
     assert order == sorted(order, key=["supplier", "purchase_order", "invoice"].index)
+
+
+def test_the_check_warns_when_events_wait_longer_than_fifteen_minutes(staging):
+    assert delivery_check_result(staging).passed
+    staged = event(EventType.INVOICE_APPROVED, 5, "waiting")
+    staging.stage(staged)
+    assert delivery_check_result(staging).passed
+    twenty_minutes_ago = staging.filesystem_now() - 20 * 60
+    os.utime(staging.dir(Place.INCOMING) / f"{staged.key}.json", (twenty_minutes_ago, twenty_minutes_ago))
+    check = delivery_check_result(staging)
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
+    assert "1 event(s) waiting, the oldest for 20 min" in (check.description or "")

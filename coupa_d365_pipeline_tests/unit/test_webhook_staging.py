@@ -4,7 +4,7 @@ keys, and the bounded work of a tick."""
 
 import os
 import stat
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -121,7 +121,8 @@ def test_pruning_forgets_only_old_processed_events(staging):
     staging.stage(event("new"))
     staging.complete(staging.claim([e.key for e in staging.ready(10)]).batch_id)
     old_path = staging.dir(Place.PROCESSED) / f"{event('old').key}.json"
-    os.utime(old_path, (1_000_000, 1_000_000))
-    assert staging.prune_processed(datetime.fromtimestamp(2_000_000, UTC)) == 1
+    eight_days_ago = staging.filesystem_now() - 8 * 86400
+    os.utime(old_path, (eight_days_ago, eight_days_ago))
+    assert staging.prune_processed(timedelta(days=7)) == 1
     assert staging.stage(event("old")) is StageOutcome.STAGED
     assert staging.stage(event("new")) is StageOutcome.DUPLICATE
