@@ -32,7 +32,7 @@ pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 EVENTS = 20
-SPACING_S = 1.5
+SPACING_S = 1.0
 P95_TARGET_S = 30.0
 
 

@@ -1,5 +1,6 @@
 """The first run on a fresh sync database starts several step processes at once; each creates the
-schema. That must never fail (seen: ``table staged_documents already exists`` on SQLite)."""
+schema. That must never fail (seen: ``table staged_documents already exists`` on SQLite). Every module
+that defines tables is imported here, so the expected set does not depend on which tests ran before."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import multiprocessing
 import pytest
 import sqlalchemy as sa
 
+from coupa_d365_pipeline.state.dmf_executions import DmfExecutions
 from coupa_d365_pipeline.state.ledger import Ledger
 from coupa_d365_pipeline.state.status import StatusEvents
 from coupa_d365_pipeline.state.store import SyncStore, make_engine, metadata
@@ -22,6 +24,7 @@ def _create_schema(url: str, barrier, errors) -> None:
         store = SyncStore(url)  # what every step process does when its sync_state resource starts
         Ledger(store.engine)  # ... and when a sync step builds its services
         StatusEvents(store.engine)
+        DmfExecutions(store.engine)  # ... and a documents step, which may take the DMF route
         store.dispose()
     except BaseException as exc:  # noqa: BLE001 - reported to the parent
         errors.put(f"{type(exc).__name__}: {exc}")
