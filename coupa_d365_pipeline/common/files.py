@@ -27,24 +27,30 @@ def make_private_dirs(path: Path) -> None:
         os.chmod(directory, PRIVATE_DIR)  # mkdir's mode is filtered by the umask only downwards; be exact
 
 
-def write_private_file(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically as a 0600 file: a temporary file created 0600 in the same
-    directory (never readable by others, not even for a moment), then renamed over ``path``."""
-    path = Path(path)
-    make_private_dirs(path.parent)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def write_private_temporary(temporary: Path, data: bytes) -> Path:
+    """Create ``temporary`` (which must not exist) as a 0600 file holding ``data``, fsynced: the first
+    half of an atomic write; the caller renames or links it into place."""
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
     try:
         os.fchmod(fd, PRIVATE_FILE)
-        data = text.encode()
-        while data:
-            data = data[os.write(fd, data) :]
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
     except BaseException:
         os.close(fd)
         temporary.unlink(missing_ok=True)
         raise
     os.close(fd)
+    return temporary
+
+
+def write_private_file(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically as a 0600 file: a temporary file created 0600 in the same
+    directory (never readable by others, not even for a moment), then renamed over ``path``."""
+    path = Path(path)
+    make_private_dirs(path.parent)
+    temporary = write_private_temporary(path.with_name(f".{path.name}.{os.getpid()}.tmp"), text.encode())
     os.replace(temporary, path)
 
 

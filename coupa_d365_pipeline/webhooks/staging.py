@@ -32,7 +32,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, StrictInt
 
-from ..common.files import PRIVATE_FILE, make_private_dirs
+from ..common.files import make_private_dirs, write_private_temporary
 
 RUN_KEY_PREFIX = "coupa-webhooks"
 
@@ -117,19 +117,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _write_temporary(tmp_dir: Path, data: bytes) -> Path:
-    temporary = tmp_dir / f"{uuid.uuid4().hex}.tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        temporary.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    return temporary
+    return write_private_temporary(tmp_dir / f"{uuid.uuid4().hex}.tmp", data)
 
 
 @dataclass(frozen=True)
