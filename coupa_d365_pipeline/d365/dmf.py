@@ -8,7 +8,8 @@ Entra token (retries, ``Retry-After``, the circuit breaker live there, nowhere e
 ``GetAzureWriteUrl`` -> ``PUT`` the ZIP to the SAS URL (``x-ms-blob-type: BlockBlob``) ->
 ``ImportFromPackage`` -> poll ``GetExecutionSummaryStatus`` -> on ``PartiallySucceeded``/``Failed``
 ``GetExecutionErrors`` and, per entity, ``GenerateImportTargetErrorKeysFile`` +
-``GetImportTargetErrorKeysFileUrl`` -> read the landed rows back through OData (:meth:`DmfClient.read_back_many`: one query per entity set).
+``GetImportTargetErrorKeysFileUrl`` -> read the landed rows back through OData
+(:meth:`DmfClient.read_back_many`: one query per entity set).
 
 Crash safety: ``ImportFromPackage`` starts work and is **never** sent twice blindly. The caller
 records the execution id *before* :meth:`DmfClient.import_package`, which first asks

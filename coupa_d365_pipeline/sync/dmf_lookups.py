@@ -17,7 +17,6 @@ matches more than the values it was cut from — all of which only add rows here
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 from ..d365 import odata
 from ..d365.client import D365Client
