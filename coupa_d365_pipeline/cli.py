@@ -132,7 +132,12 @@ def _demo(args: argparse.Namespace) -> int:
     warning = exposure_warning(args.host)
     if warning:
         print(warning, file=sys.stderr, flush=True)
-    return run_demo(_sandbox_options(args), dagster_home=Path(args.dagster_home), state_dir=Path(args.state_dir))
+    return run_demo(
+        _sandbox_options(args),
+        dagster_home=Path(args.dagster_home),
+        state_dir=Path(args.state_dir),
+        dmf_threshold=args.dmf_threshold,
+    )
 
 
 def _env(args: argparse.Namespace) -> int:
@@ -259,6 +264,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--dagster-home", default=".dagster_home", help="DAGSTER_HOME to use (SQLite; default .dagster_home)"
     )
     demo.add_argument("--state-dir", default=".sync_state", help="where the demo's sync database lives")
+    demo.add_argument(
+        "--dmf-threshold",
+        type=int,
+        default=None,
+        help="D365_DMF_THRESHOLD for the demo's documents run: 0 = invoices and POs through the DMF package "
+        "API, a number above the seed size = OData only (default: the environment's value, else 500)",
+    )
     demo.set_defaults(func=_demo)
 
     webhooks = sub.add_parser(

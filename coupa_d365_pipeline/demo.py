@@ -87,7 +87,38 @@ def simulate_accounts_payable(sandboxes: Any, database_url: str, count: int = 20
     return len(rows), f"{paid_full} in full (two payments), {paid_part} in part"
 
 
-def run_demo(options: Any, dagster_home: Path, state_dir: Path) -> int:
+def d365_request_kind(method: str, path: str) -> str:
+    """What a D365 sandbox request was, for the demo's breakdown: token, OData read, OData write,
+    $batch, DMF status poll, other DMF action, blob transfer."""
+    if "oauth2" in path:
+        return "token"
+    if "DataManagementDefinitionGroups" in path:
+        return "DMF status poll" if path.endswith("GetExecutionSummaryStatus") else "DMF action"
+    if "/data/" not in path and path != "/data":
+        return f"blob {method}"
+    if path.rstrip("/").endswith("$batch"):
+        return "$batch"
+    return "OData read" if method == "GET" else "OData write"
+
+
+def request_breakdown(entries: list[Any]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for entry in entries:
+        kind = d365_request_kind(entry.method.upper(), entry.path)
+        counts[kind] = counts.get(kind, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process (sandboxes included: they run in it), in MB."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def run_demo(options: Any, dagster_home: Path, state_dir: Path, dmf_threshold: int | None = None) -> int:
     from .common.files import make_private_dirs
     from .sandbox.launch import start_sandboxes
 
@@ -100,6 +131,8 @@ def run_demo(options: Any, dagster_home: Path, state_dir: Path) -> int:
         os.environ.update(sandboxes.env())
         os.environ["DAGSTER_HOME"] = str(home)
         os.environ["SYNC_DATABASE_URL"] = f"sqlite:///{sync_db}"
+        if dmf_threshold is not None:
+            os.environ["D365_DMF_THRESHOLD"] = str(dmf_threshold)
         print(f"Coupa sandbox {sandboxes.coupa_url}, D365 sandbox {sandboxes.d365_url}, DAGSTER_HOME={home}")
 
         import warnings
@@ -115,11 +148,16 @@ def run_demo(options: Any, dagster_home: Path, state_dir: Path) -> int:
         quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}  # the table below is the report
         master = defs.resolve_job_def("master_data_job").execute_in_process(instance=instance, run_config=quiet)
         keys = daily_partitions.get_partition_keys(dynamic_partitions_store=instance)
+        d365_before, coupa_before = sandboxes.d365.log.next_seq(), sandboxes.coupa.log.next_seq()
+        documents_started = time.monotonic()
         documents = defs.resolve_job_def("daily_documents_job").execute_in_process(
             instance=instance,
             run_config=quiet,
             tags={ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]},
         )
+        documents_s = time.monotonic() - documents_started
+        documents_d365 = [e for e in sandboxes.d365.log.snapshot() if e.seq >= d365_before]
+        documents_coupa = sum(1 for e in sandboxes.coupa.log.snapshot() if e.seq >= coupa_before)
         posted, payments = simulate_accounts_payable(sandboxes, os.environ["SYNC_DATABASE_URL"])
         status = defs.resolve_job_def("invoice_status_job").execute_in_process(instance=instance, run_config=quiet)
         meta = _materialized_metadata(master) | _materialized_metadata(documents) | _materialized_metadata(status)
@@ -199,6 +237,19 @@ def run_demo(options: Any, dagster_home: Path, state_dir: Path) -> int:
         f"\nD365 requests per processed invoice: {d365_invoice_requests / processed:.2f}; "
         f"Coupa requests per processed invoice: {booked.get('coupa_requests', 0) / processed:.2f}"
     )
+    breakdown = request_breakdown(documents_d365)
+    print(
+        f"documents run (invoices + POs, route {booked.get('route', '?')}/{pos.get('route', '?')}): "
+        f"{documents_s:.1f} s; Coupa {documents_coupa} requests; D365 {len(documents_d365)} requests: "
+        + ", ".join(f"{kind} {n}" for kind, n in breakdown.items())
+    )
+    reads: dict[str, int] = {}
+    for entry in documents_d365:
+        if d365_request_kind(entry.method.upper(), entry.path) in ("OData read", "OData write"):
+            name = entry.path.split("/data/", 1)[-1].split("(", 1)[0]
+            reads[f"{entry.method} {name}"] = reads.get(f"{entry.method} {name}", 0) + 1
+    print("  OData by entity set: " + ", ".join(f"{k} {n}" for k, n in sorted(reads.items(), key=lambda i: -i[1])))
+    print(f"peak RSS of the demo process (sandboxes included): {peak_rss_mb():.0f} MB")
     print(
         f"\nruns: {master.run_id[:8]} (master data), {documents.run_id[:8]} (documents), "
         f"{status.run_id[:8]} (status); "

@@ -8,7 +8,8 @@ Entra token (retries, ``Retry-After``, the circuit breaker live there, nowhere e
 ``GetAzureWriteUrl`` -> ``PUT`` the ZIP to the SAS URL (``x-ms-blob-type: BlockBlob``) ->
 ``ImportFromPackage`` -> poll ``GetExecutionSummaryStatus`` -> on ``PartiallySucceeded``/``Failed``
 ``GetExecutionErrors`` and, per entity, ``GenerateImportTargetErrorKeysFile`` +
-``GetImportTargetErrorKeysFileUrl`` -> read the landed rows back through OData (:meth:`DmfClient.read_back`).
+``GetImportTargetErrorKeysFileUrl`` -> read the landed rows back through OData
+(:meth:`DmfClient.read_back_many`: one query per entity set).
 
 Crash safety: ``ImportFromPackage`` starts work and is **never** sent twice blindly. The caller
 records the execution id *before* :meth:`DmfClient.import_package`, which first asks
@@ -44,7 +45,6 @@ from .dmf_package import DMF_ENTITIES, DmfPackage, PackagedEntity
 
 BOUND_TO = "DataManagementDefinitionGroups"
 NOT_FOUND_MARKERS = ("not found", "were not found", "does not exist")
-READ_BACK_CHUNK = 20  # rows per OData $filter (keeps the URL short)
 
 
 class DmfExecutionStatus(StrEnum):
@@ -403,25 +403,54 @@ class DmfClient:
 
     # -- read back -----------------------------------------------------------------------------
     def read_back(self, package: DmfPackage) -> ImportCheck:
-        """Look every packaged row up in D365 by its key (OData, ``READ_BACK_CHUNK`` rows per query)."""
-        return ImportCheck(entities=tuple(self._check_entity(package.legal_entity, e) for e in package.entities))
+        """Look every packaged row up in D365 by its key (see :meth:`read_back_many`)."""
+        return self.read_back_many([package])[0]
 
-    def _check_entity(self, legal_entity: str, entity: PackagedEntity) -> EntityCheck:
-        key_props = DMF_ENTITIES[entity.entity_set].key_properties
-        wanted = {tuple(_key_text(v) for v in key): key for key in entity.keys}
+    def read_back_many(self, packages: Sequence[DmfPackage]) -> list[ImportCheck]:
+        """What D365 holds of each package's rows, per package: one OData query per entity set for all
+        the packages (cross-company over their legal entities, paged), narrowed by a prefix cover of
+        the first key field and selecting the key fields only; rows are matched by exact key here."""
+        per_entity: dict[str, dict[tuple[Any, ...], dict[str, Any]]] = {}
+        for entity_set in dict.fromkeys(e.entity_set for p in packages for e in p.entities):
+            entities = [(p.legal_entity, e) for p in packages for e in p.entities if e.entity_set == entity_set]
+            per_entity[entity_set] = self._landed_rows(entity_set, entities)
+        return [
+            ImportCheck(
+                entities=tuple(self._check_entity(p.legal_entity, e, per_entity[e.entity_set]) for e in p.entities)
+            )
+            for p in packages
+        ]
+
+    def _landed_rows(
+        self, entity_set: str, entities: Sequence[tuple[str, PackagedEntity]]
+    ) -> dict[tuple[Any, ...], dict[str, Any]]:
+        """(folded legal entity, *normalized key) -> row, for the D365 rows matching a packaged key."""
+        key_props = DMF_ENTITIES[entity_set].key_properties
+        wanted = {(odata.fold(le), *(_key_text(v) for v in key)) for le, e in entities for key in e.keys}
+        if not wanted:
+            return {}
+        rows = self.d365.query(
+            entity_set,
+            legal_entity=sorted({odata.fold(le) for le, _ in entities}),
+            filter=odata.prefix_cover(key_props[0], {key[0] for _, e in entities for key in e.keys}),
+            select=["dataAreaId", *key_props],
+        )
+        landed: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for row in rows:
+            normalized = (odata.fold(row.get("dataAreaId")), *(_key_text(row.get(p)) for p in key_props))
+            if normalized in wanted:  # exact match only: '*' in an eq literal is a wildcard in F&O
+                landed[normalized] = row
+        return landed
+
+    def _check_entity(
+        self, legal_entity: str, entity: PackagedEntity, landed: dict[tuple[Any, ...], dict[str, Any]]
+    ) -> EntityCheck:
+        le = odata.fold(legal_entity)
         found: dict[tuple[Any, ...], dict[str, Any]] = {}
         unique = list(dict.fromkeys(entity.keys))
-        for start in range(0, len(unique), READ_BACK_CHUNK):
-            chunk: Sequence[tuple[Any, ...]] = unique[start : start + READ_BACK_CHUNK]
-            clauses = [odata.all_eq(dict(zip(key_props, key, strict=True))) for key in chunk]
-            rows = self.d365.query(
-                entity.entity_set,
-                legal_entity=legal_entity,
-                filter=clauses[0] if len(clauses) == 1 else odata.or_(*clauses),
-            )
-            for row in rows:
-                normalized = tuple(_key_text(row.get(p)) for p in key_props)
-                if normalized in wanted:  # exact match only: '*' in an eq literal is a wildcard in F&O
-                    found[wanted[normalized]] = row
+        for key in unique:
+            row = landed.get((le, *(_key_text(v) for v in key)))
+            if row is not None:
+                found[key] = row
         missing = tuple(k for k in unique if k not in found)
         return EntityCheck(entity_set=entity.entity_set, sent=len(unique), found=found, missing=missing)

@@ -108,6 +108,32 @@ def or_(*clauses: str) -> str:
     return "(" + " or ".join(clauses) + ")"
 
 
+FILTER_BUDGET = 3000  # characters of one prefix cover: the URL stays well under F&O's limit once encoded
+
+
+def prefix_cover(field: str, values: Iterable[Any], max_chars: int = FILTER_BUDGET) -> str | None:
+    """A short ``$filter`` matching at least every row whose ``field`` equals one of ``values``:
+    ``field eq 'v'`` per value while that fits in ``max_chars``, else shared prefixes as F&O's
+    wildcard (``field eq 'COUPA-10*'``), as long as the prefixes still fit. ``None``: no prefix
+    short enough fits, so only a query without a ``field`` condition finds them all.
+
+    A superset by construction (a prefix pattern matches every value it was cut from; F&O compares
+    case-insensitively and reads ``*`` in a value as a wildcard too — both only add rows): post-filter
+    the rows by exact value, as :func:`exactly` does."""
+    texts = sorted({str(v) for v in values if v is not None and str(v) != ""})
+    if not texts:
+        return None
+    longest = max(len(t) for t in texts)
+    for length in range(longest, 0, -1):
+        patterns = list(dict.fromkeys(t if len(t) <= length else t[:length] + WILDCARD for t in texts))
+        if len(patterns) * (len(field) + 7) > max_chars:  # cannot fit at this length: cut shorter
+            continue
+        clauses = [eq(field, p) for p in patterns]
+        if sum(len(c) + 4 for c in clauses) <= max_chars:
+            return clauses[0] if len(clauses) == 1 else or_(*clauses)
+    return None
+
+
 def key_predicate(key: Mapping[str, Any]) -> str:
     """``(dataAreaId='usmf',HeaderReference='A''B')``, percent-encoded for use in a URL path."""
     inner = ",".join(f"{_field(name)}={literal(value)}" for name, value in key.items())

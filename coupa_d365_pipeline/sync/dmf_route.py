@@ -42,7 +42,7 @@ from typing import Any
 
 from ..common.http import AmbiguousWriteError, SystemUnavailableError
 from ..d365.client import D365Error
-from ..d365.dmf import DmfClient, DmfError, DmfExecutionStatus
+from ..d365.dmf import DmfClient, DmfError, DmfExecutionStatus, ImportCheck
 from ..d365.dmf_package import DmfPackage, build_package
 from ..d365.odata import fold
 from ..mapping.fields import Quarantine
@@ -89,6 +89,15 @@ class _Mapped:
     document: dict[str, Any]
     supplier: dict[str, Any]
     mapped: Any  # MappedInvoice | MappedPurchaseOrder
+
+
+@dataclass
+class _Submitted:
+    """A package D365 took and finished importing, to be read back and settled."""
+
+    execution_id: str
+    package: DmfPackage
+    items: list[_Packaged]
 
 
 @dataclass
@@ -146,9 +155,20 @@ class DmfRoute:
             for item in packaged:
                 by_entity.setdefault(item.key["dataAreaId"], []).append(item)
             redrive: list[dict[str, Any]] = []
+            submitted: list[_Submitted] = []
             for legal_entity, items in sorted(by_entity.items()):
                 for start in range(0, len(items), MAX_DOCUMENTS_PER_PACKAGE):
-                    redrive += self._import(legal_entity, items[start : start + MAX_DOCUMENTS_PER_PACKAGE], report)
+                    done = self._import(legal_entity, items[start : start + MAX_DOCUMENTS_PER_PACKAGE])
+                    if isinstance(done, _Submitted):
+                        submitted.append(done)
+                    else:
+                        redrive += done
+            # every package read back at once: one query per entity set for all legal entities
+            checks = self.dmf.read_back_many([done.package for done in submitted])
+            for done, check in zip(submitted, checks, strict=True):
+                redrive += self._settle(
+                    done.execution_id, done.package, done.items, report, redrive_now=False, check=check
+                )
         except SystemUnavailableError as exc:
             exc.report = report  # type: ignore[attr-defined]
             raise
@@ -203,6 +223,11 @@ class DmfRoute:
         found = self._in_d365(mapped)
         keep = [m for m in mapped if self._natural(m) not in found]
         to_odata += [m.document for m in mapped if self._natural(m) in found]
+        # what _prepare reads per document, read in bulk: vendors (only if the ledger does not know
+        # one of them), and the D365 PO lines the invoices reference
+        self.syncer.vendors.expect({m.mapped.legal_entity for m in keep})
+        if self.doc_type == "invoice":
+            self.syncer.lookups.prefetch_po_lines([m.mapped for m in keep])  # type: ignore[attr-defined]
         return keep, to_odata
 
     def _map_one(self, document: dict[str, Any], supplier: dict[str, Any] | None) -> Any:
@@ -222,21 +247,27 @@ class DmfRoute:
         return fold(m.mapped.legal_entity), fold(m.mapped.vendor_account), fold(number)
 
     def _in_d365(self, mapped: list[_Mapped]) -> set[tuple[str, str, str]]:
-        by_entity: dict[str, list[_Mapped]] = {}
-        for m in mapped:
-            by_entity.setdefault(m.mapped.legal_entity, []).append(m)
-        found: set[tuple[str, str, str]] = set()
-        for le, items in by_entity.items():
-            if self.doc_type == "invoice":
-                wanted = [
-                    (header_reference(int(m.document["id"])), m.mapped.vendor_account, m.mapped.invoice_number)
-                    for m in items
-                ]
-                found |= {(fold(le), account, number) for account, number in invoices_in_d365(self.s.d365, le, wanted)}
-            else:
-                numbers = purchase_orders_in_d365(self.s.d365, le, [m.mapped.purchase_order_number for m in items])
-                found |= {self._natural(m) for m in items if fold(m.mapped.purchase_order_number) in numbers}
-        return found
+        """The folded natural keys of the mapped candidates D365 already holds (two bulk queries for
+        invoices, one for POs, whatever the number of legal entities: ``sync/dmf_lookups.py``)."""
+        if self.doc_type == "invoice":
+            wanted = [
+                (
+                    m.mapped.legal_entity,
+                    header_reference(int(m.document["id"])),
+                    m.mapped.vendor_account,
+                    m.mapped.invoice_number,
+                )
+                for m in mapped
+            ]
+            return invoices_in_d365(self.s.d365, wanted)
+        numbers = purchase_orders_in_d365(
+            self.s.d365, [(m.mapped.legal_entity, m.mapped.purchase_order_number) for m in mapped]
+        )
+        return {
+            self._natural(m)
+            for m in mapped
+            if (fold(m.mapped.legal_entity), fold(m.mapped.purchase_order_number)) in numbers
+        }
 
     def _prepare(self, mapped: list[_Mapped], report: SyncReport) -> tuple[list[_Packaged], list[dict[str, Any]]]:
         """Claim, ensure the vendor and record the intent of each mapped candidate."""
@@ -302,9 +333,9 @@ class DmfRoute:
         return _Packaged(m.document, row, key, header, lines, coupa_hash, label)
 
     # -- import ------------------------------------------------------------------------------
-    def _import(self, legal_entity: str, items: list[_Packaged], report: SyncReport) -> list[dict[str, Any]]:
-        """Package, record, submit, wait and settle ``items`` of one legal entity; returns the
-        documents to re-drive through OData."""
+    def _import(self, legal_entity: str, items: list[_Packaged]) -> _Submitted | list[dict[str, Any]]:
+        """Package, record, submit and wait for ``items`` of one legal entity; returns the execution to
+        settle — or, when D365 refused the package outright, the documents to re-drive through OData."""
         s, run = self.s, self.s.run_id
         package = build_package(
             {
@@ -340,7 +371,7 @@ class DmfRoute:
         self.executions.mark(execution_id, ExecutionStage.SUBMITTED)
         self.dmf.wait(execution_id, timeout_s=self.wait_timeout_s)
         s.ledger.release(lock, run)
-        return self._settle(execution_id, package, items, report, redrive_now=False)
+        return _Submitted(execution_id, package, items)
 
     def _refused(self, execution_id: str, items: list[_Packaged], exc: Exception) -> list[dict[str, Any]]:
         """D365 refused the package before importing anything: the documents (recorded as ``writing``)
@@ -426,12 +457,19 @@ class DmfRoute:
 
     # -- settle ------------------------------------------------------------------------------
     def _settle(
-        self, execution_id: str, package: DmfPackage, items: list[_Packaged], report: SyncReport, *, redrive_now: bool
+        self,
+        execution_id: str,
+        package: DmfPackage,
+        items: list[_Packaged],
+        report: SyncReport,
+        *,
+        redrive_now: bool,
+        check: ImportCheck | None = None,
     ) -> list[dict[str, Any]]:
         s, run = self.s, self.s.run_id
         status = self.dmf.status(execution_id).status
         self.summary.statuses[execution_id] = status.value
-        check = self.dmf.read_back(package)
+        check = check or self.dmf.read_back(package)
         complete = status == DmfExecutionStatus.SUCCEEDED and check.complete
         errors = [] if complete else self.dmf.execution_errors(execution_id)
         reasons = failure_reasons(errors, package, self.spec.key_field)

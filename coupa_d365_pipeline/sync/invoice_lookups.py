@@ -4,13 +4,16 @@ the D365 PO lines an invoice line may reference. Reads only; no Dagster import."
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+from ..d365.odata import fold
 from ..mapping.invoices import MappedInvoice
 from ..state.ledger import BOOKED_STATES, WRITING, LedgerRow, NaturalKey
 from .adoption import Verdict
 from .adoption import judge as judge_adoption
 from .context import SyncServices
+from .dmf_lookups import purchase_order_lines_in_d365
 from .settlements import posted_journal_rows
 
 DOC = "invoice"
@@ -121,6 +124,25 @@ class InvoiceLookups:
                 select=["HeaderReference", "InvoiceLineNumber", *LINE_COMPARE_FIELDS],
             )
         )
+
+    def prefetch_po_lines(self, invoices: Sequence[MappedInvoice]) -> None:
+        """Answer :meth:`link_purchase_orders` for all of ``invoices`` from one bulk read of the
+        referenced D365 PO lines (every legal entity at once) instead of one GET per line."""
+        wanted: dict[tuple[str, str, str], tuple[str, str, int]] = {}
+        for mapped in invoices:
+            for po_number, po_line in mapped.po_lines.values():
+                cache_key = (mapped.legal_entity, str(po_number), str(po_line))
+                if cache_key in self._po_lines or cache_key in wanted:
+                    continue
+                try:
+                    wanted[cache_key] = (mapped.legal_entity, str(po_number), int(str(po_line)))
+                except ValueError:
+                    self._po_lines[cache_key] = False
+        if not wanted:
+            return
+        found = purchase_order_lines_in_d365(self.s.d365, wanted.values())
+        for cache_key, (le, po_number, line) in wanted.items():
+            self._po_lines[cache_key] = (fold(le), fold(po_number), line) in found
 
     def link_purchase_orders(self, mapped: MappedInvoice) -> None:
         """PO-backed lines reference the D365 PO line when that PO exists in D365."""

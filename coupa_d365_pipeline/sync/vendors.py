@@ -4,6 +4,7 @@ never create a second vendor for the same supplier (ledger + key lookup before e
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from ..common.http import HTTPClientError, SystemUnavailableError, is_system_failure
@@ -36,6 +37,27 @@ class VendorSync:
         self._existing: dict[tuple[str, str], dict[str, Any] | None] = {}
         self._done: dict[tuple[int, str], Outcome] = {}
         self.errors: dict[tuple[int, str], HTTPClientError] = {}  # why a vendor failed (last ensure)
+        self._expected: set[str] = set()  # legal entities to prefetch together on the first lookup
+
+    def expect(self, legal_entities: Iterable[str]) -> None:
+        """The legal entities a bulk run will ensure vendors in: the first vendor that needs a D365
+        lookup prefetches all of them in one cross-company query (none at all when the ledger already
+        knows every vendor), instead of one GET per vendor."""
+        self._expected |= set(legal_entities)
+
+    def prefetch_many(self, legal_entities: Iterable[str]) -> int:
+        """:meth:`prefetch` for several legal entities in one cross-company query (paged)."""
+        wanted = {le.lower(): le for le in legal_entities}
+        if not wanted:
+            return 0
+        rows = list(self.s.d365.query("VendorsV2", legal_entity=sorted(wanted), select=SELECT))
+        for row in rows:
+            le = wanted.get(str(row.get("dataAreaId") or "").lower())
+            if le is not None:
+                self._existing[(le, str(row["VendorAccountNumber"]).lower())] = row
+        for le in wanted.values():
+            self._existing[(le, "*prefetched*")] = {}
+        return len(rows)
 
     def prefetch(self, legal_entity: str) -> int:
         """Read every vendor of a legal entity once (cross-company, paged) instead of one GET each."""
@@ -51,6 +73,11 @@ class VendorSync:
             return self._existing[cache_key]
         if (legal_entity, "*prefetched*") in self._existing:
             return None
+        if legal_entity in self._expected:
+            self.prefetch_many(
+                le for le in self._expected | {legal_entity} if (le, "*prefetched*") not in self._existing
+            )
+            return self._existing.get(cache_key)
         return self.s.d365.get("VendorsV2", {"dataAreaId": legal_entity, "VendorAccountNumber": account})
 
     def ensure(self, supplier: dict[str, Any], legal_entity: str) -> Outcome:

@@ -203,3 +203,42 @@ def test_a_package_d365_refuses_outright_goes_through_odata_in_the_same_run(serv
     assert all(r is not None and r.stage == ExecutionStage.ABANDONED for r in recorded)
     assert {r.state for r in services.ledger.rows("invoice")} == {"written"}
     assert len(sandboxes.d365.state.records("VendorInvoiceHeaders")) == len(invoices)
+
+
+def test_a_dmf_run_makes_a_constant_number_of_d365_requests_whatever_the_number_of_invoices(services, sandboxes):
+    """Bulk, not per document: lookups, referenced PO lines and read-back are one query per entity set
+    for all legal entities; per legal entity only the package's write URL, blob PUT and import."""
+    invoices = approved_invoices(sandboxes)
+    services.store.stage("invoice", invoices, run_id="run-1")
+    vendors = VendorSync(services)  # the vendors as the master-data run leaves them
+    for invoice in invoices:
+        le = CHARTS.get(invoice["account-type"]["name"])
+        supplier = services.supplier(invoice["supplier"]["id"])
+        if le is not None and supplier is not None:
+            vendors.ensure(supplier, le)
+    seq = last_seq(sandboxes)
+
+    bulk = route(services)
+    report = bulk.sync_many(invoices)
+
+    created = [o for o in report.outcomes if o.action == Action.CREATED]
+    legal_entities = {o.legal_entity for o in created}
+    assert len(created) > 60 and len(legal_entities) == 3 and len(bulk.summary.executions) == 3
+    requests = [e for e in sandboxes.d365.log.snapshot() if e.seq > seq and not e.path.endswith("Status")]
+    kinds = Counter(
+        e.path.rsplit(".", 1)[-1]
+        if "DataManagement" in e.path
+        else ("PUT blob" if "/_blob/" in e.path else f"{e.method} {e.path.rsplit('/', 1)[-1]}")
+        for e in requests
+    )
+    assert kinds == Counter(
+        {
+            "GetAzureWriteUrl": 3,
+            "PUT blob": 3,
+            "ImportFromPackage": 3,
+            "GET VendorInvoiceHeaders": 2,  # lookup by natural key or HeaderReference; read-back
+            "GET VendorInvoiceLines": 1,  # read-back
+            "GET VendInvoiceJourBiEntities": 1,  # posted with that natural key
+            "GET PurchaseOrderLinesV2": 1,  # the PO lines the invoices reference
+        }
+    ), kinds

@@ -100,3 +100,26 @@ def test_all_eq_is_a_superset_query_and_exactly_keeps_only_equal_rows():
     assert odata.exactly(rows, {"InvoiceNumber": "INV-"}) == []
     assert odata.exactly([{"LineNumber": 1}, {"LineNumber": "2"}], {"LineNumber": 2}) == [{"LineNumber": "2"}]
     assert odata.fold("ÄBc") == odata.fold("äbC") and odata.fold(None) == ""
+
+
+def test_prefix_cover_lists_the_values_while_they_fit_then_shares_prefixes_and_always_matches_every_value():
+    import re
+
+    from coupa_d365_pipeline.d365.odata import prefix_cover
+
+    def matches(cover: str, value: str) -> bool:  # F&O's eq: case-insensitive, '*' a wildcard
+        patterns = re.findall(r"HeaderReference eq '((?:[^']|'')*)'", cover)
+        return any(
+            re.fullmatch(".*".join(map(re.escape, p.replace("''", "'").split("*"))), value, re.I) for p in patterns
+        )
+
+    few = ["COUPA-1", "COUPA-2", "O'Hara*x"]
+    assert prefix_cover("HeaderReference", few) == (
+        "(HeaderReference eq 'COUPA-1' or HeaderReference eq 'COUPA-2' or HeaderReference eq 'O''Hara*x')"
+    )
+    many = [f"COUPA-{n}" for n in range(100000, 110000, 7)] + ["coupa-5", "Z"]
+    cover = prefix_cover("HeaderReference", many, max_chars=600)
+    assert cover is not None and len(cover) <= 600 and "*'" in cover
+    assert all(matches(cover, v) for v in many)
+    assert prefix_cover("HeaderReference", [f"{c}{n}" for c in "ABCDEFGHIJ" for n in range(10)], max_chars=60) is None
+    assert prefix_cover("HeaderReference", []) is None
