@@ -1,11 +1,12 @@
-"""What the DMF route decides before and reads after an import (plain functions; no Dagster):
-which route a run takes, which documents a package may carry, which packaged documents landed and
-what DMF said about the others."""
+"""What the DMF route decides before and reads after an import, and the records it passes along
+(plain Python; no Dagster): which route a run takes, which documents a package may carry, which
+packaged documents landed and what DMF said about the others."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -107,3 +108,48 @@ def failure_reasons(errors: Sequence[DmfRowError], package: DmfPackage, key_fiel
             where = f"{error.entity_name} row {error.row_number}" if error.row_number else error.entity_name
             reasons.setdefault(fold(ref), []).append(f"{where}: {error.message}")
     return {ref: "; ".join(dict.fromkeys(messages)) for ref, messages in reasons.items()}
+
+
+@dataclass
+class Packaged:
+    """A document whose intent is recorded: claimed row, bodies and key."""
+
+    document: dict[str, Any]
+    row: LedgerRow
+    key: dict[str, Any]
+    header: dict[str, Any]
+    lines: list[dict[str, Any]]
+    coupa_hash: str
+    label: str
+
+
+@dataclass
+class MappedDocument:
+    document: dict[str, Any]
+    supplier: dict[str, Any]
+    mapped: Any  # MappedInvoice | MappedPurchaseOrder
+
+
+@dataclass
+class Submitted:
+    """A package D365 took and finished importing, to be read back and settled."""
+
+    execution_id: str
+    package: DmfPackage
+    items: list[Packaged]
+
+
+@dataclass
+class DmfRunSummary:
+    """What the route did, for the materialization metadata."""
+
+    executions: list[str] = field(default_factory=list)
+    statuses: dict[str, str] = field(default_factory=dict)
+    packaged: int = 0
+    redriven: int = 0
+    resumed: list[str] = field(default_factory=list)
+
+
+def environment_scope(d365: Any) -> str:
+    """The lock scope of a D365 environment (the ledger's scope column holds 16 characters)."""
+    return hashlib.sha256(str(getattr(d365, "base_url", "")).lower().encode()).hexdigest()[:16]

@@ -34,10 +34,8 @@ claim; a run that dies releases it when Dagster marks the run finished or the pr
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 from ..common.http import AmbiguousWriteError, SystemUnavailableError
@@ -56,9 +54,14 @@ from .context import error_text
 from .dmf_lookups import invoices_in_d365, purchase_orders_in_d365
 from .dmf_plan import (  # noqa: F401 - Route, RouteDecision, choose_route: the Dagster glue imports them from here
     SPECS,
+    DmfRunSummary,
+    MappedDocument,
+    Packaged,
     Route,
     RouteDecision,
+    Submitted,
     choose_route,
+    environment_scope,
     failure_reasons,
     is_candidate,
     landed_documents,
@@ -69,51 +72,6 @@ from .report import Action, Outcome, SyncReport
 
 LOCK_DOC = "dmf_import"  # ledger rows (doc_type, 0, <environment>) serializing package imports
 MAX_DOCUMENTS_PER_PACKAGE = 5000
-
-
-@dataclass
-class _Packaged:
-    """A document whose intent is recorded: claimed row, bodies and key."""
-
-    document: dict[str, Any]
-    row: LedgerRow
-    key: dict[str, Any]
-    header: dict[str, Any]
-    lines: list[dict[str, Any]]
-    coupa_hash: str
-    label: str
-
-
-@dataclass
-class _Mapped:
-    document: dict[str, Any]
-    supplier: dict[str, Any]
-    mapped: Any  # MappedInvoice | MappedPurchaseOrder
-
-
-@dataclass
-class _Submitted:
-    """A package D365 took and finished importing, to be read back and settled."""
-
-    execution_id: str
-    package: DmfPackage
-    items: list[_Packaged]
-
-
-@dataclass
-class DmfRunSummary:
-    """What the route did, for the materialization metadata."""
-
-    executions: list[str] = field(default_factory=list)
-    statuses: dict[str, str] = field(default_factory=dict)
-    packaged: int = 0
-    redriven: int = 0
-    resumed: list[str] = field(default_factory=list)
-
-
-def environment_scope(d365: Any) -> str:
-    """The lock scope of a D365 environment (the ledger's scope column holds 16 characters)."""
-    return hashlib.sha256(str(getattr(d365, "base_url", "")).lower().encode()).hexdigest()[:16]
 
 
 class DmfRoute:
@@ -151,15 +109,15 @@ class DmfRoute:
             mapped, to_odata = self._map(candidates)
             packaged, more = self._prepare(mapped, report)
             to_odata += more
-            by_entity: dict[str, list[_Packaged]] = {}
+            by_entity: dict[str, list[Packaged]] = {}
             for item in packaged:
                 by_entity.setdefault(item.key["dataAreaId"], []).append(item)
             redrive: list[dict[str, Any]] = []
-            submitted: list[_Submitted] = []
+            submitted: list[Submitted] = []
             for legal_entity, items in sorted(by_entity.items()):
                 for start in range(0, len(items), MAX_DOCUMENTS_PER_PACKAGE):
                     done = self._import(legal_entity, items[start : start + MAX_DOCUMENTS_PER_PACKAGE])
-                    if isinstance(done, _Submitted):
+                    if isinstance(done, Submitted):
                         submitted.append(done)
                     else:
                         redrive += done
@@ -203,9 +161,9 @@ class DmfRoute:
         return settled
 
     # -- planning ----------------------------------------------------------------------------
-    def _map(self, candidates: list[dict[str, Any]]) -> tuple[list[_Mapped], list[dict[str, Any]]]:
+    def _map(self, candidates: list[dict[str, Any]]) -> tuple[list[MappedDocument], list[dict[str, Any]]]:
         """Map each candidate; those that do not map, or that D365 already holds, go to OData."""
-        mapped: list[_Mapped] = []
+        mapped: list[MappedDocument] = []
         to_odata: list[dict[str, Any]] = []
         for document in candidates:
             try:
@@ -219,7 +177,7 @@ class DmfRoute:
             if supplier is None or isinstance(result, Quarantine):
                 to_odata.append(document)  # the OData path quarantines it with the same reasons
                 continue
-            mapped.append(_Mapped(document, supplier, result))
+            mapped.append(MappedDocument(document, supplier, result))
         found = self._in_d365(mapped)
         keep = [m for m in mapped if self._natural(m) not in found]
         to_odata += [m.document for m in mapped if self._natural(m) in found]
@@ -242,11 +200,11 @@ class DmfRoute:
             return self.syncer._bodies(mapped, header_reference(int(document["id"])))  # type: ignore[attr-defined]
         return mapped.header, mapped.lines
 
-    def _natural(self, m: _Mapped) -> tuple[str, str, str]:
+    def _natural(self, m: MappedDocument) -> tuple[str, str, str]:
         number = m.mapped.invoice_number if self.doc_type == "invoice" else m.mapped.purchase_order_number
         return fold(m.mapped.legal_entity), fold(m.mapped.vendor_account), fold(number)
 
-    def _in_d365(self, mapped: list[_Mapped]) -> set[tuple[str, str, str]]:
+    def _in_d365(self, mapped: list[MappedDocument]) -> set[tuple[str, str, str]]:
         """The folded natural keys of the mapped candidates D365 already holds (two bulk queries for
         invoices, one for POs, whatever the number of legal entities: ``sync/dmf_lookups.py``)."""
         if self.doc_type == "invoice":
@@ -269,10 +227,10 @@ class DmfRoute:
             if (fold(m.mapped.legal_entity), fold(m.mapped.purchase_order_number)) in numbers
         }
 
-    def _prepare(self, mapped: list[_Mapped], report: SyncReport) -> tuple[list[_Packaged], list[dict[str, Any]]]:
+    def _prepare(self, mapped: list[MappedDocument], report: SyncReport) -> tuple[list[Packaged], list[dict[str, Any]]]:
         """Claim, ensure the vendor and record the intent of each mapped candidate."""
         s, run = self.s, self.s.run_id
-        packaged: list[_Packaged] = []
+        packaged: list[Packaged] = []
         to_odata: list[dict[str, Any]] = []
         for m in mapped:
             document = m.document
@@ -314,7 +272,7 @@ class DmfRoute:
                 packaged.append(item)
         return packaged, to_odata
 
-    def _intent(self, row: LedgerRow, m: _Mapped, coupa_hash: str, label: str) -> _Packaged | Outcome:
+    def _intent(self, row: LedgerRow, m: MappedDocument, coupa_hash: str, label: str) -> Packaged | Outcome:
         s, run, mapped = self.s, self.s.run_id, m.mapped
         stopped = self.syncer._ensure_vendor(
             row, m.document, m.supplier, mapped.legal_entity, mapped.vendor_account, coupa_hash
@@ -330,10 +288,10 @@ class DmfRoute:
             key = {"dataAreaId": mapped.legal_entity, "PurchaseOrderNumber": number}
         natural = NaturalKey(mapped.legal_entity, mapped.vendor_account, number)
         row = s.ledger.update(row, run, natural_key=natural, state=WRITING, d365_key=key)  # intent first
-        return _Packaged(m.document, row, key, header, lines, coupa_hash, label)
+        return Packaged(m.document, row, key, header, lines, coupa_hash, label)
 
     # -- import ------------------------------------------------------------------------------
-    def _import(self, legal_entity: str, items: list[_Packaged]) -> _Submitted | list[dict[str, Any]]:
+    def _import(self, legal_entity: str, items: list[Packaged]) -> Submitted | list[dict[str, Any]]:
         """Package, record, submit and wait for ``items`` of one legal entity; returns the execution to
         settle — or, when D365 refused the package outright, the documents to re-drive through OData."""
         s, run = self.s, self.s.run_id
@@ -371,9 +329,9 @@ class DmfRoute:
         self.executions.mark(execution_id, ExecutionStage.SUBMITTED)
         self.dmf.wait(execution_id, timeout_s=self.wait_timeout_s)
         s.ledger.release(lock, run)
-        return _Submitted(execution_id, package, items)
+        return Submitted(execution_id, package, items)
 
-    def _refused(self, execution_id: str, items: list[_Packaged], exc: Exception) -> list[dict[str, Any]]:
+    def _refused(self, execution_id: str, items: list[Packaged], exc: Exception) -> list[dict[str, Any]]:
         """D365 refused the package before importing anything: the documents (recorded as ``writing``)
         go through the OData path in this run, whose lookups settle an interrupted write."""
         reason = f"DMF refused execution {execution_id}: {error_text(exc)}; the documents go through OData"
@@ -423,10 +381,10 @@ class DmfRoute:
             rows[coupa_id] = row
         return rows
 
-    def _items_from_ledger(self, execution: RecordedExecution, rows: dict[int, LedgerRow]) -> list[_Packaged]:
+    def _items_from_ledger(self, execution: RecordedExecution, rows: dict[int, LedgerRow]) -> list[Packaged]:
         """The packaged documents of a recorded execution, from the ledger and the staged documents."""
         documents = self.s.store.documents_by_id(self.doc_type, list(rows))
-        items: list[_Packaged] = []
+        items: list[Packaged] = []
         for coupa_id, row in rows.items():
             document = documents.get(coupa_id)
             if document is None or row.state != WRITING or not row.d365_key:
@@ -443,7 +401,7 @@ class DmfRoute:
             except Exception:  # noqa: BLE001 - only the payload hash is lost
                 pass
             items.append(
-                _Packaged(
+                Packaged(
                     document,
                     row,
                     dict(row.d365_key),
@@ -460,7 +418,7 @@ class DmfRoute:
         self,
         execution_id: str,
         package: DmfPackage,
-        items: list[_Packaged],
+        items: list[Packaged],
         report: SyncReport,
         *,
         redrive_now: bool,
@@ -499,7 +457,7 @@ class DmfRoute:
             return []
         return redrive
 
-    def _written(self, item: _Packaged, execution_id: str, report: SyncReport) -> None:
+    def _written(self, item: Packaged, execution_id: str, report: SyncReport) -> None:
         """The document landed: the ledger fields the OData path sets after its create, then Coupa is told."""
         s, run = self.s, self.s.run_id
         coupa_id = item.row.coupa_id
