@@ -11,12 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..common.redact import install_log_redaction, register_secret
-from ..settings import DEFAULT_WEBHOOK_STAGING_DIR
+from ..settings import webhook_staging_dir
 from .receiver import ACCESS_LOGGER, HEALTH_PATH, WEBHOOK_PATH, create_app
 from .signing import SECRET_ENV_VAR, WebhookSecret, parse_secrets, sign
 from .staging import WebhookStaging
-
-STAGING_ENV_VAR = "WEBHOOK_STAGING_DIR"
 
 
 @dataclass(frozen=True)
@@ -32,7 +30,7 @@ def load_receiver_config(env: Mapping[str, str]) -> ReceiverConfig:
     for entry in (raw or "").split(","):
         register_secret(entry.strip())  # defence in depth: masked if anything ever logs it
     secrets = parse_secrets(raw)
-    return ReceiverConfig(secrets=secrets, staging_dir=Path(env.get(STAGING_ENV_VAR) or DEFAULT_WEBHOOK_STAGING_DIR))
+    return ReceiverConfig(secrets=secrets, staging_dir=webhook_staging_dir(env))
 
 
 def _configure_logging() -> None:
