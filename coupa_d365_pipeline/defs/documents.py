@@ -12,6 +12,7 @@ from ..state.ledger import Ledger
 from ..state.store import coupa_id_of
 from ..sync.base import DocumentSync
 from ..sync.dmf_route import DmfRoute, Route, choose_route
+from ..sync.events import SYNCED_STATUSES
 from ..sync.invoices import InvoiceSync
 from ..sync.purchase_orders import PurchaseOrderSync
 from ..sync.report import SyncReport
@@ -37,7 +38,7 @@ from .unfinished import stuck_check
 def coupa_invoices(
     context: dg.AssetExecutionContext, coupa: CoupaResource, sync_state: SyncStateResource
 ) -> dg.MaterializeResult:
-    return stage_window(context, coupa, sync_state, "invoices", "invoice", "approved,voided")
+    return stage_window(context, coupa, sync_state, "invoices", "invoice", ",".join(SYNCED_STATUSES["invoice"]))
 
 
 @dg.asset(
@@ -52,7 +53,9 @@ def coupa_invoices(
 def coupa_purchase_orders(
     context: dg.AssetExecutionContext, coupa: CoupaResource, sync_state: SyncStateResource
 ) -> dg.MaterializeResult:
-    return stage_window(context, coupa, sync_state, "purchase_orders", "purchase_order", "issued,closed,cancelled")
+    return stage_window(
+        context, coupa, sync_state, "purchase_orders", "purchase_order", ",".join(SYNCED_STATUSES["purchase_order"])
+    )
 
 
 def _sync_window(

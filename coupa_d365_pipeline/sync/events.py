@@ -26,10 +26,11 @@ from .report import Outcome, SyncReport
 from .vendors import VendorSync
 
 RESOURCE = {"supplier": "suppliers", "purchase_order": "purchase_orders", "invoice": "invoices"}
-# the statuses the partitioned staging assets read; anything else is not (yet) the connector's business
-SYNCED_STATUSES = {
-    "invoice": frozenset({"approved", "voided"}),
-    "purchase_order": frozenset({"issued", "closed", "cancelled"}),
+# the Coupa statuses the connector syncs, for the partitioned staging assets' read filter and the
+# webhook path alike; anything else is not (yet) the connector's business
+SYNCED_STATUSES: dict[str, tuple[str, ...]] = {
+    "invoice": ("approved", "voided"),
+    "purchase_order": ("issued", "closed", "cancelled"),
 }
 ORDER = ("supplier", "purchase_order", "invoice")
 
