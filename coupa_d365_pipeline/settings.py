@@ -17,6 +17,7 @@ import math
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,6 +54,9 @@ DEFAULT_WEBHOOK_MAX_ATTEMPTS = 3  # runs per batch before its events are moved t
 DEFAULT_WEBHOOK_PROCESSED_RETENTION_DAYS = 7  # processed events kept (redelivery dedupe), then pruned
 DEFAULT_D365_DMF_THRESHOLD = 500  # a documents run writing more new documents than this goes through DMF
 DEFAULT_D365_DMF_DATA_PROJECT = "Coupa documents"  # the DMF data project (definition group) packages import into
+DEFAULT_D365_BATCH_DOCUMENTS = 20  # new invoices/POs per OData $batch request (one changeset each)
+DEFAULT_D365_MAX_CONCURRENCY = 4  # $batch requests in flight at once per documents run
+DEFAULT_COUPA_MAX_CONCURRENCY = 4  # Coupa success notices in flight at once (still <= 20 requests/s)
 
 # name -> (required, description shown in errors and --help)
 ENV_VARS: dict[str, tuple[bool, str]] = {
@@ -113,6 +117,20 @@ ENV_VARS: dict[str, tuple[bool, str]] = {
     "D365_DMF_DATA_PROJECT": (
         False,
         f"the D365 DMF data project packages are imported into (default {DEFAULT_D365_DMF_DATA_PROJECT!r})",
+    ),
+    "D365_BATCH_DOCUMENTS": (
+        False,
+        "new invoices/POs written per OData $batch request, one atomic changeset each "
+        f"(default {DEFAULT_D365_BATCH_DOCUMENTS}; 1 = one request per document)",
+    ),
+    "D365_MAX_CONCURRENCY": (
+        False,
+        f"OData $batch requests a documents run keeps in flight at once (default {DEFAULT_D365_MAX_CONCURRENCY})",
+    ),
+    "COUPA_MAX_CONCURRENCY": (
+        False,
+        "Coupa success notices (export flag + history record) sent at once, under the 20 requests/s "
+        f"limiter (default {DEFAULT_COUPA_MAX_CONCURRENCY})",
     ),
 }
 
@@ -309,6 +327,48 @@ def dmf_threshold(env: Mapping[str, str] | None = None) -> int:
             ]
         )
     return value
+
+
+def _bounded_int(env: Mapping[str, str] | None, name: str, default: int, low: int, high: int, what: str) -> int:
+    raw = ((os.environ if env is None else env).get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise ConfigError(
+            [
+                f"{name}={raw!r} is not a whole number from {low} to {high}: set {what}, "
+                f"or unset it for the default {default}"
+            ]
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class ThroughputSettings:
+    """How the OData route of a documents run spreads its work (read at run start)."""
+
+    batch_documents: int = DEFAULT_D365_BATCH_DOCUMENTS
+    d365_concurrency: int = DEFAULT_D365_MAX_CONCURRENCY
+    coupa_concurrency: int = DEFAULT_COUPA_MAX_CONCURRENCY
+
+
+def throughput_settings(env: Mapping[str, str] | None = None) -> ThroughputSettings:
+    """D365_BATCH_DOCUMENTS, D365_MAX_CONCURRENCY and COUPA_MAX_CONCURRENCY, checked."""
+    return ThroughputSettings(
+        batch_documents=_bounded_int(
+            env, "D365_BATCH_DOCUMENTS", DEFAULT_D365_BATCH_DOCUMENTS, 1, 200, "the documents per $batch request"
+        ),
+        d365_concurrency=_bounded_int(
+            env, "D365_MAX_CONCURRENCY", DEFAULT_D365_MAX_CONCURRENCY, 1, 16, "the $batch requests in flight"
+        ),
+        coupa_concurrency=_bounded_int(
+            env, "COUPA_MAX_CONCURRENCY", DEFAULT_COUPA_MAX_CONCURRENCY, 1, 16, "the Coupa notices in flight"
+        ),
+    )
 
 
 def dmf_data_project(env: Mapping[str, str] | None = None) -> str:

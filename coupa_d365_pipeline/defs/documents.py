@@ -7,13 +7,14 @@ from typing import Any
 
 import dagster as dg
 
-from ..settings import DEFAULT_RETRY_LIMIT, dmf_data_project, dmf_threshold
+from ..settings import DEFAULT_RETRY_LIMIT, dmf_data_project, dmf_threshold, throughput_settings
 from ..state.ledger import Ledger
 from ..state.store import coupa_id_of
 from ..sync.base import DocumentSync
 from ..sync.dmf_route import DmfRoute, Route, choose_route
 from ..sync.events import SYNCED_STATUSES
 from ..sync.invoices import InvoiceSync
+from ..sync.odata_route import ODataBulkRoute
 from ..sync.purchase_orders import PurchaseOrderSync
 from ..sync.report import SyncReport
 from .coupa_staging import iso, stage_window
@@ -66,6 +67,7 @@ def _sync_window(
     more of them are to be written than D365_DMF_THRESHOLD (``sync/dmf_route.py``), else through OData.
     DMF imports an earlier run left unsettled are resumed first, on either route."""
     threshold = dmf_threshold()  # read at run start; a bad value fails the step naming the variable
+    throughput = throughput_settings()
     meter.count_requests(coupa=services.coupa, d365=services.d365)
     window = context.partition_time_window
     documents = services.store.documents_updated_between(doc_type, iso(window.start), iso(window.end))
@@ -77,7 +79,13 @@ def _sync_window(
     # staged but never synced: left behind by a run an outage stopped, whatever partition it covered
     retry_ids += services.ledger.never_tried(doc_type, exclude=in_window | set(retry_ids), limit=DEFAULT_RETRY_LIMIT)
     retries = list(services.store.documents_by_id(doc_type, retry_ids).values())
-    bulk = DmfRoute(syncer, data_project=dmf_data_project())
+    bulk = DmfRoute(syncer, data_project=dmf_data_project(), coupa_concurrency=throughput.coupa_concurrency)
+    lean = ODataBulkRoute(
+        syncer,
+        documents_per_batch=throughput.batch_documents,
+        d365_concurrency=throughput.d365_concurrency,
+        coupa_concurrency=throughput.coupa_concurrency,
+    )
     report = SyncReport()
     settled = bulk.resume(report)
     todo = [d for d in [*documents, *retries] if not (isinstance(d, dict) and coupa_id_of(d.get("id")) in settled)]
@@ -86,7 +94,7 @@ def _sync_window(
     if decision.route == Route.DMF:
         report = bulk.sync_many(todo, report)
     else:
-        report = syncer.sync_many(todo, report)
+        report = lean.sync_many(todo, report)
     context.log.info("%s %s..%s: %s", doc_type, iso(window.start), iso(window.end), dict(report.counts(doc_type)))
     fail_if_all_failed_by_system(report, doc_type)
     return dg.MaterializeResult(
@@ -106,6 +114,9 @@ def _sync_window(
             dmf_packaged=bulk.summary.packaged,
             dmf_redriven_through_odata=bulk.summary.redriven,
             dmf_resumed=", ".join(bulk.summary.resumed) or "-",
+            odata_batches=lean.summary.batches,
+            odata_batched=lean.summary.batched,
+            odata_redriven=lean.summary.redriven,
         )
     )
 

@@ -316,14 +316,30 @@ class DocumentSync:
     def _notify(self, row: LedgerRow, document: dict[str, Any], message: str, **ledger_fields: Any) -> LedgerRow:
         """Export flag + one Success record (read Coupa first only if an earlier attempt may have
         created it), then release the claim with ``coupa_notified`` set."""
-        s, run = self.s, self.s.run_id
+        may_exist = self._notice_started(row, document)
+        self.s.notifier.success(
+            self.DOC, int(document["id"]), message, document_status=document.get("status"), may_exist=may_exist
+        )
+        return self._notice_done(row, document, **ledger_fields)
+
+    def _notice_started(self, row: LedgerRow, document: dict[str, Any]) -> bool:
+        """Audit that Coupa is about to be told; True when an earlier attempt may have told it already
+        (its Success record must then be looked for before adding one). Ledger only, no request."""
         coupa_id = int(document["id"])
-        key = row.d365_key or {}
-        tried_before = s.ledger.audit_count(doc_type=self.DOC, coupa_id=coupa_id, action="coupa_notify_started") > 0
-        self._audit(coupa_id, "coupa_notify_started", key=key)
-        s.notifier.success(self.DOC, coupa_id, message, document_status=document.get("status"), may_exist=tried_before)
-        self._audit(coupa_id, "coupa_notified", key=key)
-        return s.ledger.update(row, run, release=True, coupa_notified=True, **ledger_fields)
+        tried_before = (
+            self.s.ledger.audit_count(doc_type=self.DOC, coupa_id=coupa_id, action="coupa_notify_started") > 0
+        )
+        self._audit(coupa_id, "coupa_notify_started", key=row.d365_key or {})
+        return tried_before
+
+    def _notice_done(self, row: LedgerRow, document: dict[str, Any], **ledger_fields: Any) -> LedgerRow:
+        """Coupa was told: audit it and release the claim with ``coupa_notified`` set."""
+        self._audit(int(document["id"]), "coupa_notified", key=row.d365_key or {})
+        return self.s.ledger.update(row, self.s.run_id, release=True, coupa_notified=True, **ledger_fields)
+
+    def booked_message(self, row: LedgerRow) -> str:  # pragma: no cover - abstract
+        """The Success record's text for a document just created in D365 under ``row.d365_key``."""
+        raise NotImplementedError
 
     def _audit(
         self,

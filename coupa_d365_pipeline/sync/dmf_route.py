@@ -8,14 +8,9 @@ PO with no ledger row, or one that is new or quarantined (never booked, no D365 
 failed — goes through the OData path as before, in the same run.
 
 Per candidate (:meth:`DmfRoute.sync_many`), the same rules as the OData path, in bulk:
-1. map it with the OData path's mapping; a mapping problem -> the OData path quarantines it, as always;
-2. look D365 up per legal entity, many documents per request (``sync/dmf_lookups.py``): whatever D365
-   already holds (pending or posted invoice with that natural key or our HeaderReference, a PO with
-   that number) is left out of the package and goes through the OData path, which adopts it or
-   quarantines the duplicate — dedupe holds across routes;
-3. claim the ledger row, make sure the vendor exists (OData, as always), record the intent — state
-   ``writing`` with the D365 key (HeaderReference ``COUPA-<id>`` / PO number) and the natural key —
-   before anything is imported, exactly as the OData path does before its write;
+1.-3. planned as every bulk route plans (``sync/bulk_plan.py``): mapped, looked up in D365 in bulk
+   (what D365 already holds goes through the per-document path: dedupe holds across routes), claimed,
+   vendor made sure of, intent recorded (``writing`` + D365 key) before anything is imported;
 4. one package per legal entity; the execution id (``coupa-d365-<run id[:8]>-<le>-<n>``) and the
    package are recorded in ``dmf_executions`` *before* ``ImportFromPackage``; upload, import, wait;
 5. read every packaged row back by its key: a document whose header and lines all landed is
@@ -44,14 +39,12 @@ from ..d365.dmf import DmfClient, DmfError, DmfExecutionStatus, ImportCheck
 from ..d365.dmf_package import DmfPackage, build_package
 from ..d365.odata import fold
 from ..mapping.fields import Quarantine
-from ..mapping.invoices import map_invoice
-from ..mapping.purchase_orders import map_purchase_order
 from ..state.dmf_executions import DmfExecutions, ExecutionStage, RecordedExecution
-from ..state.ledger import FAILED, WRITING, WRITTEN, ClaimLostError, LedgerRow, NaturalKey, Problem
+from ..state.ledger import FAILED, WRITING, WRITTEN, LedgerRow
 from ..state.store import payload_hash
-from .base import DocumentSync, UnbookableDocument
+from .base import DocumentSync
+from .bulk_plan import BulkPlanner
 from .context import error_text
-from .dmf_lookups import invoices_in_d365, purchase_orders_in_d365
 from .dmf_plan import (  # noqa: F401 - Route, RouteDecision, choose_route: the Dagster glue imports them from here
     SPECS,
     DmfRunSummary,
@@ -67,14 +60,14 @@ from .dmf_plan import (  # noqa: F401 - Route, RouteDecision, choose_route: the 
     landed_documents,
     split_candidates,
 )
-from .invoice_lookups import header_reference
+from .notices import NoticeQueue
 from .report import Action, Outcome, SyncReport
 
 LOCK_DOC = "dmf_import"  # ledger rows (doc_type, 0, <environment>) serializing package imports
 MAX_DOCUMENTS_PER_PACKAGE = 5000
 
 
-class DmfRoute:
+class DmfRoute(BulkPlanner):
     """Imports the first writes of a run through DMF; everything else is left to ``syncer`` (the
     OData path of the same document type)."""
 
@@ -88,17 +81,16 @@ class DmfRoute:
         wait_timeout_s: float = 3600.0,
         lock_wait_s: float = 3600.0,
         not_found_grace_s: float = 30.0,
+        coupa_concurrency: int = 4,
     ) -> None:
-        self.syncer = syncer
-        self.s = syncer.s
-        self.doc_type = syncer.DOC
-        self.spec = SPECS[self.doc_type]
+        super().__init__(syncer)
         self.data_project = data_project
         self.dmf = dmf or DmfClient(self.s.d365, logger=None)
         self.executions = executions or DmfExecutions(self.s.ledger.engine, clock=self.s.ledger.clock)
         self.wait_timeout_s = wait_timeout_s
         self.lock_wait_s = lock_wait_s
         self.not_found_grace_s = not_found_grace_s
+        self.coupa_concurrency = coupa_concurrency
         self.summary = DmfRunSummary()
 
     # -- entry points ------------------------------------------------------------------------
@@ -106,9 +98,7 @@ class DmfRoute:
         report = report or SyncReport()
         candidates, others = split_candidates(self.s, self.doc_type, documents)
         try:
-            mapped, to_odata = self._map(candidates)
-            packaged, more = self._prepare(mapped, report)
-            to_odata += more
+            packaged, to_odata = self._plan(candidates, report)
             by_entity: dict[str, list[Packaged]] = {}
             for item in packaged:
                 by_entity.setdefault(item.key["dataAreaId"], []).append(item)
@@ -123,10 +113,11 @@ class DmfRoute:
                         redrive += done
             # every package read back at once: one query per entity set for all legal entities
             checks = self.dmf.read_back_many([done.package for done in submitted])
-            for done, check in zip(submitted, checks, strict=True):
-                redrive += self._settle(
-                    done.execution_id, done.package, done.items, report, redrive_now=False, check=check
-                )
+            with NoticeQueue(self.syncer, report, self.coupa_concurrency) as notices:
+                for done, check in zip(submitted, checks, strict=True):
+                    redrive += self._settle(
+                        done.execution_id, done.package, done.items, report, notices, redrive_now=False, check=check
+                    )
         except SystemUnavailableError as exc:
             exc.report = report  # type: ignore[attr-defined]
             raise
@@ -156,139 +147,10 @@ class DmfRoute:
                     self.s.ledger.release(row, self.s.run_id)
                 continue
             items = self._items_from_ledger(execution, rows)
-            self._settle(execution.execution_id, execution.package, items, report, redrive_now=True)
+            with NoticeQueue(self.syncer, report, self.coupa_concurrency) as notices:
+                self._settle(execution.execution_id, execution.package, items, report, notices, redrive_now=True)
             settled.update(item.row.coupa_id for item in items)
         return settled
-
-    # -- planning ----------------------------------------------------------------------------
-    def _map(self, candidates: list[dict[str, Any]]) -> tuple[list[MappedDocument], list[dict[str, Any]]]:
-        """Map each candidate; those that do not map, or that D365 already holds, go to OData."""
-        mapped: list[MappedDocument] = []
-        to_odata: list[dict[str, Any]] = []
-        for document in candidates:
-            try:
-                supplier = self.syncer._supplier(document)
-            except SystemUnavailableError:
-                raise
-            except Exception:  # noqa: BLE001 - unbookable supplier or a Coupa error: the OData path records it
-                to_odata.append(document)
-                continue
-            result = self._map_one(document, supplier)
-            if supplier is None or isinstance(result, Quarantine):
-                to_odata.append(document)  # the OData path quarantines it with the same reasons
-                continue
-            mapped.append(MappedDocument(document, supplier, result))
-        found = self._in_d365(mapped)
-        keep = [m for m in mapped if self._natural(m) not in found]
-        to_odata += [m.document for m in mapped if self._natural(m) in found]
-        # what _prepare reads per document, read in bulk: vendors (only if the ledger does not know
-        # one of them), and the D365 PO lines the invoices reference
-        self.syncer.vendors.expect({m.mapped.legal_entity for m in keep})
-        if self.doc_type == "invoice":
-            self.syncer.lookups.prefetch_po_lines([m.mapped for m in keep])  # type: ignore[attr-defined]
-        return keep, to_odata
-
-    def _map_one(self, document: dict[str, Any], supplier: dict[str, Any] | None) -> Any:
-        if self.doc_type == "invoice":
-            return map_invoice(document, self.s.mapping, self.s.master, supplier=supplier)
-        return map_purchase_order(document, self.s.mapping, self.s.master, supplier=supplier)
-
-    def _bodies(self, document: dict[str, Any], mapped: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """Header and lines exactly as the OData path would send them."""
-        if self.doc_type == "invoice":
-            self.syncer.lookups.link_purchase_orders(mapped)  # type: ignore[attr-defined]
-            return self.syncer._bodies(mapped, header_reference(int(document["id"])))  # type: ignore[attr-defined]
-        return mapped.header, mapped.lines
-
-    def _natural(self, m: MappedDocument) -> tuple[str, str, str]:
-        number = m.mapped.invoice_number if self.doc_type == "invoice" else m.mapped.purchase_order_number
-        return fold(m.mapped.legal_entity), fold(m.mapped.vendor_account), fold(number)
-
-    def _in_d365(self, mapped: list[MappedDocument]) -> set[tuple[str, str, str]]:
-        """The folded natural keys of the mapped candidates D365 already holds (two bulk queries for
-        invoices, one for POs, whatever the number of legal entities: ``sync/dmf_lookups.py``)."""
-        if self.doc_type == "invoice":
-            wanted = [
-                (
-                    m.mapped.legal_entity,
-                    header_reference(int(m.document["id"])),
-                    m.mapped.vendor_account,
-                    m.mapped.invoice_number,
-                )
-                for m in mapped
-            ]
-            return invoices_in_d365(self.s.d365, wanted)
-        numbers = purchase_orders_in_d365(
-            self.s.d365, [(m.mapped.legal_entity, m.mapped.purchase_order_number) for m in mapped]
-        )
-        return {
-            self._natural(m)
-            for m in mapped
-            if (fold(m.mapped.legal_entity), fold(m.mapped.purchase_order_number)) in numbers
-        }
-
-    def _prepare(self, mapped: list[MappedDocument], report: SyncReport) -> tuple[list[Packaged], list[dict[str, Any]]]:
-        """Claim, ensure the vendor and record the intent of each mapped candidate."""
-        s, run = self.s, self.s.run_id
-        packaged: list[Packaged] = []
-        to_odata: list[dict[str, Any]] = []
-        for m in mapped:
-            document = m.document
-            coupa_id, label = int(document["id"]), self.syncer.label(document)
-            row = s.ledger.claim(self.doc_type, coupa_id, run)
-            if row is None:
-                report.add(
-                    Outcome(self.doc_type, coupa_id, Action.BUSY, label, None, "another run holds this document")
-                )
-                continue
-            if not is_candidate(document, row, self.spec.wanted_status):  # changed since the plan: OData decides
-                s.ledger.release(row, run)
-                to_odata.append(document)
-                continue
-            coupa_hash = self.syncer.content_hash(document)
-            try:
-                item = self._intent(row, m, coupa_hash, label)
-            except UnbookableDocument as exc:
-                report.add(self.syncer._quarantine(row, document, exc.reason, coupa_hash))
-                continue
-            except ClaimLostError as exc:
-                report.add(Outcome(self.doc_type, coupa_id, Action.BUSY, label, row.legal_entity, str(exc)))
-                continue
-            except SystemUnavailableError:
-                s.ledger.release(row, run)
-                for done in packaged:  # intent recorded, nothing imported: the next run's lookups settle them
-                    s.ledger.release(done.row, run)
-                raise
-            except Exception as exc:  # noqa: BLE001 - one document's trouble never stops the others
-                reason = error_text(exc)
-                s.logger.warning("%s %s (%s) failed before packaging: %s", self.doc_type, coupa_id, label, reason)
-                current = s.ledger.get(self.doc_type, coupa_id) or row
-                s.ledger.record_problem(current, run, Problem.FAILED, reason)
-                report.add(Outcome(self.doc_type, coupa_id, Action.FAILED, label, row.legal_entity, reason))
-                continue
-            if isinstance(item, Outcome):
-                report.add(item)
-            else:
-                packaged.append(item)
-        return packaged, to_odata
-
-    def _intent(self, row: LedgerRow, m: MappedDocument, coupa_hash: str, label: str) -> Packaged | Outcome:
-        s, run, mapped = self.s, self.s.run_id, m.mapped
-        stopped = self.syncer._ensure_vendor(
-            row, m.document, m.supplier, mapped.legal_entity, mapped.vendor_account, coupa_hash
-        )
-        if stopped is not None:
-            return stopped
-        header, lines = self._bodies(m.document, mapped)
-        if self.doc_type == "invoice":
-            number = mapped.invoice_number
-            key = {"dataAreaId": mapped.legal_entity, "HeaderReference": header["HeaderReference"]}
-        else:
-            number = mapped.purchase_order_number
-            key = {"dataAreaId": mapped.legal_entity, "PurchaseOrderNumber": number}
-        natural = NaturalKey(mapped.legal_entity, mapped.vendor_account, number)
-        row = s.ledger.update(row, run, natural_key=natural, state=WRITING, d365_key=key)  # intent first
-        return Packaged(m.document, row, key, header, lines, coupa_hash, label)
 
     # -- import ------------------------------------------------------------------------------
     def _import(self, legal_entity: str, items: list[Packaged]) -> Submitted | list[dict[str, Any]]:
@@ -420,6 +282,7 @@ class DmfRoute:
         package: DmfPackage,
         items: list[Packaged],
         report: SyncReport,
+        notices: NoticeQueue,
         *,
         redrive_now: bool,
         check: ImportCheck | None = None,
@@ -437,7 +300,7 @@ class DmfRoute:
             ref = fold(item.key[self.spec.key_field])
             coupa_id = item.row.coupa_id
             if ref in landed:
-                self._written(item, execution_id, report)
+                self._written(item, execution_id, notices)
                 continue
             reason = reasons.get(ref) or (
                 "DMF reported Succeeded but the rows are not in D365 (the data project may lack the entity mapping)"
@@ -457,7 +320,7 @@ class DmfRoute:
             return []
         return redrive
 
-    def _written(self, item: Packaged, execution_id: str, report: SyncReport) -> None:
+    def _written(self, item: Packaged, execution_id: str, notices: NoticeQueue) -> None:
         """The document landed: the ledger fields the OData path sets after its create, then Coupa is told."""
         s, run = self.s, self.s.run_id
         coupa_id = item.row.coupa_id
@@ -474,19 +337,6 @@ class DmfRoute:
             attempts=item.row.attempts + 1,
         )
         le = str(item.key["dataAreaId"])
-        try:
-            if self.doc_type == "invoice":
-                self.syncer._notify_booked(row, item.document)  # type: ignore[attr-defined]
-                detail = str(item.key["HeaderReference"])
-            else:
-                self.syncer._notify(row, item.document, self.syncer._message(row, "issued"))  # type: ignore[attr-defined]
-                detail = f"{len(item.lines)} lines" if item.lines else ""
-        except SystemUnavailableError:
-            s.ledger.release(row, run)  # booked, Coupa not told: the next run tells it
-            raise
-        except Exception as exc:  # noqa: BLE001 - the booking stands; telling Coupa is retried next run
-            reason = error_text(exc)
-            s.ledger.record_problem(s.ledger.get(self.doc_type, coupa_id) or row, run, Problem.FAILED, reason)
-            report.add(Outcome(self.doc_type, coupa_id, Action.FAILED, item.label, le, reason))
-            return
-        report.add(Outcome(self.doc_type, coupa_id, Action.CREATED, item.label, le, f"{detail} (DMF {execution_id})"))
+        detail = str(item.key["HeaderReference"]) if self.doc_type == "invoice" else f"{len(item.lines)} lines"
+        outcome = Outcome(self.doc_type, coupa_id, Action.CREATED, item.label, le, f"{detail} (DMF {execution_id})")
+        notices.submit(row, item.document, outcome)  # Coupa is told alongside; see sync/notices.py

@@ -441,12 +441,13 @@ class InvoiceSync(DocumentSync):
         )
 
     def _notify_booked(self, row: LedgerRow, invoice: dict[str, Any]) -> None:
+        self._notify(row, invoice, self.booked_message(row))
+
+    def booked_message(self, row: LedgerRow) -> str:
         key = row.d365_key or {}
         target = key.get("HeaderReference") or key.get("InvoiceId")
-        message = (
-            f"Booked in D365 {key.get('dataAreaId')} as pending vendor invoice {target}"
-            if row.state != POSTED
-            else f"Already posted in D365 {key.get('dataAreaId')} as invoice "
-            f"{target} (voucher {key.get('LedgerVoucher')})"
+        if row.state != POSTED:
+            return f"Booked in D365 {key.get('dataAreaId')} as pending vendor invoice {target}"
+        return (
+            f"Already posted in D365 {key.get('dataAreaId')} as invoice {target} (voucher {key.get('LedgerVoucher')})"
         )
-        self._notify(row, invoice, message)

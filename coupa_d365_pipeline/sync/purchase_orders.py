@@ -391,6 +391,9 @@ class PurchaseOrderSync(DocumentSync):
             s.ledger.release(row, run)
         return Outcome(DOC, int(po["id"]), Action(state.value), self.label(po), row.legal_entity, reason)
 
+    def booked_message(self, row: LedgerRow) -> str:
+        return self._message(row, "issued")
+
     def _message(self, row: LedgerRow, status: str) -> str:
         key = row.d365_key or {}
         if not key:

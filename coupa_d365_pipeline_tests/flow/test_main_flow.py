@@ -262,9 +262,10 @@ def test_audit_trail_and_replay_use_the_same_dedupe(sandbox_env, sandboxes, sync
 def test_lost_batch_answer_is_settled_by_lookup(sandbox_env, sandboxes, instance, mastered):
     from coupa_d365_pipeline.sandbox.faults import ScriptedFault
 
-    # the run books the seed's 162 issued POs first (one changeset each), then the invoices
+    # the run books the seed's 162 issued POs first (20 changesets per $batch: 9 requests), then the
+    # invoices: the answers to the first three invoice batches are lost after D365 applied them
     sandboxes.d365.injector.script(
-        ScriptedFault(kind="drop_after", method="POST", path_regex=r"\$batch", times=3, after=162)
+        ScriptedFault(kind="drop_after", method="POST", path_regex=r"\$batch", times=3, after=9)
     )
     result = run_documents(instance)
     assert result.success
@@ -277,7 +278,7 @@ def test_lost_batch_answer_is_settled_by_lookup(sandbox_env, sandboxes, instance
 
     lost = {int(m) for e in dropped for m in re.findall(r"COUPA-(\d+)", e.body)}
     invoice_batches = [e for e in dropped if "VendorInvoiceHeaders" in e.body]
-    assert len(lost) == len(invoice_batches) == 3  # three invoice changesets lost their answer
+    assert len(invoice_batches) == 3 and len(lost) == 60  # three batches of 20 invoices lost their answer
     for coupa_id in lost:  # each lost answer was settled by the lookup: booked once, never resent
         row = ledger(sandbox_env).get("invoice", coupa_id)
         assert row.state == "written"
