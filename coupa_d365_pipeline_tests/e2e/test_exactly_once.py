@@ -5,6 +5,7 @@ No wall-clock races: a scripted ``hold`` fault parks one invoice write inside th
 the test acts (SIGKILL, or waiting for the other run to write) while the request log shows it parked."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -32,7 +33,7 @@ COMMAND = [
     "--partition-range",
     "2026-11-01...2026-11-06",
 ]
-BATCH_PATH = r"^/data/\$batch$"  # the invoice writer sends header + lines as one $batch changeset
+BATCH_PATH = r"^/data/\$batch$"  # invoices go 20 per $batch, header + lines as one changeset each
 
 
 def run_env(sandboxes, home: Path, database_url: str) -> dict[str, str]:
@@ -104,13 +105,19 @@ def header_refs(sandboxes) -> set[str]:
     return {h["HeaderReference"] for h in sandboxes.d365.state.records("VendorInvoiceHeaders")}
 
 
+def refs_in(entry) -> set[str]:
+    return set(re.findall(r'"HeaderReference": ?"(COUPA-\d+)"', entry.body))
+
+
 def test_sigkill_while_an_invoice_write_is_in_flight_then_rerun_books_everything_once(sandboxes, tmp_path):
-    answered_before_kill = 5
-    # Rendezvous: the 6th invoice write ($batch) is parked in the sandbox until released.
+    answered_before_kill = 2
+    # Rendezvous: the 3rd invoice $batch (20 invoices, one changeset each) is parked in the sandbox
+    # until released; one request in flight at a time makes "the 3rd" well defined.
     hold = sandboxes.d365.injector.script(
         ScriptedFault(kind="hold", method="POST", path_regex=BATCH_PATH, after=answered_before_kill)
     )
     env = run_env(sandboxes, tmp_path / "home", f"sqlite:///{tmp_path / 'sync.db'}")
+    env["D365_MAX_CONCURRENCY"] = "1"
     log_path = tmp_path / "first.log"
     with open(log_path, "w") as log:  # own process group: the CLI and its step worker die together
         first = subprocess.Popen(
@@ -120,35 +127,39 @@ def test_sigkill_while_an_invoice_write_is_in_flight_then_rerun_books_everything
         [held] = wait_in_log(
             sandboxes.d365, lambda entries: [e for e in entries if e.injected == "hold"], [first], [log_path]
         )
-        # The run is inside its 6th write: 5 answered, the 6th received but not applied, nothing else sent.
-        assert [e.status for e in batches(sandboxes.d365.log.snapshot())] == [200] * answered_before_kill + [None]
+        # The run is inside its 3rd write: 2 answered, the 3rd received but not applied, nothing else sent.
+        sent = batches(sandboxes.d365.log.snapshot())
+        assert [e.status for e in sent] == [200] * answered_before_kill + [None]
         at_kill = header_refs(sandboxes)
-        assert len(at_kill) == answered_before_kill
+        assert at_kill == set().union(*(refs_in(e) for e in sent[:answered_before_kill])) and len(at_kill) == 40
         kill_process_group(first)
     finally:
         if first.poll() is None:
             kill_process_group(first)
         hold.release()
     assert first.returncode == -signal.SIGKILL
+    in_flight = refs_in(held)
+    assert len(in_flight) == 20 and not in_flight & at_kill
     ledger = Ledger(make_engine(env["SYNC_DATABASE_URL"]))
-    [writing] = ledger.rows("invoice", ["writing"])  # intent recorded before the write, claim left behind
-    assert writing.claimed_by is not None
-    ref = writing.d365_key["HeaderReference"]
-    assert f'"{ref}"' in held.body and ref not in at_kill
+    # intent recorded before the write (for every planned invoice), claims left behind by the dead run
+    writing = {r.d365_key["HeaderReference"]: r for r in ledger.rows("invoice", ["writing"])}
+    assert in_flight <= set(writing) and all(writing[ref].claimed_by is not None for ref in in_flight)
 
     # Released after the client died, the write lands with nobody to hear the answer.
     sandboxes.d365.log.wait_for(lambda entries: held.status is not None, timeout_s=60)
-    assert held.status == 200 and header_refs(sandboxes) == at_kill | {ref}
+    assert held.status == 200 and header_refs(sandboxes) == at_kill | in_flight
 
     mark = sandboxes.d365.log.next_seq()
     rerun = subprocess.run(COMMAND, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     booked = assert_booked_exactly_once(sandboxes)
-    assert len(at_kill) < booked  # the kill really happened in the middle
-    resent = [e for e in batches(sandboxes.d365.log.snapshot(), since_seq=mark - 1) if f'"{ref}"' in e.body]
-    assert resent == []  # the rerun found the landed write and adopted it instead of sending it again
-    adopted = ledger.get("invoice", writing.coupa_id)
-    assert adopted.state == "written" and adopted.d365_key["HeaderReference"] == ref and adopted.claimed_by is None
+    assert len(at_kill | in_flight) < booked  # the kill really happened in the middle
+    resent = [e for e in batches(sandboxes.d365.log.snapshot(), since_seq=mark - 1) if refs_in(e) & in_flight]
+    assert resent == []  # the rerun found the landed writes and adopted them instead of sending them again
+    for ref in in_flight:
+        adopted = ledger.get("invoice", writing[ref].coupa_id)
+        assert adopted.state == "written" and adopted.d365_key["HeaderReference"] == ref
+        assert adopted.claimed_by is None and adopted.coupa_notified
 
 
 @pytest.mark.postgres
