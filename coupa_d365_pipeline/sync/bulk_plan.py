@@ -25,12 +25,13 @@ from ..d365.odata import fold
 from ..mapping.fields import Quarantine
 from ..mapping.invoices import map_invoice
 from ..mapping.purchase_orders import map_purchase_order
-from ..state.ledger import WRITING, ClaimLostError, LedgerRow, NaturalKey, Problem
+from ..state.ledger import WRITING, WRITTEN, ClaimLostError, LedgerRow, NaturalKey, Problem
 from .base import DocumentSync, UnbookableDocument
 from .context import error_text
 from .dmf_lookups import invoices_in_d365, purchase_orders_in_d365
 from .dmf_plan import SPECS, MappedDocument, Packaged, is_candidate
 from .invoice_lookups import header_reference
+from .notices import NoticeQueue
 from .report import Action, Outcome, SyncReport
 
 
@@ -193,3 +194,22 @@ class BulkPlanner:
         natural = NaturalKey(mapped.legal_entity, mapped.vendor_account, number)
         row = s.ledger.update(row, run, natural_key=natural, state=WRITING, d365_key=key)  # intent first
         return Packaged(m.document, row, key, header, lines, coupa_hash, label)
+
+    def _mark_written(self, item: Packaged, digest: str | None, notices: NoticeQueue, note: str = "") -> None:
+        """The document landed: the ledger fields the per-document path sets after its create, then
+        Coupa is told alongside (``sync/notices.py``); the outcome is reported once it has been."""
+        row = self.s.ledger.update(
+            item.row,
+            self.s.run_id,
+            state=WRITTEN,
+            coupa_hash=item.coupa_hash,
+            payload_hash=digest,
+            reason=None,
+            problem=None,
+            attempts=item.row.attempts + 1,
+        )
+        le = str(item.key["dataAreaId"])
+        lines = f"{len(item.lines)} lines" if item.lines else ""
+        detail = str(item.key["HeaderReference"]) if self.doc_type == "invoice" else lines
+        outcome = Outcome(self.doc_type, item.row.coupa_id, Action.CREATED, item.label, le, detail + note)
+        notices.submit(row, item.document, outcome)

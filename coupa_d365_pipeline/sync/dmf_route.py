@@ -40,7 +40,7 @@ from ..d365.dmf_package import DmfPackage, build_package
 from ..d365.odata import fold
 from ..mapping.fields import Quarantine
 from ..state.dmf_executions import DmfExecutions, ExecutionStage, RecordedExecution
-from ..state.ledger import FAILED, WRITING, WRITTEN, LedgerRow
+from ..state.ledger import FAILED, WRITING, LedgerRow
 from ..state.store import payload_hash
 from .base import DocumentSync
 from .bulk_plan import BulkPlanner
@@ -61,7 +61,7 @@ from .dmf_plan import (  # noqa: F401 - Route, RouteDecision, choose_route: the 
     split_candidates,
 )
 from .notices import NoticeQueue
-from .report import Action, Outcome, SyncReport
+from .report import SyncReport
 
 LOCK_DOC = "dmf_import"  # ledger rows (doc_type, 0, <environment>) serializing package imports
 MAX_DOCUMENTS_PER_PACKAGE = 5000
@@ -321,22 +321,7 @@ class DmfRoute(BulkPlanner):
         return redrive
 
     def _written(self, item: Packaged, execution_id: str, notices: NoticeQueue) -> None:
-        """The document landed: the ledger fields the OData path sets after its create, then Coupa is told."""
-        s, run = self.s, self.s.run_id
-        coupa_id = item.row.coupa_id
+        """The document landed: audited as the per-document path's create, then marked written."""
         digest = payload_hash([item.header, item.lines]) if item.header else item.row.payload_hash
-        self.syncer._audit(coupa_id, "create", self.spec.header_set, item.key, 201, payload_sha256=digest)
-        row = s.ledger.update(
-            item.row,
-            run,
-            state=WRITTEN,
-            coupa_hash=item.coupa_hash,
-            payload_hash=digest,
-            reason=None,
-            problem=None,
-            attempts=item.row.attempts + 1,
-        )
-        le = str(item.key["dataAreaId"])
-        detail = str(item.key["HeaderReference"]) if self.doc_type == "invoice" else f"{len(item.lines)} lines"
-        outcome = Outcome(self.doc_type, coupa_id, Action.CREATED, item.label, le, f"{detail} (DMF {execution_id})")
-        notices.submit(row, item.document, outcome)  # Coupa is told alongside; see sync/notices.py
+        self.syncer._audit(item.row.coupa_id, "create", self.spec.header_set, item.key, 201, payload_sha256=digest)
+        self._mark_written(item, digest, notices, f" (DMF {execution_id})")

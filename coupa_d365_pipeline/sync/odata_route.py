@@ -39,14 +39,13 @@ from ..common.http import AmbiguousWriteError, SystemUnavailableError
 from ..d365 import odata
 from ..d365.batch import BatchOperation, Changeset
 from ..d365.client import ChangesetResult
-from ..state.ledger import WRITTEN
 from ..state.store import payload_hash
 from .base import DocumentSync
 from .bulk_plan import BulkPlanner
 from .context import error_text
 from .dmf_plan import Packaged, split_candidates
 from .notices import NoticeQueue
-from .report import Action, Outcome, SyncReport
+from .report import SyncReport
 
 THROTTLED = 429
 
@@ -164,7 +163,7 @@ class ODataBulkRoute(BulkPlanner):
             coupa_id, "create", self.spec.header_set, item.key, status, error=detail, payload_sha256=digest
         )
         if result.ok:
-            self._written(item, digest, notices)
+            self._mark_written(item, digest, notices)
             return []
         if error is not None and (error.is_duplicate or error.status == THROTTLED):
             s.ledger.release(item.row, run)  # our key is taken, or nothing was applied: the per-document path decides
@@ -177,23 +176,6 @@ class ODataBulkRoute(BulkPlanner):
         )
         return []
 
-    def _written(self, item: Packaged, digest: str, notices: NoticeQueue) -> None:
-        """Created: the per-document path's ledger fields, then Coupa is told alongside."""
-        row = self.s.ledger.update(
-            item.row,
-            self.s.run_id,
-            state=WRITTEN,
-            coupa_hash=item.coupa_hash,
-            payload_hash=digest,
-            reason=None,
-            problem=None,
-            attempts=item.row.attempts + 1,
-        )
-        le = str(item.key["dataAreaId"])
-        summary = str(item.key["HeaderReference"]) if self.doc_type == "invoice" else f"{len(item.lines)} lines"
-        outcome = Outcome(self.doc_type, item.row.coupa_id, Action.CREATED, item.label, le, summary)
-        notices.submit(row, item.document, outcome)
-
     def _settle_ambiguous(
         self, chunk: list[Packaged], exc: AmbiguousWriteError, notices: NoticeQueue
     ) -> list[dict[str, Any]]:
@@ -203,15 +185,7 @@ class ODataBulkRoute(BulkPlanner):
         other document (and every PO, whose number the per-document path must judge ours or not)
         goes through the per-document path, which looks its recorded key up before writing again."""
         reason = error_text(exc)
-        for item in chunk:
-            self.syncer._audit(
-                item.row.coupa_id,
-                "create_ambiguous",
-                self.spec.header_set,
-                item.key,
-                error=reason,
-                payload_sha256=payload_hash([item.header, item.lines]),
-            )
+        self._audit_batch(chunk, "create_ambiguous", reason)
         landed: set[tuple[str, str]] = set()
         if self.doc_type == "invoice":
             refs = [str(item.key["HeaderReference"]) for item in chunk]
@@ -229,7 +203,7 @@ class ODataBulkRoute(BulkPlanner):
                 self.syncer._audit(
                     item.row.coupa_id, "create", self.spec.header_set, item.key, 201, payload_sha256=digest
                 )
-                self._written(item, digest, notices)
+                self._mark_written(item, digest, notices)
             else:
                 self.s.ledger.release(item.row, self.s.run_id)
                 redrive.append(item.document)
@@ -247,7 +221,6 @@ class ODataBulkRoute(BulkPlanner):
     def _batch_failed(self, chunk: list[Packaged], exc: Exception) -> list[dict[str, Any]]:
         """The request as a whole was refused before any changeset ran (an unambiguous error answer):
         each document goes through the per-document path, which looks its recorded key up first."""
-        action = "create_batch_failed"
         reason = error_text(exc)
         self.s.logger.warning(
             "%s: a $batch of %d documents failed as a whole (%s); each is settled by the per-document path",
@@ -255,6 +228,11 @@ class ODataBulkRoute(BulkPlanner):
             len(chunk),
             reason,
         )
+        self._audit_batch(chunk, "create_batch_failed", reason)
+        self._release(chunk)
+        return [item.document for item in chunk]
+
+    def _audit_batch(self, chunk: list[Packaged], action: str, reason: str) -> None:
         for item in chunk:
             self.syncer._audit(
                 item.row.coupa_id,
@@ -264,8 +242,6 @@ class ODataBulkRoute(BulkPlanner):
                 error=reason,
                 payload_sha256=payload_hash([item.header, item.lines]),
             )
-        self._release(chunk)
-        return [item.document for item in chunk]
 
     def _release(self, chunk: list[Packaged]) -> None:
         for item in chunk:
