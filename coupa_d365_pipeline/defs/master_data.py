@@ -232,9 +232,13 @@ def d365_vendors(
     vendors = VendorSync(services)
     prefetched = {le: vendors.prefetch(le) for le in sorted({le for les in used.values() for le in les})}
     report = SyncReport()
-    for supplier in store.documents("supplier"):
-        for le in sorted(used.get(int(supplier["id"]), set())):
-            report.add(vendors.ensure(supplier, le))
+    wanted = (
+        (supplier, le)
+        for supplier in store.documents("supplier")
+        for le in sorted(used.get(int(supplier["id"]), set()))
+    )
+    for outcome in vendors.ensure_many(wanted):
+        report.add(outcome)
     fail_if_all_failed_by_system(report, "vendor")
     return dg.MaterializeResult(
         metadata=sync_metadata(

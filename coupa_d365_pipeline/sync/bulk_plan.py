@@ -89,6 +89,9 @@ class BulkPlanner:
         # what _prepare reads per document, read in bulk: vendors (only if the ledger does not know
         # one of them), and the D365 PO lines the invoices reference
         self.syncer.vendors.expect({m.mapped.legal_entity for m in keep})
+        # the vendors D365 lacks are created here, many per $batch; _prepare's per-document check then
+        # finds each one settled (a vendor that failed fails its documents there, as on the OData path)
+        self.syncer.vendors.ensure_many((m.supplier, m.mapped.legal_entity) for m in keep)
         if self.doc_type == "invoice":
             self.syncer.lookups.prefetch_po_lines([m.mapped for m in keep])  # type: ignore[attr-defined]
         return keep, to_odata

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
-from ..common.http import HTTPClientError, SystemUnavailableError, is_system_failure
+from ..common.http import AmbiguousWriteError, HTTPClientError, SystemUnavailableError, is_system_failure
+from ..d365.batch import BatchOperation, Changeset
 from ..mapping.vendors import Quarantine, map_vendor, vendor_changes
 from ..state.ledger import WRITTEN, ClaimLostError, Problem
 from ..state.store import payload_hash
@@ -28,6 +30,18 @@ SELECT = [
     "OnHoldStatus",
     "VendorGroupId",
 ]
+
+
+@dataclass
+class _Create:
+    """A vendor D365 does not hold yet, claimed and mapped, waiting to go out in a ``$batch``."""
+
+    row: Any
+    supplier: dict[str, Any]
+    legal_entity: str
+    key: dict[str, Any]
+    desired: dict[str, Any]
+    coupa_hash: str
 
 
 class VendorSync:
@@ -86,6 +100,77 @@ class VendorSync:
         if memo is not None:
             return memo
         outcome = self._ensure(supplier, legal_entity)
+        assert isinstance(outcome, Outcome)
+        return self._memo(supplier, legal_entity, outcome)
+
+    def ensure_many(self, wanted: Iterable[tuple[dict[str, Any], str]], batch_size: int = 20) -> list[Outcome]:
+        """:meth:`ensure` for many (supplier, legal entity) pairs, with the vendors D365 does not hold
+        created ``batch_size`` per ``$batch`` request (one changeset each) instead of one POST each.
+        A vendor whose part was refused, or whose batch answer was lost, is settled by :meth:`ensure`
+        after a fresh lookup by key (a vendor's key is its account: a create never lands twice)."""
+        outcomes: list[Outcome] = []
+        creates: list[_Create] = []
+        seen: set[tuple[int, str]] = set()
+        for supplier, legal_entity in wanted:
+            pair = (int(supplier["id"]), legal_entity)
+            if pair in seen:
+                continue
+            seen.add(pair)
+            if pair in self._done:
+                outcomes.append(self._done[pair])
+                continue
+            result = self._ensure(supplier, legal_entity, defer_create=True)
+            if isinstance(result, _Create):
+                creates.append(result)
+            else:
+                outcomes.append(self._memo(supplier, legal_entity, result))
+        size = max(1, batch_size)
+        try:
+            for start in range(0, len(creates), size):
+                outcomes += self._create_batch(creates[start : start + size])
+        except BaseException:
+            for c in creates:  # a no-op for the rows already settled (their claim is gone)
+                self.s.ledger.release(c.row, self.s.run_id)
+            raise
+        return outcomes
+
+    def _create_batch(self, chunk: list[_Create]) -> list[Outcome]:
+        s = self.s
+        try:
+            results = s.d365.batch([Changeset([BatchOperation("POST", "VendorsV2", c.desired)]) for c in chunk])
+        except SystemUnavailableError:
+            raise
+        except (AmbiguousWriteError, HTTPClientError) as exc:
+            s.logger.warning(
+                "vendors: a $batch of %d creates failed as a whole (%s); each is looked up and settled alone",
+                len(chunk),
+                error_text(exc),
+            )
+            return [self._settle_alone(c) for c in chunk]
+        outcomes: list[Outcome] = []
+        for c, result in zip(chunk, results, strict=True):
+            if not result.ok:
+                outcomes.append(self._settle_alone(c))
+                continue
+            created = result.parts[0].body if result.parts and isinstance(result.parts[0].body, dict) else c.desired
+            account = str(c.key["VendorAccountNumber"])
+            self._existing[(c.legal_entity, account.lower())] = created
+            outcome = self._written(
+                c.row, c.supplier, c.legal_entity, c.key, Action.CREATED, 201, c.desired, c.coupa_hash
+            )
+            outcomes.append(self._memo(c.supplier, c.legal_entity, outcome))
+        return outcomes
+
+    def _settle_alone(self, c: _Create) -> Outcome:
+        """A batched create that was refused or whose answer was lost: read the vendor by key (it may
+        have landed), then let :meth:`ensure` create, update or record the failure as for any vendor."""
+        account = str(c.key["VendorAccountNumber"]).lower()
+        self.s.ledger.release(c.row, self.s.run_id)
+        self._existing[(c.legal_entity, account)] = self.s.d365.get("VendorsV2", c.key)
+        return self.ensure(c.supplier, c.legal_entity)
+
+    def _memo(self, supplier: dict[str, Any], legal_entity: str, outcome: Outcome) -> Outcome:
+        supplier_id = int(supplier["id"])
         error = self.errors.get((supplier_id, legal_entity)) if outcome.action == Action.FAILED else None
         if outcome.action != Action.BUSY and not (error is not None and is_system_failure(error)):
             # a vendor D365 failed to answer for is tried again by the next document that needs it
@@ -100,7 +185,9 @@ class VendorSync:
                 return row
             time.sleep(0.2)
 
-    def _ensure(self, supplier: dict[str, Any], legal_entity: str) -> Outcome:
+    def _ensure(self, supplier: dict[str, Any], legal_entity: str, defer_create: bool = False) -> Outcome | _Create:
+        """``defer_create``: a vendor D365 does not hold is returned as a claimed :class:`_Create` for
+        :meth:`ensure_many` to send in a ``$batch``, instead of being created here."""
         s, run = self.s, self.s.run_id
         supplier_id = int(supplier["id"])
         name = str(supplier.get("name") or supplier_id)
@@ -134,6 +221,8 @@ class VendorSync:
             s.ledger.update(row, run, legal_entity=legal_entity, vendor_account=account, d365_key=key)
             current = self._current(legal_entity, account)
             digest = payload_hash(desired)
+            if current is None and defer_create:
+                return _Create(row, supplier, legal_entity, key, desired, coupa_hash)
             if current is None:
                 created = s.d365.create("VendorsV2", desired, verify=lambda: s.d365.get("VendorsV2", key))
                 self._existing[(legal_entity, account.lower())] = created
@@ -146,37 +235,7 @@ class VendorSync:
                     action, status, sent = Action.UPDATED, 204, changes
                 else:
                     action, status, sent = Action.ALREADY_PRESENT, None, None
-            if sent is not None:
-                s.ledger.audit(
-                    run_id=run,
-                    doc_type=DOC,
-                    coupa_id=supplier_id,
-                    scope=legal_entity,
-                    action="create" if action == Action.CREATED else "update",
-                    entity="VendorsV2",
-                    d365_key=key,
-                    http_status=status,
-                    payload_sha256=payload_hash(sent),
-                )
-            s.ledger.update(
-                row,
-                run,
-                release=True,
-                state=WRITTEN,
-                coupa_hash=coupa_hash,
-                payload_hash=digest,
-                reason=None,
-                problem=None,
-                attempts=row.attempts + 1,
-            )
-            return Outcome(
-                DOC,
-                supplier_id,
-                action,
-                name,
-                legal_entity,
-                f"changed: {', '.join(sorted(sent))}" if action == Action.UPDATED and sent else "",
-            )
+            return self._written(row, supplier, legal_entity, key, action, status, sent, coupa_hash, digest)
         except SystemUnavailableError:
             s.ledger.release(row, run)
             raise
@@ -205,3 +264,50 @@ class VendorSync:
         except BaseException:
             s.ledger.release(row, run)
             raise
+
+    def _written(
+        self,
+        row: Any,
+        supplier: dict[str, Any],
+        legal_entity: str,
+        key: dict[str, Any],
+        action: Action,
+        status: int | None,
+        sent: dict[str, Any] | None,
+        coupa_hash: str,
+        digest: str | None = None,
+    ) -> Outcome:
+        """The vendor is in D365 as Coupa has it: audit what was sent, mark the row written, release it."""
+        s, run = self.s, self.s.run_id
+        supplier_id = int(supplier["id"])
+        if sent is not None:
+            s.ledger.audit(
+                run_id=run,
+                doc_type=DOC,
+                coupa_id=supplier_id,
+                scope=legal_entity,
+                action="create" if action == Action.CREATED else "update",
+                entity="VendorsV2",
+                d365_key=key,
+                http_status=status,
+                payload_sha256=payload_hash(sent),
+            )
+        s.ledger.update(
+            row,
+            run,
+            release=True,
+            state=WRITTEN,
+            coupa_hash=coupa_hash,
+            payload_hash=digest if digest is not None else payload_hash(sent),
+            reason=None,
+            problem=None,
+            attempts=row.attempts + 1,
+        )
+        return Outcome(
+            DOC,
+            supplier_id,
+            action,
+            str(supplier.get("name") or supplier_id),
+            legal_entity,
+            f"changed: {', '.join(sorted(sent))}" if action == Action.UPDATED and sent else "",
+        )

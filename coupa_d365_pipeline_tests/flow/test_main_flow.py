@@ -319,20 +319,37 @@ def test_supplier_changes_update_the_vendor_in_every_legal_entity_never_a_second
     assert len(accounts) == len(set(accounts))
 
 
-def test_vendor_write_failure_fails_the_invoice_and_the_next_run_recovers(sandbox_env, sandboxes, instance):
+def test_vendor_write_failure_fails_the_invoice_and_the_next_run_recovers(
+    sandbox_env, sandboxes, instance, monkeypatch
+):
+    from coupa_d365_pipeline.sandbox.d365.odata import ODataError
     from coupa_d365_pipeline.sandbox.faults import ScriptedFault
 
+    # D365 refuses every vendor the run creates: the batched creates are refused part by part; each
+    # vendor is then looked up and created alone, and that single POST fails with a 503
+    real_create = sandboxes.d365.state.create
+
+    def refusing_vendors(entity_set, body):
+        if entity_set == "VendorsV2":
+            raise ODataError(500, "Write failed for table row of type 'VendVendorV2Entity'.")
+        return real_create(entity_set, body)
+
+    monkeypatch.setattr(sandboxes.d365.state, "create", refusing_vendors)
     sandboxes.d365.injector.script(
         ScriptedFault(kind="5xx", method="POST", path_regex="^/data/VendorsV2$", status=503, times=1000)
     )
+    vendors_before = len(sandboxes.d365.state.records("VendorsV2"))
     result = run_documents(instance)
     assert result.success
     meta = metadata(result, "d365/vendor_invoices")
     assert meta["failed"] > 0 and "vendor" in meta["problems"]
     failed = ledger(sandbox_env).rows("invoice", ["failed"])
     assert failed and all("vendor" in r.reason for r in failed)
+    assert len(sandboxes.d365.state.records("VendorsV2")) == vendors_before
+    assert [e for e in sandboxes.d365.log.snapshot() if e.method == "POST" and e.path == "/data/$batch"]
     vendor_posts = [e for e in sandboxes.d365.log.snapshot() if e.method == "POST" and e.path == "/data/VendorsV2"]
     assert vendor_posts and all(e.injected == "5xx" and e.status == 503 for e in vendor_posts)  # the fault fired
+    monkeypatch.setattr(sandboxes.d365.state, "create", real_create)
     sandboxes.d365.injector.clear()
     assert run_documents(instance).success
     assert ledger(sandbox_env).rows("invoice", ["failed"]) == []
