@@ -83,6 +83,7 @@ class ScriptedFault:
     kind: FaultKind
     method: str | None = None
     path_regex: str | None = None
+    body_regex: str | None = None  # only requests whose body matches (e.g. the $batch of one entity set)
     times: int = 1
     retry_after_s: int = 1
     status: int = 503
@@ -97,10 +98,12 @@ class ScriptedFault:
         """Let the requests parked by this ``hold`` fault (and any later ones) go on."""
         self._released.set()
 
-    def matches(self, method: str, path: str) -> bool:
+    def matches(self, method: str, path: str, body: str = "") -> bool:
         if self.method and self.method.upper() != method.upper():
             return False
         if self.path_regex and not re.search(self.path_regex, path):
+            return False
+        if self.body_regex and not re.search(self.body_regex, body):
             return False
         return True
 
@@ -153,14 +156,14 @@ class FaultInjector:
             self.config = FaultConfig(seed=self.config.seed)
             self._rng = random.Random(self.config.seed)
 
-    def decide(self, method: str, path: str) -> tuple[float, FaultDecision | None]:
+    def decide(self, method: str, path: str, body: str = "") -> tuple[float, FaultDecision | None]:
         """Return (added latency in ms, fault or None) for one request.
 
         A scripted ``latency`` comes back as a ``FaultDecision`` with ``delay_ms`` (the request then
         runs normally); every other kind replaces or interrupts the normal answer."""
         with self._lock:
             for fault in self._scripted:
-                if fault.times > 0 and fault.matches(method, path):
+                if fault.times > 0 and fault.matches(method, path, body):
                     if fault.after > 0:
                         fault.after -= 1
                         continue
@@ -307,7 +310,7 @@ class FaultMiddleware:
             headers=headers,
             body=body.decode("utf-8", errors="replace"),
         )
-        latency_ms, fault = self.injector.decide(scope["method"], scope["path"])
+        latency_ms, fault = self.injector.decide(scope["method"], scope["path"], entry.body)
         answer_fault = fault if fault and fault.kind not in ("latency", "hold") else None
         entry.injected = fault.kind if fault else None
         entry.fault = answer_fault.kind if answer_fault else None

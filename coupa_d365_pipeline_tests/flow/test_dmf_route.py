@@ -118,7 +118,9 @@ def test_dmf_and_odata_routes_give_the_same_end_state(
             assert set(meta["dmf_statuses"].split(", ")) and "Succeeded" in meta["dmf_statuses"]
             assert meta["created"] == metadata(by_odata, asset)["created"] > 10
         imports = [e for e in fresh.d365.log.snapshot() if e.path.endswith(".ImportFromPackage")]
-        assert imports and not [e for e in fresh.d365.log.snapshot() if e.path.endswith("/$batch")]
+        batched = [e for e in fresh.d365.log.snapshot() if e.path.endswith("/$batch")]
+        # documents only through packages; the vendors they need are created 20 per $batch
+        assert imports and not [e for e in batched if "VendorInvoice" in e.body or "PurchaseOrder" in e.body]
 
         odata_d365, dmf_d365 = d365_state(sandboxes), d365_state(fresh)
         for entity_set in ENTITY_SETS:
