@@ -8,7 +8,7 @@ import argparse
 import getpass
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -177,6 +177,18 @@ def rotate_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def _guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """File-system failures (read-only mount, no permission, disk full) as one line naming the file."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except OSError as exc:
+            raise CredentialStoreError(f"cannot use {exc.filename or 'a file'}: {exc.strerror or exc}") from None
+
+    return run
+
+
 def _name(text: str) -> str:
     if text not in NAMES:
         raise argparse.ArgumentTypeError(f"{text!r} is not a stored name; use one of {', '.join(NAMES)}")
@@ -201,7 +213,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         f"{DEFAULT_KEY_FILE}). Refuses to replace an existing file.",
     )
     init.add_argument("--key-file", default=None, help="where to create it (default: as above)")
-    init.set_defaults(func=init_key)
+    init.set_defaults(func=_guarded(init_key))
     setter = commands.add_parser(
         "set",
         help="store values: prompted without echo, or --stdin, or --from-env (never on the command line)",
@@ -213,10 +225,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     source = setter.add_mutually_exclusive_group()
     source.add_argument("--stdin", action="store_true", help="read the values from stdin, one per line, in NAME order")
     source.add_argument("--from-env", action="store_true", help="copy the values from the environment variables")
-    setter.set_defaults(func=set_values)
+    setter.set_defaults(func=_guarded(set_values))
     unset = commands.add_parser("unset", help="remove values from the store")
     unset.add_argument("names", nargs="+", **names, help=f"one or more of {', '.join(NAMES)}")
-    unset.set_defaults(func=unset_values)
+    unset.set_defaults(func=_guarded(unset_values))
     shower = commands.add_parser(
         "show",
         help="list what the store holds: ids in clear, secrets as length and SHA-256 prefix only",
@@ -224,7 +236,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "secrets as 'set (N chars, sha256 <8 hex digits>...)', '-' when not stored, and whether the "
         "environment's variable wins. Exits 1 when there is no store.",
     )
-    shower.set_defaults(func=show)
+    shower.set_defaults(func=_guarded(show))
     rotate = commands.add_parser(
         "rotate-key",
         help="re-encrypt the store under a new key; the old key no longer opens it",
@@ -237,4 +249,4 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     rotate.add_argument(
         "--new-key-file", default=None, help="where the new key is or goes (default: the key file in use)"
     )
-    rotate.set_defaults(func=rotate_key)
+    rotate.set_defaults(func=_guarded(rotate_key))

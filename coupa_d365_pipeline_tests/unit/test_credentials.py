@@ -300,3 +300,33 @@ def test_the_cli_stores_shows_and_rotates_without_printing_a_secret(tmp_path, mo
     assert stored == {
         name: VALUES[name] for name in ("COUPA_CLIENT_ID", "COUPA_CLIENT_SECRET", "D365_CLIENT_SECRET")
     } | {"COUPA_WEBHOOK_SECRET": WEBHOOK_SECRET}
+
+
+def test_set_prompts_secrets_without_echo_and_enter_keeps_the_stored_value(env, monkeypatch, capsys):
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    hidden: list[str] = []
+    echoed: list[str] = []
+    answers = {"COUPA_CLIENT_SECRET": "typed-secret-4242", "D365_CLIENT_ID": "typed-app"}
+
+    def getpass(prompt: str) -> str:
+        hidden.append(prompt.split()[0])
+        return answers.get(prompt.split()[0], "")
+
+    def ask(prompt: str) -> str:
+        echoed.append(prompt.split()[0])
+        return answers.get(prompt.split()[0], "")
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr("sys.stdin", Terminal())
+    monkeypatch.setattr("getpass.getpass", getpass)
+    monkeypatch.setattr("builtins.input", ask)
+    assert main(["credentials", "set"]) == 0
+    assert hidden == ["COUPA_CLIENT_SECRET", "COUPA_WEBHOOK_SECRET", "D365_CLIENT_SECRET"]
+    assert echoed == ["COUPA_CLIENT_ID", "D365_TENANT_ID", "D365_CLIENT_ID"]
+    stored = store.read_store(store_file(env), store.read_key_file(Path(env[store.KEY_FILE_ENV_VAR])))
+    assert stored.plain_values() == VALUES | answers
+    assert "typed-secret-4242" not in capsys.readouterr().out
