@@ -1,4 +1,5 @@
-"""``coupa-d365`` command line: ping real or sandbox systems, run the sandboxes, run the demo."""
+"""``coupa-d365`` command line: ping real or sandbox systems, run the sandboxes, run the demo, keep
+credentials in the encrypted store (``credentials_cli``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
 
+from .common.credentials import CredentialStoreError
 from .settings import (
     DEFAULT_PING_TIMEOUT_S,
     DEFAULT_SYNC_START_DATE,
@@ -141,9 +143,10 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _env(args: argparse.Namespace) -> int:
-    print(f"{'variable':<26} {'required':<9} description")
+    width = max(len(name) for name in ENV_VARS) + 1
+    print(f"{'variable':<{width}} {'required':<9} description")
     for name, (required, description) in ENV_VARS.items():
-        print(f"{name:<26} {'yes' if required else 'no':<9} {description}")
+        print(f"{name:<{width}} {'yes' if required else 'no':<9} {description}")
     return 0
 
 
@@ -208,7 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="coupa-d365",
         description=(
             "Coupa -> Dynamics 365 F&O connector. Configuration comes from environment variables "
-            "(run 'coupa-d365 env' for the list)."
+            "(run 'coupa-d365 env' for the list); credentials may come from an encrypted store instead "
+            "('coupa-d365 credentials --help')."
         ),
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -323,6 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
         )
         command.set_defaults(func=handler)
 
+    from .credentials_cli import add_parser as add_credentials_parser
+
+    add_credentials_parser(sub)
+
     env = sub.add_parser("env", help="list the configuration environment variables")
     env.set_defaults(func=_env)
     return parser
@@ -335,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except ConfigError as exc:
+    except (ConfigError, CredentialStoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

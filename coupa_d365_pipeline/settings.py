@@ -8,7 +8,9 @@ is a ``DEFAULT_*`` constant here; nothing else spells one.
 
 Names are stable (outside tests and later issues rely on them). ``load_settings`` collects every
 problem at once and raises :class:`ConfigError` whose message names each variable and the fix.
-Secret values are held as ``SecretStr`` and never appear in messages. Plain Python: no Dagster.
+Secret values are held as ``SecretStr`` and never appear in messages. Credentials the environment
+leaves unset come from the encrypted credential store (:func:`with_stored_credentials`, called by every
+loader that reads one). Plain Python: no Dagster.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, SecretStr
+
+from .common import credentials
 
 if TYPE_CHECKING:  # the clients import their defaults from here: import them only when building one
     from .coupa.client import CoupaClient
@@ -131,6 +135,16 @@ ENV_VARS: dict[str, tuple[bool, str]] = {
         False,
         "Coupa success notices (export flag + history record) sent at once, under the 20 requests/s "
         f"limiter (default {DEFAULT_COUPA_MAX_CONCURRENCY})",
+    ),
+    credentials.FILE_ENV_VAR: (
+        False,
+        "encrypted credential store, read for COUPA_CLIENT_ID/_SECRET, COUPA_WEBHOOK_SECRET and D365_TENANT_ID/"
+        f"_CLIENT_ID/_CLIENT_SECRET when unset (default {credentials.DEFAULT_CREDENTIALS_FILE})",
+    ),
+    credentials.KEY_ENV_VAR: (False, "the store's Fernet key(s), comma-separated: the first encrypts, any decrypts"),
+    credentials.KEY_FILE_ENV_VAR: (
+        False,
+        f"the store's key file, one key per line (default {credentials.DEFAULT_KEY_FILE})",
     ),
 }
 
@@ -264,11 +278,31 @@ def number_setting(name: str, raw: object, default: float, problems: list[str]) 
 def _required(env: Mapping[str, str], name: str, problems: list[str]) -> str:
     value = (env.get(name) or "").strip()
     if not value:
-        problems.append(f"{name} is not set: {ENV_VARS[name][1]}")
+        stored = f" (or store it: coupa-d365 credentials set {name})" if name in credentials.STORED_NAMES else ""
+        problems.append(f"{name} is not set: {ENV_VARS[name][1]}{stored}")
     return value
 
 
+COUPA_CREDENTIALS = ["COUPA_CLIENT_ID", "COUPA_CLIENT_SECRET"]
+D365_CREDENTIALS = ["D365_TENANT_ID", "D365_CLIENT_ID", "D365_CLIENT_SECRET"]
+WEBHOOK_CREDENTIALS = ["COUPA_WEBHOOK_SECRET"]
+
+
+def with_stored_credentials(env: Mapping[str, str], names: list[str]) -> Mapping[str, str]:
+    """``env`` with the credential store's values for those of ``names`` it leaves unset or empty (a
+    variable that is set wins). The one place the store is read for configuration: every loader that
+    reads a credential (Coupa, D365, the webhook secret) starts here, so the CLI, the Dagster resources
+    and the receiver see the same values. A store that cannot be opened (no key, wrong key, altered
+    file) raises ConfigError with one line naming the file and the fix; nothing of it is used."""
+    try:
+        stored = credentials.stored_values(env, names)
+    except credentials.CredentialStoreError as exc:
+        raise ConfigError([str(exc)]) from None
+    return {**env, **stored} if stored else env
+
+
 def load_coupa_settings(env: Mapping[str, str], problems: list[str]) -> CoupaSettings:
+    env = with_stored_credentials(env, COUPA_CREDENTIALS)
     base = _required(env, "COUPA_BASE_URL", problems)
     return CoupaSettings(
         base_url=normalize_base_url(base, "COUPA_BASE_URL", problems) if base else "",
@@ -292,6 +326,7 @@ def load_coupa_settings(env: Mapping[str, str], problems: list[str]) -> CoupaSet
 
 
 def load_d365_settings(env: Mapping[str, str], problems: list[str]) -> D365Settings:
+    env = with_stored_credentials(env, D365_CREDENTIALS)
     base = _required(env, "D365_BASE_URL", problems)
     legal_entity = _required(env, "D365_DEFAULT_LEGAL_ENTITY", problems).lower()
     if legal_entity and not re.fullmatch(r"[a-z0-9]{1,4}", legal_entity):
@@ -397,7 +432,7 @@ def load_sync_settings(env: Mapping[str, str], problems: list[str]) -> SyncSetti
     mapping = mapping_file_path(env)
     if mapping and not Path(mapping).is_file():
         problems.append(f"COUPA_D365_MAPPING_FILE={mapping!r} does not exist; point it at your mapping YAML")
-    secret = env.get("COUPA_WEBHOOK_SECRET")
+    secret = with_stored_credentials(env, WEBHOOK_CREDENTIALS).get("COUPA_WEBHOOK_SECRET")
     return SyncSettings(
         database_url=sync_database_url(env),
         start_date=parse_start_date(env.get("SYNC_START_DATE"), problems),

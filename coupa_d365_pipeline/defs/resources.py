@@ -3,7 +3,8 @@
 One configuration path: each resource lays its explicit config over the environment *at run start*
 (:func:`settings.env_with`), validates it with the CLI's own ``load_*_settings`` and builds its client
 with the CLI's ``coupa_client`` / ``d365_client``; so both paths accept, default and reject the same
-values with the same one-line messages. Nothing is read from the environment at import time.
+values with the same one-line messages. Credentials the environment leaves unset come from the
+encrypted credential store through the same loaders. Nothing is read from the environment at import time.
 """
 
 from __future__ import annotations
@@ -59,11 +60,12 @@ class _ClientResource(dg.ConfigurableResource):
 
 class CoupaResource(_ClientResource):
     """Coupa Core API (OAuth client credentials). Configure through COUPA_* variables; a field set
-    here wins over its variable (None: the variable, else the default in ``settings``)."""
+    here wins over its variable (None: the variable, else the credential store for the client id and
+    secret, else the default in ``settings``)."""
 
     base_url: str
-    client_id: str
-    client_secret: str
+    client_id: str | None = None  # COUPA_CLIENT_ID, else the credential store
+    client_secret: str | None = None  # COUPA_CLIENT_SECRET, else the credential store
     scopes: str | None = None  # COUPA_SCOPES
     api_version: str | None = None  # COUPA_API_VERSION
     timeout_s: float = DEFAULT_COUPA_TIMEOUT_S
@@ -94,12 +96,12 @@ class CoupaResource(_ClientResource):
 
 class D365Resource(_ClientResource):
     """Dynamics 365 F&O OData with Entra client credentials. Configure through D365_* variables; a
-    field set here wins over its variable."""
+    field set here wins over its variable (None: the variable, else the credential store)."""
 
     base_url: str
-    tenant_id: str
-    client_id: str
-    client_secret: str
+    tenant_id: str | None = None  # D365_TENANT_ID, else the credential store
+    client_id: str | None = None  # D365_CLIENT_ID, else the credential store
+    client_secret: str | None = None  # D365_CLIENT_SECRET, else the credential store
     authority_url: str | None = None  # D365_AUTHORITY_URL
     default_legal_entity: str
     timeout_s: float = DEFAULT_D365_TIMEOUT_S
@@ -181,20 +183,16 @@ class WebhookStagingResource(dg.ConfigurableResource):
 
 
 def build_resources() -> dict[str, dg.ConfigurableResource]:
-    """Required values come from EnvVar (resolved at run start, shown by name in the UI); optional
-    ones (scopes, API version, authority, rate, database, mapping file) are read from the environment
-    by the resources when a run starts — nothing is read from the environment at import time."""
+    """The base URLs and the legal entity come from EnvVar (resolved at run start, shown by name in the
+    UI). The credentials (client ids, secrets, tenant) are left out of the config: the resources read
+    them when a run starts from their variables, else from the encrypted credential store, so neither
+    their values nor a required EnvVar is in the run config. Optional settings (scopes, API version,
+    authority, rate, database, mapping file) are read from the environment at run start too — nothing
+    is read at import time."""
     return {
-        "coupa": CoupaResource(
-            base_url=dg.EnvVar("COUPA_BASE_URL"),
-            client_id=dg.EnvVar("COUPA_CLIENT_ID"),
-            client_secret=dg.EnvVar("COUPA_CLIENT_SECRET"),
-        ),
+        "coupa": CoupaResource(base_url=dg.EnvVar("COUPA_BASE_URL")),
         "d365": D365Resource(
             base_url=dg.EnvVar("D365_BASE_URL"),
-            tenant_id=dg.EnvVar("D365_TENANT_ID"),
-            client_id=dg.EnvVar("D365_CLIENT_ID"),
-            client_secret=dg.EnvVar("D365_CLIENT_SECRET"),
             default_legal_entity=dg.EnvVar("D365_DEFAULT_LEGAL_ENTITY"),
         ),
         "sync_state": SyncStateResource(),

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..common.redact import install_log_redaction, register_secret
-from ..settings import webhook_staging_dir
+from ..settings import WEBHOOK_CREDENTIALS, webhook_staging_dir, with_stored_credentials
 from .receiver import ACCESS_LOGGER, HEALTH_PATH, WEBHOOK_PATH, create_app
 from .signing import SECRET_ENV_VAR, WebhookSecret, parse_secrets, sign
 from .staging import WebhookStaging
@@ -24,9 +24,10 @@ class ReceiverConfig:
 
 
 def load_receiver_config(env: Mapping[str, str]) -> ReceiverConfig:
-    """``COUPA_WEBHOOK_SECRET`` (required, validated) and ``WEBHOOK_STAGING_DIR``; raises ConfigError
-    with one line when the secret is missing or malformed."""
-    raw = env.get(SECRET_ENV_VAR)
+    """``COUPA_WEBHOOK_SECRET`` (required, validated; from the credential store when the variable is
+    unset) and ``WEBHOOK_STAGING_DIR``; raises ConfigError with one line when the secret is missing or
+    malformed, or the store cannot be opened."""
+    raw = with_stored_credentials(env, WEBHOOK_CREDENTIALS).get(SECRET_ENV_VAR)
     for entry in (raw or "").split(","):
         register_secret(entry.strip())  # defence in depth: masked if anything ever logs it
     secrets = parse_secrets(raw)
@@ -70,6 +71,6 @@ def serve(host: str, port: int, env: Mapping[str, str]) -> int:
 
 def sign_command(webhook_id: str, timestamp: int | None, body: bytes, env: Mapping[str, str]) -> str:
     """The three headers, one ``name: value`` per line, signed with the first configured secret."""
-    secrets = parse_secrets(env.get(SECRET_ENV_VAR))
+    secrets = parse_secrets(with_stored_credentials(env, WEBHOOK_CREDENTIALS).get(SECRET_ENV_VAR))
     headers = sign(secrets[0], webhook_id, int(time.time()) if timestamp is None else timestamp, body)
     return "\n".join(f"{name}: {value}" for name, value in headers.items())

@@ -82,11 +82,14 @@ def test_each_job_runs_its_flow():
     assert defs.resolve_job_def("invoice_status_job").run_tags["coupa_d365/flow"] == "invoice_status"
 
 
-def test_resources_are_configured_by_env_var_names_not_values():
+def test_resources_are_configured_by_env_var_names_and_hold_no_credential():
     resources = defs.resources
-    assert isinstance(resources["coupa"].client_secret, dg.EnvVar)
-    assert resources["coupa"].client_secret.env_var_name == "COUPA_CLIENT_SECRET"
-    assert resources["d365"].client_secret.env_var_name == "D365_CLIENT_SECRET"
+    assert isinstance(resources["coupa"].base_url, dg.EnvVar)
+    assert resources["coupa"].base_url.env_var_name == "COUPA_BASE_URL"
+    assert resources["d365"].default_legal_entity.env_var_name == "D365_DEFAULT_LEGAL_ENTITY"
+    # read when a run starts: the variable, else the encrypted credential store; never in the config
+    assert (resources["coupa"].client_id, resources["coupa"].client_secret) == (None, None)
+    assert (resources["d365"].tenant_id, resources["d365"].client_id, resources["d365"].client_secret) == (None,) * 3
 
 
 def test_schedules_target_today_yesterday_and_master_data():

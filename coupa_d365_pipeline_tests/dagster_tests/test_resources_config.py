@@ -116,3 +116,39 @@ def test_defaults_still_spelled_outside_settings_agree_with_it():
     assert d365["timeout_s"].default == settings.DEFAULT_D365_TIMEOUT_S
     assert d365["authority_url"].default == settings.DEFAULT_D365_AUTHORITY_URL
     assert status.DEFAULT_READ_OVERLAP == timedelta(minutes=settings.DEFAULT_STATUS_READ_OVERLAP_MINUTES)
+
+
+def test_credentials_left_unset_come_from_the_store_and_explicit_config_or_the_environment_wins(tmp_path, monkeypatch):
+    from datetime import UTC, datetime
+
+    from coupa_d365_pipeline.common import credentials
+
+    key_file = tmp_path / "credentials.key"
+    credentials.create_key_file(key_file, credentials.generate_key())
+    stored = {
+        "COUPA_CLIENT_ID": "stored-cid",
+        "COUPA_CLIENT_SECRET": "stored-coupa-s3cret",
+        "D365_TENANT_ID": "stored-tenant",
+        "D365_CLIENT_ID": "stored-app",
+        "D365_CLIENT_SECRET": "stored-d365-s3cret",
+    }
+    credentials.update_store(
+        tmp_path / "credentials.enc",
+        credentials.read_key_file(key_file),
+        datetime(2026, 11, 20, tzinfo=UTC),
+        put=stored,
+    )
+    monkeypatch.setenv(credentials.FILE_ENV_VAR, str(tmp_path / "credentials.enc"))
+    monkeypatch.setenv(credentials.KEY_FILE_ENV_VAR, str(key_file))
+    coupa = CoupaResource(base_url=COUPA["COUPA_BASE_URL"]).client_settings()
+    d365 = D365Resource(base_url=D365["D365_BASE_URL"], default_legal_entity="usmf").client_settings()
+    assert (coupa.client_id, coupa.client_secret.get_secret_value()) == ("stored-cid", "stored-coupa-s3cret")
+    assert (d365.tenant_id, d365.client_id, d365.client_secret.get_secret_value()) == (
+        "stored-tenant",
+        "stored-app",
+        "stored-d365-s3cret",
+    )
+    assert _coupa().client_settings().client_secret.get_secret_value() == "s3cret"  # explicit config wins
+    monkeypatch.setenv("D365_CLIENT_SECRET", "env-d365-s3cret")  # and so does the environment
+    d365 = D365Resource(base_url=D365["D365_BASE_URL"], default_legal_entity="usmf").client_settings()
+    assert (d365.client_id, d365.client_secret.get_secret_value()) == ("stored-app", "env-d365-s3cret")

@@ -4,10 +4,20 @@ Every token the sandboxes ever issue is recorded as it is issued — revoked and
 the search covers exactly the tokens that existed, and the expected counts are pinned."""
 
 import logging
+from datetime import UTC, datetime
 
 import dagster as dg
 import pytest
 
+from coupa_d365_pipeline.common.credentials import (
+    FILE_ENV_VAR,
+    KEY_FILE_ENV_VAR,
+    STORED_NAMES,
+    create_key_file,
+    generate_key,
+    read_key_file,
+    update_store,
+)
 from coupa_d365_pipeline.coupa.client import CoupaClient
 from coupa_d365_pipeline.d365.client import D365Client
 from coupa_d365_pipeline.defs.master_data import coupa_suppliers, d365_legal_entities
@@ -101,7 +111,19 @@ def test_no_secret_in_logs_or_exceptions(sandboxes, issued_tokens, caplog):
         assert secret not in text
 
 
-def test_no_secret_in_run_config_or_event_log(sandbox_env, sandboxes, issued_tokens):
+@pytest.mark.parametrize("source", ["environment", "credential store"])
+def test_no_secret_in_run_config_or_event_log(sandbox_env, sandboxes, issued_tokens, source, tmp_path, monkeypatch):
+    if source == "credential store":  # the resources read every credential from the encrypted store
+        key_file = tmp_path / "credentials.key"
+        store_file = tmp_path / "credentials.enc"
+        create_key_file(key_file, generate_key())
+        stored = {name: sandbox_env[name] for name in STORED_NAMES if name in sandbox_env}
+        assert len(stored) == 5  # both client ids and secrets, the tenant
+        update_store(store_file, read_key_file(key_file), datetime(2026, 11, 20, tzinfo=UTC), put=stored)
+        for name in stored:
+            monkeypatch.delenv(name)
+        monkeypatch.setenv(FILE_ENV_VAR, str(store_file))
+        monkeypatch.setenv(KEY_FILE_ENV_VAR, str(key_file))
     with dg.instance_for_test() as instance:
         result = dg.materialize([coupa_suppliers, d365_legal_entities], resources=build_resources(), instance=instance)
         assert result.success

@@ -25,9 +25,18 @@ def run_cli(args, env=None, timeout=120):
 def test_help_texts():
     out = run_cli(["--help"])
     assert out.returncode == 0 and "ping" in out.stdout and "sandbox" in out.stdout and "demo" in out.stdout
+    assert "credentials" in out.stdout
     assert "--rate-429" in run_cli(["sandbox", "--help"]).stdout
     listing = run_cli(["env"]).stdout
-    for name in ("COUPA_BASE_URL", "D365_AUTHORITY_URL", "SYNC_DATABASE_URL", "COUPA_D365_MAPPING_FILE"):
+    for name in (
+        "COUPA_BASE_URL",
+        "D365_AUTHORITY_URL",
+        "SYNC_DATABASE_URL",
+        "COUPA_D365_MAPPING_FILE",
+        "COUPA_D365_CREDENTIALS_FILE",
+        "COUPA_D365_CREDENTIALS_KEY",
+        "COUPA_D365_CREDENTIALS_KEY_FILE",
+    ):
         assert name in listing
 
 
