@@ -7,8 +7,14 @@ from __future__ import annotations
 
 import dagster as dg
 
-from .defs import documents, invoice_status, master_data, replay, resources, webhooks
+from .defs import documents, invoice_status, master_data, reconciliation, replay, resources, webhooks
 
 defs = dg.Definitions.merge(
-    resources.defs, master_data.defs, documents.defs, invoice_status.defs, replay.defs, webhooks.defs
+    resources.defs,
+    master_data.defs,
+    documents.defs,
+    invoice_status.defs,
+    replay.defs,
+    webhooks.defs,
+    reconciliation.defs,
 )

@@ -21,6 +21,7 @@ ASSETS_AND_GROUPS = {
     "d365/vendor_invoices": "d365",
     "d365/invoice_status": "d365",
     "webhooks/coupa_events": "webhooks",
+    "reconciliation/coupa_vs_d365": "reconciliation",
 }
 ASSET_CHECKS = {
     "d365/legal_entities:default_legal_entity_exists",
@@ -30,14 +31,23 @@ ASSET_CHECKS = {
     "d365/vendor_invoices:vendor_invoices_not_stuck",
     "coupa/invoice_status:invoice_status_delivered",
     "webhooks/coupa_events:webhook_events_delivered",
+    "reconciliation/coupa_vs_d365:coupa_d365_reconciled",
 }
-JOBS = {"master_data_job", "daily_documents_job", "invoice_status_job", "replay_invoices_job", "coupa_webhook_job"}
+JOBS = {
+    "master_data_job",
+    "daily_documents_job",
+    "invoice_status_job",
+    "replay_invoices_job",
+    "coupa_webhook_job",
+    "reconciliation_job",
+}
 SCHEDULES = {  # name -> (job, cron, UTC)
     "master_data_hourly": ("master_data_job", "5 * * * *"),
     "master_data_nightly_full": ("master_data_job", "5 2 * * *"),
     "documents_today": ("daily_documents_job", "15 * * * *"),
     "documents_yesterday": ("daily_documents_job", "30 1 * * *"),
     "invoice_status_every_30_minutes": ("invoice_status_job", "*/30 * * * *"),
+    "reconciliation_nightly": ("reconciliation_job", "30 3 * * *"),
 }
 SENSORS = {"coupa_webhook_sensor": ("coupa_webhook_job", dg.DefaultSensorStatus.RUNNING)}
 RESOURCES = {"coupa", "d365", "sync_state", "mapping", "webhook_staging"}
@@ -79,6 +89,7 @@ def test_each_job_runs_its_flow():
         "d365/vendor_invoices",
     }
     assert selected("invoice_status_job") == {"d365/invoice_status", "coupa/invoice_status"}
+    assert selected("reconciliation_job") == {"reconciliation/coupa_vs_d365"}
     assert defs.resolve_job_def("invoice_status_job").run_tags["coupa_d365/flow"] == "invoice_status"
 
 
@@ -104,10 +115,15 @@ def test_schedules_target_today_yesterday_and_master_data():
         "master_data_hourly",
         "master_data_nightly_full",
         "invoice_status_every_30_minutes",
+        "reconciliation_nightly",
     }
     repository = defs.get_repository_def()
     when = datetime(2026, 11, 20, 10, 15, tzinfo=UTC)
-    for name, day in (("documents_today", "2026-11-20"), ("documents_yesterday", "2026-11-19")):
+    for name, day in (
+        ("documents_today", "2026-11-20"),
+        ("documents_yesterday", "2026-11-19"),
+        ("reconciliation_nightly", "2026-11-19"),
+    ):
         context = dg.build_schedule_context(scheduled_execution_time=when, repository_def=repository)
         request = schedules[name].evaluate_tick(context).run_requests[0]
         assert request.partition_key == day
@@ -115,4 +131,17 @@ def test_schedules_target_today_yesterday_and_master_data():
         repository_def=repository, scheduled_execution_time=datetime(2020, 1, 1, tzinfo=UTC)
     )
     assert schedules["documents_today"].evaluate_tick(early).skip_message
+    assert schedules["reconciliation_nightly"].evaluate_tick(early).skip_message
     assert all(s.default_status == dg.DefaultScheduleStatus.STOPPED for s in schedules.values())
+
+
+def test_reconciliation_runs_after_the_documents_and_its_check_never_blocks():
+    schedules = {s.name: s for s in defs.schedules}
+    nightly = schedules["reconciliation_nightly"].cron_schedule.split()
+    documents = schedules["documents_yesterday"].cron_schedule.split()
+    assert (int(nightly[1]), int(nightly[0])) > (int(documents[1]), int(documents[0]))
+    graph = defs.resolve_asset_graph()
+    [check] = [c for c in graph.asset_check_keys if c.name == "coupa_d365_reconciled"]
+    assert graph.get_check_spec(check).blocking is False
+    asset = graph.get(check.asset_key)
+    assert asset.partitions_def == graph.get(dg.AssetKey(["d365", "vendor_invoices"])).partitions_def
