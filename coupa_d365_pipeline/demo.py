@@ -16,6 +16,8 @@ LOCAL_INSTANCE_YAML = """\
 # The production instance is the repository's root dagster.yaml.
 telemetry:
   enabled: false
+nux:
+  enabled: false  # no "Join the Dagster community" dialog over the UI
 run_coordinator:
   module: dagster.core.run_coordinator
   class: QueuedRunCoordinator
