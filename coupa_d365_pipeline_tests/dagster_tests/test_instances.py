@@ -47,6 +47,7 @@ def test_production_dagster_yaml_on_postgres(tmp_path, sandbox_env, postgres_dat
         monkeypatch.setenv(name, value)
     instance = dg.DagsterInstance.from_config(str(home))
     try:
+        assert type(instance).__name__ == "ProductionInstance"  # Dagster's, plus the DAGSTER_PG_* check
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
         assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
         assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
