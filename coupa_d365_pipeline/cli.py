@@ -1,5 +1,6 @@
-"""``coupa-d365`` command line: ping real or sandbox systems, run the sandboxes, run the demo, keep
-credentials in the encrypted store (``credentials_cli``)."""
+"""``coupa-d365`` command line: ping real or sandbox systems, run the sandboxes, run the demo, show or
+upgrade the sync database's schema (``db current | upgrade``), keep credentials in the encrypted store
+(``credentials_cli``)."""
 
 from __future__ import annotations
 
@@ -206,6 +207,61 @@ def _webhooks_sign(args: argparse.Namespace) -> int:
     return 0
 
 
+def _db_connection():
+    from .settings import sync_database_url
+    from .state.database_url import connect_error
+    from .state.store import make_engine
+
+    engine = make_engine(sync_database_url(os.environ))
+    try:
+        return engine, engine.connect()
+    except Exception as exc:  # the driver's error, explained without the password
+        engine.dispose()
+        raise connect_error(engine.url, exc) from None
+
+
+def _db_current(args: argparse.Namespace) -> int:
+    from .state.database_url import redact_url
+    from .state.migrate import SyncSchemaError, check_known, status
+
+    engine, conn = _db_connection()
+    try:
+        found = status(conn)
+        where = redact_url(engine.url) + (f" (schema {found.schema})" if found.schema else "")
+        print(f"database  {where}")
+        print(f"revision  {found.current or 'none (empty, or created before migrations: the next upgrade adopts it)'}")
+        print(f"head      {found.head}" + (" (up to date)" if found.up_to_date else " (run: coupa-d365 db upgrade)"))
+        try:
+            check_known(conn, found.current)
+        except SyncSchemaError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return 0 if found.up_to_date else 1
+    finally:
+        conn.close()
+        engine.dispose()
+
+
+def _db_upgrade(args: argparse.Namespace) -> int:
+    from .state.migrate import SyncSchemaError, upgrade
+
+    engine, conn = _db_connection()
+    try:
+        before, after = upgrade(conn)
+    except SyncSchemaError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        conn.close()
+        engine.dispose()
+    print(
+        f"sync database already at {after}"
+        if before == after
+        else f"sync database upgraded: {before or 'none'} -> {after}"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="coupa-d365",
@@ -330,6 +386,16 @@ def build_parser() -> argparse.ArgumentParser:
     from .credentials_cli import add_parser as add_credentials_parser
 
     add_credentials_parser(sub)
+
+    db = sub.add_parser("db", help="the sync database's schema (SYNC_DATABASE_URL): show or upgrade its revision")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    db_sub.add_parser(
+        "current", help="print the database's schema revision and the code's (exit 1 when an upgrade is due)"
+    ).set_defaults(func=_db_current)
+    db_sub.add_parser(
+        "upgrade",
+        help="migrate the sync database to this code's schema (adopts a database from before migrations)",
+    ).set_defaults(func=_db_upgrade)
 
     env = sub.add_parser("env", help="list the configuration environment variables")
     env.set_defaults(func=_env)

@@ -17,3 +17,8 @@ if [ ! -f "$stamp" ]; then
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
+# The local Dagster instance (SQLite): `export DAGSTER_HOME=$PWD/.dagster_home` before `dagster dev`.
+# (The root dagster.yaml is the production instance and needs DAGSTER_PG_*.)
+if [ ! -f .dagster_home/dagster.yaml ]; then
+  .venv/bin/python -c 'from pathlib import Path; from coupa_d365_pipeline.demo import prepare_dagster_home; prepare_dagster_home(Path(".dagster_home"))'
+fi

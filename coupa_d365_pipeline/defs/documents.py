@@ -22,7 +22,7 @@ from .master_data import d365_gl_mapping, d365_vendors
 from .metadata import StepMeter, sync_metadata
 from .outages import fail_if_all_failed_by_system, fail_run_on_outage
 from .partitions import daily_partitions
-from .resources import CoupaResource, D365Resource, MappingResource, SyncStateResource
+from .resources import D365_WRITES_POOL, CoupaResource, D365Resource, MappingResource, SyncStateResource
 from .services import build_services
 from .unfinished import stuck_check
 
@@ -127,7 +127,7 @@ def _sync_window(
     kinds={"d365"},
     partitions_def=daily_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
-    pool="d365_writes",
+    pool=D365_WRITES_POOL,
     deps=[coupa_purchase_orders, d365_vendors, d365_gl_mapping],
     description="Issued Coupa POs as D365 PurchaseOrderHeadersV2 + PurchaseOrderLinesV2 (D365 number = Coupa "
     "po-number), kept in step where D365 still allows it; cancelled POs cancel unreceived lines.",
@@ -151,7 +151,7 @@ def d365_purchase_orders(
     kinds={"d365"},
     partitions_def=daily_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
-    pool="d365_writes",
+    pool=D365_WRITES_POOL,
     deps=[coupa_invoices, d365_vendors, d365_gl_mapping, d365_purchase_orders],
     description="Approved Coupa invoices as D365 pending vendor invoices (header + lines in one changeset), "
     "exactly once; voided ones removed while still pending; unmappable ones quarantined.",

@@ -21,7 +21,7 @@ from ..sync.vendors import VendorSync
 from .coupa_staging import iso, md_counts
 from .metadata import StepMeter, sync_metadata
 from .outages import fail_if_all_failed_by_system, fail_run_on_outage
-from .resources import CoupaResource, D365Resource, MappingResource, SyncStateResource
+from .resources import D365_WRITES_POOL, CoupaResource, D365Resource, MappingResource, SyncStateResource
 from .services import build_services
 from .unfinished import stuck_check
 
@@ -203,7 +203,7 @@ def gl_mapping_matches_d365(sync_state: SyncStateResource, mapping: MappingResou
     group_name="d365",
     kinds={"d365"},
     deps=[coupa_suppliers, d365_gl_mapping, d365_master_data],
-    pool="d365_writes",
+    pool=D365_WRITES_POOL,
     description="Coupa suppliers as D365 VendorsV2 in every legal entity they are used in: created when "
     "missing (read cross-company first), changed fields updated, never created twice.",
 )

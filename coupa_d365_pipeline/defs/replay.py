@@ -9,7 +9,7 @@ import dagster as dg
 from ..sync.invoices import InvoiceSync
 from .metadata import StepMeter, sync_metadata
 from .outages import fail_if_all_failed_by_system, fail_run_on_outage
-from .resources import CoupaResource, D365Resource, MappingResource, SyncStateResource
+from .resources import D365_WRITES_POOL, CoupaResource, D365Resource, MappingResource, SyncStateResource
 from .services import build_services
 
 
@@ -24,8 +24,9 @@ class ReplayConfig(dg.Config):
 
 
 @dg.op(
+    pool=D365_WRITES_POOL,
     description="Re-drive invoices by Coupa id, or everything that failed since a time, through the same "
-    "sync path (ledger claims, natural-key lookup) as the scheduled runs."
+    "sync path (ledger claims, natural-key lookup) as the scheduled runs.",
 )
 @fail_run_on_outage
 def replay_invoices(

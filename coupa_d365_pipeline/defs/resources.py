@@ -35,6 +35,11 @@ from ..settings import (
 from ..state.store import SyncStore
 from ..webhooks.staging import WebhookStaging
 
+# The Dagster concurrency pool of every step that writes to D365 (vendors, POs, invoices, webhook
+# batches, replays): at most `concurrency.pools.default_limit` of them run at once across all runs (4
+# in the root dagster.yaml); `dagster instance concurrency set d365_writes <n>` overrides it.
+D365_WRITES_POOL = "d365_writes"
+
 
 class _ClientResource(dg.ConfigurableResource):
     """Lifecycle shared by the API resources: one client per run (per step process), closed after."""

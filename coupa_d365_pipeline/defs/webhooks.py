@@ -19,7 +19,14 @@ from ..webhooks.dispatch import DispatchLimits, RunOutcome, TickPlan, plan_tick
 from ..webhooks.staging import StagedEvent, WebhookStaging, summary
 from .metadata import StepMeter
 from .outages import fail_if_all_failed_by_system, fail_run_on_outage
-from .resources import CoupaResource, D365Resource, MappingResource, SyncStateResource, WebhookStagingResource
+from .resources import (
+    D365_WRITES_POOL,
+    CoupaResource,
+    D365Resource,
+    MappingResource,
+    SyncStateResource,
+    WebhookStagingResource,
+)
 from .services import build_services
 
 EVENTS_KEY = dg.AssetKey(["webhooks", "coupa_events"])
@@ -46,7 +53,7 @@ def _age_s(event: StagedEvent, now: datetime) -> float:
     key=EVENTS_KEY,
     group_name="webhooks",
     kinds={"coupa", "d365"},
-    pool="d365_writes",
+    pool=D365_WRITES_POOL,
     description="Coupa documents announced by signed webhooks, re-read from Coupa and synced to D365 "
     "(one batch of staged events per run, launched by coupa_webhook_sensor): outcomes per event.",
 )

@@ -66,7 +66,6 @@ from .ledger_schema import (  # noqa: F401 - re-exported: the ledger's vocabular
     Problem,
     Severity,
     Unfinished,
-    backfill_structured_keys,
     sync_audit,
     sync_ledger,
 )
@@ -87,7 +86,6 @@ class Ledger:
     ) -> None:
         self.engine = engine
         ensure_schema(engine)
-        backfill_structured_keys(engine)
         self.lease = lease
         self.is_run_finished = is_run_finished
         self.clock = clock

@@ -10,14 +10,12 @@ string; no Dagster import.
 from __future__ import annotations
 
 import json
-import weakref
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
 
 from .store import metadata
 
@@ -223,37 +221,3 @@ class LedgerRow:
             claim_pid=m["claim_pid"],
             updated_at=_aware(m["updated_at"]),
         )
-
-
-_backfilled: weakref.WeakSet[Engine] = weakref.WeakSet()
-
-
-def backfill_structured_keys(engine: Engine) -> None:
-    """Databases from before the structured key hold ``natural_key`` as 'le|vendor|number'
-    (invoices), 'le|number' (POs) or the account (vendors): copy it into the new columns once."""
-    if engine in _backfilled:
-        return
-    columns = {c["name"] for c in sa.inspect(engine).get_columns("sync_ledger")}
-    if "natural_key" in columns:
-        with engine.begin() as conn:
-            rows = conn.execute(
-                sa.text(
-                    "SELECT id, doc_type, natural_key FROM sync_ledger "
-                    "WHERE natural_key IS NOT NULL AND document_number IS NULL AND vendor_account IS NULL"
-                )
-            ).all()
-            for row_id, doc_type, natural in rows:
-                values: dict[str, Any] = {}
-                if doc_type == "invoice":
-                    parts = str(natural).split("|", 2)
-                    if len(parts) == 3:
-                        values = {"vendor_account": parts[1], "document_number": parts[2]}
-                elif doc_type == "purchase_order":
-                    parts = str(natural).split("|", 1)
-                    if len(parts) == 2:
-                        values = {"document_number": parts[1]}
-                elif doc_type == "vendor":
-                    values = {"vendor_account": str(natural)}
-                if values:
-                    conn.execute(sync_ledger.update().where(sync_ledger.c.id == row_id).values(**values))
-    _backfilled.add(engine)

@@ -2,6 +2,10 @@
 
 One row per (document type, Coupa id) — unique — holding the latest Coupa JSON we read, so every
 later step (mapping, D365 writes, replay) works from what Coupa said at that time.
+
+``metadata`` holds every table of the sync database (this module's and those of :mod:`.ledger_schema`,
+:mod:`.status`, :mod:`.dmf_executions`); the database itself is created and migrated by the Alembic
+scripts in ``migrations/`` (:mod:`.migrate`), which the tables here must match (a test compares them).
 """
 
 from __future__ import annotations
@@ -20,10 +24,10 @@ import sqlalchemy as sa
 import sqlalchemy.exc as sa_exc
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError
 
 from ..common.files import create_private_file, make_private_dirs
 from .database_url import connect_error, missing_driver, parse_url, unwritable_sqlite
+from .migrate import ensure_current, translate_map
 
 metadata = sa.MetaData()
 
@@ -156,7 +160,10 @@ def make_engine(database_url: str) -> Engine:
         if url.drivername in ("postgresql", "postgresql+psycopg2") and "connect_timeout" not in url.query
         else {}
     )
-    return _create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+    # PostgreSQL: our tables live in their own schema (the database may be Dagster's too)
+    mapping = translate_map(url.get_backend_name())
+    options = {"schema_translate_map": mapping} if mapping else {}
+    return _create_engine(url, pool_pre_ping=True, connect_args=connect_args, execution_options=options)
 
 
 def _create_engine(url: sa.engine.URL, **kwargs: Any) -> Engine:
@@ -166,72 +173,27 @@ def _create_engine(url: sa.engine.URL, **kwargs: Any) -> Engine:
         raise missing_driver(url, exc) from None
 
 
-SCHEMA_LOCK_ID = 4_365_001  # PostgreSQL advisory lock: processes starting together create tables one at a time
-
-
-def _create_missing(conn: sa.engine.Connection) -> None:
-    """CREATE TABLE/INDEX IF NOT EXISTS: the check and the create are one statement, so a second
-    process creating the same table at the same moment is a no-op instead of an error."""
-    for table in metadata.sorted_tables:
-        conn.execute(sa.schema.CreateTable(table, if_not_exists=True))
-        for index in sorted(table.indexes, key=lambda i: str(i.name)):
-            conn.execute(sa.schema.CreateIndex(index, if_not_exists=True))
-
-
-def _add_missing_columns(conn: sa.engine.Connection) -> None:
-    """Additive upgrade of databases created by an earlier version: columns added since (all
-    nullable or with a server default) are added in place; nothing is dropped or rewritten."""
-    inspector = sa.inspect(conn)
-    existing_tables = set(inspector.get_table_names())
-    for table in metadata.sorted_tables:
-        if table.name not in existing_tables:
-            continue
-        present = {c["name"] for c in inspector.get_columns(table.name)}
-        for column in table.columns:
-            if column.name in present:
-                continue
-            if not column.nullable and column.server_default is None:
-                raise RuntimeError(
-                    f"the sync database table {table.name} lacks column {column.name}, which cannot "
-                    "be added in place; migrate the database or point SYNC_DATABASE_URL at a new one"
-                )
-            ddl = f"ALTER TABLE {table.name} ADD COLUMN {column.name} {column.type.compile(dialect=conn.dialect)}"
-            if column.server_default is not None:
-                default = column.server_default.arg  # type: ignore[union-attr]
-                text = default.compile(dialect=conn.dialect) if hasattr(default, "compile") else f"'{default}'"
-                ddl += f" DEFAULT {text}"
-            try:
-                conn.execute(sa.text(ddl))
-            except OperationalError as exc:  # SQLite: another process added it a moment ago
-                if "duplicate column" not in str(exc).lower():
-                    raise
-
-
-_ensured: weakref.WeakKeyDictionary[Engine, frozenset[str]] = weakref.WeakKeyDictionary()
+_ensured: weakref.WeakSet[Engine] = weakref.WeakSet()
 _ensured_lock = threading.Lock()
 
 
 def ensure_schema(engine: Engine) -> None:
-    """Create the connector's tables when missing; safe when several step processes of the first
-    run start at once (SQLite: IF NOT EXISTS under SQLite's write lock; PostgreSQL: additionally
-    serialized by an advisory lock, because concurrent IF NOT EXISTS can still collide on the
-    catalog's unique indexes there). Done once per engine and set of tables: the store, the ledger
-    and the status events of one step share an engine, and each asks."""
-    tables = frozenset(metadata.tables)
+    """Bring the sync database to the code's schema (Alembic, see :mod:`.migrate`): one read when it
+    is current; otherwise the first process takes the lock and upgrades while the others wait, so the
+    step processes of a first run starting at once never collide. A database newer than the code, or
+    one this process may not upgrade, raises :class:`.migrate.SyncSchemaError` naming what to run.
+    Done once per engine: the store, the ledger and the status events of one step share one."""
     with _ensured_lock:
-        if _ensured.get(engine) == tables:
+        if engine in _ensured:
             return
     try:
         connection = engine.connect()
     except sa_exc.DBAPIError as exc:  # the first connection of a process: explain, never show the password
         raise connect_error(engine.url, exc) from None
-    with connection as conn, conn.begin():
-        if engine.dialect.name == "postgresql":
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": SCHEMA_LOCK_ID})
-        _create_missing(conn)
-        _add_missing_columns(conn)
+    with connection as conn:
+        ensure_current(conn)
     with _ensured_lock:
-        _ensured[engine] = tables
+        _ensured.add(engine)
 
 
 class SyncStore:

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 from coupa_d365_pipeline.state.dmf_executions import DmfExecutions
 from coupa_d365_pipeline.state.ledger import Ledger
+from coupa_d365_pipeline.state.migrate import schema_of
 from coupa_d365_pipeline.state.status import StatusEvents
 from coupa_d365_pipeline.state.store import SyncStore, make_engine, metadata
 
@@ -47,9 +48,10 @@ def _race(url: str) -> list[str]:
 
 
 def _tables(url: str) -> set[str]:
+    """The tables in the connector's place: the SQLite file, or its own schema on PostgreSQL."""
     engine = make_engine(url)
     try:
-        return set(sa.inspect(engine).get_table_names())
+        return set(sa.inspect(engine).get_table_names(schema=schema_of(engine)))
     finally:
         engine.dispose()
 
