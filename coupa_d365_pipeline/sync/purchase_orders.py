@@ -18,9 +18,12 @@ After success the Coupa PO is marked exported (its own request) and gets a Succe
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
 
+from ..common.http import HTTPClientError, SystemUnavailableError
+from ..d365.odata import fold
 from ..mapping.fields import changed_fields
 from ..mapping.purchase_orders import (
     PO_LINE_RECEIPT_LOCKED_FIELDS,
@@ -44,9 +47,10 @@ from ..state.ledger import (
     LedgerRow,
     NaturalKey,
 )
-from ..state.store import payload_hash
+from ..state.store import coupa_id_of, payload_hash
 from .base import Created, DocumentSync
-from .report import Action, Outcome
+from .dmf_lookups import purchase_orders_in_d365
+from .report import Action, Outcome, SyncReport
 from .writer import DocumentWriter, ODataBatchWriter
 
 DOC = "purchase_order"
@@ -74,8 +78,54 @@ class PurchaseOrderSync(DocumentSync):
     NUMBER_FIELD = "po-number"
     HEADER_SET = HEADER_SET
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._absent: set[tuple[str, str]] = set()  # (folded legal entity, folded PO number) D365 lacks
+
     def _default_writer(self) -> DocumentWriter:
         return ODataBatchWriter(self.s.d365, HEADER_SET, LINE_SET)
+
+    def sync_many(self, documents: Iterable[dict[str, Any]], report: SyncReport | None = None) -> SyncReport:
+        documents = list(documents)
+        self._prefetch_absent(documents)
+        return super().sync_many(documents, report)
+
+    def _prefetch_absent(self, documents: list[dict[str, Any]]) -> None:
+        """Closed or cancelled POs the ledger never booked are looked up in D365 in one query (whether a
+        PO with their number exists), instead of one GET each; those D365 lacks are remembered as
+        absent for their one visit in this run. A failed lookup only means the GETs happen as before."""
+        absent: dict[tuple[str, str], tuple[str, str]] = {}
+        unbooked = [d for d in documents if isinstance(d, dict) and d.get("status") in ("closed", "cancelled")]
+        ids = [i for i in (coupa_id_of(d.get("id")) for d in unbooked) if i is not None]
+        booked = {r.coupa_id for r in self.s.ledger.rows(self.DOC, coupa_ids=ids) if r.d365_key} if ids else set()
+        for po in unbooked:
+            if coupa_id_of(po.get("id")) in booked:
+                continue
+            try:
+                mapped = map_purchase_order(po, self.s.mapping, self.s.master, supplier=self._supplier(po))
+            except SystemUnavailableError:
+                raise
+            except Exception:  # noqa: BLE001 - the per-document path records whatever is wrong with it
+                continue
+            if isinstance(mapped, MappedPurchaseOrder):
+                pair = (mapped.legal_entity, mapped.purchase_order_number)
+                absent[(fold(pair[0]), fold(pair[1]))] = pair
+        if not absent:
+            return
+        try:
+            found = purchase_orders_in_d365(self.s.d365, list(absent.values()))
+        except SystemUnavailableError:
+            raise
+        except HTTPClientError:
+            return
+        self._absent |= set(absent) - found
+
+    def _current_header(self, key: dict[str, Any]) -> dict[str, Any] | None:
+        folded = (fold(key["dataAreaId"]), fold(key["PurchaseOrderNumber"]))
+        if folded in self._absent:
+            self._absent.discard(folded)  # known for one visit only: any later look reads D365 again
+            return None
+        return self.s.d365.get(HEADER_SET, key)
 
     def _sync_claimed(self, row: LedgerRow, document: dict[str, Any]) -> Outcome:
         po = document
@@ -131,7 +181,7 @@ class PurchaseOrderSync(DocumentSync):
                 run,
                 natural_key=NaturalKey(mapped.legal_entity, mapped.vendor_account, mapped.purchase_order_number),
             )
-        current = s.d365.get(HEADER_SET, key)
+        current = self._current_header(key)
         if current is not None and not owned and not self._ours(current, mapped):
             return self._quarantine(row, po, self._not_ours_reason(current, mapped), coupa_hash, mapped.legal_entity)
         if current is None:

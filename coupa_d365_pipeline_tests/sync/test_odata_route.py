@@ -220,3 +220,45 @@ def test_throughput_settings_are_checked():
         throughput_settings({"D365_BATCH_DOCUMENTS": "0"})
     with pytest.raises(ConfigError, match="COUPA_MAX_CONCURRENCY='many'"):
         throughput_settings({"COUPA_MAX_CONCURRENCY": "many"})
+
+
+def test_closed_and_cancelled_pos_never_booked_are_looked_up_in_one_query_not_one_get_each(services, sandboxes):
+    from coupa_d365_pipeline.mapping.purchase_orders import MappedPurchaseOrder, map_purchase_order
+
+    pos = [sandboxes.coupa.state.get("purchase_orders", p["id"]) for p in sandboxes.seed.coupa_purchase_orders]
+    ended = [p for p in pos if p["status"] in ("closed", "cancelled")]
+    assert len(ended) > 5
+    # D365 already holds a PO (keyed in by hand, another vendor) under the number of one of them: the
+    # bulk query finds it, so that one is still read by key and judged as before
+    foreign = next(
+        m
+        for p in ended
+        if isinstance(
+            m := map_purchase_order(
+                p, services.mapping, services.master, supplier=services.supplier(p["supplier"]["id"])
+            ),
+            MappedPurchaseOrder,
+        )
+    )
+    hand_keyed = {**foreign.header, "OrderVendorAccountNumber": "HANDKEYED"}
+    sandboxes.d365.state.load("PurchaseOrderHeadersV2", [hand_keyed])
+    services.store.stage("purchase_order", pos, run_id="run-1")
+    seq = last_seq(sandboxes)
+
+    report = ODataBulkRoute(PurchaseOrderSync(services), documents_per_batch=20).sync_many(pos)
+
+    by_id = {o.coupa_id: o for o in report.outcomes}
+    judged = 0
+    for po in ended:
+        row = services.ledger.get("purchase_order", po["id"])
+        if po["po-number"] == foreign.purchase_order_number or by_id[po["id"]].action == Action.QUARANTINED:
+            continue
+        assert row.state == po["status"] and "before it was booked" in (row.reason or ""), (po["id"], row)
+        judged += 1
+    assert judged > 5
+    requests = [e for e in sandboxes.d365.log.snapshot() if e.seq > seq and e.method == "GET"]
+    by_key = [e for e in requests if e.path.startswith("/data/PurchaseOrderHeadersV2(")]
+    assert len(by_key) == 1 and foreign.purchase_order_number in by_key[0].path  # only the one D365 holds
+    [judged_foreign] = [o for o in report.outcomes if o.document == foreign.purchase_order_number]
+    assert judged_foreign.action == Action.QUARANTINED and "HANDKEYED" in judged_foreign.detail, judged_foreign
+    assert len([e for e in requests if e.path == "/data/PurchaseOrderHeadersV2"]) == 2  # candidates + ended ones
