@@ -12,7 +12,13 @@ from coupa_d365_pipeline.defs.resources import D365_WRITES_POOL
 
 REPO = Path(__file__).resolve().parents[2]
 D365_WRITERS = {"d365/vendors", "d365/purchase_orders", "d365/vendor_invoices", "webhooks/coupa_events"}
-D365_READERS = {"d365/legal_entities", "d365/master_data", "d365/invoice_status", "coupa/invoice_status"}
+D365_READERS = {
+    "d365/legal_entities",
+    "d365/master_data",
+    "d365/invoice_status",
+    "coupa/invoice_status",
+    "reconciliation/coupa_vs_d365",
+}
 
 
 def _assets_using_d365() -> dict[str, str | None]:

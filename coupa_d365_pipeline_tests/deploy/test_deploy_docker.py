@@ -146,6 +146,7 @@ def test_run_launcher_config_is_valid_for_docker_run_launcher(instance):
     assert not validate_config(Shape(DockerRunLauncher.config_type()), bad).success
 
 
+@pytest.mark.usefixtures("production_pg_env")
 def test_limits_and_monitoring_equal_the_root_instance(tmp_path, instance):
     root = load_yaml(ROOT_INSTANCE)
     assert effective_limits(instance, tmp_path / "docker") == effective_limits(root, tmp_path / "root")

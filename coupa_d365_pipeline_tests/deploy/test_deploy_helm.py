@@ -143,6 +143,7 @@ def test_run_coordinator_config_is_valid_for_queued_run_coordinator(values, tmp_
     assert entry["config"] == load_yaml(ROOT_INSTANCE)["run_coordinator"]["config"]
 
 
+@pytest.mark.usefixtures("production_pg_env")
 def test_limits_and_monitoring_equal_the_root_instance(tmp_path, values):
     helm = effective_limits(render_helm_instance(values, NAMESPACE), tmp_path / "helm")
     assert helm == effective_limits(load_yaml(ROOT_INSTANCE), tmp_path / "root")

@@ -34,6 +34,7 @@ COMMAND = [
     "2026-11-01...2026-11-06",
 ]
 BATCH_PATH = r"^/data/\$batch$"  # invoices go 20 per $batch, header + lines as one changeset each
+INVOICES = "VendorInvoiceHeaders"  # in the body of an invoice $batch (vendors and POs go in batches too)
 
 
 def run_env(sandboxes, home: Path, database_url: str) -> dict[str, str]:
@@ -98,7 +99,12 @@ def kill_process_group(proc: subprocess.Popen) -> None:
 
 
 def batches(entries, since_seq: int = 0):
-    return [e for e in entries if e.path == "/data/$batch" and e.method == "POST" and e.seq > since_seq]
+    """The invoice $batch requests after ``since_seq``."""
+    return [
+        e
+        for e in entries
+        if e.path == "/data/$batch" and e.method == "POST" and e.seq > since_seq and INVOICES in e.body
+    ]
 
 
 def header_refs(sandboxes) -> set[str]:
@@ -114,7 +120,9 @@ def test_sigkill_while_an_invoice_write_is_in_flight_then_rerun_books_everything
     # Rendezvous: the 3rd invoice $batch (20 invoices, one changeset each) is parked in the sandbox
     # until released; one request in flight at a time makes "the 3rd" well defined.
     hold = sandboxes.d365.injector.script(
-        ScriptedFault(kind="hold", method="POST", path_regex=BATCH_PATH, after=answered_before_kill)
+        ScriptedFault(
+            kind="hold", method="POST", path_regex=BATCH_PATH, body_regex=INVOICES, after=answered_before_kill
+        )
     )
     env = run_env(sandboxes, tmp_path / "home", f"sqlite:///{tmp_path / 'sync.db'}")
     env["D365_MAX_CONCURRENCY"] = "1"
@@ -166,7 +174,9 @@ def test_sigkill_while_an_invoice_write_is_in_flight_then_rerun_books_everything
 def test_two_concurrent_runs_on_postgresql_write_each_invoice_once(sandboxes, tmp_path, postgres_database):
     # Rendezvous: the first invoice write of either run is parked; the other run must write other
     # invoices meanwhile (it finds the parked one claimed), so the two runs provably overlap.
-    hold = sandboxes.d365.injector.script(ScriptedFault(kind="hold", method="POST", path_regex=BATCH_PATH))
+    hold = sandboxes.d365.injector.script(
+        ScriptedFault(kind="hold", method="POST", path_regex=BATCH_PATH, body_regex=INVOICES)
+    )
     url = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{postgres_database}"
     procs, logs = [], []
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import dagster as dg
+import pytest
 import yaml
 from dagster._core.storage.dagster_run import DagsterRun
 from dagster._utils.tags import TagConcurrencyLimitsCounter
@@ -28,6 +29,7 @@ def production_instance_without_storage(tmp_path: Path) -> dg.DagsterInstance:
     return dg.DagsterInstance.from_config(str(home))
 
 
+@pytest.mark.usefixtures("production_pg_env")
 def test_the_production_instance_runs_one_invoice_status_run_at_a_time(tmp_path: Path) -> None:
     instance = production_instance_without_storage(tmp_path)
     try:
