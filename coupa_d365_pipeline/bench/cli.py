@@ -1,0 +1,75 @@
+"""The ``coupa-d365 bench`` subcommand (registered by cli.build_parser)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import date
+from pathlib import Path
+
+from ..settings import DEFAULT_SYNC_START_DATE
+from .model import ALL_PATHS, PathName
+
+
+def _paths(value: str) -> list[PathName]:
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    try:
+        chosen = {PathName(n) for n in names}
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--paths takes a comma-separated subset of {','.join(p.value for p in ALL_PATHS)}; got {value!r}"
+        ) from None
+    if not chosen:
+        raise argparse.ArgumentTypeError("--paths needs at least one path")
+    return [p for p in ALL_PATHS if p in chosen]
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .runner import BenchError, BenchOptions, run_bench, write_outputs
+
+    if args.invoices < 1:
+        print("error: --invoices must be at least 1", file=sys.stderr)
+        return 2
+    opts = BenchOptions(
+        out=Path(args.out),
+        invoices=args.invoices,
+        seed=args.seed,
+        d365_latency_ms=args.d365_latency_ms,
+        coupa_latency_ms=args.coupa_latency_ms,
+        coupa_max_requests_per_second=args.coupa_rps,
+        start_date=date.fromisoformat(args.start_date),
+        paths=args.paths,
+    )
+    try:
+        doc = run_bench(opts)
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for path in write_outputs(doc, opts.out):
+        print(f"wrote {path}")
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    bench = sub.add_parser(
+        "bench",
+        help="measure wall time, requests and peak RSS of the baseline, OData, DMF and floor paths on the sandboxes",
+        description="Each path runs on fresh sandboxes seeded alike, in its own process; writes bench.json, "
+        "bench.md (ratios, targets) and bench.png (documents booked over time) to --out.",
+    )
+    bench.add_argument("--invoices", type=int, default=10_000, help="seed size (default 10000)")
+    bench.add_argument("--out", default="bench-out", help="output directory (default bench-out)")
+    bench.add_argument("--d365-latency-ms", type=float, default=100.0, help="D365 latency per request (default 100)")
+    bench.add_argument("--coupa-latency-ms", type=float, default=50.0, help="Coupa latency per request (default 50)")
+    bench.add_argument(
+        "--coupa-rps", type=float, default=25.0, help="the Coupa client's request limit per second (default 25)"
+    )
+    bench.add_argument(
+        "--paths",
+        type=_paths,
+        default=list(ALL_PATHS),
+        help="comma-separated subset of baseline,odata,dmf,floor (default: all four)",
+    )
+    bench.add_argument("--seed", type=int, default=42, help="random seed of the data (default 42)")
+    bench.add_argument("--start-date", default=DEFAULT_SYNC_START_DATE, help="first day of the seed's updated-at range")
+    bench.set_defaults(func=_bench)
