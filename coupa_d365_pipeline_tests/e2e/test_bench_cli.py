@@ -1,0 +1,49 @@
+"""`coupa-d365 bench` as a real process on a small seed without latency: all four paths, consistent numbers."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from coupa_d365_pipeline.bench.model import BenchDocument
+
+pytestmark = pytest.mark.e2e
+
+
+def test_bench_all_paths(tmp_path):
+    out = tmp_path / "bench"
+    args = ["--invoices", "30", "--d365-latency-ms", "0", "--coupa-latency-ms", "0", "--out", str(out)]
+    # the Coupa limit only slows the test down (the documents runs read every daily partition)
+    args += ["--coupa-rps", "500"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "coupa_d365_pipeline.cli", "bench", *args],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=dict(os.environ),
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    raw = json.loads((out / "bench.json").read_text())
+    assert set(raw["paths"]) == {"baseline", "odata", "dmf", "floor"}
+    doc = BenchDocument.model_validate(raw)
+    paths = {name.value: result for name, result in doc.paths.items()}
+    for name, result in paths.items():
+        assert result.documents > 0 and result.wall_s > 0 and result.peak_rss_mb > 20, name
+        assert result.coupa_requests > 0, name
+    for name in ("baseline", "odata", "dmf"):
+        assert paths[name].d365_requests > 0, name
+    assert paths["floor"].d365_requests == 0
+    # the same seed: every booking path books the same invoices; the floor flags every approved one
+    assert paths["baseline"].documents == paths["odata"].documents == paths["dmf"].documents
+    assert paths["floor"].documents == doc.settings.approved_invoices >= paths["baseline"].documents
+    # the naive path: a lookup, a header, at least one line per invoice; a flag each in Coupa
+    assert paths["baseline"].d365_requests >= 3 * paths["baseline"].documents
+    assert paths["odata"].d365_requests < paths["baseline"].d365_requests
+    for name, series in doc.series.items():
+        assert series[0] == (0.0, 0) and series[-1][1] == doc.paths[name].documents, name
+        assert all(a[0] <= b[0] and a[1] <= b[1] for a, b in zip(series, series[1:], strict=False)), name
+    table = (out / "bench.md").read_text()
+    assert "| dmf >= 10x faster than baseline |" in table and "| odata | " in table
+    assert (out / "bench.png").read_bytes().startswith(b"\x89PNG")
