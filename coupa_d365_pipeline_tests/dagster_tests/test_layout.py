@@ -13,7 +13,7 @@ PACKAGE_DIR = Path(coupa_d365_pipeline.__file__).parent
 
 # every module of these packages (walked) and these modules (alone) is imported in a fresh interpreter,
 # which then must not hold Dagster: transitive imports count too
-PLAIN = ["coupa", "d365", "common", "mapping", "sync", "state", "sandbox", "webhooks"]
+PLAIN = ["coupa", "d365", "common", "mapping", "sync", "state", "sandbox", "webhooks", "bench"]
 PLAIN_MODULES = ["coupa_d365_pipeline", "coupa_d365_pipeline.settings", "coupa_d365_pipeline.cli"]
 
 IMPORT_ALL_AND_CHECK = """
@@ -48,7 +48,8 @@ def test_the_package_the_settings_and_the_cli_import_nothing_from_dagster():
 
 
 def test_dagster_is_imported_only_in_defs_definitions_and_demo():
-    allowed = {PACKAGE_DIR / "definitions.py", PACKAGE_DIR / "demo.py"}
+    # bench/dagster_path.py runs the documents job in the bench's worker process (imports inside functions)
+    allowed = {PACKAGE_DIR / "definitions.py", PACKAGE_DIR / "demo.py", PACKAGE_DIR / "bench" / "dagster_path.py"}
     offenders = []
     for path in PACKAGE_DIR.rglob("*.py"):
         if path in allowed or (PACKAGE_DIR / "defs") in path.parents:
