@@ -8,10 +8,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ..common.http import AmbiguousWriteError, HTTPClientError, SystemUnavailableError, is_system_failure
+from ..common.http import HTTPClientError, SystemUnavailableError, is_system_failure
 from ..d365.batch import BatchOperation, Changeset
 from ..mapping.vendors import Quarantine, map_vendor, vendor_changes
-from ..state.ledger import WRITTEN, ClaimLostError, Problem
+from ..state.ledger import WRITTEN, ClaimLostError, LedgerRow, Problem
 from ..state.store import payload_hash
 from .context import SyncServices, error_text, http_status
 from .report import Action, Outcome
@@ -36,7 +36,7 @@ SELECT = [
 class _Create:
     """A vendor D365 does not hold yet, claimed and mapped, waiting to go out in a ``$batch``."""
 
-    row: Any
+    row: LedgerRow
     supplier: dict[str, Any]
     legal_entity: str
     key: dict[str, Any]
@@ -140,7 +140,7 @@ class VendorSync:
             results = s.d365.batch([Changeset([BatchOperation("POST", "VendorsV2", c.desired)]) for c in chunk])
         except SystemUnavailableError:
             raise
-        except (AmbiguousWriteError, HTTPClientError) as exc:
+        except HTTPClientError as exc:  # an AmbiguousWriteError too: the lookup by key settles it
             s.logger.warning(
                 "vendors: a $batch of %d creates failed as a whole (%s); each is looked up and settled alone",
                 len(chunk),
@@ -156,7 +156,7 @@ class VendorSync:
             account = str(c.key["VendorAccountNumber"])
             self._existing[(c.legal_entity, account.lower())] = created
             outcome = self._written(
-                c.row, c.supplier, c.legal_entity, c.key, Action.CREATED, 201, c.desired, c.coupa_hash
+                c.row, c.supplier, c.legal_entity, c.key, Action.CREATED, 201, c.desired, c.coupa_hash, c.desired
             )
             outcomes.append(self._memo(c.supplier, c.legal_entity, outcome))
         return outcomes
@@ -220,7 +220,6 @@ class VendorSync:
             key = {"dataAreaId": legal_entity, "VendorAccountNumber": account}
             s.ledger.update(row, run, legal_entity=legal_entity, vendor_account=account, d365_key=key)
             current = self._current(legal_entity, account)
-            digest = payload_hash(desired)
             if current is None and defer_create:
                 return _Create(row, supplier, legal_entity, key, desired, coupa_hash)
             if current is None:
@@ -235,7 +234,7 @@ class VendorSync:
                     action, status, sent = Action.UPDATED, 204, changes
                 else:
                     action, status, sent = Action.ALREADY_PRESENT, None, None
-            return self._written(row, supplier, legal_entity, key, action, status, sent, coupa_hash, digest)
+            return self._written(row, supplier, legal_entity, key, action, status, sent, coupa_hash, desired)
         except SystemUnavailableError:
             s.ledger.release(row, run)
             raise
@@ -267,7 +266,7 @@ class VendorSync:
 
     def _written(
         self,
-        row: Any,
+        row: LedgerRow,
         supplier: dict[str, Any],
         legal_entity: str,
         key: dict[str, Any],
@@ -275,9 +274,10 @@ class VendorSync:
         status: int | None,
         sent: dict[str, Any] | None,
         coupa_hash: str,
-        digest: str | None = None,
+        desired: dict[str, Any],
     ) -> Outcome:
-        """The vendor is in D365 as Coupa has it: audit what was sent, mark the row written, release it."""
+        """The vendor is in D365 as Coupa has it (``desired``): audit what was sent (``sent``: the create's
+        body, the update's changes, None), mark the row written, release it."""
         s, run = self.s, self.s.run_id
         supplier_id = int(supplier["id"])
         if sent is not None:
@@ -298,7 +298,7 @@ class VendorSync:
             release=True,
             state=WRITTEN,
             coupa_hash=coupa_hash,
-            payload_hash=digest if digest is not None else payload_hash(sent),
+            payload_hash=payload_hash(desired),
             reason=None,
             problem=None,
             attempts=row.attempts + 1,
