@@ -2,7 +2,7 @@
 (purchase orders first, then vendor invoices), their "not stuck" checks, ``daily_documents_job`` and
 its two schedules (today every hour, yesterday every night)."""
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import dagster as dg
@@ -21,7 +21,7 @@ from .coupa_staging import iso, stage_window
 from .master_data import d365_gl_mapping, d365_vendors
 from .metadata import StepMeter, sync_metadata
 from .outages import fail_if_all_failed_by_system, fail_run_on_outage
-from .partitions import daily_partitions
+from .partitions import daily_partitions, partition_run, utc_day
 from .resources import D365_WRITES_POOL, CoupaResource, D365Resource, MappingResource, SyncStateResource
 from .services import build_services
 from .unfinished import stuck_check
@@ -198,10 +198,6 @@ daily_documents_job = dg.define_asset_job(
 )
 
 
-def _day(dt: datetime) -> str:
-    return dt.astimezone(UTC).strftime("%Y-%m-%d")
-
-
 # Schedules: polling that catches whatever webhooks missed. They start STOPPED (Dagster's default);
 # turn them on in the UI (Automation) or set them RUNNING per deployment.
 @dg.schedule(
@@ -211,10 +207,9 @@ def _day(dt: datetime) -> str:
     description="Every hour: today's partition (Coupa documents updated today) — POs, then invoices.",
 )
 def documents_today(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
-    day = _day(context.scheduled_execution_time)
-    if day < daily_partitions.start.strftime("%Y-%m-%d"):
-        return dg.SkipReason(f"{day} is before SYNC_START_DATE")
-    return dg.RunRequest(run_key=f"documents-{context.scheduled_execution_time.isoformat()}", partition_key=day)
+    return partition_run(
+        utc_day(context.scheduled_execution_time), f"documents-{context.scheduled_execution_time.isoformat()}"
+    )
 
 
 @dg.schedule(
@@ -224,10 +219,8 @@ def documents_today(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg
     description="Every night: yesterday's partition again, for documents updated late in the day.",
 )
 def documents_yesterday(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
-    day = _day(context.scheduled_execution_time - timedelta(days=1))
-    if day < daily_partitions.start.strftime("%Y-%m-%d"):
-        return dg.SkipReason(f"{day} is before SYNC_START_DATE")
-    return dg.RunRequest(run_key=f"documents-nightly-{day}", partition_key=day)
+    day = utc_day(context.scheduled_execution_time - timedelta(days=1))
+    return partition_run(day, f"documents-nightly-{day}")
 
 
 defs = dg.Definitions(

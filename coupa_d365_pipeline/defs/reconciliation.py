@@ -4,7 +4,7 @@ non-blocking check ``coupa_d365_reconciled`` (fails on any unexplained differenc
 documents), ``reconciliation_job`` and the nightly schedule after ``documents_yesterday``. The
 comparison itself is plain Python (``sync/reconciliation.py``, ``sync/reconciliation_reads.py``)."""
 
-from datetime import UTC, timedelta
+from datetime import timedelta
 
 import dagster as dg
 
@@ -16,7 +16,7 @@ from .coupa_staging import iso
 from .documents import d365_vendor_invoices
 from .metadata import StepMeter
 from .outages import fail_run_on_outage
-from .partitions import daily_partitions
+from .partitions import daily_partitions, partition_run, utc_day
 from .resources import CoupaResource, D365Resource, MappingResource, SyncStateResource
 
 RECONCILIATION_KEY = dg.AssetKey(["reconciliation", "coupa_vs_d365"])
@@ -124,10 +124,8 @@ reconciliation_job = dg.define_asset_job(
     description="Every night at 03:30 UTC, two hours after documents_yesterday: yesterday's partition reconciled.",
 )
 def reconciliation_nightly(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
-    day = (context.scheduled_execution_time.astimezone(UTC) - timedelta(days=1)).strftime("%Y-%m-%d")
-    if day < daily_partitions.start.strftime("%Y-%m-%d"):
-        return dg.SkipReason(f"{day} is before SYNC_START_DATE")
-    return dg.RunRequest(run_key=f"reconciliation-{day}", partition_key=day)
+    day = utc_day(context.scheduled_execution_time - timedelta(days=1))
+    return partition_run(day, f"reconciliation-{day}")
 
 
 defs = dg.Definitions(assets=[coupa_vs_d365], jobs=[reconciliation_job], schedules=[reconciliation_nightly])
