@@ -171,25 +171,35 @@ def test_sigkill_while_an_invoice_write_is_in_flight_then_rerun_books_everything
 
 
 @pytest.mark.postgres
-def test_two_concurrent_runs_on_postgresql_write_each_invoice_once(sandboxes, tmp_path, postgres_database):
-    # Rendezvous: the first invoice write of either run is parked; the other run must write other
-    # invoices meanwhile (it finds the parked one claimed), so the two runs provably overlap.
+def test_two_overlapping_runs_on_postgresql_write_each_invoice_once(sandboxes, tmp_path, postgres_database):
+    # Forced overlap, no race on who plans first: run A (Nov 1-3, one $batch in flight) claims its
+    # invoices and its first invoice write is parked; only then run B (Nov 1-6) starts. B finds A's
+    # invoices claimed by a live run and must leave them alone, and writes Nov 4-6 while A's write is
+    # still parked. (Started together, the run that planned first could claim the whole window and
+    # the other write nothing: a race, not a test.)
     hold = sandboxes.d365.injector.script(
         ScriptedFault(kind="hold", method="POST", path_regex=BATCH_PATH, body_regex=INVOICES)
     )
     url = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{postgres_database}"
-    procs, logs = [], []
+    procs: list[subprocess.Popen] = []
+    logs: list[Path] = []
+
+    def start(name: str, partition_range: str, **extra: str) -> None:
+        env = {**run_env(sandboxes, tmp_path / f"home_{name}", url), **extra}
+        logs.append(tmp_path / f"run_{name}.log")
+        command = [*COMMAND[:-1], partition_range]
+        with open(logs[-1], "w") as log:
+            procs.append(subprocess.Popen(command, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT))
+
     try:
-        for name in ("a", "b"):
-            env = run_env(sandboxes, tmp_path / f"home_{name}", url)
-            logs.append(tmp_path / f"run_{name}.log")
-            with open(logs[-1], "w") as log:
-                procs.append(subprocess.Popen(COMMAND, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT))
+        start("a", "2026-11-01...2026-11-03", D365_MAX_CONCURRENCY="1")
         [held] = wait_in_log(sandboxes.d365, lambda entries: [e for e in entries if e.injected == "hold"], procs, logs)
-        wait_in_log(
+        start("b", "2026-11-01...2026-11-06")
+        [*_, written_by_b] = wait_in_log(
             sandboxes.d365, lambda entries: [e for e in batches(entries, held.seq) if e.status == 200], procs, logs
         )
-        assert held.status is None  # the other run wrote while this write was still parked
+        assert held.status is None  # B wrote while A's write was still parked: the runs overlapped
+        assert not refs_in(written_by_b) & refs_in(held)
         hold.release()
         for proc in procs:
             proc.wait(timeout=300)
