@@ -6,7 +6,8 @@ A package is a ZIP holding ``Manifest.xml``, ``PackageHeader.xml`` and one data 
 - **Entity names are DMF labels** ("Vendor invoice header", not ``VendorInvoiceHeaders``): any other
   name is answered with 400 "Entity <x> does not exist in the target environment" (§7.1 pitfall 2).
   The invoice labels are in the reference; the purchase-order labels ("Purchase order headers V2",
-  "Purchase order lines V2") are F&O's standard data-entity labels and are **not** in the reference.
+  "Purchase order lines V2") and the vendor label ("Vendors V2") are F&O's standard data-entity labels
+  and are **not** in the reference.
 - **Every entity carries an ``EntityMapList``** (one ``EntityMap`` per column): without it the import
   "succeeds" with zero rows (pitfall 1).
 - **Data files are ``CSV-Unicode``**: UTF-16 LE with a byte-order mark (pitfall 3), **CRLF** line
@@ -15,8 +16,8 @@ A package is a ZIP holding ``Manifest.xml``, ``PackageHeader.xml`` and one data 
 - **No ``DATAAREAID`` column**: a package is imported into one legal entity (``legalEntityId`` of
   ``ImportFromPackage``, §7.2), so every row must belong to it; rows of another company are refused
   here. Build one package per legal entity.
-- **Order**: headers run at level 10 and lines at level 20 of execution unit 1, so a line's header
-  exists before the line is imported (third-party DMF template README, cited in §7.1).
+- **Order**: vendors run at level 5, headers at level 10 and lines at level 20 of execution unit 1, so
+  a header's vendor and a line's header exist before they are imported (third-party DMF template README, cited in §7.1).
 - **Deterministic**: the same input gives byte-identical ZIP bytes (fixed member order and
   timestamps, columns in first-seen order with the entity keys first), so a package can be
   re-built after a crash and compared by its sha256.
@@ -72,6 +73,7 @@ class DmfEntitySpec:
 DMF_ENTITIES: dict[str, DmfEntitySpec] = {
     spec.entity_set: spec
     for spec in (
+        DmfEntitySpec("VendorsV2", "Vendors V2", 5),  # the documents' new vendors, before their headers
         DmfEntitySpec("VendorInvoiceHeaders", "Vendor invoice header", 10),
         DmfEntitySpec("VendorInvoiceLines", "Vendor invoice line", 20),
         DmfEntitySpec("PurchaseOrderHeadersV2", "Purchase order headers V2", 10),

@@ -8,7 +8,8 @@ their intent recorded — exactly the per-document path's rules, in bulk.
    already holds (pending or posted invoice with that natural key or our HeaderReference, a PO with
    that number) is not written in bulk and goes through the per-document path, which adopts it or
    quarantines the duplicate — dedupe holds across routes;
-3. claim the ledger row, make sure the vendor exists, record the intent — state ``writing`` with the
+3. claim the ledger row, make sure the vendor exists (the DMF route: or is in the package, ahead of
+   the documents), record the intent — state ``writing`` with the
    D365 key (HeaderReference ``COUPA-<id>`` / PO number) and the natural key — before anything is
    written, exactly as the per-document path does before its create.
 
@@ -38,6 +39,9 @@ from .report import Action, Outcome, SyncReport
 class BulkPlanner:
     """Plans the first writes of a run for a bulk route; everything else is left to ``syncer`` (the
     per-document OData path of the same document type)."""
+
+    # the DMF route: vendors D365 lacks travel in the documents' package instead of a $batch of their own
+    PACKAGE_VENDORS = False
 
     def __init__(self, syncer: DocumentSync) -> None:
         self.syncer = syncer
@@ -89,9 +93,12 @@ class BulkPlanner:
         # what _prepare reads per document, read in bulk: vendors (only if the ledger does not know
         # one of them), and the D365 PO lines the invoices reference
         self.syncer.vendors.expect({m.mapped.legal_entity for m in keep})
-        # the vendors D365 lacks are created here, many per $batch; _prepare's per-document check then
-        # finds each one settled (a vendor that failed fails its documents there, as on the OData path)
-        self.syncer.vendors.ensure_many((m.supplier, m.mapped.legal_entity) for m in keep)
+        # the vendors D365 lacks are created here, many per $batch (or left to the package: DMF route);
+        # _prepare's per-document check then finds each one settled (a vendor that failed fails its
+        # documents there, as on the OData path)
+        self.syncer.vendors.ensure_many(
+            ((m.supplier, m.mapped.legal_entity) for m in keep), package_creates=self.PACKAGE_VENDORS
+        )
         if self.doc_type == "invoice":
             self.syncer.lookups.prefetch_po_lines([m.mapped for m in keep])  # type: ignore[attr-defined]
         return keep, to_odata

@@ -93,6 +93,16 @@ def landed_documents(check: ImportCheck, header_set: str, line_set: str) -> set[
     return landed
 
 
+def landed_vendors(submitted: Sequence[Submitted], checks: Sequence[ImportCheck]) -> set[tuple[str, str]]:
+    """Folded (legal entity, vendor account) of the packaged vendors D365 holds after the imports."""
+    landed: set[tuple[str, str]] = set()
+    for done, check in zip(submitted, checks, strict=True):
+        vendors = check.entity("VendorsV2")
+        if vendors is not None:
+            landed |= {(fold(done.package.legal_entity), fold(key[0])) for key in vendors.found}
+    return landed
+
+
 def failure_reasons(errors: Sequence[DmfRowError], package: DmfPackage, key_field: str) -> dict[str, str]:
     """Folded document key -> what DMF said about its failed rows (header or lines), matched by the
     error's staging keys or else by its row number in the entity's data file."""

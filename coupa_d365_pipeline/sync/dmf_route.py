@@ -11,8 +11,11 @@ Per candidate (:meth:`DmfRoute.sync_many`), the same rules as the OData path, in
 1.-3. planned as every bulk route plans (``sync/bulk_plan.py``): mapped, looked up in D365 in bulk
    (what D365 already holds goes through the per-document path: dedupe holds across routes), claimed,
    vendor made sure of, intent recorded (``writing`` + D365 key) before anything is imported;
-4. one package per legal entity; the execution id (``coupa-d365-<run id[:8]>-<le>-<n>``) and the
-   package are recorded in ``dmf_executions`` *before* ``ImportFromPackage``; upload, import, wait;
+4. one package per legal entity, with the run's vendors D365 lacks in that legal entity ("Vendors V2",
+   imported before the headers; read back with the documents, then written in the ledger — a vendor
+   that did not land is created by the OData re-drive of its documents); the execution id
+   (``coupa-d365-<run id[:8]>-<le>-<n>``) and the package are recorded in ``dmf_executions``
+   *before* ``ImportFromPackage``; upload, import, wait;
 5. read every packaged row back by its key: a document whose header and lines all landed is
    ``written`` (same ledger fields as the OData path) and Coupa is told (export flag + history record,
    the OData path's own notify code); every other document is marked ``failed`` with the reason DMF
@@ -58,6 +61,7 @@ from .dmf_plan import (  # noqa: F401 - Route, RouteDecision, choose_route: the 
     failure_reasons,
     is_candidate,
     landed_documents,
+    landed_vendors,
     split_candidates,
 )
 from .notices import NoticeQueue
@@ -70,6 +74,8 @@ MAX_DOCUMENTS_PER_PACKAGE = 5000
 class DmfRoute(BulkPlanner):
     """Imports the first writes of a run through DMF; everything else is left to ``syncer`` (the
     OData path of the same document type)."""
+
+    PACKAGE_VENDORS = True
 
     def __init__(
         self,
@@ -113,6 +119,7 @@ class DmfRoute(BulkPlanner):
                         redrive += done
             # every package read back at once: one query per entity set for all legal entities
             checks = self.dmf.read_back_many([done.package for done in submitted])
+            self.syncer.vendors.settle_packaged(landed_vendors(submitted, checks))
             with NoticeQueue(self.syncer, report, self.coupa_concurrency) as notices:
                 for done, check in zip(submitted, checks, strict=True):
                     redrive += self._settle(
@@ -157,8 +164,11 @@ class DmfRoute(BulkPlanner):
         """Package, record, submit and wait for ``items`` of one legal entity; returns the execution to
         settle — or, when D365 refused the package outright, the documents to re-drive through OData."""
         s, run = self.s, self.s.run_id
+        execution_id = self.executions.next_execution_id(run, legal_entity)
+        vendors = self.syncer.vendors.package_rows(legal_entity, execution_id)  # first package of the LE
         package = build_package(
             {
+                **({"VendorsV2": vendors} if vendors else {}),
                 self.spec.header_set: [i.header for i in items],
                 self.spec.line_set: [line for i in items for line in i.lines],
             },
@@ -166,7 +176,6 @@ class DmfRoute(BulkPlanner):
             definition_group=self.data_project,
             description=f"Coupa {self.doc_type}s of Dagster run {run}",
         )
-        execution_id = self.executions.next_execution_id(run, legal_entity)
         self.executions.record(execution_id, run, self.doc_type, package, [i.row.coupa_id for i in items])
         for item in items:
             self.syncer._audit(

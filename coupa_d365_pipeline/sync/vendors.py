@@ -1,5 +1,10 @@
 """Coupa suppliers -> D365 VendorsV2, per legal entity: create when missing, update changed fields,
-never create a second vendor for the same supplier (ledger + key lookup before every create)."""
+never create a second vendor for the same supplier (ledger + key lookup before every create).
+
+Many at once (:meth:`VendorSync.ensure_many`, the bulk routes of a documents run): creates and updates
+go 20 per ``$batch`` (one changeset each) — or, for the DMF route, the creates travel in the
+documents' own package ("Vendors V2", imported ahead of the headers; :meth:`VendorSync.package_rows`,
+:meth:`VendorSync.settle_packaged`) and cost no request of their own."""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..common.http import HTTPClientError, SystemUnavailableError, is_system_failure
+from ..d365 import odata
 from ..d365.batch import BatchOperation, Changeset
 from ..mapping.vendors import Quarantine, map_vendor, vendor_changes
 from ..state.ledger import WRITTEN, ClaimLostError, LedgerRow, Problem
@@ -33,8 +39,10 @@ SELECT = [
 
 
 @dataclass
-class _Create:
-    """A vendor D365 does not hold yet, claimed and mapped, waiting to go out in a ``$batch``."""
+class _Deferred:
+    """A vendor write decided but not sent: claimed and mapped, waiting to go out in a ``$batch`` (or,
+    a create of the DMF route, in a package). ``changes`` None: a create of ``desired``; else the
+    fields of an existing vendor to update (PATCH: idempotent)."""
 
     row: LedgerRow
     supplier: dict[str, Any]
@@ -42,6 +50,18 @@ class _Create:
     key: dict[str, Any]
     desired: dict[str, Any]
     coupa_hash: str
+    changes: dict[str, Any] | None = None
+    packaged: bool = False  # taken into a package (package_rows)
+
+    @property
+    def pair(self) -> tuple[int, str]:
+        return int(self.supplier["id"]), self.legal_entity
+
+    @property
+    def operation(self) -> BatchOperation:
+        if self.changes is None:
+            return BatchOperation("POST", "VendorsV2", self.desired)
+        return BatchOperation("PATCH", f"VendorsV2{odata.key_predicate(self.key)}?cross-company=true", self.changes)
 
 
 class VendorSync:
@@ -52,6 +72,7 @@ class VendorSync:
         self._done: dict[tuple[int, str], Outcome] = {}
         self.errors: dict[tuple[int, str], HTTPClientError] = {}  # why a vendor failed (last ensure)
         self._expected: set[str] = set()  # legal entities to prefetch together on the first lookup
+        self._packaged: dict[tuple[int, str], _Deferred] = {}  # creates left to a DMF package (unclaimed)
 
     def expect(self, legal_entities: Iterable[str]) -> None:
         """The legal entities a bulk run will ensure vendors in: the first vendor that needs a D365
@@ -96,6 +117,10 @@ class VendorSync:
 
     def ensure(self, supplier: dict[str, Any], legal_entity: str) -> Outcome:
         supplier_id = int(supplier["id"])
+        packaged = self._packaged.get((supplier_id, legal_entity))
+        if packaged is not None:  # created by the package that carries the documents, ahead of them
+            name = str(supplier.get("name") or supplier_id)
+            return Outcome(DOC, supplier_id, Action.CREATED, name, legal_entity, "in this run's DMF package")
         memo = self._done.get((supplier_id, legal_entity))
         if memo is not None:
             return memo
@@ -103,71 +128,136 @@ class VendorSync:
         assert isinstance(outcome, Outcome)
         return self._memo(supplier, legal_entity, outcome)
 
-    def ensure_many(self, wanted: Iterable[tuple[dict[str, Any], str]], batch_size: int = 20) -> list[Outcome]:
+    def ensure_many(
+        self, wanted: Iterable[tuple[dict[str, Any], str]], batch_size: int = 20, *, package_creates: bool = False
+    ) -> list[Outcome]:
         """:meth:`ensure` for many (supplier, legal entity) pairs, with the vendors D365 does not hold
-        created ``batch_size`` per ``$batch`` request (one changeset each) instead of one POST each.
-        A vendor whose part was refused, or whose batch answer was lost, is settled by :meth:`ensure`
-        after a fresh lookup by key (a vendor's key is its account: a create never lands twice)."""
+        created, and those that differ updated, ``batch_size`` per ``$batch`` request (one changeset
+        each) instead of one request each. A vendor whose part was refused, or whose batch answer was
+        lost, is settled by :meth:`ensure` after a fresh lookup by key (a vendor's key is its account:
+        a create never lands twice).
+
+        ``package_creates`` (the DMF route): the creates are not sent but kept for the package of their
+        legal entity (:meth:`package_rows`), their claims released — a vendor's key is deterministic and
+        DMF upserts by key, so nothing can duplicate it meanwhile; :meth:`settle_packaged` records
+        those that landed, and any other is created the usual way by the next :meth:`ensure`."""
         outcomes: list[Outcome] = []
-        creates: list[_Create] = []
+        deferred: list[_Deferred] = []
         seen: set[tuple[int, str]] = set()
         for supplier, legal_entity in wanted:
             pair = (int(supplier["id"]), legal_entity)
             if pair in seen:
                 continue
             seen.add(pair)
-            if pair in self._done:
-                outcomes.append(self._done[pair])
+            if pair in self._done or pair in self._packaged:
+                outcomes.append(self.ensure(supplier, legal_entity))
                 continue
-            result = self._ensure(supplier, legal_entity, defer_create=True)
-            if isinstance(result, _Create):
-                creates.append(result)
+            result = self._ensure(supplier, legal_entity, defer=True)
+            if isinstance(result, _Deferred):
+                deferred.append(result)
             else:
                 outcomes.append(self._memo(supplier, legal_entity, result))
+        if package_creates:
+            for d in [d for d in deferred if d.changes is None]:
+                self.s.ledger.release(d.row, self.s.run_id)
+                self._packaged[d.pair] = d
+                outcomes.append(self.ensure(d.supplier, d.legal_entity))
+            deferred = [d for d in deferred if d.changes is not None]
         size = max(1, batch_size)
         try:
-            for start in range(0, len(creates), size):
-                outcomes += self._create_batch(creates[start : start + size])
+            for start in range(0, len(deferred), size):
+                outcomes += self._write_batch(deferred[start : start + size])
         except BaseException:
-            for c in creates:  # a no-op for the rows already settled (their claim is gone)
-                self.s.ledger.release(c.row, self.s.run_id)
+            for d in deferred:  # a no-op for the rows already settled (their claim is gone)
+                self.s.ledger.release(d.row, self.s.run_id)
             raise
         return outcomes
 
-    def _create_batch(self, chunk: list[_Create]) -> list[Outcome]:
+    def package_rows(self, legal_entity: str, execution_id: str) -> list[dict[str, Any]]:
+        """The VendorsV2 records of ``legal_entity`` left to a package by :meth:`ensure_many` and not
+        taken by an earlier package; each is taken once, and audited with the package's execution id."""
+        rows = []
+        for d in self._packaged.values():
+            if d.legal_entity == legal_entity and not d.packaged:
+                d.packaged = True
+                rows.append(d.desired)
+                self.s.ledger.audit(
+                    run_id=self.s.run_id,
+                    doc_type=DOC,
+                    coupa_id=d.pair[0],
+                    scope=d.legal_entity,
+                    action="dmf_packaged",
+                    entity="VendorsV2",
+                    d365_key=dict(d.key, executionId=execution_id),
+                    payload_sha256=payload_hash(d.desired),
+                )
+        return rows
+
+    def settle_packaged(self, landed: set[tuple[str, str]]) -> int:
+        """After the packages were read back: ``landed`` holds the folded (legal entity, account) D365
+        now has. Those vendors are recorded as created (audit + ledger, as :meth:`_write_batch` does);
+        the others are forgotten here, so the next :meth:`ensure` (the OData re-drive of their
+        documents) looks them up and creates them. Returns how many were recorded."""
+        recorded = 0
+        for pair, d in list(self._packaged.items()):
+            del self._packaged[pair]
+            account = str(d.key["VendorAccountNumber"])
+            if not d.packaged or (odata.fold(d.legal_entity), odata.fold(account)) not in landed:
+                continue
+            self._existing[(d.legal_entity, account.lower())] = d.desired
+            row = self._claim(*pair)
+            if row is None:  # another run holds it now: it will find the vendor in D365
+                continue
+            if row.state == WRITTEN and row.coupa_hash == d.coupa_hash and not row.problem:
+                self.s.ledger.release(row, self.s.run_id)
+                continue
+            outcome = self._written(
+                row, d.supplier, d.legal_entity, d.key, Action.CREATED, None, d.desired, d.coupa_hash, d.desired
+            )
+            self._memo(d.supplier, d.legal_entity, outcome)
+            recorded += 1
+        return recorded
+
+    def _write_batch(self, chunk: list[_Deferred]) -> list[Outcome]:
         s = self.s
         try:
-            results = s.d365.batch([Changeset([BatchOperation("POST", "VendorsV2", c.desired)]) for c in chunk])
+            results = s.d365.batch([Changeset([d.operation]) for d in chunk])
         except SystemUnavailableError:
             raise
         except HTTPClientError as exc:  # an AmbiguousWriteError too: the lookup by key settles it
             s.logger.warning(
-                "vendors: a $batch of %d creates failed as a whole (%s); each is looked up and settled alone",
+                "vendors: a $batch of %d writes failed as a whole (%s); each is looked up and settled alone",
                 len(chunk),
                 error_text(exc),
             )
-            return [self._settle_alone(c) for c in chunk]
+            return [self._settle_alone(d) for d in chunk]
         outcomes: list[Outcome] = []
-        for c, result in zip(chunk, results, strict=True):
+        for d, result in zip(chunk, results, strict=True):
             if not result.ok:
-                outcomes.append(self._settle_alone(c))
+                outcomes.append(self._settle_alone(d))
                 continue
-            created = result.parts[0].body if result.parts and isinstance(result.parts[0].body, dict) else c.desired
-            account = str(c.key["VendorAccountNumber"])
-            self._existing[(c.legal_entity, account.lower())] = created
+            account = str(d.key["VendorAccountNumber"]).lower()
+            if d.changes is None:
+                created = result.parts[0].body if result.parts and isinstance(result.parts[0].body, dict) else d.desired
+                self._existing[(d.legal_entity, account)] = created
+                action, status, sent = Action.CREATED, 201, d.desired
+            else:
+                current = self._existing.get((d.legal_entity, account)) or {}
+                self._existing[(d.legal_entity, account)] = {**current, **d.changes}
+                action, status, sent = Action.UPDATED, 204, d.changes
             outcome = self._written(
-                c.row, c.supplier, c.legal_entity, c.key, Action.CREATED, 201, c.desired, c.coupa_hash, c.desired
+                d.row, d.supplier, d.legal_entity, d.key, action, status, sent, d.coupa_hash, d.desired
             )
-            outcomes.append(self._memo(c.supplier, c.legal_entity, outcome))
+            outcomes.append(self._memo(d.supplier, d.legal_entity, outcome))
         return outcomes
 
-    def _settle_alone(self, c: _Create) -> Outcome:
-        """A batched create that was refused or whose answer was lost: read the vendor by key (it may
+    def _settle_alone(self, d: _Deferred) -> Outcome:
+        """A batched write that was refused or whose answer was lost: read the vendor by key (it may
         have landed), then let :meth:`ensure` create, update or record the failure as for any vendor."""
-        account = str(c.key["VendorAccountNumber"]).lower()
-        self.s.ledger.release(c.row, self.s.run_id)
-        self._existing[(c.legal_entity, account)] = self.s.d365.get("VendorsV2", c.key)
-        return self.ensure(c.supplier, c.legal_entity)
+        account = str(d.key["VendorAccountNumber"]).lower()
+        self.s.ledger.release(d.row, self.s.run_id)
+        self._existing[(d.legal_entity, account)] = self.s.d365.get("VendorsV2", d.key)
+        return self.ensure(d.supplier, d.legal_entity)
 
     def _memo(self, supplier: dict[str, Any], legal_entity: str, outcome: Outcome) -> Outcome:
         supplier_id = int(supplier["id"])
@@ -185,9 +275,9 @@ class VendorSync:
                 return row
             time.sleep(0.2)
 
-    def _ensure(self, supplier: dict[str, Any], legal_entity: str, defer_create: bool = False) -> Outcome | _Create:
-        """``defer_create``: a vendor D365 does not hold is returned as a claimed :class:`_Create` for
-        :meth:`ensure_many` to send in a ``$batch``, instead of being created here."""
+    def _ensure(self, supplier: dict[str, Any], legal_entity: str, defer: bool = False) -> Outcome | _Deferred:
+        """``defer``: a vendor D365 does not hold, or holds with other values, is returned as a claimed
+        :class:`_Deferred` for :meth:`ensure_many` to write in a ``$batch``, instead of being written here."""
         s, run = self.s, self.s.run_id
         supplier_id = int(supplier["id"])
         name = str(supplier.get("name") or supplier_id)
@@ -220,14 +310,16 @@ class VendorSync:
             key = {"dataAreaId": legal_entity, "VendorAccountNumber": account}
             s.ledger.update(row, run, legal_entity=legal_entity, vendor_account=account, d365_key=key)
             current = self._current(legal_entity, account)
-            if current is None and defer_create:
-                return _Create(row, supplier, legal_entity, key, desired, coupa_hash)
+            if current is None and defer:
+                return _Deferred(row, supplier, legal_entity, key, desired, coupa_hash)
             if current is None:
                 created = s.d365.create("VendorsV2", desired, verify=lambda: s.d365.get("VendorsV2", key))
                 self._existing[(legal_entity, account.lower())] = created
                 action, status, sent = Action.CREATED, 201, desired
             else:
                 changes = vendor_changes(current, desired)
+                if changes and defer:
+                    return _Deferred(row, supplier, legal_entity, key, desired, coupa_hash, changes)
                 if changes:
                     s.d365.update("VendorsV2", key, changes)
                     self._existing[(legal_entity, account.lower())] = {**current, **changes}

@@ -127,7 +127,7 @@ def test_same_input_gives_identical_bytes():
         (lambda r: r["VendorInvoiceHeaders"][0].update(ImportedAmount=150.5), "use Decimal"),
         (lambda r: r["VendorInvoiceHeaders"][0].update(InvoiceAmount=Decimal(1)), "no properties ['InvoiceAmount']"),
         (lambda r: r["VendorInvoiceLines"][0].pop("HeaderReference"), "has no ['HeaderReference']"),
-        (lambda r: r.update(VendorsV2=[{"VendorAccountNumber": "X"}]), "no DMF entity is configured"),
+        (lambda r: r.update(CustomersV3=[{"CustomerAccount": "X"}]), "no DMF entity is configured"),
     ],
 )
 def test_rows_dmf_cannot_import_as_meant_are_refused_before_anything_is_sent(change, message):

@@ -203,6 +203,13 @@ def test_a_package_d365_refuses_outright_goes_through_odata_in_the_same_run(serv
     assert all(r is not None and r.stage == ExecutionStage.ABANDONED for r in recorded)
     assert {r.state for r in services.ledger.rows("invoice")} == {"written"}
     assert len(sandboxes.d365.state.records("VendorInvoiceHeaders")) == len(invoices)
+    # the vendors the refused package carried were created by the OData re-drive of their documents
+    packaged = services.ledger.audit_count(doc_type="vendor", action="dmf_packaged")
+    assert packaged >= 1 and services.ledger.audit_count(doc_type="vendor", action="create") == packaged
+    for invoice in invoices:
+        vendor = services.ledger.get("vendor", invoice["supplier"]["id"], scope=CHARTS[invoice["account-type"]["name"]])
+        assert vendor is not None and vendor.state == "written"
+        assert sandboxes.d365.state.get("VendorsV2", vendor.d365_key) is not None
 
 
 def test_a_dmf_run_makes_a_constant_number_of_d365_requests_whatever_the_number_of_invoices(services, sandboxes):
@@ -242,3 +249,49 @@ def test_a_dmf_run_makes_a_constant_number_of_d365_requests_whatever_the_number_
             "GET PurchaseOrderLinesV2": 1,  # the PO lines the invoices reference
         }
     ), kinds
+
+
+def test_vendors_d365_lacks_go_in_the_package_ahead_of_the_documents_not_in_batches(services, sandboxes):
+    """A first load into legal entities whose vendors D365 does not hold yet: the vendors travel in the
+    same package ("Vendors V2", imported before the headers), so the run sends no vendor write of its
+    own; once read back they are written in the ledger with an audit, as an OData create leaves them."""
+    invoices = [
+        i for i in approved_invoices(sandboxes) if i["id"] not in sandboxes.seed.expectations["unmappable_invoices"]
+    ]
+    services.store.stage("invoice", invoices, run_id="run-1")
+    needed = {
+        (invoice["supplier"]["id"], CHARTS[invoice["account-type"]["name"]])
+        for invoice in invoices
+        if invoice["account-type"]["name"] in CHARTS
+    }
+    before = {(v["dataAreaId"], v["VendorAccountNumber"]) for v in sandboxes.d365.state.records("VendorsV2")}
+    seq = last_seq(sandboxes)
+
+    bulk = route(services)
+    report = bulk.sync_many(invoices)
+
+    assert Counter(o.action for o in report.outcomes) == Counter({Action.CREATED: len(invoices)})
+    # the only write besides the packages: the vendors D365 holds with other values, one $batch of PATCHes
+    [updates] = writes(sandboxes, seq)
+    assert updates.path.endswith("/$batch") and "POST " not in updates.body
+    assert updates.body.count("PATCH ") == updates.body.count("VendorsV2(") >= 1
+    requests = [e for e in sandboxes.d365.log.snapshot() if e.seq > seq and not e.path.endswith("Status")]
+    assert Counter(f"{e.method} {e.path.rsplit('/', 1)[-1]}" for e in requests if "VendorsV2" in e.path) == Counter(
+        {"GET VendorsV2": 2}  # what D365 holds of the run's vendors; the packaged vendors read back
+    )
+
+    ledger = services.ledger
+    created = []
+    for supplier_id, le in needed:
+        row = ledger.get("vendor", supplier_id, scope=le)
+        assert row is not None and row.state == "written" and row.claimed_by is None, (supplier_id, le, row)
+        key = (row.d365_key["dataAreaId"], row.d365_key["VendorAccountNumber"])
+        assert sandboxes.d365.state.get("VendorsV2", row.d365_key) is not None
+        if key not in before:
+            created.append(supplier_id)
+            history = [h["action"] for h in ledger.history("vendor", supplier_id) if h["scope"] == le]
+            assert history == ["dmf_packaged", "create"], history
+    assert services.ledger.audit_count(doc_type="vendor", action="dmf_packaged") == len(created)
+    assert created, "the seed should leave some vendors to create"
+    vendors = Counter((v["dataAreaId"], v["VendorAccountNumber"]) for v in sandboxes.d365.state.records("VendorsV2"))
+    assert max(vendors.values()) == 1

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from coupa_d365_pipeline.mapping.vendors import map_vendor
+from coupa_d365_pipeline.mapping.vendors import map_vendor, vendor_changes
 from coupa_d365_pipeline.sandbox.faults import ScriptedFault
 from coupa_d365_pipeline.sync.context import SyncServices
 from coupa_d365_pipeline.sync.report import Action
@@ -57,7 +57,9 @@ def d365_writes(sandboxes, since: int) -> Counter[str]:
     )
 
 
-def test_missing_vendors_are_created_twenty_per_batch_each_once_and_a_rerun_writes_nothing(services, sandboxes):
+def test_missing_vendors_are_created_and_changed_ones_updated_twenty_per_batch_each_once_and_a_rerun_writes_nothing(
+    services, sandboxes
+):
     wanted = wanted_vendors(services, sandboxes)
     before = vendor_accounts(sandboxes)
     missing = {account_of(services, s, le) for s, le in wanted} - set(before)
@@ -70,9 +72,14 @@ def test_missing_vendors_are_created_twenty_per_batch_each_once_and_a_rerun_writ
     assert len(created) == len(missing)
     assert {o.action for o in outcomes} <= {Action.CREATED, Action.ALREADY_PRESENT, Action.UPDATED}
     updated = [o for o in outcomes if o.action == Action.UPDATED]  # seeded vendors whose fields differ
-    accounts = [account_of(services, services.supplier(o.coupa_id), o.legal_entity) for o in updated]
-    patched = Counter(f"PATCH VendorsV2(dataAreaId='{le}',VendorAccountNumber='{acct}')" for le, acct in accounts)
-    assert d365_writes(sandboxes, seq) == Counter({"POST $batch": math.ceil(len(missing) / 20)}) + patched
+    assert updated and all(o.detail.startswith("changed: ") for o in updated)
+    # creates and updates (PATCH changesets) share the batches: no request of their own
+    assert d365_writes(sandboxes, seq) == Counter({"POST $batch": math.ceil((len(missing) + len(updated)) / 20)})
+    for o in updated:
+        le, acct = account_of(services, services.supplier(o.coupa_id), o.legal_entity)
+        desired = map_vendor(services.supplier(o.coupa_id), le, services.mapping, services.master)
+        current = sandboxes.d365.state.get("VendorsV2", {"dataAreaId": le, "VendorAccountNumber": acct.upper()})
+        assert current is not None and not vendor_changes(current, desired), (o, current)
     after = vendor_accounts(sandboxes)
     assert all(after[a] == 1 for a in missing) and set(after) - set(before) == missing
     for supplier, le in wanted:
@@ -85,6 +92,8 @@ def test_missing_vendors_are_created_twenty_per_batch_each_once_and_a_rerun_writ
         if h["action"] == "create"
     ]
     assert len(audited) == len(missing) and {h["http_status"] for h in audited} == {201}
+    patches = [h for s, _ in wanted for h in services.ledger.history("vendor", s["id"]) if h["action"] == "update"]
+    assert len(patches) == len(updated) and {h["http_status"] for h in patches} == {204}
 
     seq = last_seq(sandboxes)
     again = VendorSync(as_run(services, "run-2")).ensure_many(wanted)

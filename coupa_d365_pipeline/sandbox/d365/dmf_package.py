@@ -30,8 +30,10 @@ from .odata import ODATA_EXCEPTION, ODataError
 from .schema import EntitySchema
 
 NS = "{http://schemas.microsoft.com/dynamics/2015/01/DataManagement}"
-# DMF label -> OData entity set. Invoice labels: reference §7.1; PO labels: F&O's standard entity labels.
+# DMF label -> OData entity set. Invoice labels: reference §7.1; PO and vendor labels: F&O's standard
+# entity labels.
 DMF_LABELS: dict[str, str] = {
+    "Vendors V2": "VendorsV2",
     "Vendor invoice header": "VendorInvoiceHeaders",
     "Vendor invoice line": "VendorInvoiceLines",
     "Purchase order headers V2": "PurchaseOrderHeadersV2",
