@@ -11,6 +11,7 @@ has ended; any other failure is recorded on the document (``failed``, retried ne
 
 from __future__ import annotations
 
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -39,7 +40,9 @@ class NoticeQueue:
         self.s = syncer.s
         self.report = report
         self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="coupa-notice")
-        self._in_flight: list[_InFlight] = []
+        self._in_flight: dict[int, _InFlight] = {}  # submission number -> notice not settled yet
+        self._ended: deque[int] = deque()  # submission numbers of ended notices (appended by the threads)
+        self._submitted = 0
         self._system_error: SystemUnavailableError | None = None
         self.sent = 0
 
@@ -66,7 +69,11 @@ class NoticeQueue:
             document_status=document.get("status"),
             may_exist=may_exist,
         )
-        self._in_flight.append(_InFlight(future, row, document, outcome))
+        number = self._submitted = self._submitted + 1
+        self._in_flight[number] = _InFlight(future, row, document, outcome)
+        # the pool thread reports the end; settling then costs nothing per notice still in flight
+        # (rescanning them all on each submit was quadratic when Coupa lags behind D365)
+        future.add_done_callback(lambda _f: self._ended.append(number))
         self._settle(block=False)
 
     def drain(self) -> None:
@@ -77,13 +84,14 @@ class NoticeQueue:
             raise error
 
     def _settle(self, *, block: bool) -> None:
-        still: list[_InFlight] = []
-        for item in self._in_flight:
-            if not block and not item.future.done():
-                still.append(item)
-                continue
-            self._settle_one(item)
-        self._in_flight = still
+        """Settle, on the caller's thread, the notices that ended (``block``: every notice, waiting)."""
+        while self._ended:
+            item = self._in_flight.pop(self._ended.popleft(), None)
+            if item is not None:
+                self._settle_one(item)
+        if block:
+            for number in sorted(self._in_flight):
+                self._settle_one(self._in_flight.pop(number))
 
     def _settle_one(self, item: _InFlight) -> None:
         s, run = self.s, self.s.run_id
