@@ -178,11 +178,10 @@ class PurchaseOrderRules(EntityStore):
         return f"Purchase order line {line['PurchaseOrderNumber']} line {line['LineNumber']}"
 
     def _po_lines(self, line_set: str, company: str, po: str) -> list[dict[str, Any]]:
-        return [
-            r
-            for r in self._tables[line_set].values()
-            if _same(r.get("dataAreaId"), company) and _same(r.get("PurchaseOrderNumber"), po)
-        ]
+        # by the stored key (dataAreaId, PurchaseOrderNumber, LineNumber), normalized once: comparing
+        # every line's fields with _same made a DMF import of thousands of PO lines quadratic in CPU
+        c, n = _norm(company), _norm(po)
+        return [r for k, r in self._tables[line_set].items() if k[0] == c and k[1] == n]
 
     def _refresh_po_status(self, line_set: str, company: str, po: str) -> None:
         """Derive the header's PurchaseOrderStatus from its lines (module docstring, item 3)."""
