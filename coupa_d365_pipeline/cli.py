@@ -388,8 +388,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_credentials_parser(sub)
 
     from .bench.cli import add_parser as add_bench_parser
+    from .bench.cli import add_webhooks_parser as add_bench_webhooks_parser
 
     add_bench_parser(sub)
+    add_bench_webhooks_parser(sub)
 
     db = sub.add_parser("db", help="the sync database's schema (SYNC_DATABASE_URL): show or upgrade its revision")
     db_sub = db.add_subparsers(dest="db_command", required=True)

@@ -1,4 +1,4 @@
-"""The ``coupa-d365 bench`` subcommand (registered by cli.build_parser)."""
+"""The ``coupa-d365 bench`` and ``coupa-d365 bench-webhooks`` subcommands (registered by cli.build_parser)."""
 
 from __future__ import annotations
 
@@ -73,3 +73,61 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--seed", type=int, default=42, help="random seed of the data (default 42)")
     bench.add_argument("--start-date", default=DEFAULT_SYNC_START_DATE, help="first day of the seed's updated-at range")
     bench.set_defaults(func=_bench)
+
+
+def _bench_webhooks(args: argparse.Namespace) -> int:
+    from .webhook_rig import RigError, WebhookBenchOptions, run_webhook_bench, write_latency_outputs
+
+    if args.events < 1 or args.spacing_s < 0 or args.timeout_s <= 0:
+        print("error: --events must be at least 1, --spacing-s at least 0, --timeout-s above 0", file=sys.stderr)
+        return 2
+    opts = WebhookBenchOptions(
+        events=args.events,
+        spacing_s=args.spacing_s,
+        d365_latency_ms=args.d365_latency_ms,
+        coupa_latency_ms=args.coupa_latency_ms,
+        coupa_max_requests_per_second=args.coupa_rps,
+        seed=args.seed,
+        timeout_s=args.timeout_s,
+    )
+    try:
+        doc = run_webhook_bench(opts)
+    except RigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for path in write_latency_outputs(doc, Path(args.out)):
+        print(f"wrote {path}")
+    verdict = "met" if doc.met else "NOT met"
+    print(
+        f"webhook -> pending in D365 over {doc.events} events: p50 {doc.p50_s:.2f} s, p95 {doc.p95_s:.2f} s, "
+        f"max {doc.max_s:.2f} s (target p95 <= {doc.target_p95_s:g} s: {verdict})"
+    )
+    return 0
+
+
+def add_webhooks_parser(sub: argparse._SubParsersAction) -> None:
+    bench = sub.add_parser(
+        "bench-webhooks",
+        help="measure webhook -> pending invoice in D365 latency (p50/p95) through the receiver and dagster-daemon",
+        description="Starts fresh sandboxes (with latency), `coupa-d365 webhooks serve` and `dagster-daemon run` "
+        "(fresh DAGSTER_HOME in a temporary directory), sends one warm-up event and then --events signed "
+        "invoice.approved events, and times each from the POST sent to its invoice pending in D365. Writes "
+        "webhook_latency.json and webhook_latency.md to --out; exits 1 if an invoice is not pending within "
+        "--timeout-s after the last event.",
+    )
+    bench.add_argument("--events", type=int, default=50, help="events measured (default 50)")
+    bench.add_argument("--spacing-s", type=float, default=1.0, help="seconds between two events (default 1)")
+    bench.add_argument("--out", default="bench-out", help="output directory (default bench-out)")
+    bench.add_argument("--d365-latency-ms", type=float, default=100.0, help="D365 latency per request (default 100)")
+    bench.add_argument("--coupa-latency-ms", type=float, default=50.0, help="Coupa latency per request (default 50)")
+    bench.add_argument(
+        "--coupa-rps", type=float, default=25.0, help="the Coupa client's request limit per second (default 25)"
+    )
+    bench.add_argument("--seed", type=int, default=42, help="random seed of the data (default 42)")
+    bench.add_argument(
+        "--timeout-s",
+        type=float,
+        default=300.0,
+        help="fail when an announced invoice is not pending this many seconds after the last event (default 300)",
+    )
+    bench.set_defaults(func=_bench_webhooks)

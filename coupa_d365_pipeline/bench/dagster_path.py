@@ -73,3 +73,36 @@ def prepare_documents() -> Any:
         return booked
 
     return run
+
+
+def run_phases() -> dict[str, float]:
+    """Median seconds per phase of the successful runs on the instance in ``DAGSTER_HOME`` (the
+    event-driven runs of ``coupa-d365 bench-webhooks``): queued (enqueued -> the coordinator starts it),
+    process start (starting -> started: the run process loads the code location), the sync step, and
+    the events' age when their run's step finished (received by the receiver -> synced)."""
+    from statistics import median
+
+    dg, _ = _dagster()
+    instance = dg.DagsterInstance.get()
+    phases: dict[str, list[float]] = {"queued": [], "process_start": [], "sync_step": [], "event_age_at_sync_end": []}
+    try:
+        for run in instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.SUCCESS])):
+            stamps: dict[str, float] = {}
+            for record in instance.get_records_for_run(run.run_id).records:
+                entry = record.event_log_entry
+                event = entry.dagster_event
+                if event is None:
+                    continue
+                stamps.setdefault(event.event_type_value, entry.timestamp)
+                if event.event_type_value == "ASSET_MATERIALIZATION":
+                    meta = event.event_specific_data.materialization.metadata  # type: ignore[union-attr]
+                    if "event_age_median_s" in meta:
+                        phases["event_age_at_sync_end"].append(float(meta["event_age_median_s"].value))
+            if {"PIPELINE_ENQUEUED", "PIPELINE_STARTING", "PIPELINE_START"} <= stamps.keys():
+                phases["queued"].append(stamps["PIPELINE_STARTING"] - stamps["PIPELINE_ENQUEUED"])
+                phases["process_start"].append(stamps["PIPELINE_START"] - stamps["PIPELINE_STARTING"])
+            if {"STEP_START", "STEP_SUCCESS"} <= stamps.keys():
+                phases["sync_step"].append(stamps["STEP_SUCCESS"] - stamps["STEP_START"])
+    finally:
+        instance.dispose()
+    return {name: round(median(values), 2) for name, values in phases.items() if values}

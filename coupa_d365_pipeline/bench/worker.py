@@ -1,6 +1,7 @@
 """One bench path in its own process, so its peak RSS is its own: ``python -m coupa_d365_pipeline.bench.worker
 PATH`` with the sandboxes' environment. Prints one JSON line: documents, started/ended (Unix seconds around
-the measured work, imports and client setup excluded) and peak_rss_mb."""
+the measured work, imports and client setup excluded) and peak_rss_mb. ``phases`` prints instead the median
+phases of the runs on the instance in ``DAGSTER_HOME`` (``coupa-d365 bench-webhooks``)."""
 
 from __future__ import annotations
 
@@ -26,12 +27,18 @@ def main(argv: list[str]) -> int:
     from ..demo import peak_rss_mb
 
     if len(argv) != 1:
-        print("usage: python -m coupa_d365_pipeline.bench.worker setup|baseline|odata|dmf|floor", file=sys.stderr)
+        usage = "usage: python -m coupa_d365_pipeline.bench.worker setup|phases|baseline|odata|dmf|floor"
+        print(usage, file=sys.stderr)
         return 2
     if argv[0] == "setup":
         from .dagster_path import run_setup
 
         run_setup()
+        return 0
+    if argv[0] == "phases":  # where the time of the event-driven runs went (bench-webhooks)
+        from .dagster_path import run_phases
+
+        print(json.dumps(run_phases()))
         return 0
     work = _work(argv[0])
     started = time.time()

@@ -47,3 +47,36 @@ def test_bench_all_paths(tmp_path):
     table = (out / "bench.md").read_text()
     assert "| dmf >= 10x faster than baseline |" in table and "| odata | " in table
     assert (out / "bench.png").read_bytes().startswith(b"\x89PNG")
+
+
+def _cli(*args: str, timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "coupa_d365_pipeline.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ),
+    )
+
+
+def test_bench_webhooks_writes_the_latency_json_and_table(tmp_path):
+    out = tmp_path / "lat"
+    args = ["--events", "3", "--spacing-s", "0.2", "--d365-latency-ms", "0", "--coupa-latency-ms", "0"]
+    proc = _cli("bench-webhooks", *args, "--coupa-rps", "500", "--out", str(out), timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    raw = json.loads((out / "webhook_latency.json").read_text())
+    assert raw["events"] == 3 and len(raw["latencies_s"]) == 3 and raw["latencies_s"] == sorted(raw["latencies_s"])
+    assert 0 < raw["p50_s"] <= raw["p95_s"] == raw["max_s"] == raw["latencies_s"][-1]
+    assert raw["target_p95_s"] == 30 and raw["met"] is (raw["p95_s"] <= 30)
+    assert raw["settings"]["events"] == 3 and raw["settings"]["spacing_s"] == 0.2
+    assert raw["settings"]["d365_latency_ms"] == 0 and raw["settings"]["coupa_max_requests_per_second"] == 500
+    assert {"queued", "process_start", "sync_step"} <= raw["where_the_time_goes_s"].keys()
+    table = (out / "webhook_latency.md").read_text()
+    assert f"| 3 | {raw['p50_s']:.2f} | {raw['p95_s']:.2f} | {raw['max_s']:.2f} | 30 |" in table
+    assert f"p95 {raw['p95_s']:.2f} s" in proc.stdout
+
+
+def test_bench_webhooks_rejects_nonsense_before_starting_anything(tmp_path):
+    proc = _cli("bench-webhooks", "--events", "0", "--out", str(tmp_path / "x"), timeout=60)
+    assert proc.returncode == 2 and "--events must be at least 1" in proc.stderr
+    assert not (tmp_path / "x").exists()
