@@ -161,6 +161,12 @@ class FaultInjector:
         with self._lock:
             return list(self._scripted)
 
+    def withdraw(self, fault: ScriptedFault) -> None:
+        """Drop one scripted fault that has not fired (every time) yet; release it if it is a hold."""
+        with self._lock:
+            self._scripted = [f for f in self._scripted if f is not fault]
+        fault.release()
+
     def clear(self) -> None:
         """Forget scripted faults and rates; release every request a ``hold`` parked."""
         with self._lock:
