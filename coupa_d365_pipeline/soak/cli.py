@@ -55,6 +55,7 @@ def _soak(args: argparse.Namespace) -> int:
         seed=args.seed,
         start_date=date.fromisoformat(args.start_date),
         max_rounds=args.max_rounds,
+        retry_after_s=args.retry_after_s,
     )
     report = run_soak(opts)
     opts.out.mkdir(parents=True, exist_ok=True)
@@ -74,7 +75,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     soak = sub.add_parser(
         "soak",
         help="chaos soak: the connector as real processes against faulty sandboxes, killed twice, until it converges",
-        description="Starts both sandboxes with 10%% 429 (Retry-After), 5%% 5xx, 2%% connections dropped after "
+        description="Starts both sandboxes with 10%% 429 (with Retry-After), 5%% 5xx, 2%% connections dropped after "
         "the write, every token revoked every 300 requests; runs master data, two documents runs SIGKILLed "
         "mid-write, signed webhooks (30%% twice, shuffled) through the receiver and dagster-daemon's sensor, "
         "documents runs until converged, a simulated AP user posting and paying, a status run overlapping a "
@@ -91,5 +92,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=6,
         help="re-runs allowed per phase before giving up on convergence (default 6)",
+    )
+    soak.add_argument(
+        "--retry-after-s",
+        type=int,
+        default=None,
+        help="Retry-After (seconds) of the injected 429s (default: 1 for full; 0 for ci, to fit its time budget)",
     )
     soak.set_defaults(func=_soak)

@@ -20,11 +20,12 @@ class SizeSpec:
     purchase_orders: int
     suppliers: int
     days: int  # daily partitions the seed's updated-at spreads over
+    retry_after_s: int  # the Retry-After of an injected 429 (ci: 0, i.e. "retry now", to fit its time budget)
 
 
 SIZES: dict[SoakSize, SizeSpec] = {
-    SoakSize.FULL: SizeSpec(invoices=2000, purchase_orders=500, suppliers=200, days=14),
-    SoakSize.CI: SizeSpec(invoices=200, purchase_orders=50, suppliers=20, days=7),
+    SoakSize.FULL: SizeSpec(invoices=2000, purchase_orders=500, suppliers=200, days=14, retry_after_s=1),
+    SoakSize.CI: SizeSpec(invoices=200, purchase_orders=50, suppliers=20, days=7, retry_after_s=0),
 }
 
 
@@ -35,7 +36,7 @@ class SoakOptions:
     seed: int = 42
     start_date: date = date(2026, 11, 1)
     rate_429: float = 0.10
-    retry_after_s: int = 1  # the Retry-After of a 429
+    retry_after_s: int | None = None  # the Retry-After of a 429 (None: the size's)
     rate_5xx: float = 0.05
     rate_drop: float = 0.02
     revoke_tokens_every: int = 300  # requests per sandbox between two revocations of every token

@@ -140,7 +140,7 @@ class Soak:
             if n > 1:
                 self._drain_webhooks()
             self.report.documents_rounds += 1
-            code = self.run(f"documents-{n}", DOCUMENTS)
+            code = self.run(f"documents-{self.report.documents_rounds}", DOCUMENTS)
             if code == 0 and not self._unfinished() and not self.relay.backlog():
                 return True
         return False
@@ -197,7 +197,7 @@ def _faults(opts: SoakOptions, salt: int) -> FaultConfig:
     return FaultConfig(
         seed=opts.seed * 10 + salt,
         rate_429=opts.rate_429,
-        retry_after_s=opts.retry_after_s,
+        retry_after_s=opts.spec.retry_after_s if opts.retry_after_s is None else opts.retry_after_s,
         rate_5xx=opts.rate_5xx,
         rate_drop=opts.rate_drop,
         revoke_tokens_every=opts.revoke_tokens_every,
@@ -258,6 +258,7 @@ def run_soak(opts: SoakOptions, progress: Callable[[str], None] = print) -> Soak
             "window": list(soak.window),
             "fault_rates": {"429": opts.rate_429, "5xx": opts.rate_5xx, "drop_after": opts.rate_drop},
             "revoke_tokens_every": opts.revoke_tokens_every,
+            "retry_after_s": _faults(opts, 0).retry_after_s,
             "webhook_share": opts.webhook_share,
             "webhook_twice": opts.webhook_twice,
         }
