@@ -75,9 +75,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     soak = sub.add_parser(
         "soak",
         help="chaos soak: the connector as real processes against faulty sandboxes, killed twice, until it converges",
-        description="Starts both sandboxes with 10%% 429 (with Retry-After), 5%% 5xx, 2%% connections dropped after "
+        description="Starts both sandboxes with 10% 429 (with Retry-After), 5% 5xx, 2% connections dropped after "
         "the write, every token revoked every 300 requests; runs master data, two documents runs SIGKILLed "
-        "mid-write, signed webhooks (30%% twice, shuffled) through the receiver and dagster-daemon's sensor, "
+        "mid-write, signed webhooks (30% twice, shuffled) through the receiver and dagster-daemon's sensor, "
         "documents runs until converged, a simulated AP user posting and paying, a status run overlapping a "
         "documents run, status runs until converged; then compares D365 and Coupa with the seed: "
         "duplicates, missing, amount differences, payments. Prints the counts and the faults injected; "

@@ -124,7 +124,8 @@ class SoakReport:
 
     @property
     def ok(self) -> bool:
-        return self.converged and not self.end_state.problems() and self.kills == 2
+        overlapped = bool(self.overlap.get("overlapped"))
+        return self.converged and overlapped and self.kills == 2 and not self.end_state.problems()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self) | {"ok": self.ok, "problems": self.end_state.problems()}
