@@ -45,7 +45,7 @@ def _coupa_id(header_reference: str) -> int | None:
 
 def simulate_accounts_payable(sandboxes: RunningSandboxes, share: float = 0.3) -> APWork:
     """Post every n-th pending invoice of ours (``share`` of them, by HeaderReference order); pay
-    every other posted one, every fourth of those in full with two payments, the rest in part."""
+    every other posted one: every fourth posted one in full with two payments, the others in part."""
     state = sandboxes.d365.state
     headers = sorted(
         (h for h in state.records("VendorInvoiceHeaders") if _coupa_id(str(h.get("HeaderReference", "")))),
