@@ -242,6 +242,9 @@ def run_soak(opts: SoakOptions, progress: Callable[[str], None] = print) -> Soak
             "DAGSTER_HOME": str(prepare_dagster_home(workdir / "dagster_home")),
             "SYNC_DATABASE_URL": f"sqlite:///{workdir / 'sync.db'}",
             "COUPA_MAX_REQUESTS_PER_SECOND": "1000",
+            # the OData route at every size (above the threshold a run would take the DMF package route,
+            # whose writes are no invoice $batch for the kills' rendezvous)
+            "D365_DMF_THRESHOLD": str(spec.invoices * 10 + 1000),
             "WEBHOOK_STAGING_DIR": str(workdir / "webhooks"),
             "COUPA_WEBHOOK_SECRET": new_secret(),
         }
