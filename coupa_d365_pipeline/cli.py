@@ -393,6 +393,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_parser(sub)
     add_bench_webhooks_parser(sub)
 
+    from .soak.cli import add_parser as add_soak_parser
+
+    add_soak_parser(sub)
+
     db = sub.add_parser("db", help="the sync database's schema (SYNC_DATABASE_URL): show or upgrade its revision")
     db_sub = db.add_subparsers(dest="db_command", required=True)
     db_sub.add_parser(

@@ -18,6 +18,11 @@ Every logged request says which fault it got in ``LoggedRequest.injected`` (``"4
 ``"drop_before"``, ``"drop_after"``, ``"latency"`` for a scripted delay, ``"hold"``, the broken
 answers ``"html"``, ``"empty"``, ``"html_after"``, ``"empty_after"``, ``"truncated"``; None when the
 request was not faulted — a config-wide latency is not a fault), so a test can prove its faults fired.
+``FaultConfig.revoke_tokens_every=N`` revokes every token the sandbox issued just before each N-th
+request is handled (that request is logged with ``injected="revoke"`` and then runs normally, so it is
+answered 401 unless it asks for a token): what an administrator rotating a secret or an identity
+provider invalidating sessions does to clients, which must then fetch a new token. A scripted fault on
+that request takes precedence (no revocation that time); like the rates, it is reproducible.
 ``Retry-After`` is sent as delta-seconds or, with ``retry_after_format="http-date"``, as an HTTP-date
 computed from ``FaultInjector.clock``.
 """
@@ -46,6 +51,7 @@ FaultKind = Literal[
     "html_after",
     "empty_after",
     "truncated",
+    "revoke",
 ]
 # Broken 200 answers: "html"/"empty" come from something in front of the app (a proxy or login page;
 # the app never runs), "html_after"/"empty_after"/"truncated" replace or cut the app's answer after it
@@ -73,6 +79,7 @@ class FaultConfig:
     rate_drop: float = 0.0
     latency_ms: float = 0.0
     latency_jitter_ms: float = 0.0
+    revoke_tokens_every: int = 0  # before every N-th request, revoke all issued tokens (0: never)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -122,9 +129,16 @@ class FaultDecision:
 class FaultInjector:
     """Thread-safe source of fault decisions. ``clock`` dates HTTP-date ``Retry-After`` headers."""
 
-    def __init__(self, config: FaultConfig | None = None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        config: FaultConfig | None = None,
+        clock: Callable[[], float] = time.time,
+        revoke_tokens: Callable[[], None] | None = None,
+    ) -> None:
         self._lock = threading.Lock()
         self.clock = clock
+        self.revoke_tokens = revoke_tokens  # the sandbox's "revoke every issued token"
+        self._requests = 0  # requests decided since the last configure(), for revoke_tokens_every
         self.configure(config or FaultConfig())
         self._scripted: list[ScriptedFault] = []
         self._holds: list[ScriptedFault] = []
@@ -133,6 +147,7 @@ class FaultInjector:
         with self._lock:
             self.config = config
             self._rng = random.Random(config.seed)
+            self._requests = 0
 
     def script(self, fault: ScriptedFault) -> ScriptedFault:
         with self._lock:
@@ -146,6 +161,12 @@ class FaultInjector:
         with self._lock:
             return list(self._scripted)
 
+    def withdraw(self, fault: ScriptedFault) -> None:
+        """Drop one scripted fault that has not fired (every time) yet; release it if it is a hold."""
+        with self._lock:
+            self._scripted = [f for f in self._scripted if f is not fault]
+        fault.release()
+
     def clear(self) -> None:
         """Forget scripted faults and rates; release every request a ``hold`` parked."""
         with self._lock:
@@ -155,13 +176,16 @@ class FaultInjector:
             self._holds.clear()
             self.config = FaultConfig(seed=self.config.seed)
             self._rng = random.Random(self.config.seed)
+            self._requests = 0
 
     def decide(self, method: str, path: str, body: str = "") -> tuple[float, FaultDecision | None]:
         """Return (added latency in ms, fault or None) for one request.
 
         A scripted ``latency`` comes back as a ``FaultDecision`` with ``delay_ms`` (the request then
-        runs normally); every other kind replaces or interrupts the normal answer."""
+        runs normally), and so does ``revoke`` (every issued token was revoked first, see
+        ``FaultConfig.revoke_tokens_every``); every other kind replaces or interrupts the normal answer."""
         with self._lock:
+            self._requests += 1
             for fault in self._scripted:
                 if fault.times > 0 and fault.matches(method, path, body):
                     if fault.after > 0:
@@ -181,6 +205,9 @@ class FaultInjector:
                     )
                     return (fault.delay_ms if fault.kind == "latency" else 0.0), decision
             cfg = self.config
+            if cfg.revoke_tokens_every > 0 and self._requests % cfg.revoke_tokens_every == 0 and self.revoke_tokens:
+                self.revoke_tokens()
+                return cfg.latency_ms, FaultDecision("revoke")
             latency = cfg.latency_ms
             if cfg.latency_jitter_ms:
                 latency += self._rng.uniform(0, cfg.latency_jitter_ms)
@@ -311,7 +338,7 @@ class FaultMiddleware:
             body=body.decode("utf-8", errors="replace"),
         )
         latency_ms, fault = self.injector.decide(scope["method"], scope["path"], entry.body)
-        answer_fault = fault if fault and fault.kind not in ("latency", "hold") else None
+        answer_fault = fault if fault and fault.kind not in ("latency", "hold", "revoke") else None
         entry.injected = fault.kind if fault else None
         entry.fault = answer_fault.kind if answer_fault else None
         self.log.add(entry)

@@ -13,7 +13,7 @@ PACKAGE_DIR = Path(coupa_d365_pipeline.__file__).parent
 
 # every module of these packages (walked) and these modules (alone) is imported in a fresh interpreter,
 # which then must not hold Dagster: transitive imports count too
-PLAIN = ["coupa", "d365", "common", "mapping", "sync", "state", "sandbox", "webhooks", "bench"]
+PLAIN = ["coupa", "d365", "common", "mapping", "sync", "state", "sandbox", "webhooks", "bench", "soak"]
 PLAIN_MODULES = ["coupa_d365_pipeline", "coupa_d365_pipeline.settings", "coupa_d365_pipeline.cli"]
 
 IMPORT_ALL_AND_CHECK = """

@@ -140,6 +140,22 @@ def test_token_expiry_by_the_sandbox_clock_and_revoke(serve):
     assert httpx.get(f"{url}/api/suppliers", headers=h2).status_code == 401
 
 
+def test_tokens_revoked_every_n_requests_by_the_fault_config(serve):
+    from coupa_d365_pipeline.sandbox.faults import FaultConfig
+
+    sandbox = CoupaSandbox(CoupaSandboxConfig(fault=FaultConfig(revoke_tokens_every=4)), seed=SEED)
+    url = serve(sandbox)
+    form = {"grant_type": "client_credentials", "client_id": CID, "client_secret": SECRET}
+    tok = httpx.post(f"{url}/oauth2/token", data=form).json()  # request 1
+    h = {"Authorization": f"Bearer {tok['access_token']}", "Accept": "application/json"}
+    statuses = [httpx.get(f"{url}/api/suppliers", headers=h, params={"limit": 1}).status_code for _ in range(4)]
+    assert statuses == [200, 200, 401, 401]  # request 4 revoked every token; the old one stays revoked
+    assert [e.injected for e in sandbox.log.snapshot()] == [None, None, None, "revoke", None]
+    tok2 = httpx.post(f"{url}/oauth2/token", data=form).json()
+    h2 = {"Authorization": f"Bearer {tok2['access_token']}", "Accept": "application/json"}
+    assert httpx.get(f"{url}/api/suppliers", headers=h2, params={"limit": 1}).status_code == 200
+
+
 def test_401_without_token_and_406_without_json_accept(env):
     _, client = env
     r = httpx.get(f"{client.base_url}/api/invoices", headers={"Accept": "application/json"})

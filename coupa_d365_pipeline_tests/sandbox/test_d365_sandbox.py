@@ -330,6 +330,20 @@ def test_revoked_token(env: Env) -> None:
     assert env.get("/data/Currencies").status_code == 401
 
 
+def test_tokens_revoked_every_n_requests_by_the_fault_config(env: Env) -> None:
+    from coupa_d365_pipeline.sandbox.faults import FaultConfig
+
+    assert env.get("/data/Currencies").status_code == 200  # request 1 (the token request was 0 since configure)
+    env.sb.injector.configure(FaultConfig(revoke_tokens_every=3))
+    assert [env.get("/data/Currencies").status_code for _ in range(2)] == [200, 200]
+    assert env.get("/data/Currencies").status_code == 401  # the 3rd request revoked every token first
+    env._token = None
+    assert env.get("/data/Currencies").status_code == 200  # request 4 is the new token, 5 uses it
+    assert env.get("/data/Currencies").status_code == 401  # request 6 revoked it
+    logged = [e.injected for e in env.sb.log.snapshot()][-6:]
+    assert logged == [None, None, "revoke", None, None, "revoke"]
+
+
 # ---------------------------------------------------------------------------------------------
 # Reads
 # ---------------------------------------------------------------------------------------------

@@ -103,7 +103,7 @@ class CoupaSandbox:
         self.clock = clock
         self.state = CoupaState(seed, clock=clock)
         self.log = RequestLog()
-        self.injector = FaultInjector(self.config.fault, clock=clock)
+        self.injector = FaultInjector(self.config.fault, clock=clock, revoke_tokens=lambda: self.revoke_tokens())
         self.tokens = CoupaTokens(
             self.config, clock, mint=lambda client_id, scopes: self.issue_token(client_id, scopes)
         )

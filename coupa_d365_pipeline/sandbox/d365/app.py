@@ -121,7 +121,7 @@ class D365Sandbox:
             clock=clock,
         )
         self.log = RequestLog()
-        self.injector = FaultInjector(config.fault, clock=clock)
+        self.injector = FaultInjector(config.fault, clock=clock, revoke_tokens=lambda: self.revoke_tokens())
         self.tokens = EntraTokens(
             config, clock, self.state.now, mint=lambda client_id, audience: self.issue_token(client_id, audience)
         )

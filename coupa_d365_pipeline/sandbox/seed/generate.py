@@ -57,6 +57,8 @@ class SeedConfig:
     invoices: int = 500
     start_date: date = date(2026, 11, 1)
     days: int = 28
+    suppliers: int | None = None  # None: max(50, invoices // 10), up to 5000
+    purchase_orders: int | None = None  # None: max(200, 40 % of invoices)
 
 
 @dataclass
@@ -99,8 +101,8 @@ def _generate(config: SeedConfig) -> SeedData:
     rng = _FastRandom(config.seed)
     clock = _Clock(rng, config.start_date, config.days)
     n_inv = max(0, config.invoices)
-    n_sup = max(50, min(5000, n_inv // 10))
-    n_po = max(200, int(n_inv * 0.4))
+    n_sup = config.suppliers if config.suppliers is not None else max(50, min(5000, n_inv // 10))
+    n_po = config.purchase_orders if config.purchase_orders is not None else max(200, int(n_inv * 0.4))
 
     acct_types = {le[0]: {"id": le[0], "name": le[1]} for le in LEGAL_ENTITIES}
     currency_obj = {code: {"id": v[0], "code": code} for code, v in CURRENCIES.items()}
