@@ -21,8 +21,8 @@ import sqlalchemy as sa
 from coupa_d365_pipeline.defs.resources import D365_WRITES_POOL
 from coupa_d365_pipeline.sandbox.server import free_port
 from coupa_d365_pipeline.state.migrate import SCHEMA, head
+from coupa_d365_pipeline_tests.e2e.processes import start, stop, wait_for
 from coupa_d365_pipeline_tests.e2e.test_dagster_dev import LAUNCH, STATUS, graphql
-from coupa_d365_pipeline_tests.e2e.test_webhooks_daemon import start, stop, wait_for
 from coupa_d365_pipeline_tests.flow.helpers import FIRST
 
 pytestmark = pytest.mark.e2e

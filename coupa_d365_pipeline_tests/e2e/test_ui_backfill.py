@@ -34,8 +34,8 @@ import pytest
 
 from coupa_d365_pipeline.demo import prepare_dagster_home
 from coupa_d365_pipeline.sandbox.server import free_port
+from coupa_d365_pipeline_tests.e2e.processes import start, stop, wait_for
 from coupa_d365_pipeline_tests.e2e.test_dagster_dev import graphql
-from coupa_d365_pipeline_tests.e2e.test_webhooks_daemon import start, stop, wait_for
 from coupa_d365_pipeline_tests.flow.helpers import FIRST
 
 pytestmark = pytest.mark.e2e

@@ -37,8 +37,8 @@ from coupa_d365_pipeline.sandbox.server import free_port
 from coupa_d365_pipeline.state.ledger import Ledger
 from coupa_d365_pipeline.state.store import make_engine
 from coupa_d365_pipeline_tests.conftest import ALLOWED_SKIPS, in_ci
+from coupa_d365_pipeline_tests.e2e.processes import start, stop, wait_for
 from coupa_d365_pipeline_tests.e2e.test_dagster_dev import graphql
-from coupa_d365_pipeline_tests.e2e.test_webhooks_daemon import start, stop, wait_for
 from coupa_d365_pipeline_tests.flow.helpers import run_documents, run_master
 
 pytestmark = pytest.mark.e2e
