@@ -20,7 +20,9 @@ was submitted" (the sandbox answers so; what real F&O does with a duplicate id i
 
 The zero-row trap: a package whose entity mapping is missing "succeeds" with zero rows (§7.1
 pitfall 1), so ``Succeeded`` proves nothing by itself. :meth:`DmfClient.read_back` looks every
-packaged row up by its key and :class:`ImportCheck` says which ones are missing.
+packaged row up by its key and :class:`ImportCheck` says which ones are missing; after a clean
+``Succeeded`` an entity may be spot-checked instead (a sample of its documents, read in full when
+the sample is incomplete): the trap is all-or-nothing per entity, row failures are reported.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import io
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any
@@ -132,6 +134,7 @@ class EntityCheck(BaseModel):
     sent: int
     found: dict[tuple[Any, ...], dict[str, Any]]  # packaged key -> the row D365 holds
     missing: tuple[tuple[Any, ...], ...]
+    spot_checked: bool = False  # only a sample was read back (and found): the other rows are inferred
 
 
 class ImportCheck(BaseModel):
@@ -406,33 +409,66 @@ class DmfClient:
         """Look every packaged row up in D365 by its key (see :meth:`read_back_many`)."""
         return self.read_back_many([package])[0]
 
-    def read_back_many(self, packages: Sequence[DmfPackage]) -> list[ImportCheck]:
+    def read_back_many(
+        self,
+        packages: Sequence[DmfPackage],
+        *,
+        entity_sets: Collection[str] | None = None,
+        spot_check: Sequence[Collection[str]] | None = None,
+    ) -> list[ImportCheck]:
         """What D365 holds of each package's rows, per package: one OData query per entity set for all
         the packages (cross-company over their legal entities, paged), narrowed by a prefix cover of
-        the first key field and selecting the key fields only; rows are matched by exact key here."""
+        the first key field and selecting the key fields only; rows are matched by exact key here.
+
+        ``entity_sets``: only these are read back (default: every entity set of the packages).
+        ``spot_check[i]``: entity sets of package ``i`` read back for a sample only — the rows of its
+        first and last documents (first key field). When the sample is complete the entity is taken as
+        landed in full (:attr:`EntityCheck.spot_checked`); else its rows are read back in full. Use it
+        where a per-row failure would have been reported (an execution that ``Succeeded`` with no row
+        error): the sample still catches the silent failure, an entity D365 imported zero rows of."""
+        wanted_sets = dict.fromkeys(e.entity_set for p in packages for e in p.entities)
+        if entity_sets is not None:
+            wanted_sets = {s: None for s in wanted_sets if s in entity_sets}
+        sampled = [set(spot_check[i]) if spot_check else set() for i in range(len(packages))]
         per_entity: dict[str, dict[tuple[Any, ...], dict[str, Any]]] = {}
-        for entity_set in dict.fromkeys(e.entity_set for p in packages for e in p.entities):
-            entities = [(p.legal_entity, e) for p in packages for e in p.entities if e.entity_set == entity_set]
-            per_entity[entity_set] = self._landed_rows(entity_set, entities)
+        trusted: set[tuple[int, str]] = set()
+        for entity_set in wanted_sets:
+            entities = [(i, p.legal_entity, e) for i, p in enumerate(packages) for e in p.entities]
+            entities = [item for item in entities if item[2].entity_set == entity_set]
+            samples = {i: _sample(e) for i, _, e in entities if entity_set in sampled[i]}
+            landed: dict[tuple[Any, ...], dict[str, Any]] = {}
+            if samples:
+                landed = self._landed_rows(entity_set, [(le, samples[i]) for i, le, _ in entities if i in samples])
+                for i, le, _ in entities:
+                    if i in samples and all(_normalized(le, key) in landed for key in samples[i]):
+                        trusted.add((i, entity_set))
+            full = [(le, e.keys) for i, le, e in entities if (i, entity_set) not in trusted]
+            landed.update(self._landed_rows(entity_set, full))
+            per_entity[entity_set] = landed
         return [
             ImportCheck(
-                entities=tuple(self._check_entity(p.legal_entity, e, per_entity[e.entity_set]) for e in p.entities)
+                entities=tuple(
+                    self._check_entity(p.legal_entity, e, per_entity[e.entity_set], (i, e.entity_set) in trusted)
+                    for e in p.entities
+                    if e.entity_set in per_entity
+                )
             )
-            for p in packages
+            for i, p in enumerate(packages)
         ]
 
     def _landed_rows(
-        self, entity_set: str, entities: Sequence[tuple[str, PackagedEntity]]
+        self, entity_set: str, wanted_keys: Sequence[tuple[str, Sequence[tuple[Any, ...]]]]
     ) -> dict[tuple[Any, ...], dict[str, Any]]:
-        """(folded legal entity, *normalized key) -> row, for the D365 rows matching a packaged key."""
+        """(folded legal entity, *normalized key) -> row, for the D365 rows matching a wanted key
+        (``wanted_keys``: per legal entity, packaged keys)."""
         key_props = DMF_ENTITIES[entity_set].key_properties
-        wanted = {(odata.fold(le), *(_key_text(v) for v in key)) for le, e in entities for key in e.keys}
+        wanted = {_normalized(le, key) for le, keys in wanted_keys for key in keys}
         if not wanted:
             return {}
         rows = self.d365.query(
             entity_set,
-            legal_entity=sorted({odata.fold(le) for le, _ in entities}),
-            filter=odata.prefix_cover(key_props[0], {key[0] for _, e in entities for key in e.keys}),
+            legal_entity=sorted({odata.fold(le) for le, _ in wanted_keys}),
+            filter=odata.prefix_cover(key_props[0], {key[0] for _, keys in wanted_keys for key in keys}),
             select=["dataAreaId", *key_props],
         )
         landed: dict[tuple[Any, ...], dict[str, Any]] = {}
@@ -443,14 +479,39 @@ class DmfClient:
         return landed
 
     def _check_entity(
-        self, legal_entity: str, entity: PackagedEntity, landed: dict[tuple[Any, ...], dict[str, Any]]
+        self,
+        legal_entity: str,
+        entity: PackagedEntity,
+        landed: dict[tuple[Any, ...], dict[str, Any]],
+        spot_checked: bool = False,
     ) -> EntityCheck:
         le = odata.fold(legal_entity)
-        found: dict[tuple[Any, ...], dict[str, Any]] = {}
         unique = list(dict.fromkeys(entity.keys))
+        if spot_checked:  # its sample landed: every row taken as landed, the row D365 holds as its key
+            key_props = DMF_ENTITIES[entity.entity_set].key_properties
+            found = {
+                key: landed.get(_normalized(le, key)) or {"dataAreaId": le, **dict(zip(key_props, key, strict=True))}
+                for key in unique
+            }
+            return EntityCheck(
+                entity_set=entity.entity_set, sent=len(unique), found=found, missing=(), spot_checked=True
+            )
+        found: dict[tuple[Any, ...], dict[str, Any]] = {}
         for key in unique:
-            row = landed.get((le, *(_key_text(v) for v in key)))
+            row = landed.get(_normalized(le, key))
             if row is not None:
                 found[key] = row
         missing = tuple(k for k in unique if k not in found)
         return EntityCheck(entity_set=entity.entity_set, sent=len(unique), found=found, missing=missing)
+
+
+def _normalized(legal_entity: str, key: Sequence[Any]) -> tuple[Any, ...]:
+    return (odata.fold(legal_entity), *(_key_text(v) for v in key))
+
+
+def _sample(entity: PackagedEntity) -> list[tuple[Any, ...]]:
+    """The rows of an entity's first and last documents (by the first key field)."""
+    if not entity.keys:
+        return []
+    firsts = {odata.fold(entity.keys[0][0]), odata.fold(entity.keys[-1][0])}
+    return [key for key in dict.fromkeys(entity.keys) if odata.fold(key[0]) in firsts]

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from ..d365.dmf import DmfRowError, ImportCheck
+from ..d365.dmf import DmfExecutionStatus, DmfRowError, ImportCheck
 from ..d365.dmf_package import DMF_ENTITIES, DmfPackage, staging_field
 from ..d365.odata import fold
 from ..state.ledger import NEW, QUARANTINED, LedgerRow
@@ -37,11 +37,16 @@ class DocumentSpec:
     line_set: str
     key_field: str
     wanted_status: str
+    vendor_field: str  # the header's vendor account
 
 
 SPECS = {
-    "invoice": DocumentSpec("VendorInvoiceHeaders", "VendorInvoiceLines", "HeaderReference", "approved"),
-    "purchase_order": DocumentSpec("PurchaseOrderHeadersV2", "PurchaseOrderLinesV2", "PurchaseOrderNumber", "issued"),
+    "invoice": DocumentSpec(
+        "VendorInvoiceHeaders", "VendorInvoiceLines", "HeaderReference", "approved", "InvoiceAccount"
+    ),
+    "purchase_order": DocumentSpec(
+        "PurchaseOrderHeadersV2", "PurchaseOrderLinesV2", "PurchaseOrderNumber", "issued", "OrderVendorAccountNumber"
+    ),
 }
 
 
@@ -103,6 +108,22 @@ def landed_vendors(submitted: Sequence[Submitted], checks: Sequence[ImportCheck]
     return landed
 
 
+def vendors_shown_by_headers(done: Submitted, landed: set[str], vendor_field: str, key_field: str) -> set[str]:
+    """Folded accounts of the package's vendors that a landed header names (``landed``: folded document
+    keys). D365 refuses a header whose vendor it lacks, so such a vendor is in D365 without a read."""
+    packaged = done.package.entity("VendorsV2")
+    if packaged is None:
+        return set()
+    accounts = {fold(item.header.get(vendor_field)) for item in done.items if fold(item.key[key_field]) in landed}
+    return {fold(key[0]) for key in packaged.keys} & accounts
+
+
+def vendors_unshown(done: Submitted, shown: set[str]) -> bool:
+    """Does the package carry a vendor no landed header vouches for (its row must be read back)?"""
+    packaged = done.package.entity("VendorsV2")
+    return packaged is not None and any(fold(key[0]) not in shown for key in packaged.keys)
+
+
 def failure_reasons(errors: Sequence[DmfRowError], package: DmfPackage, key_field: str) -> dict[str, str]:
     """Folded document key -> what DMF said about its failed rows (header or lines), matched by the
     error's staging keys or else by its row number in the entity's data file."""
@@ -147,6 +168,7 @@ class Submitted:
     execution_id: str
     package: DmfPackage
     items: list[Packaged]
+    status: DmfExecutionStatus
 
 
 @dataclass

@@ -16,7 +16,9 @@ Per candidate (:meth:`DmfRoute.sync_many`), the same rules as the OData path, in
    that did not land is created by the OData re-drive of its documents); the execution id
    (``coupa-d365-<run id[:8]>-<le>-<n>``) and the package are recorded in ``dmf_executions``
    *before* ``ImportFromPackage``; upload, import, wait;
-5. read every packaged row back by its key: a document whose header and lines all landed is
+5. read the packaged rows back by their keys where in doubt (headers always; lines in full after a
+   partial or failed import, a sample of them after a clean ``Succeeded``; vendors only when no
+   landed header names them — see :meth:`DmfRoute._read_back`): a document whose header and lines landed is
    ``written`` (same ledger fields as the OData path) and Coupa is told (export flag + history record,
    the OData path's own notify code); every other document is marked ``failed`` with the reason DMF
    gave and re-driven at once through the OData path, which finds a half-landed header through its
@@ -63,6 +65,8 @@ from .dmf_plan import (  # noqa: F401 - Route, RouteDecision, choose_route: the 
     landed_documents,
     landed_vendors,
     split_candidates,
+    vendors_shown_by_headers,
+    vendors_unshown,
 )
 from .notices import NoticeQueue
 from .report import SyncReport
@@ -117,13 +121,18 @@ class DmfRoute(BulkPlanner):
                         submitted.append(done)
                     else:
                         redrive += done
-            # every package read back at once: one query per entity set for all legal entities
-            checks = self.dmf.read_back_many([done.package for done in submitted])
-            self.syncer.vendors.settle_packaged(landed_vendors(submitted, checks))
+            checks = self._read_back(submitted)
             with NoticeQueue(self.syncer, report, self.coupa_concurrency) as notices:
                 for done, check in zip(submitted, checks, strict=True):
                     redrive += self._settle(
-                        done.execution_id, done.package, done.items, report, notices, redrive_now=False, check=check
+                        done.execution_id,
+                        done.package,
+                        done.items,
+                        report,
+                        notices,
+                        redrive_now=False,
+                        check=check,
+                        status=done.status,
                     )
         except SystemUnavailableError as exc:
             exc.report = report  # type: ignore[attr-defined]
@@ -198,9 +207,37 @@ class DmfRoute(BulkPlanner):
             s.ledger.release(lock, run)
             return self._refused(execution_id, items, exc)
         self.executions.mark(execution_id, ExecutionStage.SUBMITTED)
-        self.dmf.wait(execution_id, timeout_s=self.wait_timeout_s)
+        final = self.dmf.wait(execution_id, timeout_s=self.wait_timeout_s)
         s.ledger.release(lock, run)
-        return Submitted(execution_id, package, items)
+        return Submitted(execution_id, package, items, final.status)
+
+    def _read_back(self, submitted: list[Submitted]) -> list[ImportCheck]:
+        """Every package read back at once (one query per entity set for all legal entities), where in
+        doubt only: headers in full (each document's D365 key); lines in full after a partial or failed
+        import, else spot-checked (a Succeeded import reported no failed row; the sample catches an
+        entity imported with zero rows); packaged vendors only when no landed header names them.
+        Then the packaged vendors that landed are settled in the ledger."""
+        spec = self.spec
+        checks = self.dmf.read_back_many(
+            [done.package for done in submitted],
+            entity_sets={spec.header_set, spec.line_set},
+            spot_check=[
+                {spec.line_set} if done.status == DmfExecutionStatus.SUCCEEDED else set() for done in submitted
+            ],
+        )
+        vendors: set[tuple[str, str]] = set()
+        in_doubt: list[Submitted] = []
+        for done, check in zip(submitted, checks, strict=True):
+            landed = landed_documents(check, spec.header_set, spec.line_set)
+            shown = vendors_shown_by_headers(done, landed, spec.vendor_field, spec.key_field)
+            vendors |= {(fold(done.package.legal_entity), account) for account in shown}
+            if vendors_unshown(done, shown):
+                in_doubt.append(done)
+        if in_doubt:
+            read = self.dmf.read_back_many([done.package for done in in_doubt], entity_sets={"VendorsV2"})
+            vendors |= landed_vendors(in_doubt, read)
+        self.syncer.vendors.settle_packaged(vendors)
+        return checks
 
     def _refused(self, execution_id: str, items: list[Packaged], exc: Exception) -> list[dict[str, Any]]:
         """D365 refused the package before importing anything: the documents (recorded as ``writing``)
@@ -295,9 +332,10 @@ class DmfRoute(BulkPlanner):
         *,
         redrive_now: bool,
         check: ImportCheck | None = None,
+        status: DmfExecutionStatus | None = None,
     ) -> list[dict[str, Any]]:
         s, run = self.s, self.s.run_id
-        status = self.dmf.status(execution_id).status
+        status = status or self.dmf.status(execution_id).status
         self.summary.statuses[execution_id] = status.value
         check = check or self.dmf.read_back(package)
         complete = status == DmfExecutionStatus.SUCCEEDED and check.complete

@@ -3,13 +3,18 @@ rows, a re-run, and a run that dies between ImportFromPackage and the final stat
 
 from __future__ import annotations
 
+import csv
+import io
+import re
 import time
+import zipfile
 from collections import Counter
 from typing import Any
 
 import pytest
 
 from coupa_d365_pipeline.d365.dmf import DmfClient
+from coupa_d365_pipeline.d365.dmf_package import DmfPackage
 from coupa_d365_pipeline.state.dmf_executions import DmfExecutions, ExecutionStage
 from coupa_d365_pipeline.state.ledger import Ledger
 from coupa_d365_pipeline.sync.context import SyncServices
@@ -277,8 +282,8 @@ def test_vendors_d365_lacks_go_in_the_package_ahead_of_the_documents_not_in_batc
     assert updates.body.count("PATCH ") == updates.body.count("VendorsV2(") >= 1
     requests = [e for e in sandboxes.d365.log.snapshot() if e.seq > seq and not e.path.endswith("Status")]
     assert Counter(f"{e.method} {e.path.rsplit('/', 1)[-1]}" for e in requests if "VendorsV2" in e.path) == Counter(
-        {"GET VendorsV2": 2}  # what D365 holds of the run's vendors; the packaged vendors read back
-    )
+        {"GET VendorsV2": 1}  # what D365 holds of the run's vendors; a packaged vendor is known to have landed
+    )  # when a header naming it did (D365 refuses a header whose vendor it lacks): no read-back of its own
 
     ledger = services.ledger
     created = []
@@ -293,5 +298,157 @@ def test_vendors_d365_lacks_go_in_the_package_ahead_of_the_documents_not_in_batc
             assert history == ["dmf_packaged", "create"], history
     assert services.ledger.audit_count(doc_type="vendor", action="dmf_packaged") == len(created)
     assert created, "the seed should leave some vendors to create"
+    vendors = Counter((v["dataAreaId"], v["VendorAccountNumber"]) for v in sandboxes.d365.state.records("VendorsV2"))
+    assert max(vendors.values()) == 1
+
+
+def strip_line_entity_map(package: DmfPackage) -> DmfPackage:
+    """The package without the invoice lines' EntityMapList: D365 imports zero lines and says Succeeded."""
+    source = zipfile.ZipFile(io.BytesIO(package.content))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as target:
+        for name in source.namelist():
+            data = source.read(name)
+            if name == "Manifest.xml":
+                data, n = re.subn(
+                    rb"<EntityMapList>(?:(?!</EntityMapList>).)*</EntityMapList>(\s*<EntityName>Vendor invoice line<)",
+                    rb"\1",
+                    data,
+                    flags=re.S,
+                )
+                assert n == 1
+            target.writestr(name, data)
+    return package.model_copy(update={"content": out.getvalue()})
+
+
+def test_a_succeeded_import_reads_headers_back_in_full_and_spot_checks_the_lines(services, sandboxes):
+    """Succeeded with no row error: every header is read back (it gives each document its D365 key), the
+    lines only for a sample of documents per package — enough to catch the one silent failure, an entity
+    D365 imported zero rows of — so the read-back costs one lines request however many lines were sent."""
+    invoices = [
+        i for i in approved_invoices(sandboxes) if i["id"] not in sandboxes.seed.expectations["unmappable_invoices"]
+    ]
+    services.store.stage("invoice", invoices, run_id="run-1")
+    sandboxes.d365.config.page_size = 100  # a full read of the lines would take several pages
+    seq = last_seq(sandboxes)
+
+    bulk = route(services)
+    report = bulk.sync_many(invoices)
+
+    assert Counter(o.action for o in report.outcomes) == Counter({Action.CREATED: len(invoices)})
+    assert set(bulk.summary.statuses.values()) == {"Succeeded"}
+    sent = sum(len(i["invoice-lines"]) for i in invoices)
+    assert len(sandboxes.d365.state.records("VendorInvoiceLines")) == sent > 300
+    line_reads = [e for e in sandboxes.d365.log.snapshot() if e.seq > seq and e.path.endswith("/VendorInvoiceLines")]
+    assert len(line_reads) == 1, [e.query for e in line_reads]
+    assert all(r.state == "written" for r in services.ledger.rows("invoice"))
+
+
+def test_lines_d365_silently_left_out_are_caught_by_the_spot_check_and_re_driven(services, sandboxes):
+    """The trap one level down: the lines entity has no mapping, D365 imports the headers, no line and
+    says Succeeded. The spot check finds lines missing, the lines are read back in full, every document
+    is marked failed with the reason and completed through OData (its header found, its lines added)."""
+    invoices = [
+        i for i in approved_invoices(sandboxes) if i["id"] not in sandboxes.seed.expectations["unmappable_invoices"]
+    ][:20]
+    services.store.stage("invoice", invoices, run_id="run-1")
+
+    class Unmapped(DmfClient):
+        def submit(self, package: DmfPackage, **kwargs: Any) -> str:  # type: ignore[override]
+            return super().submit(strip_line_entity_map(package), **kwargs)
+
+        def wait(self, execution_id: str, **kwargs: Any):  # type: ignore[override]
+            return super().wait(execution_id, initial_delay_s=0.1, max_delay_s=0.2, **kwargs)
+
+    bulk = DmfRoute(
+        InvoiceSync(services),
+        data_project=PROJECT,
+        dmf=Unmapped(services.d365, sleep=time.sleep),
+        not_found_grace_s=0.0,
+    )
+    report = bulk.sync_many(invoices)
+
+    assert set(bulk.summary.statuses.values()) == {"Succeeded"}  # what D365 says
+    assert bulk.summary.redriven == len(invoices)
+    # the OData path finds each header and adds its lines
+    assert Counter(o.action for o in report.outcomes) == Counter({Action.REPAIRED: len(invoices)})
+    for invoice in invoices:
+        actions = [h["action"] for h in services.ledger.history("invoice", invoice["id"])]
+        assert "dmf_failed" in actions, actions
+        reason = services.ledger.history("invoice", invoice["id"])[actions.index("dmf_failed")]["error"]
+        assert "entity mapping" in reason, reason
+        assert services.ledger.get("invoice", invoice["id"]).state == "written"
+    lines = Counter(line["HeaderReference"] for line in sandboxes.d365.state.records("VendorInvoiceLines"))
+    assert lines == Counter({f"COUPA-{i['id']}": len(i["invoice-lines"]) for i in invoices})
+    headers = Counter(h["HeaderReference"] for h in sandboxes.d365.state.records("VendorInvoiceHeaders"))
+    assert headers == Counter({f"COUPA-{i['id']}": 1 for i in invoices})
+
+
+def test_a_packaged_vendor_no_landed_header_names_is_read_back_before_the_ledger_records_it(services, sandboxes):
+    """A vendor travels in the package but every header naming it fails (here: its account misspelt in
+    the header file): nothing vouches for the vendor, so its row is read back — it landed, the ledger
+    records it — and its invoices are re-driven through OData against it."""
+    invoices = [
+        i for i in approved_invoices(sandboxes) if i["id"] not in sandboxes.seed.expectations["unmappable_invoices"]
+    ]
+    services.store.stage("invoice", invoices, run_id="run-1")
+    misspelt: dict[str, str] = {}  # legal entity -> vendor account the headers misspell
+
+    def misspell(package: DmfPackage) -> DmfPackage:
+        vendors = package.entity("VendorsV2")
+        if vendors is None:
+            return package
+        account = str(vendors.keys[0][0])
+        misspelt[package.legal_entity] = account
+        source = zipfile.ZipFile(io.BytesIO(package.content))
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, "w") as target:
+            for name in source.namelist():
+                data = source.read(name)
+                if name == "Vendor invoice header.csv":
+                    rows = list(csv.reader(io.StringIO(data.decode("utf-16"), newline="")))
+                    column = rows[0].index("INVOICEACCOUNT")
+                    for row in rows[1:]:
+                        if row[column] == account:
+                            row[column] = account + "X"
+                    text = io.StringIO(newline="")
+                    csv.writer(text, lineterminator="\r\n").writerows(rows)
+                    data = b"\xff\xfe" + text.getvalue().encode("utf-16-le")
+                target.writestr(name, data)
+        return package.model_copy(update={"content": out.getvalue()})
+
+    class Misspelling(DmfClient):
+        def submit(self, package: DmfPackage, **kwargs: Any) -> str:  # type: ignore[override]
+            return super().submit(misspell(package), **kwargs)
+
+        def wait(self, execution_id: str, **kwargs: Any):  # type: ignore[override]
+            return super().wait(execution_id, initial_delay_s=0.1, max_delay_s=0.2, **kwargs)
+
+    seq = last_seq(sandboxes)
+    bulk = DmfRoute(
+        InvoiceSync(services),
+        data_project=PROJECT,
+        dmf=Misspelling(services.d365, sleep=time.sleep),
+        not_found_grace_s=0.0,
+    )
+    report = bulk.sync_many(invoices)
+
+    assert misspelt, "the seed should leave vendors to create"
+    assert Counter(o.action for o in report.outcomes) == Counter({Action.CREATED: len(invoices)})
+    redriven = [
+        i["id"] for i in invoices if "dmf_failed" in [h["action"] for h in services.ledger.history("invoice", i["id"])]
+    ]
+    assert len(redriven) == bulk.summary.redriven >= len(misspelt)
+    requests = [e for e in sandboxes.d365.log.snapshot() if e.seq > seq and e.path.endswith("/VendorsV2")]
+    assert [e.method for e in requests] == ["GET", "GET"]  # what D365 holds; the vendors in doubt read back
+    for le, account in misspelt.items():
+        [row] = [
+            r
+            for r in services.ledger.rows("vendor")
+            if r.d365_key.get("VendorAccountNumber") == account and r.scope == le
+        ]
+        assert row.state == "written", row
+        history = [h["action"] for h in services.ledger.history("vendor", row.coupa_id) if h["scope"] == le]
+        assert history == ["dmf_packaged", "create"], history
     vendors = Counter((v["dataAreaId"], v["VendorAccountNumber"]) for v in sandboxes.d365.state.records("VendorsV2"))
     assert max(vendors.values()) == 1
