@@ -95,6 +95,15 @@ def pytest_configure(config: pytest.Config) -> None:
 _CLOCK_TRAVELLER = pytest.StashKey[object]()
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (scripts/test.sh runs two workers, ``--dist loadgroup``) the tests that start
+    real processes (marker ``e2e``) share one group: they run one after another on one worker while the
+    other worker takes the rest, so two of them never fight for the two cores with their subprocesses."""
+    for item in items:
+        if item.get_closest_marker("e2e") is not None:
+            item.add_marker(pytest.mark.xdist_group("e2e"))
+
+
 def pytest_report_header(config: pytest.Config) -> str | None:
     days = config.getoption("--clock-ahead-days")
     if days:

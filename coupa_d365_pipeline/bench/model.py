@@ -32,6 +32,9 @@ class BenchSettings(BaseModel):
     coupa_latency_ms: float = Field(ge=0)
     coupa_max_requests_per_second: float = Field(gt=0)
     approved_invoices: int = Field(ge=0, description="approved invoices in the seed (the floor's work)")
+    baseline_invoices: int | None = Field(
+        default=None, ge=1, description="the baseline booked only this many approved invoices (None: all)"
+    )
     paths: list[PathName]
 
 

@@ -81,12 +81,16 @@ def book_one(d365: D365Client, coupa: CoupaClient, invoice: dict, mapped: Mapped
 
 
 def run_baseline(env: Mapping[str, str] | None = None) -> int:
-    """Book every approved, mappable invoice sequentially; the number booked."""
+    """Book every approved, mappable invoice sequentially — or only the first ``BENCH_BASELINE_INVOICES``
+    approved ones (``--baseline-invoices``); the number booked."""
     env = os.environ if env is None else env
     mapping, master = load_mapping(mapping_file_path(env)), _master(env)
+    limit = int(env.get("BENCH_BASELINE_INVOICES") or 0) or None
     booked = 0
     with _coupa(env) as coupa, _d365(env) as d365:
-        for invoice in coupa.iter_records("invoices", APPROVED):
+        for seen, invoice in enumerate(coupa.iter_records("invoices", APPROVED)):
+            if limit is not None and seen >= limit:
+                break
             mapped = map_invoice(invoice, mapping, master)
             if not isinstance(mapped, MappedInvoice):
                 continue  # unmappable on purpose (the seed's quarantine cases): a naive integration skips it

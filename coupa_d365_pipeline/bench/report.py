@@ -15,9 +15,15 @@ def ratio(numerator: float, denominator: float) -> float | None:
     return numerator / denominator if denominator > 0 else None
 
 
-def speedup(result: PathResult, baseline: PathResult | None) -> float | None:
-    """How many times faster than the baseline (its wall time / this one's)."""
-    return None if baseline is None else ratio(baseline.wall_s, result.wall_s)
+def speedup(result: PathResult, baseline: PathResult | None, *, per_document: bool = False) -> float | None:
+    """How many times faster than the baseline: its wall time / this one's. ``per_document`` (the baseline
+    was sampled with ``--baseline-invoices``): its seconds per document / this path's — the naive path
+    books one invoice after another, so its time per document does not depend on how many it books."""
+    if baseline is None:
+        return None
+    if per_document and baseline.documents > 0 and result.documents > 0:
+        return ratio(baseline.wall_s / baseline.documents, result.wall_s / result.documents)
+    return ratio(baseline.wall_s, result.wall_s)
 
 
 def of_floor(result: PathResult, floor: PathResult | None) -> float | None:
@@ -43,7 +49,8 @@ class Target:
 def targets(doc: BenchDocument) -> list[Target]:
     paths = doc.paths
     baseline, odata, dmf, floor = (paths.get(p) for p in ALL_PATHS)
-    dmf_speedup = speedup(dmf, baseline) if dmf else None
+    sampled = doc.settings.baseline_invoices is not None
+    dmf_speedup = speedup(dmf, baseline, per_document=sampled) if dmf else None
     dmf_floor = of_floor(dmf, floor) if dmf else None
     odata_req = per_invoice(odata.d365_requests, odata) if odata else None
     return [
@@ -78,6 +85,15 @@ def render_markdown(doc: BenchDocument) -> str:
         f"Seed {s.seed}: {s.invoices} invoices ({s.approved_invoices} approved); latency D365 "
         f"{s.d365_latency_ms:g} ms, Coupa {s.coupa_latency_ms:g} ms per request; Coupa client limited to "
         f"{s.coupa_max_requests_per_second:g} requests/s. Each path ran on fresh sandboxes with the same seed.",
+        *(
+            [
+                "",
+                f"The baseline booked only the first {s.baseline_invoices} approved invoices (--baseline-invoices): "
+                "it books one invoice after another, so its speedup ratios compare seconds per document.",
+            ]
+            if s.baseline_invoices
+            else []
+        ),
         "",
         "| path | documents | wall s | speedup vs baseline | wall / floor | D365 req/invoice | Coupa req/invoice "
         "| D365 requests | Coupa requests | peak RSS MB |",
@@ -88,7 +104,7 @@ def render_markdown(doc: BenchDocument) -> str:
         if r is None:
             continue
         lines.append(
-            f"| {name.value} | {r.documents} | {r.wall_s:.2f} | {_num(speedup(r, baseline), 1, 'x')} "
+            f"| {name.value} | {r.documents} | {r.wall_s:.2f} | {_num(speedup(r, baseline, per_document=s.baseline_invoices is not None), 1, 'x')} "
             f"| {_num(of_floor(r, floor), 2, 'x')} | {_num(per_invoice(r.d365_requests, r))} "
             f"| {_num(per_invoice(r.coupa_requests, r))} | {r.d365_requests} | {r.coupa_requests} "
             f"| {r.peak_rss_mb:.0f} |"

@@ -38,6 +38,7 @@ class BenchOptions:
     coupa_max_requests_per_second: float = 25.0
     start_date: date = date(2026, 11, 1)
     paths: list[PathName] = field(default_factory=lambda: list(ALL_PATHS))
+    baseline_invoices: int | None = None  # the baseline books only the first this many approved invoices
 
 
 def booked_in_d365(sandboxes: RunningSandboxes) -> int:
@@ -90,6 +91,8 @@ def path_env(sandboxes: RunningSandboxes, path: PathName, workdir: Path, opts: B
     env["SYNC_DATABASE_URL"] = f"sqlite:///{(workdir / 'sync.db').resolve()}"
     # odata: never DMF (threshold above the seed size); dmf: always DMF
     env["D365_DMF_THRESHOLD"] = "0" if path == PathName.DMF else str(opts.invoices * 10 + 1000)
+    if path == PathName.BASELINE and opts.baseline_invoices:
+        env["BENCH_BASELINE_INVOICES"] = str(opts.baseline_invoices)
     return env
 
 
@@ -153,6 +156,7 @@ def run_bench(opts: BenchOptions, progress: Callable[[str], None] = print) -> Be
         coupa_max_requests_per_second=opts.coupa_max_requests_per_second,
         approved_invoices=approved,
         paths=list(opts.paths),
+        baseline_invoices=opts.baseline_invoices if PathName.BASELINE in opts.paths else None,
     )
     return BenchDocument(paths=results, settings=settings, series=series)
 

@@ -16,7 +16,7 @@ def test_bench_all_paths(tmp_path):
     out = tmp_path / "bench"
     args = ["--invoices", "30", "--d365-latency-ms", "0", "--coupa-latency-ms", "0", "--out", str(out)]
     # the Coupa limit only slows the test down (the documents runs read every daily partition)
-    args += ["--coupa-rps", "500"]
+    args += ["--coupa-rps", "500", "--baseline-invoices", "12"]  # the baseline samples its first 12 invoices
     proc = subprocess.run(
         [sys.executable, "-m", "coupa_d365_pipeline.cli", "bench", *args],
         capture_output=True,
@@ -35,17 +35,22 @@ def test_bench_all_paths(tmp_path):
     for name in ("baseline", "odata", "dmf"):
         assert paths[name].d365_requests > 0, name
     assert paths["floor"].d365_requests == 0
-    # the same seed: every booking path books the same invoices; the floor flags every approved one
-    assert paths["baseline"].documents == paths["odata"].documents == paths["dmf"].documents
-    assert paths["floor"].documents == doc.settings.approved_invoices >= paths["baseline"].documents
+    # the same seed: both project paths book the same invoices; the floor flags every approved one; the
+    # baseline booked the mappable ones of the first 12 approved (--baseline-invoices)
+    assert paths["odata"].documents == paths["dmf"].documents
+    assert paths["floor"].documents == doc.settings.approved_invoices >= paths["odata"].documents
+    assert doc.settings.baseline_invoices == 12 and 8 <= paths["baseline"].documents <= 12
+    assert paths["baseline"].coupa_requests < paths["odata"].coupa_requests
     # the naive path: a lookup, a header, at least one line per invoice; a flag each in Coupa
     assert paths["baseline"].d365_requests >= 3 * paths["baseline"].documents
-    assert paths["odata"].d365_requests < paths["baseline"].d365_requests
+    per_invoice = {name: r.d365_requests / r.documents for name, r in paths.items()}
+    assert per_invoice["odata"] < per_invoice["baseline"] and per_invoice["dmf"] < per_invoice["baseline"]
     for name, series in doc.series.items():
         assert series[0] == (0.0, 0) and series[-1][1] == doc.paths[name].documents, name
         assert all(a[0] <= b[0] and a[1] <= b[1] for a, b in zip(series, series[1:], strict=False)), name
     table = (out / "bench.md").read_text()
     assert "| dmf >= 10x faster than baseline |" in table and "| odata | " in table
+    assert "The baseline booked only the first 12 approved invoices (--baseline-invoices)" in table
     assert (out / "bench.png").read_bytes().startswith(b"\x89PNG")
 
 

@@ -123,3 +123,22 @@ def test_plot_writes_a_png(tmp_path):
     assert data.startswith(PNG_MAGIC) and len(data) > 5000
     width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
     assert (width, height) == (800, 450)
+
+
+def test_a_sampled_baseline_is_compared_per_document_and_said_so():
+    """`--baseline-invoices 100` of 1,000: the naive path is one invoice after another, so its seconds per
+    document are what a full run would show; the speedup compares those, and the table says it sampled."""
+    doc = document(
+        baseline=result(documents=100, wall_s=60.0),  # 0.6 s per invoice
+        dmf=result(documents=1000, wall_s=50.0),  # 0.05 s per invoice: 12x
+        floor=result(documents=1000, wall_s=40.0),
+    )
+    doc.settings.baseline_invoices = 100
+    speedup = targets(doc)[0]
+    assert speedup.verdict == "met" and round(speedup.value or 0, 2) == 12.0
+    table = render_markdown(doc)
+    assert "| baseline | 100 | 60.00 | 1.0x |" in table
+    assert "| dmf | 1000 | 50.00 | 12.0x |" in table
+    assert "baseline booked only the first 100 approved invoices (--baseline-invoices)" in table
+    full = document(baseline=result(documents=100, wall_s=60.0), dmf=result(documents=100, wall_s=5.0))
+    assert "--baseline-invoices" not in render_markdown(full) and round(targets(full)[0].value or 0, 2) == 12.0
