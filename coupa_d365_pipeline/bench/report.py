@@ -105,7 +105,8 @@ def render_markdown(doc: BenchDocument) -> str:
         if r is None:
             continue
         lines.append(
-            f"| {name.value} | {r.documents} | {r.wall_s:.2f} | {_num(speedup(r, baseline, per_document=sampled), 1, 'x')} "
+            f"| {name.value} | {r.documents} | {r.wall_s:.2f} "
+            f"| {_num(speedup(r, baseline, per_document=sampled), 1, 'x')} "
             f"| {_num(of_floor(r, floor), 2, 'x')} | {_num(per_invoice(r.d365_requests, r))} "
             f"| {_num(per_invoice(r.coupa_requests, r))} | {r.d365_requests} | {r.coupa_requests} "
             f"| {r.peak_rss_mb:.0f} |"
