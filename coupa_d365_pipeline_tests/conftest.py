@@ -97,11 +97,14 @@ _CLOCK_TRAVELLER = pytest.StashKey[object]()
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under pytest-xdist (scripts/test.sh runs two workers, ``--dist loadgroup``) the tests that start
-    real processes (marker ``e2e``) share one group: they run one after another on one worker while the
-    other worker takes the rest, so two of them never fight for the two cores with their subprocesses."""
+    real processes (marker ``e2e``) share one group and run one after another on one worker, so two of
+    them rarely fight for the two cores with their subprocesses; the other worker takes everything else
+    and the CI-size chaos soak (e2e/test_soak.py, the longest by far, built to converge under any load),
+    which would otherwise make the e2e group the whole run's critical path."""
     for item in items:
         if item.get_closest_marker("e2e") is not None:
-            item.add_marker(pytest.mark.xdist_group("e2e"))
+            group = "e2e-soak" if item.nodeid.startswith("coupa_d365_pipeline_tests/e2e/test_soak.py") else "e2e"
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
