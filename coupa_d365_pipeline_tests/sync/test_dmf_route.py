@@ -7,8 +7,8 @@ import csv
 import io
 import re
 import time
-import zipfile
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -22,6 +22,7 @@ from coupa_d365_pipeline.sync.dmf_route import DmfRoute
 from coupa_d365_pipeline.sync.invoices import InvoiceSync
 from coupa_d365_pipeline.sync.report import Action, SyncReport
 from coupa_d365_pipeline.sync.vendors import VendorSync
+from coupa_d365_pipeline_tests.clients.test_dmf_client import rewrite
 from coupa_d365_pipeline_tests.flow.helpers import CHARTS
 from coupa_d365_pipeline_tests.sync.conftest import as_run
 
@@ -32,8 +33,19 @@ class Crash(BaseException):
     """The process dies (not an error any handler catches)."""
 
 
-def fast_dmf(services: SyncServices, *, crash_on_wait: bool = False) -> DmfClient:
+def fast_dmf(
+    services: SyncServices,
+    *,
+    crash_on_wait: bool = False,
+    rewrite: Callable[[DmfPackage], DmfPackage] | None = None,
+) -> DmfClient:
+    """Short polls; ``crash_on_wait``: the process dies while waiting; ``rewrite``: what D365 receives
+    instead of the package built (a package D365 treats differently from what the route expects)."""
+
     class Client(DmfClient):
+        def submit(self, package: DmfPackage, **kwargs: Any) -> str:  # type: ignore[override]
+            return super().submit(rewrite(package) if rewrite else package, **kwargs)
+
         def wait(self, execution_id: str, **kwargs: Any):  # type: ignore[override]
             if crash_on_wait:
                 raise Crash(f"killed while waiting for {execution_id}")
@@ -304,21 +316,20 @@ def test_vendors_d365_lacks_go_in_the_package_ahead_of_the_documents_not_in_batc
 
 def strip_line_entity_map(package: DmfPackage) -> DmfPackage:
     """The package without the invoice lines' EntityMapList: D365 imports zero lines and says Succeeded."""
-    source = zipfile.ZipFile(io.BytesIO(package.content))
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w") as target:
-        for name in source.namelist():
-            data = source.read(name)
-            if name == "Manifest.xml":
-                data, n = re.subn(
-                    rb"<EntityMapList>(?:(?!</EntityMapList>).)*</EntityMapList>(\s*<EntityName>Vendor invoice line<)",
-                    rb"\1",
-                    data,
-                    flags=re.S,
-                )
-                assert n == 1
-            target.writestr(name, data)
-    return package.model_copy(update={"content": out.getvalue()})
+
+    def edit(name: str, data: bytes) -> bytes:
+        if name != "Manifest.xml":
+            return data
+        data, n = re.subn(
+            rb"<EntityMapList>(?:(?!</EntityMapList>).)*</EntityMapList>(\s*<EntityName>Vendor invoice line<)",
+            rb"\1",
+            data,
+            flags=re.S,
+        )
+        assert n == 1
+        return data
+
+    return rewrite(package, edit)
 
 
 def test_a_succeeded_import_reads_headers_back_in_full_and_spot_checks_the_lines(services, sandboxes):
@@ -353,19 +364,7 @@ def test_lines_d365_silently_left_out_are_caught_by_the_spot_check_and_re_driven
     ][:20]
     services.store.stage("invoice", invoices, run_id="run-1")
 
-    class Unmapped(DmfClient):
-        def submit(self, package: DmfPackage, **kwargs: Any) -> str:  # type: ignore[override]
-            return super().submit(strip_line_entity_map(package), **kwargs)
-
-        def wait(self, execution_id: str, **kwargs: Any):  # type: ignore[override]
-            return super().wait(execution_id, initial_delay_s=0.1, max_delay_s=0.2, **kwargs)
-
-    bulk = DmfRoute(
-        InvoiceSync(services),
-        data_project=PROJECT,
-        dmf=Unmapped(services.d365, sleep=time.sleep),
-        not_found_grace_s=0.0,
-    )
+    bulk = route(services, rewrite=strip_line_entity_map)
     report = bulk.sync_many(invoices)
 
     assert set(bulk.summary.statuses.values()) == {"Succeeded"}  # what D365 says
@@ -400,37 +399,23 @@ def test_a_packaged_vendor_no_landed_header_names_is_read_back_before_the_ledger
             return package
         account = str(vendors.keys[0][0])
         misspelt[package.legal_entity] = account
-        source = zipfile.ZipFile(io.BytesIO(package.content))
-        out = io.BytesIO()
-        with zipfile.ZipFile(out, "w") as target:
-            for name in source.namelist():
-                data = source.read(name)
-                if name == "Vendor invoice header.csv":
-                    rows = list(csv.reader(io.StringIO(data.decode("utf-16"), newline="")))
-                    column = rows[0].index("INVOICEACCOUNT")
-                    for row in rows[1:]:
-                        if row[column] == account:
-                            row[column] = account + "X"
-                    text = io.StringIO(newline="")
-                    csv.writer(text, lineterminator="\r\n").writerows(rows)
-                    data = b"\xff\xfe" + text.getvalue().encode("utf-16-le")
-                target.writestr(name, data)
-        return package.model_copy(update={"content": out.getvalue()})
 
-    class Misspelling(DmfClient):
-        def submit(self, package: DmfPackage, **kwargs: Any) -> str:  # type: ignore[override]
-            return super().submit(misspell(package), **kwargs)
+        def edit(name: str, data: bytes) -> bytes:
+            if name != "Vendor invoice header.csv":
+                return data
+            rows = list(csv.reader(io.StringIO(data.decode("utf-16"), newline="")))
+            column = rows[0].index("INVOICEACCOUNT")
+            for row in rows[1:]:
+                if row[column] == account:
+                    row[column] = account + "X"
+            text = io.StringIO(newline="")
+            csv.writer(text, lineterminator="\r\n").writerows(rows)
+            return b"\xff\xfe" + text.getvalue().encode("utf-16-le")
 
-        def wait(self, execution_id: str, **kwargs: Any):  # type: ignore[override]
-            return super().wait(execution_id, initial_delay_s=0.1, max_delay_s=0.2, **kwargs)
+        return rewrite(package, edit)
 
     seq = last_seq(sandboxes)
-    bulk = DmfRoute(
-        InvoiceSync(services),
-        data_project=PROJECT,
-        dmf=Misspelling(services.d365, sleep=time.sleep),
-        not_found_grace_s=0.0,
-    )
+    bulk = route(services, rewrite=misspell)
     report = bulk.sync_many(invoices)
 
     assert misspelt, "the seed should leave vendors to create"
