@@ -1,7 +1,10 @@
 """The project's own paths, run as the demo runs them: Dagster jobs executed in process on the local
-(SQLite) instance in ``DAGSTER_HOME``. ``setup`` is the master data run every path starts from (vendors
-in D365, the master data snapshot in the sync database; not measured); ``documents`` is the measured
-documents run — OData or DMF depending on ``D365_DMF_THRESHOLD`` in the environment."""
+(SQLite) instance in ``DAGSTER_HOME``. ``setup`` is where every path starts (vendors and the seed's
+purchase orders in D365, the master data snapshot in the sync database; not measured); ``documents``
+is the measured run: the invoices of a documents run (``coupa/invoices`` staged over every daily
+partition, then ``d365/vendor_invoices``) — OData or DMF depending on ``D365_DMF_THRESHOLD`` in the
+environment. The baseline and the floor handle invoices only, so the project's paths are measured on
+the same work; the purchase orders the invoices match are booked beforehand, as in production."""
 
 from __future__ import annotations
 
@@ -29,24 +32,37 @@ def _range_tags(dg: Any, instance: Any) -> dict[str, str]:
     return {ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]}
 
 
+INVOICE_ASSETS = (("coupa", "invoices"), ("d365", "vendor_invoices"))
+PURCHASE_ORDER_ASSETS = (("coupa", "purchase_orders"), ("d365", "purchase_orders"))
+
+
 def run_setup() -> None:
-    """Where every path starts: the vendors the seed's documents need exist in D365 and the master data
-    snapshot is in the sync database. master_data_job writes vendors for the suppliers of staged
-    documents, so: master data, stage the documents (Coupa reads only), master data again."""
+    """Where every path starts: the vendors the seed's documents need and its purchase orders exist in
+    D365, the master data snapshot is in the sync database. master_data_job writes vendors for the
+    suppliers of staged documents, so: master data, stage the documents (Coupa reads only), master data
+    again, then the purchase orders booked (their own assets of the documents job)."""
     dg, defs = _dagster()
     instance = dg.DagsterInstance.get()
     master = defs.resolve_job_def("master_data_job")
+    documents = defs.resolve_job_def("daily_documents_job")
     staging = [dg.AssetKey(["coupa", "invoices"]), dg.AssetKey(["coupa", "purchase_orders"])]
+    tags = _range_tags(dg, instance)
     steps = [
         lambda: master.execute_in_process(instance=instance, run_config=QUIET),
-        lambda: defs.resolve_job_def("daily_documents_job").execute_in_process(
-            instance=instance, run_config=QUIET, tags=_range_tags(dg, instance), asset_selection=staging
-        ),
+        lambda: documents.execute_in_process(instance=instance, run_config=QUIET, tags=tags, asset_selection=staging),
         lambda: master.execute_in_process(instance=instance, run_config=QUIET),
+        lambda: documents.execute_in_process(
+            instance=instance,
+            run_config=QUIET,
+            tags=tags,
+            asset_selection=[dg.AssetKey(list(key)) for key in PURCHASE_ORDER_ASSETS],
+        ),
     ]
     for step in steps:
         if not step().success:
-            raise RuntimeError("the bench setup (master data, staging) failed; run `coupa-d365 demo` to see why")
+            raise RuntimeError(
+                "the bench setup (master data, staging, purchase orders) failed; run `coupa-d365 demo` to see why"
+            )
 
 
 def prepare_documents() -> Any:
@@ -55,13 +71,10 @@ def prepare_documents() -> Any:
     instance = dg.DagsterInstance.get()
     job = defs.resolve_job_def("daily_documents_job")
     tags = _range_tags(dg, instance)
+    invoices = [dg.AssetKey(list(key)) for key in INVOICE_ASSETS]
 
     def run() -> int:
-        result = job.execute_in_process(
-            instance=instance,
-            run_config=QUIET,
-            tags=tags,
-        )
+        result = job.execute_in_process(instance=instance, run_config=QUIET, tags=tags, asset_selection=invoices)
         if not result.success:
             raise RuntimeError("the bench documents run failed; its events are in DAGSTER_HOME")
         booked = 0

@@ -109,8 +109,9 @@ def run_path(path: PathName, opts: BenchOptions) -> tuple[PathResult, list[tuple
     with start_sandboxes(options) as sandboxes:
         approved = sum(1 for inv in sandboxes.seed.coupa_invoices if inv.get("status") == "approved")
         env = path_env(sandboxes, path, workdir, opts)
-        if path != PathName.FLOOR:  # vendors in D365 and the master data snapshot: where every path starts
-            _run_worker(["setup"], env, f"setup for {path.value}")
+        if path != PathName.FLOOR:  # vendors and POs in D365, the master data snapshot: where every path starts
+            # not measured: no latency yet, and no Coupa request limit (the sandbox has none)
+            _run_worker(["setup"], {**env, "COUPA_MAX_REQUESTS_PER_SECOND": "1000"}, f"setup for {path.value}")
         # latency from here on only: the setup is not what is measured
         sandboxes.d365.injector.configure(FaultConfig(seed=opts.seed, latency_ms=opts.d365_latency_ms))
         sandboxes.coupa.injector.configure(FaultConfig(seed=opts.seed, latency_ms=opts.coupa_latency_ms))
