@@ -112,10 +112,18 @@ def request_breakdown(entries: list[Any]) -> dict[str, int]:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process (sandboxes included: they run in it), in MB."""
+    """Peak resident set size of this process (sandboxes included: they run in it), in MB. On Linux the
+    high-water mark of its own memory (``VmHWM``): ``ru_maxrss`` survives ``exec``, so a worker that a
+    big process started (the bench's paths) would report its parent's size."""
     import resource
     import sys
+    from pathlib import Path
 
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 

@@ -26,9 +26,13 @@ def speedup(result: PathResult, baseline: PathResult | None, *, per_document: bo
     return ratio(baseline.wall_s, result.wall_s)
 
 
-def of_floor(result: PathResult, floor: PathResult | None) -> float | None:
-    """Wall time as a multiple of the floor's."""
-    return None if floor is None else ratio(result.wall_s, floor.wall_s)
+def of_floor(result: PathResult, floor: PathResult | None, *, per_document: bool = False) -> float | None:
+    """Wall time as a multiple of the floor's; ``per_document`` (a sampled baseline): seconds per document."""
+    if floor is None:
+        return None
+    if per_document and result.documents > 0 and floor.documents > 0:
+        return ratio(result.wall_s / result.documents, floor.wall_s / floor.documents)
+    return ratio(result.wall_s, floor.wall_s)
 
 
 def per_invoice(requests: int, result: PathResult) -> float | None:
@@ -107,7 +111,8 @@ def render_markdown(doc: BenchDocument) -> str:
         lines.append(
             f"| {name.value} | {r.documents} | {r.wall_s:.2f} "
             f"| {_num(speedup(r, baseline, per_document=sampled), 1, 'x')} "
-            f"| {_num(of_floor(r, floor), 2, 'x')} | {_num(per_invoice(r.d365_requests, r))} "
+            f"| {_num(of_floor(r, floor, per_document=sampled and name == PathName.BASELINE), 2, 'x')} "
+            f"| {_num(per_invoice(r.d365_requests, r))} "
             f"| {_num(per_invoice(r.coupa_requests, r))} | {r.d365_requests} | {r.coupa_requests} "
             f"| {r.peak_rss_mb:.0f} |"
         )
