@@ -45,6 +45,7 @@ pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 VIEWPORT = {"width": 1280, "height": 800}
+UI_TIMEOUT_MS = 30_000  # a page's GraphQL answers under a loaded CI host (stop 21: the catalog took over 5 s)
 ROW_PX = 64  # one asset row of the catalog table
 LOCATION = "coupa_d365_pipeline"
 QUARANTINE_CHECK = next(iter(vendor_invoices_not_stuck.check_keys))
@@ -92,9 +93,11 @@ def browser_page(executable: str) -> Iterator[Page]:
         browser = playwright.chromium.launch(executable_path=executable, headless=True)
         try:
             context = browser.new_context(viewport=VIEWPORT)  # type: ignore[arg-type]
-            context.set_default_timeout(30_000)
+            context.set_default_timeout(UI_TIMEOUT_MS)
+            expect.set_options(timeout=UI_TIMEOUT_MS)  # expect() keeps its own 5 s default otherwise
             yield context.new_page()
         finally:
+            expect.set_options(timeout=5_000)  # Playwright's default, for any later test in this worker
             browser.close()
 
 
