@@ -61,6 +61,7 @@ DEFAULT_D365_DMF_DATA_PROJECT = "Coupa documents"  # the DMF data project (defin
 DEFAULT_D365_BATCH_DOCUMENTS = 20  # new invoices/POs per OData $batch request (one changeset each)
 DEFAULT_D365_MAX_CONCURRENCY = 4  # $batch requests in flight at once per documents run
 DEFAULT_COUPA_MAX_CONCURRENCY = 4  # Coupa success notices in flight at once (still <= 20 requests/s)
+DEFAULT_SYNC_DOCUMENTS_PER_CHUNK = 10_000  # documents a documents run reads and syncs at once (memory bound)
 
 # name -> (required, description shown in errors and --help)
 ENV_VARS: dict[str, tuple[bool, str]] = {
@@ -135,6 +136,12 @@ ENV_VARS: dict[str, tuple[bool, str]] = {
         False,
         "Coupa success notices (export flag + history record) sent at once, under the 20 requests/s "
         f"limiter (default {DEFAULT_COUPA_MAX_CONCURRENCY})",
+    ),
+    "SYNC_DOCUMENTS_PER_CHUNK": (
+        False,
+        "a documents run reads and syncs its window this many documents at a time, so its memory does "
+        f"not grow with the window (default {DEFAULT_SYNC_DOCUMENTS_PER_CHUNK}: a 10,000-document backfill "
+        "is one chunk; each chunk is its own round of DMF packages or OData batches)",
     ),
     credentials.FILE_ENV_VAR: (
         False,
@@ -389,6 +396,7 @@ class ThroughputSettings:
     batch_documents: int = DEFAULT_D365_BATCH_DOCUMENTS
     d365_concurrency: int = DEFAULT_D365_MAX_CONCURRENCY
     coupa_concurrency: int = DEFAULT_COUPA_MAX_CONCURRENCY
+    documents_per_chunk: int = DEFAULT_SYNC_DOCUMENTS_PER_CHUNK
 
 
 def throughput_settings(env: Mapping[str, str] | None = None) -> ThroughputSettings:
@@ -402,6 +410,14 @@ def throughput_settings(env: Mapping[str, str] | None = None) -> ThroughputSetti
         ),
         coupa_concurrency=_bounded_int(
             env, "COUPA_MAX_CONCURRENCY", DEFAULT_COUPA_MAX_CONCURRENCY, 1, 16, "the Coupa notices in flight"
+        ),
+        documents_per_chunk=_bounded_int(
+            env,
+            "SYNC_DOCUMENTS_PER_CHUNK",
+            DEFAULT_SYNC_DOCUMENTS_PER_CHUNK,
+            1,
+            100_000,
+            "the documents a documents run reads and syncs at once",
         ),
     )
 

@@ -3,13 +3,42 @@ invoice and purchase-order staging assets, and the small tables their metadata s
 never fails a staging step: the mapping decides later what can be booked."""
 
 from collections import Counter
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from itertools import islice
+from typing import Any
 
 import dagster as dg
 
 from ..common.markdown import cell, table
+from ..state.store import StageResult, SyncStore
 from .metadata import StepMeter
 from .resources import CoupaResource, SyncStateResource
+
+STAGE_CHUNK_RECORDS = 1000  # Coupa records staged per transaction (20 pages of 50)
+
+
+def stage_in_chunks(
+    store: SyncStore,
+    doc_type: str,
+    records: Iterator[dict[str, Any]],
+    run_id: str,
+    each_chunk: Callable[[list[dict[str, Any]]], None] | None = None,
+) -> tuple[StageResult, int]:
+    """Stage ``records`` STAGE_CHUNK_RECORDS at a time, each chunk its own transaction (staging is an
+    idempotent upsert), so a months-long window or a full supplier read never holds more than one
+    chunk of parsed records. Returns the summed result and the number of records read."""
+    staged = StageResult()
+    fetched = 0
+    while chunk := list(islice(records, STAGE_CHUNK_RECORDS)):
+        result = store.stage(doc_type, chunk, run_id=run_id)
+        staged.new, staged.changed = staged.new + result.new, staged.changed + result.changed
+        staged.unchanged += result.unchanged
+        staged.rejected += result.rejected
+        if each_chunk is not None:
+            each_chunk(chunk)
+        fetched += len(chunk)
+    return staged, fetched
 
 
 def iso(dt: datetime) -> str:
@@ -50,16 +79,21 @@ def stage_window(
     window = context.partition_time_window
     filters = {"updated-at[gt_or_eq]": iso(window.start), "updated-at[lt]": iso(window.end), "status[in]": statuses}
     meter.count_requests(coupa=coupa.client)
-    records = list(coupa.client.iter_records(resource, filters))
-    staged = sync_state.store.stage(doc_type, records, run_id=context.run.run_id)
-    by_status = Counter(str(r.get("status")) for r in records)
-    currencies = Counter(_currency_code(r) for r in records)
+    by_status: Counter = Counter()
+    currencies: Counter = Counter()
+
+    def count(chunk: list) -> None:
+        by_status.update(str(r.get("status")) for r in chunk)
+        currencies.update(_currency_code(r) for r in chunk)
+
+    records = coupa.client.iter_records(resource, filters)
+    staged, fetched = stage_in_chunks(sync_state.store, doc_type, records, context.run.run_id, count)
     context.log.info(
         "%s %s..%s: %d read (%d new, %d changed)",
         resource,
         iso(window.start),
         iso(window.end),
-        len(records),
+        fetched,
         staged.new,
         staged.changed,
     )
@@ -70,7 +104,7 @@ def stage_window(
             "window_start": iso(window.start),
             "window_end": iso(window.end),
             "partitions": len(context.partition_keys),
-            "fetched": len(records),
+            "fetched": fetched,
             "new": staged.new,
             "changed": staged.changed,
             "unchanged": staged.unchanged,

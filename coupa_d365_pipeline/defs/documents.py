@@ -11,7 +11,7 @@ from ..settings import DEFAULT_RETRY_LIMIT, dmf_data_project, dmf_threshold, thr
 from ..state.ledger import Ledger
 from ..state.store import coupa_id_of
 from ..sync.base import DocumentSync
-from ..sync.dmf_route import DmfRoute, Route, choose_route
+from ..sync.dmf_route import DmfRoute, Route, route_for_refs, window_chunks
 from ..sync.events import SYNCED_STATUSES
 from ..sync.invoices import InvoiceSync
 from ..sync.odata_route import ODataBulkRoute
@@ -70,8 +70,9 @@ def _sync_window(
     throughput = throughput_settings()
     meter.count_requests(coupa=services.coupa, d365=services.d365)
     window = context.partition_time_window
-    documents = services.store.documents_updated_between(doc_type, iso(window.start), iso(window.end))
-    in_window = {int(d["id"]) for d in documents}
+    # ids and statuses first; the documents themselves are read a chunk at a time below
+    refs = services.store.refs_updated_between(doc_type, iso(window.start), iso(window.end))
+    in_window = {coupa_id for coupa_id, _ in refs}
     # unfinished documents of earlier runs (they succeed once the mapping is fixed), at most DEFAULT_RETRY_LIMIT
     retry_ids = [
         r.coupa_id for r in services.ledger.retry_candidates(doc_type, exclude=in_window, limit=DEFAULT_RETRY_LIMIT)
@@ -88,13 +89,22 @@ def _sync_window(
     )
     report = SyncReport()
     settled = bulk.resume(report)
-    todo = [d for d in [*documents, *retries] if not (isinstance(d, dict) and coupa_id_of(d.get("id")) in settled)]
-    decision = choose_route(services, doc_type, todo, threshold)
+    refs = [(coupa_id, status) for coupa_id, status in refs if coupa_id not in settled]
+    retries = [d for d in retries if not (isinstance(d, dict) and coupa_id_of(d.get("id")) in settled)]
+    retry_refs = [(coupa_id_of(d.get("id")), d.get("status")) for d in retries if isinstance(d, dict)]
+    decision = route_for_refs(services, doc_type, [*refs, *retry_refs], threshold, chunk=throughput.documents_per_chunk)
     context.log.info("%s: route %s (%s)", doc_type, decision.route, decision.reason)
-    if decision.route == Route.DMF:
-        report = bulk.sync_many(todo, report)
-    else:
-        report = lean.sync_many(todo, report)
+    route = bulk if decision.route == Route.DMF else lean
+    chunks = window_chunks([coupa_id for coupa_id, _ in refs], throughput.documents_per_chunk)
+    for number, chunk in enumerate(chunks, start=1):
+        found = services.store.documents_by_id(doc_type, chunk)
+        documents = [found[coupa_id] for coupa_id in chunk if coupa_id in found]
+        if number == len(chunks):
+            documents += retries  # with the last chunk: one more round of packages/lookups would cost requests
+        if len(chunks) > 1:
+            context.log.info("%s: chunk %d of %d (%d documents)", doc_type, number, len(chunks), len(documents))
+        report = route.sync_many(documents, report)
+        del found, documents
     context.log.info("%s %s..%s: %s", doc_type, iso(window.start), iso(window.end), dict(report.counts(doc_type)))
     fail_if_all_failed_by_system(report, doc_type)
     return dg.MaterializeResult(

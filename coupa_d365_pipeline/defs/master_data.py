@@ -18,7 +18,7 @@ from ..state.store import normalize_timestamp
 from ..sync.master_data import MASTER_SNAPSHOT, mapping_problems, read_master_rows
 from ..sync.report import SyncReport
 from ..sync.vendors import VendorSync
-from .coupa_staging import iso, md_counts
+from .coupa_staging import iso, md_counts, stage_in_chunks
 from .metadata import StepMeter, sync_metadata
 from .outages import fail_if_all_failed_by_system, fail_run_on_outage
 from .resources import D365_WRITES_POOL, CoupaResource, D365Resource, MappingResource, SyncStateResource
@@ -65,17 +65,23 @@ def coupa_suppliers(
         since = iso(datetime.fromisoformat(watermark.replace("Z", "+00:00")) - supplier_overlap())
     filters = {"updated-at[gt_or_eq]": since} if since else {}
     meter.count_requests(coupa=coupa.client)
-    records = list(coupa.client.iter_records("suppliers", filters))
-    staged = store.stage("supplier", records, run_id=context.run.run_id)
+    statuses: Counter = Counter()
+    stamps: list[str] = []
+
+    def count(chunk: list) -> None:
+        statuses.update(str(r.get("status")) for r in chunk)
+        stamps.append(max((normalize_timestamp(r.get("updated-at")) for r in chunk), default=""))
+
+    records = coupa.client.iter_records("suppliers", filters)
+    staged, fetched = stage_in_chunks(store, "supplier", records, context.run.run_id, count)
     for rejected in staged.rejected:
         context.log.error("suppliers: a record was not staged: %s", rejected.reason)
-    newest = max((normalize_timestamp(r.get("updated-at")) for r in records), default="")
+    newest = max(stamps, default="")
     if newest and (watermark is None or newest > normalize_timestamp(watermark)):
         store.set_watermark(SUPPLIER_WATERMARK, newest)
-    statuses = Counter(str(r.get("status")) for r in records)
     return dg.MaterializeResult(
         metadata={
-            "fetched": len(records),
+            "fetched": fetched,
             "new": staged.new,
             "changed": staged.changed,
             "unchanged": staged.unchanged,
@@ -221,7 +227,7 @@ def d365_vendors(
     store = services.store
     used: dict[int, set[str]] = {}
     for doc_type, legal_entity_of in (("invoice", legal_entity_for), ("purchase_order", legal_entity_for_po)):
-        for document in store.documents(doc_type):
+        for document in store.iter_documents(doc_type):  # a page at a time: every document ever staged
             le = legal_entity_of(document, services.mapping)
             supplier_id = (
                 (document.get("supplier") or {}).get("id") if isinstance(document.get("supplier"), dict) else None
@@ -234,7 +240,7 @@ def d365_vendors(
     report = SyncReport()
     wanted = (
         (supplier, le)
-        for supplier in store.documents("supplier")
+        for supplier in store.iter_documents("supplier")
         for le in sorted(used.get(int(supplier["id"]), set()))
     )
     for outcome in vendors.ensure_many(wanted):

@@ -14,7 +14,7 @@ import hashlib
 import json
 import threading
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +30,7 @@ from .database_url import connect_error, missing_driver, parse_url, unwritable_s
 from .migrate import ensure_current, translate_map
 
 metadata = sa.MetaData()
+READ_PAGE_SIZE = 1000  # staged documents parsed at once by iter_documents (about 16 MB of invoices)
 
 staged_documents = sa.Table(
     "staged_documents",
@@ -263,13 +264,25 @@ class SyncStore:
         return result
 
     def documents(self, doc_type: str) -> list[dict[str, Any]]:
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(staged_documents.c.payload)
-                .where(staged_documents.c.doc_type == doc_type)
-                .order_by(staged_documents.c.coupa_id)
-            ).scalars()
-            return [json.loads(r) for r in rows]
+        return list(self.iter_documents(doc_type))
+
+    def iter_documents(self, doc_type: str, page_size: int | None = None) -> Iterator[dict[str, Any]]:
+        """Every staged document of ``doc_type`` in id order, read ``page_size`` at a time (keyset
+        pages, no cursor held open between them): memory stays one page whatever the store holds."""
+        c = staged_documents.c
+        size = page_size or READ_PAGE_SIZE
+        after: int | None = None
+        while True:
+            query = sa.select(c.coupa_id, c.payload).where(c.doc_type == doc_type)
+            if after is not None:
+                query = query.where(c.coupa_id > after)
+            with self.engine.connect() as conn:
+                page = conn.execute(query.order_by(c.coupa_id).limit(size)).all()
+            for _, payload in page:
+                yield json.loads(payload)
+            if len(page) < size:
+                return
+            after = int(page[-1][0])
 
     def count(self, doc_type: str) -> int:
         with self.engine.connect() as conn:
@@ -294,6 +307,18 @@ class SyncStore:
                 )
                 found.update({int(cid): json.loads(payload) for cid, payload in rows})
         return found
+
+    def refs_updated_between(self, doc_type: str, start: str, end: str) -> list[tuple[int, str | None]]:
+        """(Coupa id, status) of the staged documents whose updated-at is in [start, end), in id order:
+        what a run decides on before it reads the documents themselves, a chunk at a time."""
+        c = staged_documents.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(c.coupa_id, c.status)
+                .where((c.doc_type == doc_type) & (c.coupa_updated_at >= start) & (c.coupa_updated_at < end))
+                .order_by(c.coupa_id)
+            )
+            return [(int(coupa_id), status) for coupa_id, status in rows]
 
     def documents_updated_between(self, doc_type: str, start: str, end: str) -> list[dict[str, Any]]:
         """Staged documents whose Coupa updated-at (normalized UTC text) is in [start, end)."""

@@ -53,7 +53,12 @@ SPECS = {
 def is_candidate(document: Any, row: LedgerRow | None, wanted_status: str) -> bool:
     if not isinstance(document, dict) or coupa_id_of(document.get("id")) is None:
         return False
-    if document.get("status") != wanted_status:
+    return is_first_write(document.get("status"), row, wanted_status)
+
+
+def is_first_write(status: Any, row: LedgerRow | None, wanted_status: str) -> bool:
+    """A document in ``status`` with this ledger row is a first write (a package may carry it)."""
+    if status != wanted_status:
         return False
     return row is None or (row.state in PACKAGED_STATES and not row.d365_key and row.problem is None)
 
@@ -78,9 +83,33 @@ def split_candidates(
     return candidates, others
 
 
+def window_chunks(coupa_ids: Sequence[int], size: int) -> list[list[int]]:
+    """The window's ids in chunks of ``size`` (a run reads and syncs one chunk of documents at a time);
+    an empty window is one empty chunk, so the run still settles its retries."""
+    return [list(coupa_ids[start : start + size]) for start in range(0, len(coupa_ids), size)] or [[]]
+
+
+def route_for_refs(
+    services: Any, doc_type: str, refs: Sequence[tuple[int | None, Any]], threshold: int, *, chunk: int = 10_000
+) -> RouteDecision:
+    """:func:`choose_route` from (Coupa id, status) pairs, without reading the documents: the ledger
+    is read ``chunk`` ids at a time (one bound parameter per id)."""
+    wanted = SPECS[doc_type].wanted_status
+    statuses = {coupa_id: status for coupa_id, status in refs if coupa_id is not None}
+    ids = sorted(statuses)
+    to_write = 0
+    for part in window_chunks(ids, chunk):
+        rows = {r.coupa_id: r for r in services.ledger.rows(doc_type, coupa_ids=part)} if part else {}
+        to_write += sum(1 for coupa_id in part if is_first_write(statuses[coupa_id], rows.get(coupa_id), wanted))
+    return route_for(to_write, threshold)
+
+
 def choose_route(services: Any, doc_type: str, documents: list[dict[str, Any]], threshold: int) -> RouteDecision:
     """DMF when more documents are to be written than ``threshold`` (0: always DMF), else OData."""
-    to_write = len(split_candidates(services, doc_type, documents)[0])
+    return route_for(len(split_candidates(services, doc_type, documents)[0]), threshold)
+
+
+def route_for(to_write: int, threshold: int) -> RouteDecision:
     if threshold == 0:
         return RouteDecision(Route.DMF, f"D365_DMF_THRESHOLD=0 (always DMF); {to_write} documents to write", to_write)
     if to_write > threshold:

@@ -50,7 +50,7 @@ from ..state.store import payload_hash
 from .base import DocumentSync
 from .bulk_plan import BulkPlanner
 from .context import error_text
-from .dmf_plan import (  # noqa: F401 - Route, RouteDecision, choose_route: the Dagster glue imports them from here
+from .dmf_plan import (  # noqa: F401 - Route, RouteDecision, choose_route, route_for_refs, window_chunks: the Dagster glue imports them from here
     SPECS,
     DmfRunSummary,
     MappedDocument,
@@ -64,9 +64,11 @@ from .dmf_plan import (  # noqa: F401 - Route, RouteDecision, choose_route: the 
     is_candidate,
     landed_documents,
     landed_vendors,
+    route_for_refs,
     split_candidates,
     vendors_shown_by_headers,
     vendors_unshown,
+    window_chunks,
 )
 from .notices import NoticeQueue
 from .report import SyncReport

@@ -1,0 +1,105 @@
+"""Issue 14 (peak RSS ≤ 1 GB for 100,000 invoices on DMF): a run's memory must not grow with its window.
+A parsed Coupa invoice is about 16 KB in Python, so a window held whole is 1.6 GB at 100,000. Staging
+stores a chunk of records at a time, the documents step reads and syncs SYNC_DOCUMENTS_PER_CHUNK
+documents at a time (the route still decided on the whole window), and the vendors step reads the
+staged documents a page at a time. Spied on the store: no call hands out more than a chunk."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from coupa_d365_pipeline.d365.dmf import DmfClient
+from coupa_d365_pipeline.defs import coupa_staging
+from coupa_d365_pipeline.state import store as store_module
+from coupa_d365_pipeline.state.store import SyncStore
+from coupa_d365_pipeline_tests.flow.helpers import approved, d365_invoices, metadata, run_documents, run_master
+
+CHUNK = 40  # documents per chunk (the test seed's window holds 120 invoices, 3 legal entities)
+STAGE_CHUNK = 25
+PAGE = 30
+
+
+@pytest.fixture
+def sandbox_options(sandbox_options):
+    sandbox_options.d365_dmf_execution_s = 0.05
+    return sandbox_options
+
+
+class Held:
+    """The largest number of documents one store call handed out or took in."""
+
+    def __init__(self) -> None:
+        self.read: list[int] = []
+        self.staged: list[int] = []
+
+
+@pytest.fixture
+def held(monkeypatch) -> Held:
+    spy = Held()
+    for name in ("documents_by_id", "documents_updated_between", "documents"):
+        original = getattr(SyncStore, name)
+
+        def counted(self, *args: Any, _original=original, **kwargs: Any):
+            found = _original(self, *args, **kwargs)
+            spy.read.append(len(found))
+            return found
+
+        monkeypatch.setattr(SyncStore, name, counted)
+    iterate = SyncStore.iter_documents
+
+    def paged(self, *args: Any, **kwargs: Any):
+        page = 0
+        for document in iterate(self, *args, **kwargs):
+            page += 1
+            yield document
+        spy.read.append(min(page, PAGE))  # one page parsed at a time (asserted by the store's unit test)
+
+    monkeypatch.setattr(SyncStore, "iter_documents", paged)
+    stage = SyncStore.stage
+
+    def staged(self, doc_type, records, run_id=None):
+        records = list(records)
+        spy.staged.append(len(records))
+        return stage(self, doc_type, records, run_id=run_id)
+
+    monkeypatch.setattr(SyncStore, "stage", staged)
+    return spy
+
+
+@pytest.fixture(autouse=True)
+def quick_polls(monkeypatch):
+    wait = DmfClient.wait
+
+    def quick(self, execution_id, **kwargs):
+        return wait(self, execution_id, **{**kwargs, "initial_delay_s": 0.05, "max_delay_s": 0.1})
+
+    monkeypatch.setattr(DmfClient, "wait", quick)
+
+
+def test_a_window_is_staged_read_and_synced_a_chunk_at_a_time(
+    sandbox_env, sandboxes, instance, seed_data, monkeypatch, held
+):
+    monkeypatch.setenv("SYNC_DOCUMENTS_PER_CHUNK", str(CHUNK))
+    monkeypatch.setenv("D365_DMF_THRESHOLD", "0")
+    monkeypatch.setattr(coupa_staging, "STAGE_CHUNK_RECORDS", STAGE_CHUNK)
+    monkeypatch.setattr(store_module, "READ_PAGE_SIZE", PAGE)
+    assert run_master(instance).success
+    result = run_documents(instance)
+    assert result.success
+    assert run_master(instance).success  # the vendors step now reads every staged document
+
+    meta = metadata(result, "d365/vendor_invoices")
+    staged = metadata(result, "coupa/invoices")["fetched"]
+    assert staged == sum(i["status"] in ("approved", "voided") for i in seed_data.coupa_invoices) > 2 * CHUNK
+    # the route is still decided on the whole window, not per chunk
+    assert meta["route"] == "dmf" and meta["documents_to_write"] > CHUNK, meta["route_reason"]
+    # each chunk is its own round of packages: more executions than legal entities
+    assert len(meta["dmf_executions"].split(", ")) > 3
+    assert held.read and max(held.read) <= CHUNK, held.read
+    assert held.staged and max(held.staged) <= STAGE_CHUNK and sum(held.staged) >= staged, held.staged
+    # and the end state is what one whole-window run gives: each approved invoice booked exactly once
+    booked = d365_invoices(sandboxes)
+    assert all(len(headers) == 1 for headers in booked.values())
+    assert meta["created"] == len(booked) and meta["created"] + meta["quarantined"] == len(approved(seed_data))
