@@ -21,6 +21,7 @@ import dagster as dg
 import pytest
 
 from coupa_d365_pipeline.common.clock import SimulatedClock
+from coupa_d365_pipeline.d365.dmf import DmfClient
 from coupa_d365_pipeline.sandbox.launch import RunningSandboxes, SandboxOptions, start_sandboxes
 from coupa_d365_pipeline.sandbox.seed import SeedData
 from coupa_d365_pipeline.state.ledger import Ledger
@@ -122,3 +123,16 @@ def mastered(sandbox_env, sandboxes, instance, master_snapshot: SyncedSnapshot) 
 
 def ledger(sandbox_env) -> Ledger:
     return Ledger(make_engine(sandbox_env["SYNC_DATABASE_URL"]))
+
+
+@pytest.fixture
+def quick_dmf(sandbox_options, monkeypatch) -> None:
+    """DMF imports finish in 0.05 s on the sandbox and are polled every 0.05 s instead of backing off
+    from 1 s: for the flow tests that run the DMF route (``pytestmark = usefixtures("quick_dmf")``)."""
+    sandbox_options.d365_dmf_execution_s = 0.05
+    wait = DmfClient.wait
+
+    def quick(self, execution_id, **kwargs):
+        return wait(self, execution_id, **{**kwargs, "initial_delay_s": 0.05, "max_delay_s": 0.1})
+
+    monkeypatch.setattr(DmfClient, "wait", quick)

@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from coupa_d365_pipeline.d365.dmf import DmfClient
 from coupa_d365_pipeline.defs import coupa_staging
 from coupa_d365_pipeline.state import store as store_module
 from coupa_d365_pipeline.state.store import SyncStore
@@ -20,11 +19,7 @@ CHUNK = 40  # documents per chunk (the test seed's window holds 120 invoices, 3 
 STAGE_CHUNK = 25
 PAGE = 30
 
-
-@pytest.fixture
-def sandbox_options(sandbox_options):
-    sandbox_options.d365_dmf_execution_s = 0.05
-    return sandbox_options
+pytestmark = pytest.mark.usefixtures("quick_dmf")
 
 
 class Held:
@@ -66,16 +61,6 @@ def held(monkeypatch) -> Held:
 
     monkeypatch.setattr(SyncStore, "stage", staged)
     return spy
-
-
-@pytest.fixture(autouse=True)
-def quick_polls(monkeypatch):
-    wait = DmfClient.wait
-
-    def quick(self, execution_id, **kwargs):
-        return wait(self, execution_id, **{**kwargs, "initial_delay_s": 0.05, "max_delay_s": 0.1})
-
-    monkeypatch.setattr(DmfClient, "wait", quick)
 
 
 def test_a_window_is_staged_read_and_synced_a_chunk_at_a_time(

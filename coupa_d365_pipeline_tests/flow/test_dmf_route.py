@@ -10,7 +10,6 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from coupa_d365_pipeline.d365.dmf import DmfClient
 from coupa_d365_pipeline.sandbox.launch import start_sandboxes
 from coupa_d365_pipeline.state.ledger import Ledger
 from coupa_d365_pipeline.state.store import make_engine
@@ -21,28 +20,13 @@ ENTITY_SETS = ("PurchaseOrderHeadersV2", "PurchaseOrderLinesV2", "VendorInvoiceH
 # what D365 stamps itself (record ids, etags, timestamps, numbers it assigns): not ours to compare
 GENERATED = {"@odata.etag", "RecId", "CreatedDateTime", "ModifiedDateTime", "CreatedOn", "ModifiedOn", "SysRowVersion"}
 
+pytestmark = pytest.mark.usefixtures("quick_dmf")
+
 
 def _value(v: Any) -> Any:
     if isinstance(v, (int, float, Decimal)) and not isinstance(v, bool):
         return Decimal(str(v)).normalize()
     return v
-
-
-@pytest.fixture
-def sandbox_options(sandbox_options):
-    sandbox_options.d365_dmf_execution_s = 0.05
-    return sandbox_options
-
-
-@pytest.fixture(autouse=True)
-def quick_polls(monkeypatch):
-    """Poll the status every 0.05 s instead of backing off from 1 s (the sandbox finishes in 0.05 s)."""
-    wait = DmfClient.wait
-
-    def quick(self, execution_id, **kwargs):
-        return wait(self, execution_id, **{**kwargs, "initial_delay_s": 0.05, "max_delay_s": 0.1})
-
-    monkeypatch.setattr(DmfClient, "wait", quick)
 
 
 def d365_state(sandboxes) -> dict[str, list[dict[str, Any]]]:
