@@ -21,13 +21,13 @@ from ..mapping.config import load_mapping
 from ..mapping.invoices import MappedInvoice, map_invoice
 from ..mapping.master import D365MasterData
 from ..settings import (
-    DEFAULT_COUPA_MAX_CONCURRENCY,
     ConfigError,
     coupa_client,
     d365_client,
     load_coupa_settings,
     load_d365_settings,
     mapping_file_path,
+    throughput_settings,
 )
 from ..sync.invoice_lookups import header_reference
 from ..sync.master_data import MASTER_SNAPSHOT
@@ -105,7 +105,7 @@ def run_floor(env: Mapping[str, str] | None = None) -> int:
     (the project's own notice concurrency) so the Coupa client's limiter, not the latency, sets the pace;
     the number flagged."""
     env = os.environ if env is None else env
-    workers = int(env.get("COUPA_MAX_CONCURRENCY") or DEFAULT_COUPA_MAX_CONCURRENCY)
+    workers = throughput_settings(env).coupa_concurrency
     with _coupa(env) as coupa, ThreadPoolExecutor(max_workers=workers) as pool:
         flags = [
             pool.submit(coupa.mark_exported, "invoices", int(invoice["id"]))
