@@ -23,17 +23,18 @@ pytestmark = pytest.mark.usefixtures("quick_dmf")
 
 
 class Held:
-    """The largest number of documents one store call handed out or took in."""
+    """How many documents each store call handed out or took in, and which types were read in pages."""
 
     def __init__(self) -> None:
         self.read: list[int] = []
         self.staged: list[int] = []
+        self.paged: list[str] = []
 
 
 @pytest.fixture
 def held(monkeypatch) -> Held:
     spy = Held()
-    for name in ("documents_by_id", "documents_updated_between", "documents"):
+    for name in ("documents_by_id", "documents"):
         original = getattr(SyncStore, name)
 
         def counted(self, *args: Any, _original=original, **kwargs: Any):
@@ -44,12 +45,9 @@ def held(monkeypatch) -> Held:
         monkeypatch.setattr(SyncStore, name, counted)
     iterate = SyncStore.iter_documents
 
-    def paged(self, *args: Any, **kwargs: Any):
-        page = 0
-        for document in iterate(self, *args, **kwargs):
-            page += 1
-            yield document
-        spy.read.append(min(page, PAGE))  # one page parsed at a time (asserted by the store's unit test)
+    def paged(self, doc_type: str, *args: Any, **kwargs: Any):
+        spy.paged.append(doc_type)  # READ_PAGE_SIZE documents parsed at a time: state/test_store_reads.py
+        yield from iterate(self, doc_type, *args, **kwargs)
 
     monkeypatch.setattr(SyncStore, "iter_documents", paged)
     stage = SyncStore.stage
@@ -83,6 +81,7 @@ def test_a_window_is_staged_read_and_synced_a_chunk_at_a_time(
     # each chunk is its own round of packages: more executions than legal entities
     assert len(meta["dmf_executions"].split(", ")) > 3
     assert held.read and max(held.read) <= CHUNK, held.read
+    assert {"invoice", "purchase_order", "supplier"} <= set(held.paged), held.paged  # the vendors step
     assert held.staged and max(held.staged) <= STAGE_CHUNK and sum(held.staged) >= staged, held.staged
     # and the end state is what one whole-window run gives: each approved invoice booked exactly once
     booked = d365_invoices(sandboxes)
