@@ -32,7 +32,8 @@ def stage_in_chunks(
     fetched = 0
     while chunk := list(islice(records, STAGE_CHUNK_RECORDS)):
         result = store.stage(doc_type, chunk, run_id=run_id)
-        staged.new, staged.changed = staged.new + result.new, staged.changed + result.changed
+        staged.new += result.new
+        staged.changed += result.changed
         staged.unchanged += result.unchanged
         staged.rejected += result.rejected
         if each_chunk is not None:

@@ -104,7 +104,7 @@ def _sync_window(
         if len(chunks) > 1:
             context.log.info("%s: chunk %d of %d (%d documents)", doc_type, number, len(chunks), len(documents))
         report = route.sync_many(documents, report)
-        del found, documents
+        del found, documents  # before the next chunk is read: never two chunks in memory at once
     context.log.info("%s %s..%s: %s", doc_type, iso(window.start), iso(window.end), dict(report.counts(doc_type)))
     fail_if_all_failed_by_system(report, doc_type)
     return dg.MaterializeResult(

@@ -320,17 +320,6 @@ class SyncStore:
             )
             return [(int(coupa_id), status) for coupa_id, status in rows]
 
-    def documents_updated_between(self, doc_type: str, start: str, end: str) -> list[dict[str, Any]]:
-        """Staged documents whose Coupa updated-at (normalized UTC text) is in [start, end)."""
-        c = staged_documents.c
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(c.payload)
-                .where((c.doc_type == doc_type) & (c.coupa_updated_at >= start) & (c.coupa_updated_at < end))
-                .order_by(c.coupa_id)
-            )
-            return [json.loads(r) for r in rows.scalars()]
-
     def save_snapshot(self, name: str, payload: Any) -> None:
         self._upsert(
             snapshots, "name", {"name": name, "payload": json.dumps(payload, default=str), "fetched_at": _now()}

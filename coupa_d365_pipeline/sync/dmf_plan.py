@@ -90,10 +90,11 @@ def window_chunks(coupa_ids: Sequence[int], size: int) -> list[list[int]]:
 
 
 def route_for_refs(
-    services: Any, doc_type: str, refs: Sequence[tuple[int | None, Any]], threshold: int, *, chunk: int = 10_000
+    services: Any, doc_type: str, refs: Sequence[tuple[int | None, Any]], threshold: int, *, chunk: int
 ) -> RouteDecision:
-    """:func:`choose_route` from (Coupa id, status) pairs, without reading the documents: the ledger
-    is read ``chunk`` ids at a time (one bound parameter per id)."""
+    """DMF when more documents are to be written than ``threshold`` (0: always DMF), else OData; decided
+    from (Coupa id, status) pairs, without reading the documents: the ledger is read ``chunk`` ids at a
+    time (one bound parameter per id)."""
     wanted = SPECS[doc_type].wanted_status
     statuses = {coupa_id: status for coupa_id, status in refs if coupa_id is not None}
     ids = sorted(statuses)
@@ -102,11 +103,6 @@ def route_for_refs(
         rows = {r.coupa_id: r for r in services.ledger.rows(doc_type, coupa_ids=part)} if part else {}
         to_write += sum(1 for coupa_id in part if is_first_write(statuses[coupa_id], rows.get(coupa_id), wanted))
     return route_for(to_write, threshold)
-
-
-def choose_route(services: Any, doc_type: str, documents: list[dict[str, Any]], threshold: int) -> RouteDecision:
-    """DMF when more documents are to be written than ``threshold`` (0: always DMF), else OData."""
-    return route_for(len(split_candidates(services, doc_type, documents)[0]), threshold)
 
 
 def route_for(to_write: int, threshold: int) -> RouteDecision:

@@ -1,7 +1,7 @@
 """The bulk route: new invoices and purchase orders of a documents run imported into D365 through
 the Data Management (DMF) package API, one package per legal entity. Plain Python; no Dagster.
 
-Which route (:func:`choose_route`): a run with more documents to write than ``D365_DMF_THRESHOLD``
+Which route (:func:`route_for_refs`): a run with more documents to write than ``D365_DMF_THRESHOLD``
 (0 = always) takes this route. "To write" is read from the ledger alone: an approved invoice / issued
 PO with no ledger row, or one that is new or quarantined (never booked, no D365 key). Everything else
 — updates of booked documents, voids, cancellations, interrupted writes, documents whose last attempt
@@ -50,7 +50,7 @@ from ..state.store import payload_hash
 from .base import DocumentSync
 from .bulk_plan import BulkPlanner
 from .context import error_text
-from .dmf_plan import (  # noqa: F401 - Route, RouteDecision, choose_route, route_for_refs, window_chunks: the Dagster glue imports them from here
+from .dmf_plan import (  # noqa: F401 - Route, RouteDecision, route_for_refs, window_chunks: the Dagster glue imports them from here
     SPECS,
     DmfRunSummary,
     MappedDocument,
@@ -58,7 +58,6 @@ from .dmf_plan import (  # noqa: F401 - Route, RouteDecision, choose_route, rout
     Route,
     RouteDecision,
     Submitted,
-    choose_route,
     environment_scope,
     failure_reasons,
     is_candidate,

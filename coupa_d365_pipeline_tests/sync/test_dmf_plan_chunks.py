@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from coupa_d365_pipeline.sync.dmf_plan import Route, choose_route, route_for_refs, window_chunks
+from coupa_d365_pipeline.sync.dmf_plan import Route, route_for_refs, split_candidates, window_chunks
 
 
 def test_window_chunks_cover_every_id_once_and_an_empty_window_is_one_empty_chunk():
@@ -26,7 +26,7 @@ class FakeLedger:
         return [self._rows[i] for i in coupa_ids if i in self._rows]
 
 
-def test_route_for_refs_counts_first_writes_like_choose_route_reading_the_ledger_a_chunk_at_a_time():
+def test_route_for_refs_counts_the_first_writes_split_candidates_finds_reading_the_ledger_a_chunk_at_a_time():
     booked = SimpleNamespace(coupa_id=2, state="written", d365_key={"HeaderReference": "X"}, problem=None)
     ledger = FakeLedger({2: booked})
     services = SimpleNamespace(ledger=ledger)
@@ -35,5 +35,5 @@ def test_route_for_refs_counts_first_writes_like_choose_route_reading_the_ledger
     assert decision.route == Route.DMF and decision.to_write == 3  # 1, 4, 5: not booked 2, not voided 3
     assert ledger.asked == [2, 2, 1]
     documents = [{"id": i, "status": s} for i, s in refs if i is not None]
-    assert choose_route(services, "invoice", documents, threshold=2) == decision
-    assert route_for_refs(services, "invoice", refs, threshold=3).route == Route.ODATA
+    assert len(split_candidates(services, "invoice", documents)[0]) == decision.to_write
+    assert route_for_refs(services, "invoice", refs, threshold=3, chunk=2).route == Route.ODATA

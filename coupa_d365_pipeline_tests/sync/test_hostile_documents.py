@@ -122,6 +122,9 @@ def test_staging_on_postgres_stores_what_it_can_and_names_what_it_cannot(postgre
             "the document has no id",
         ]
         assert store.documents_by_id("invoice", [1])[1]["x"] == "a\x00b"
-        assert store.documents_updated_between("invoice", "2026-11-02T00:00:00Z", "2026-11-03T00:00:00Z")[-1]["id"] == 3
+        assert store.refs_updated_between("invoice", "2026-11-02T00:00:00Z", "2026-11-03T00:00:00Z")[-1] == (
+            3,
+            "approved",
+        )
     finally:
         store.dispose()
