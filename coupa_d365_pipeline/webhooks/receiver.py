@@ -131,9 +131,10 @@ def _parse_event(body: bytes) -> EventEnvelope:
 class AccessLog:
     """Pure ASGI middleware: one JSON line per request, whatever route answered (404/405 too)."""
 
-    def __init__(self, app: ASGIApp, logger: logging.Logger) -> None:
+    def __init__(self, app: ASGIApp, logger: logging.Logger, now: Callable[[], float] = time.time) -> None:
         self.app = app
         self.logger = logger
+        self.now = now  # the receiver's clock, the one its timestamp tolerance uses
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -154,7 +155,7 @@ class AccessLog:
         finally:
             webhook_id = next((v for k, v in scope.get("headers", []) if k == HEADER_ID.encode()), None)
             record = {
-                "ts": round(time.time(), 3),
+                "ts": round(self.now(), 3),
                 "method": scope.get("method"),
                 "path": scope.get("path"),
                 "status": status["code"],
@@ -175,7 +176,7 @@ def create_app(
     logger: logging.Logger | None = None,
 ) -> ASGIApp:
     """The receiver. ``secrets`` come from :func:`signing.parse_secrets`; ``now`` is the clock for
-    the timestamp tolerance (tests inject one)."""
+    the timestamp tolerance and the access log (tests inject one)."""
     if not secrets:
         raise ValueError("the webhook receiver needs at least one secret")
     secrets = list(secrets)
@@ -243,4 +244,4 @@ def create_app(
             Route(HEALTH_PATH, health, methods=["GET"]),
         ]
     )
-    return AccessLog(app, access_logger)
+    return AccessLog(app, access_logger, now)

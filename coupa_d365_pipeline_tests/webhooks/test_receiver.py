@@ -13,6 +13,7 @@ import pytest
 from coupa_d365_pipeline.webhooks.receiver import HEALTH_PATH, MAX_BODY_BYTES, WEBHOOK_PATH
 from coupa_d365_pipeline.webhooks.staging import EventType, Place, StagedEvent
 
+from ..conftest import TEST_NOW
 from .conftest import OLD_SECRET, ROTATED, SECRET, Receiver, event_body, staged_files
 
 
@@ -287,6 +288,8 @@ def test_other_methods_and_paths(receiver: Receiver):
 
 
 def test_access_log_one_json_line_per_request_without_secrets(receiver: Receiver, caplog):
+    # the receiver's injected clock, not the calendar: the line's "ts" once held "4711" (the body's id)
+    receiver.now = TEST_NOW.timestamp()
     body = event_body()
     headers = receiver.headers(body, webhook_id="msg_logged")
     with caplog.at_level(logging.INFO, logger=receiver.logger.name):
@@ -310,6 +313,7 @@ def test_access_log_one_json_line_per_request_without_secrets(receiver: Receiver
         "invoice.approved",
     )
     assert isinstance(first["duration_ms"], float) and first["duration_ms"] >= 0
+    assert {r["ts"] for r in records} == {receiver.now}  # stamped by the receiver's clock
     assert "signature does not match" in records[2]["reason"]
     signature_value = headers["webhook-signature"].split(",", 1)[1]
     for line in lines:
